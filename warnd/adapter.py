@@ -1,0 +1,201 @@
+"""The Adapter protocol: one small base class every channel implements.
+
+An adapter knows its wire protocol and nothing about policy. It never sleeps, loops or
+retries: time belongs to the scheduler. It raises TransientError (try again later),
+PermanentError (never) or AuthError (the channel is misconfigured: disable it and tell the
+operator); the base class's `deliver` turns all of that into Outcomes.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+import structlog
+
+from warnd.store import Delivery, Outcome
+
+if TYPE_CHECKING:
+    from warnd.config import Settings
+    from warnd.directory import Directory
+
+log = structlog.get_logger("warnd.adapter")
+
+
+class TransientError(Exception):
+    """A failure worth retrying: timeouts, 429, 5xx, a broker that is down."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        """Keep the reason and the far end's earliest retry time."""
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(Exception):
+    """A failure no retry will fix: an invalid number, an unknown device."""
+
+    def __init__(self, reason: str) -> None:
+        """Keep the reason."""
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AuthError(PermanentError):
+    """Credentials are wrong: the adapter is disabled until the operator fixes its config."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a channel can take.
+
+    Args:
+        max_text_chars: longest text body; longer is truncated by `deliver`.
+        concurrency: sends in flight at once.
+        batch_size: deliveries handed over per call.
+    """
+
+    max_text_chars: int = 4000
+    concurrency: int = 16
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivery with the warning content it carries."""
+
+    delivery: Delivery
+    warning: dict[str, Any]
+
+    @property
+    def drill(self) -> bool:
+        """True for exercise and test warnings."""
+        return self.warning.get("status", "actual") != "actual"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A successful hand-over: `sent`, or `delivered` when the far end confirms at once."""
+
+    state: str = "sent"
+    provider_ref: str | None = None
+
+
+@dataclass
+class AdapterContext:
+    """What the daemon lends adapters: settings, the directory, a shared HTTP session, feedback."""
+
+    settings: Settings
+    directory: Callable[[], Directory]
+    http: Any = None
+    feedback: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Adapter(abc.ABC):
+    """Base class for channels.
+
+    Args:
+        ctx: what the daemon lends the adapter.
+    """
+
+    kind: ClassVar[str]
+    limits: ClassVar[Limits] = Limits()
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        """Keep the context; connect in `start()`."""
+        self.ctx = ctx
+        self.disabled_reason: str | None = None
+        self._last_error: dict[str, str] = {}
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        """Whether the config holds what this channel needs to start."""
+        return True
+
+    async def start(self) -> None:
+        """Connect or prepare; raise AuthError when credentials are wrong."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+    def routes(self) -> list[Any]:
+        """HTTP routes this channel serves (webhooks, media); none by default."""
+        return []
+
+    def background(self) -> list[tuple[str, Any]]:
+        """Named coroutines this channel runs alongside the dispatcher; none by default."""
+        return []
+
+    def ready(self) -> bool:
+        """Whether the channel can send right now (for /readyz)."""
+        return self.disabled_reason is None
+
+    @abc.abstractmethod
+    async def send(self, message: Message) -> Receipt:
+        """Send one message; raise TransientError, PermanentError or AuthError on failure."""
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[Receipt | BaseException]:
+        """Send many; the default runs `send` for each with bounded concurrency."""
+        gate = asyncio.Semaphore(self.limits.concurrency)
+
+        async def one(m: Message) -> Receipt:
+            async with gate:
+                return await self.send(m)
+
+        return list(await asyncio.gather(*(one(m) for m in messages), return_exceptions=True))
+
+    @final
+    async def deliver(self, messages: Sequence[Message], *, timeout_s: float) -> list[Outcome]:
+        """Send a batch and account for every message: the one place outcomes are made."""
+        started = time.perf_counter()
+        try:
+            results = await asyncio.wait_for(self.send_batch(messages), timeout_s)
+        except TimeoutError:
+            results = [TransientError(f"no answer within {timeout_s:g} s")] * len(messages)
+        except (AuthError, PermanentError, TransientError) as exc:
+            results = [exc] * len(messages)
+        except Exception as exc:
+            # An adapter bug must not lose deliveries: retry them, and say what broke.
+            log.exception("adapter.crashed", channel=self.kind)
+            results = [TransientError(f"adapter error: {type(exc).__name__}")] * len(messages)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        outcomes = []
+        for m, r in zip(messages, results, strict=True):
+            d = m.delivery
+            blog = log.bind(
+                warning_id=d.warning_id,
+                msg_id=d.msg_id,
+                channel=self.kind,
+                target=d.target,
+                delivery_id=d.id,
+                attempt=d.attempts,
+            )
+            if isinstance(r, Receipt):
+                outcomes.append(Outcome(d.id, r.state, provider_ref=r.provider_ref))
+                blog.info("delivery.sent", state=r.state, duration_ms=duration_ms)
+            elif isinstance(r, AuthError):
+                self.disabled_reason = r.reason
+                outcomes.append(Outcome(d.id, "failed", error=f"auth: {r.reason}"))
+                blog.error("adapter.auth_failed", reason=r.reason)
+            elif isinstance(r, PermanentError):
+                outcomes.append(Outcome(d.id, "dead", error=r.reason))
+                blog.warning("delivery.dead", reason=r.reason)
+            elif isinstance(r, TransientError):
+                outcomes.append(Outcome(d.id, "failed", error=r.reason, retry_after_s=r.retry_after_s))
+                # A retry is logged only when its error changes: a long outage is one line, not thousands.
+                if d.last_error != r.reason:
+                    blog.warning("delivery.failed", reason=r.reason, retry_after_s=r.retry_after_s)
+            else:
+                outcomes.append(Outcome(d.id, "failed", error=f"adapter error: {type(r).__name__}"))
+                blog.error("delivery.adapter_error", error=type(r).__name__, detail=str(r)[:200])
+        return outcomes
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut text to limit characters, marking the cut with an ellipsis."""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"

@@ -1,0 +1,84 @@
+"""The HTTP API (aiohttp): routes, auth, errors, health and the OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from warnd.api import warnings
+from warnd.api.auth import TokenBook
+from warnd.api.errors import error_middleware, error_response
+from warnd.api.openapi import openapi
+from warnd.api.routes import TOKENS, Route, auth_middleware
+
+if TYPE_CHECKING:
+    from warnd.daemon import Daemon
+
+
+def _size_middleware(max_bytes: int) -> Any:
+    """Refuse a declared-too-large body before reading any of it."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        """413 on Content-Length over the limit; aiohttp enforces the limit on chunked bodies."""
+        if request.content_length is not None and request.content_length > max_bytes:
+            return error_response(413, "too_large", f"body over {max_bytes} bytes", "body")
+        return await handler(request)
+
+    return middleware
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """Alive: the event loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: store open, every adapter up (a broker that is down makes this 503)."""
+    d = warnings.daemon(request)
+    checks = await d.readiness()
+    ok = all(c["ok"] for c in checks.values())
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Application:
+    """Build the aiohttp application for a daemon."""
+    from warnd import __version__
+    from warnd.daemon import DAEMON
+
+    routes: list[Route] = [
+        Route("GET", "/healthz", healthz, None, "Liveness"),
+        Route(
+            "GET",
+            "/readyz",
+            readyz,
+            None,
+            "Readiness: store, broker, adapters",
+            responses={200: "ready", 503: "not ready"},
+        ),
+        *warnings.ROUTES,
+        *extra_routes,
+    ]
+    document = openapi(routes, __version__)
+
+    async def openapi_json(_request: web.Request) -> web.Response:
+        """The OpenAPI description of this API."""
+        return web.json_response(document)
+
+    routes.append(Route("GET", "/api/v1/openapi.json", openapi_json, None, "This document"))
+    max_bytes = daemon.settings.http.max_body_bytes
+    app = web.Application(
+        client_max_size=max_bytes,
+        middlewares=[
+            error_middleware,
+            _size_middleware(max_bytes),
+            auth_middleware({(r.method, r.path): r.role for r in routes}),
+        ],
+    )
+    app[DAEMON] = daemon
+    app[TOKENS] = TokenBook(daemon.settings.auth.tokens)
+    for r in routes:
+        app.router.add_route(r.method, r.path, r.handler)
+    return app

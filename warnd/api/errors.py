@@ -1,0 +1,65 @@
+"""API errors: always `{"error": {"code", "message", "field"}}` with a 4xx status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from warnd.config import _dotted
+from warnd.intake import InputError
+
+log = structlog.get_logger("warnd.api")
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, **extra: Any
+) -> web.Response:
+    """A JSON error body."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message, "field": field, **extra}}
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+def validation_response(exc: ValidationError, prefix: str = "") -> web.Response:
+    """422 naming the first bad field, listing all of them."""
+    errors = [
+        {"field": prefix + _field(e["loc"]), "message": _clean(e["msg"]), "type": e["type"]}
+        for e in exc.errors()
+    ]
+    first = errors[0]
+    return error_response(422, "invalid", first["message"], first["field"], errors=errors)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """A pydantic location as the JSON field path an operator would read (area.polygons[0])."""
+    # Model-level validators report no location; tagged unions add their tag: drop those.
+    return _dotted(p for p in loc if p not in ("function-after", "function-before"))
+
+
+def _clean(msg: str) -> str:
+    """Pydantic prefixes custom errors with 'Value error, ': the message is enough."""
+    return msg.removeprefix("Value error, ")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn every failure into the JSON error shape; an unexpected one is a 500 that is logged."""
+    try:
+        return await handler(request)
+    except InputError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+    except ValidationError as exc:
+        return validation_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "too_large", f"body over {exc.max_size} bytes", "body")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return error_response(exc.status, code, exc.text or exc.reason, None)
+    except Exception:
+        log.exception("api.error", path=request.path, method=request.method)
+        return error_response(500, "internal", "internal error; see the daemon log", None)

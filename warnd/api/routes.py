@@ -1,0 +1,72 @@
+"""The route table: each route names the least role it needs; auth and OpenAPI read the same table."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from warnd.api.auth import Principal, TokenBook
+
+PRINCIPAL = web.AppKey("principal_key", str)
+TOKENS = web.AppKey("tokens", TokenBook)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint.
+
+    Args:
+        method: HTTP method.
+        path: aiohttp path pattern.
+        handler: the coroutine serving it.
+        role: least role needed; None means no token (health, webhooks that sign their own way).
+        summary: one line for the OpenAPI document.
+        body: name of the request body schema, if any.
+        responses: extra status codes and what they mean.
+    """
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    role: str | None
+    summary: str
+    body: str | None = None
+    responses: dict[int, str] = field(default_factory=dict)
+
+
+def principal(request: web.Request) -> Principal:
+    """The authenticated principal of a request (set by the auth middleware)."""
+    return request["principal"]
+
+
+def auth_middleware(roles: dict[tuple[str, str], str | None]) -> Any:
+    """Require a bearer token with at least the route's role: 401 without one, 403 below it."""
+    from warnd.api.errors import error_response
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Check the token before the handler runs (and before the body is read)."""
+        info = request.match_info.route.resource
+        pattern = info.canonical if info is not None else request.path
+        method = "GET" if request.method == "HEAD" else request.method
+        needed = roles.get((method, pattern))
+        if needed is None:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return error_response(401, "unauthorized", "a bearer token is required", "Authorization")
+        who = request.app[TOKENS].lookup(token.strip())
+        if who is None:
+            return error_response(401, "unauthorized", "unknown token", "Authorization")
+        if not who.can(needed):
+            return error_response(
+                403, "forbidden", f"role {who.role} may not do this; {needed} needed", "Authorization"
+            )
+        request["principal"] = who
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,281 @@
+"""`/api/v1/warnings`: issue, preview, list, show, deliveries, update, cancel."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from warnd.api.routes import Route, principal
+from warnd.intake import IN_FORCE, Actor, InputError
+from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
+from warnd.planner import schedule_view, step_deliveries, step_jobs, steps_for
+from warnd.store import from_ts, new_warning_id
+
+if TYPE_CHECKING:
+    from warnd.daemon import Daemon
+
+JSON_TYPES = ("application/json",)
+CAP_TYPES = ("application/cap+xml", "application/xml", "text/xml")
+
+
+def daemon(request: web.Request) -> Daemon:
+    """The daemon this request is served by."""
+    from warnd.daemon import DAEMON
+
+    return request.app[DAEMON]
+
+
+def actor(request: web.Request) -> Actor:
+    """The audit identity of a request: token name and remote address."""
+    return Actor(principal(request).name, request.remote)
+
+
+def json_dumps(obj: Any) -> str:
+    """JSON with Chinese text kept readable."""
+    return json.dumps(obj, ensure_ascii=False)
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body, answering 415 / 400 / 422 as the fault deserves."""
+    if request.content_type not in JSON_TYPES:
+        raise InputError(
+            "unsupported_media_type",
+            f"Content-Type {request.content_type or '(none)'} is not application/json",
+            "Content-Type",
+            status=415,
+        )
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError("bad_json", f"body is not valid JSON: {exc}", "body", status=400) from None
+    if not isinstance(data, dict):
+        raise InputError("bad_json", "body must be a JSON object", "body", status=400)
+    return model.model_validate(data)
+
+
+def local_time(text: str | None, tz: str) -> str | None:
+    """A store timestamp in the township's local time."""
+    dt = from_ts(text)
+    return dt.astimezone(ZoneInfo(tz)).isoformat(timespec="seconds") if dt else None
+
+
+async def present(d: Daemon, w: dict[str, Any]) -> dict[str, Any]:
+    """A stored warning as `GET /api/v1/warnings/{id}` shows it."""
+    tz = d.settings.policy.timezone
+    return {
+        "id": w["id"],
+        **warning_json(w),
+        "state": w["state"],
+        "version": w["version"],
+        "msg_type": w["msg_type"],
+        "source": w["source"],
+        "created_at": local_time(w["created_at"], tz),
+        "updated_at": local_time(w["updated_at"], tz),
+        "villages": w["villages"],
+        "schedule": schedule_view(await d.store.jobs_for(w["id"]), tz),
+        "coverage": await d.store.coverage(w["id"]),
+    }
+
+
+async def create(request: web.Request) -> web.Response:
+    """Issue a warning (预警发布): 202 with its id once it is durably stored."""
+    d = daemon(request)
+    if request.content_type in CAP_TYPES:
+        if d.cap_intake is None:
+            raise InputError("unsupported_media_type", "CAP XML intake is not available", "Content-Type", 415)
+        return await d.cap_intake(request, source="api", actor=actor(request))
+    w = await read_json(request, WarningIn)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise InputError("invalid", "Idempotency-Key must be 1–200 characters", "Idempotency-Key", 400)
+    result = await d.intake.accept(w, actor=actor(request), idempotency_key=key)
+    status = 202 if result.created else 200
+    return web.json_response({"id": result.id, "created": result.created}, status=status)
+
+
+async def preview(request: web.Request) -> web.Response:
+    """Who a warning would reach, on which channels, when: nothing is stored or sent."""
+    d = daemon(request)
+    w = await read_json(request, WarningIn)
+    now = d.clock.now()
+    villages = d.intake.match(w.area, required=True)
+    row = {
+        "id": new_warning_id(now),
+        **w.model_dump(mode="json"),
+        "villages": villages,
+        "version": 1,
+    }
+    steps = steps_for(row, d.settings.policy, now)
+    jobs = step_jobs(row, steps, now)
+    available = d.dispatcher.channels()
+    out_steps = []
+    for job in (j for j in jobs if j["kind"] == "step"):
+        payload = {**job["payload"], "channels": [c for c in job["payload"]["channels"] if c in available]}
+        deliveries = step_deliveries(row, job["key"], payload, d.directory(), d.settings.policy, now)
+        per_channel: dict[str, int] = {}
+        for dv in deliveries:
+            per_channel[dv.channel] = per_channel.get(dv.channel, 0) + 1
+        out_steps.append(
+            {
+                "at": local_time(job["due_at"], d.settings.policy.timezone),
+                "step": job["payload"]["step"],
+                "channels": job["payload"]["channels"],
+                "unavailable_channels": [c for c in job["payload"]["channels"] if c not in available],
+                "targets": per_channel,
+                "ack_required": sum(dv.ack_required for dv in deliveries),
+            }
+        )
+    directory = d.directory()
+    return web.json_response(
+        {
+            "villages": [{"code": c, "name": directory.villages[c].name} for c in villages],
+            "schedule": out_steps,
+        },
+        dumps=json_dumps,
+    )
+
+
+async def list_(request: web.Request) -> web.Response:
+    """Warnings, newest first; `?state=active` means in force (active or updated)."""
+    d = daemon(request)
+    state = request.query.get("state")
+    allowed = ("active", "updated", "cancelled", "expired")
+    if state is not None and state not in allowed:
+        raise InputError("invalid", f"state must be one of {', '.join(allowed)}", "state", 400)
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise InputError("invalid", "limit must be an integer", "limit", 400) from None
+    if not 1 <= limit <= 1000:
+        raise InputError("invalid", "limit must be between 1 and 1000", "limit", 400)
+    states = IN_FORCE if state == "active" else ((state,) if state else ())
+    rows = await d.store.list_warnings(states, limit)
+    tz = d.settings.policy.timezone
+    return web.json_response(
+        {
+            "warnings": [
+                {
+                    "id": w["id"],
+                    **warning_json(w),
+                    "state": w["state"],
+                    "version": w["version"],
+                    "created_at": local_time(w["created_at"], tz),
+                    "villages": len(w["villages"]),
+                }
+                for w in rows
+            ]
+        },
+        dumps=json_dumps,
+    )
+
+
+async def _get_or_404(d: Daemon, warning_id: str) -> dict[str, Any]:
+    """The warning, or a 404 naming the id."""
+    w = await d.store.get_warning(warning_id)
+    if w is None:
+        raise InputError("not_found", f"no warning {warning_id}", "id", status=404)
+    return w
+
+
+async def show(request: web.Request) -> web.Response:
+    """One warning with its schedule and coverage."""
+    d = daemon(request)
+    w = await _get_or_404(d, request.match_info["id"])
+    return web.json_response(await present(d, w), dumps=json_dumps)
+
+
+async def deliveries(request: web.Request) -> web.Response:
+    """Every delivery of a warning: channel, target, state, attempts, last error."""
+    d = daemon(request)
+    w = await _get_or_404(d, request.match_info["id"])
+    tz = d.settings.policy.timezone
+    rows = await d.store.deliveries_for(w["id"])
+    keep = (
+        "msg_id",
+        "step",
+        "kind",
+        "channel",
+        "target",
+        "village",
+        "person_id",
+        "state",
+        "attempts",
+        "ack_required",
+        "last_error",
+        "provider_ref",
+    )
+    out = []
+    for r in rows:
+        item = {k: r[k] for k in keep}
+        item["ack_required"] = bool(item["ack_required"])
+        for k in ("due_at", "sent_at", "delivered_at", "acked_at"):
+            item[k] = local_time(r[k], tz)
+        out.append(item)
+    return web.json_response({"warning_id": w["id"], "deliveries": out}, dumps=json_dumps)
+
+
+async def update(request: web.Request) -> web.Response:
+    """Update a warning in force (预警更新): new content, rescheduled steps, an announcement."""
+    d = daemon(request)
+    await _get_or_404(d, request.match_info["id"])
+    u = await read_json(request, UpdateIn)
+    new = await d.intake.update(request.match_info["id"], u, actor=actor(request))
+    return web.json_response({"id": new["id"], "version": new["version"]}, status=202)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """Cancel a warning (解除预警): stop what is pending, send the all-clear."""
+    d = daemon(request)
+    await _get_or_404(d, request.match_info["id"])
+    body = CancelIn()
+    if request.can_read_body:
+        body = await read_json(request, CancelIn)
+    await d.intake.cancel(request.match_info["id"], actor=actor(request), reason=body.reason)
+    return web.json_response({"id": request.match_info["id"], "state": "cancelled"}, status=202)
+
+
+ROUTES = [
+    Route(
+        "POST",
+        "/api/v1/warnings",
+        create,
+        "operator",
+        "Issue a warning (JSON or CAP XML)",
+        body="WarningIn",
+        responses={202: "accepted", 200: "duplicate of an accepted warning"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/warnings/preview",
+        preview,
+        "operator",
+        "Preview targets, channels and schedule without sending",
+        body="WarningIn",
+    ),
+    Route("GET", "/api/v1/warnings", list_, "viewer", "List warnings (?state=active|cancelled|expired)"),
+    Route("GET", "/api/v1/warnings/{id}", show, "viewer", "A warning with its schedule and coverage"),
+    Route("GET", "/api/v1/warnings/{id}/deliveries", deliveries, "viewer", "A warning's deliveries"),
+    Route(
+        "POST",
+        "/api/v1/warnings/{id}/update",
+        update,
+        "operator",
+        "Update a warning in force",
+        body="UpdateIn",
+        responses={202: "updated"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/warnings/{id}/cancel",
+        cancel,
+        "operator",
+        "Cancel a warning (all-clear)",
+        body="CancelIn",
+        responses={202: "cancelled"},
+    ),
+]

@@ -1,0 +1,101 @@
+"""`warnd`: run the daemon, check a config, make an API token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from warnd import __version__
+from warnd.config import ConfigError, config_path, load_settings
+
+
+def _load(path_arg: str | None) -> tuple[Path, object]:
+    """Settings from --config / $WARND_CONFIG / the default path."""
+    path = config_path(path_arg)
+    return path, load_settings(path)
+
+
+def check_config(path_arg: str | None) -> int:
+    """Validate the config and the directory it names; print each problem by key."""
+    from warnd.directory import Directory
+
+    path = config_path(path_arg)
+    problems: list[tuple[str, str]] = []
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        try:
+            directory = Directory.load(settings.directory.path)
+        except ConfigError as exc:
+            problems = [(f"directory ({settings.directory.path}): {k}", m) for k, m in exc.problems]
+    if problems:
+        print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+        for key, message in problems:
+            print(f"  {key}: {message}", file=sys.stderr)
+        return 1
+    print(
+        f"{path}: ok — {len(directory.villages)} villages, {len(directory.people)} people, "
+        f"{len(settings.auth.tokens)} API tokens"
+    )
+    return 0
+
+
+def hash_token() -> int:
+    """Print a new random API token and the line to put in warnd.toml."""
+    from warnd.api.auth import hash_token as digest
+    from warnd.api.auth import new_token
+
+    token = new_token()
+    print(f"token: {token}")
+    print(f'hash = "{digest(token)}"')
+    print(
+        "Give the token to its holder (e.g. WARND_TOKEN for warnctl); only the hash goes in the config.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run(path_arg: str | None) -> int:
+    """Run the daemon in the foreground until SIGTERM."""
+    from warnd import log
+    from warnd.daemon import run as run_daemon
+
+    try:
+        path, settings = _load(path_arg)
+    except ConfigError as exc:
+        print(f"warnd: cannot start: {exc}", file=sys.stderr)
+        return 2
+    log.configure(settings.log_level)  # type: ignore[attr-defined]
+    try:
+        asyncio.run(run_daemon(settings, config_path=path))  # type: ignore[arg-type]
+    except ConfigError as exc:
+        print(f"warnd: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `warnd` command."""
+    parser = argparse.ArgumentParser(prog="warnd", description="township emergency-warning daemon")
+    parser.add_argument("--version", action="version", version=f"warnd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the daemon"), ("check-config", "validate a config file")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="TOML file (default: $WARND_CONFIG or /etc/warnd/warnd.toml)")
+    sub.add_parser("hash-token", help="print a new API token and its hash for warnd.toml")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args.config)
+    if args.command == "check-config":
+        return check_config(args.config)
+    return hash_token()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""`warnctl`: issue, preview, list, show, update and cancel warnings through the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CtlError(Exception):
+    """A failure to report to the user, already worded."""
+
+
+def request(base: str, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    """One API call; returns (status, decoded JSON)."""
+    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)  # noqa: S310 - the operator's own URL
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {
+                "error": {"code": "http", "message": raw.decode(errors="replace")[:200], "field": None}
+            }
+    except urllib.error.URLError as exc:
+        raise CtlError(f"cannot reach warnd at {base}: {exc.reason}") from None
+
+
+def _check(status: int, body: Any) -> Any:
+    """Raise CtlError with the API's message (naming the field) on a 4xx/5xx."""
+    if status >= 400:
+        err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+        field = f" [{err['field']}]" if err.get("field") else ""
+        raise CtlError(f"HTTP {status} {err.get('code', '')}{field}: {err.get('message', body)}")
+    return body
+
+
+def warning_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """A warning body from --file or from flags."""
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise CtlError(f"--file {args.file}: {exc}") from None
+    missing = [f"--{n}" for n in ("event", "level", "headline") if not getattr(args, n)]
+    if missing or not (args.code or args.circle):
+        raise CtlError(
+            f"give --file, or {' '.join(missing) or ''} and at least one --code or --circle".strip()
+        )
+    circles = []
+    for text in args.circle or ():
+        try:
+            lat, lon, km = (float(x) for x in text.split(","))
+        except ValueError:
+            raise CtlError(f"--circle {text!r}: expected LAT,LON,RADIUS_KM") from None
+        circles.append({"lat": lat, "lon": lon, "radius_km": km})
+    body: dict[str, Any] = {
+        "event": args.event,
+        "level": args.level,
+        "headline": args.headline,
+        "description": args.description or "",
+        "instruction": args.instruction or "",
+        "area": {"codes": args.code or [], "circles": circles},
+        "status": args.status,
+    }
+    for name in ("onset", "expires"):
+        if getattr(args, name):
+            body[name] = getattr(args, name)
+    return body
+
+
+def _print_warning(w: dict[str, Any]) -> None:
+    """A warning for a duty officer's terminal."""
+    print(f"{w['id']}  [{w['level']}] {w['event']}  {w['state']}  v{w.get('version', 1)}")
+    print(f"  {w['headline']}")
+    if w.get("instruction"):
+        print(f"  要求: {w['instruction']}")
+    print(f"  villages: {len(w.get('villages', []))}  created: {w.get('created_at')}")
+    for step in w.get("schedule", []):
+        print(
+            f"  step {step['step']:>7} at {step['at']}  {','.join(step['channels'])}  ({step.get('state')})"
+        )
+    for channel, c in sorted(w.get("coverage", {}).items()):
+        print(
+            f"  {channel:<12} expected {c['expected']:>5}  sent {c['sent']:>5}  delivered "
+            f"{c['delivered']:>5}  confirmed {c['acknowledged']:>5}  failed {c['failed']:>5}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `warnctl` command."""
+    parser = argparse.ArgumentParser(prog="warnctl", description="operate warnd over its HTTP API")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("WARND_URL", DEFAULT_URL),
+        help=f"warnd's address (default: $WARND_URL or {DEFAULT_URL})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("issue", "preview"):
+        p = sub.add_parser(name, help=f"{name} a warning from --file or flags")
+        p.add_argument("--file", help="JSON body as in DESIGN.md")
+        p.add_argument("--event")
+        p.add_argument("--level", choices=["red", "orange", "yellow", "blue"])
+        p.add_argument("--headline")
+        p.add_argument("--description")
+        p.add_argument("--instruction")
+        p.add_argument("--code", action="append", help="admin code (repeatable)")
+        p.add_argument("--circle", action="append", help="LAT,LON,RADIUS_KM (repeatable)")
+        p.add_argument("--onset")
+        p.add_argument("--expires")
+        p.add_argument("--status", default="actual", choices=["actual", "exercise", "test"])
+        p.add_argument("--idempotency-key")
+    p = sub.add_parser("list", help="list warnings")
+    p.add_argument("--state", choices=["active", "updated", "cancelled", "expired"])
+    p = sub.add_parser("show", help="show a warning with its coverage")
+    p.add_argument("id")
+    p = sub.add_parser("deliveries", help="a warning's deliveries")
+    p.add_argument("id")
+    p = sub.add_parser("cancel", help="cancel a warning (all-clear)")
+    p.add_argument("id")
+    p.add_argument("--reason", default="")
+    p = sub.add_parser("update", help="update a warning from a JSON file of changed fields")
+    p.add_argument("id")
+    p.add_argument("--file", required=True)
+    args = parser.parse_args(argv)
+    token = os.environ.get("WARND_TOKEN")
+    try:
+        return _dispatch(args, token)
+    except CtlError as exc:
+        print(f"warnctl: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, token: str | None) -> int:
+    """Run one subcommand."""
+    if args.command not in ("list", "show", "deliveries") and not token:
+        raise CtlError("set WARND_TOKEN to an operator token (see `warnd hash-token`)")
+    url = args.url
+    if args.command == "issue":
+        body = _check(*request(url, "POST", "/api/v1/warnings", warning_from_args(args), token))
+        print(body["id"] if body.get("created", True) else f"{body['id']} (already accepted)")
+    elif args.command == "preview":
+        body = _check(*request(url, "POST", "/api/v1/warnings/preview", warning_from_args(args), token))
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+    elif args.command == "list":
+        query = f"?state={args.state}" if args.state else ""
+        body = _check(*request(url, "GET", f"/api/v1/warnings{query}", token=token))
+        for w in body["warnings"]:
+            print(f"{w['id']}  {w['state']:<9} [{w['level']:<6}] {w['event']}  {w['headline']}")
+    elif args.command == "show":
+        _print_warning(_check(*request(url, "GET", f"/api/v1/warnings/{args.id}", token=token)))
+    elif args.command == "deliveries":
+        body = _check(*request(url, "GET", f"/api/v1/warnings/{args.id}/deliveries", token=token))
+        for d in body["deliveries"]:
+            error = d["last_error"] or ""
+            print(f"{d['channel']:<12} {d['target']:<24} {d['state']:<12} {d['step']:<8} {error}")
+    elif args.command == "cancel":
+        _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/cancel", {"reason": args.reason}, token))
+        print(f"{args.id} cancelled")
+    elif args.command == "update":
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                changes = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise CtlError(f"--file {args.file}: {exc}") from None
+        body = _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/update", changes, token))
+        print(f"{body['id']} updated to version {body['version']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

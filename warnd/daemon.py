@@ -1,0 +1,223 @@
+"""Lifecycle: open the store, recover, start adapters and the API, run the loops, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from warnd.adapter import Adapter, AdapterContext, AuthError
+from warnd.clock import Clock, SystemClock, Wakeup
+from warnd.config import ConfigError, Settings, load_settings
+from warnd.directory import Directory
+from warnd.dispatcher import Dispatcher
+from warnd.feedback import Feedback
+from warnd.intake import Intake
+from warnd.scheduler import Scheduler
+from warnd.sdnotify import Notifier
+from warnd.store import Store
+
+log = structlog.get_logger("warnd.daemon")
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+class Shutdown(Exception):
+    """Raised inside the TaskGroup to stop every loop."""
+
+
+class Daemon:
+    """Everything a running warnd holds; the API and adapters reach each other through it.
+
+    Args:
+        settings: the loaded settings.
+        store: an open store.
+        directory: the loaded directory.
+        adapters: channel → adapter instance (not yet started).
+        clock: time.
+        config_path: where settings came from (for reload).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        directory: Directory,
+        *,
+        clock: Clock | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        """Wire the pipeline stages together."""
+        self.settings = settings
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.config_path = config_path
+        self._directory = directory
+        self.wake = Wakeup()
+        self.adapters: dict[str, Adapter] = {}
+        self.intake = Intake(store, self.directory, self.policy, self.clock, self.wake)
+        self.dispatcher = Dispatcher(store, self.adapters, self.clock, settings.dispatch, self.wake)
+        self.scheduler = Scheduler(
+            store, self.directory, self.policy, self.dispatcher.channels, self.clock, self.wake
+        )
+        self.feedback = Feedback(store, self.clock, self.wake)
+        self.cap_intake: Callable[..., Awaitable[web.Response]] | None = None
+        self.http: Any = None
+
+    def extra_routes(self) -> list[Any]:
+        """HTTP routes adapters serve (webhooks, audio, ack links)."""
+        return [r for a in self.adapters.values() for r in a.routes()]
+
+    def background(self) -> list[tuple[str, Awaitable[Any]]]:
+        """Named loops adapters need (an MQTT receive loop, a poller)."""
+        return [item for a in self.adapters.values() for item in a.background()]
+
+    def directory(self) -> Directory:
+        """The current directory (replaced on reload)."""
+        return self._directory
+
+    def policy(self) -> Any:
+        """The current policy (replaced on reload)."""
+        return self.settings.policy
+
+    def adapter_context(self) -> AdapterContext:
+        """What adapters are lent."""
+        return AdapterContext(self.settings, self.directory, http=self.http, feedback=self.feedback)
+
+    def add_adapter(self, adapter: Adapter) -> None:
+        """Register a channel's adapter."""
+        self.adapters[adapter.kind] = adapter
+
+    async def start_adapters(self) -> None:
+        """Start each adapter; a bad credential disables that channel without stopping warnd."""
+        for name, adapter in self.adapters.items():
+            try:
+                await adapter.start()
+                log.info("adapter.started", channel=name)
+            except AuthError as exc:
+                adapter.disabled_reason = exc.reason
+                log.error("adapter.auth_failed", channel=name, reason=exc.reason)
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        """Checks for /readyz: the store answers, every adapter can send."""
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            await asyncio.wait_for(self.store.ping(), 2)
+            checks["store"] = {"ok": True}
+        except Exception as exc:
+            checks["store"] = {"ok": False, "detail": type(exc).__name__}
+        for name, adapter in self.adapters.items():
+            checks[f"adapter.{name}"] = {"ok": adapter.ready(), "detail": adapter.disabled_reason}
+        return checks
+
+    def reload(self) -> None:
+        """Re-read directory and policy (SIGHUP); work in flight is untouched, a bad file changes nothing."""
+        try:
+            fresh = load_settings(self.config_path)
+            directory = Directory.load(fresh.directory.path)
+        except ConfigError as exc:
+            log.error("config.reload_failed", problems=[f"{k}: {m}" for k, m in exc.problems])
+            return
+        self.settings.policy = fresh.policy
+        self._directory = directory
+        log.info("config.reloaded", villages=len(directory.villages), people=len(directory.people))
+
+    async def watchdog_loop(self, notifier: Notifier) -> None:
+        """Ping systemd's watchdog only while the store answers: a hung daemon gets restarted."""
+        interval = notifier.watchdog_interval_s
+        if interval is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(self.store.ping(), interval)
+            except Exception:
+                log.error("watchdog.store_unhealthy")
+            else:
+                notifier.watchdog()
+            await asyncio.sleep(interval)
+
+
+async def _wait_for_signal(daemon: Daemon) -> None:
+    """Wait for SIGTERM or SIGINT; SIGHUP reloads."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def run(
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    adapters: Mapping[str, Callable[[AdapterContext], Adapter]] | None = None,
+    clock: Clock | None = None,
+    on_ready: Callable[[Daemon], Any] | None = None,
+) -> None:
+    """Run warnd until the shutdown trigger (default: SIGTERM/SIGINT) fires."""
+    from adapters import enabled_adapters
+    from warnd.api import make_app
+
+    notifier = Notifier.from_env()
+    directory = Directory.load(settings.directory.path)
+    async with AsyncExitStack() as stack:
+        store = await Store(settings.state_dir / "warnd.db").open()
+        stack.push_async_callback(store.close)
+        recovered = await store.recover()
+        daemon = Daemon(settings, store, directory, clock=clock, config_path=config_path)
+        factories = dict(adapters) if adapters is not None else enabled_adapters(settings)
+        for factory in factories.values():
+            daemon.add_adapter(factory(daemon.adapter_context()))
+        await daemon.start_adapters()
+        for adapter in daemon.adapters.values():
+            stack.push_async_callback(adapter.aclose)
+        runner = web.AppRunner(make_app(daemon, daemon.extra_routes()), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.http.host, settings.http.port)
+        await site.start()
+        log.info(
+            "warnd.started",
+            http=f"{settings.http.host}:{settings.http.port}",
+            villages=len(directory.villages),
+            people=len(directory.people),
+            channels=sorted(daemon.adapters),
+            recovered=recovered,
+        )
+        notifier.ready()
+        if on_ready is not None:
+            on_ready(daemon)
+
+        async def stop_when_triggered() -> None:
+            """Stop accepting, let sends in flight finish, then stop every loop."""
+            await (shutdown_trigger() if shutdown_trigger else _wait_for_signal(daemon))
+            log.info("warnd.stopping")
+            notifier.stopping()
+            await site.stop()
+            await daemon.dispatcher.drain(settings.dispatch.grace_s)
+            raise Shutdown
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(stop_when_triggered(), name="warnd.shutdown")
+                tg.create_task(daemon.scheduler.loop(), name="warnd.scheduler")
+                for channel in daemon.adapters:
+                    tg.create_task(daemon.dispatcher.channel_loop(channel), name=f"warnd.dispatch.{channel}")
+                tg.create_task(daemon.watchdog_loop(notifier), name="warnd.watchdog")
+                for name, coro in daemon.background():
+                    tg.create_task(coro, name=name)
+        except* Shutdown:
+            pass
+        log.info("warnd.stopped")

@@ -1,0 +1,204 @@
+"""The directory (应急管理明白卡, digital): villages, their devices, people and work-group robots."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import shapely
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from warnd.config import ROLES, ConfigError, Role, _dotted
+from warnd.model import ADMIN_CODE, Area
+
+EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG): circles are a few km, the error is metres
+
+
+class Village(BaseModel):
+    """A 行政村/社区 with its loudspeakers and LED boards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(pattern=r"^\d{12}$")
+    name: str = Field(min_length=1)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    speakers: tuple[str, ...] = ()
+    led_boards: tuple[str, ...] = ()
+    # A test village (the office's demo speaker) is what drills and tests reach.
+    test: bool = False
+
+
+class Person(BaseModel):
+    """Someone warnd reaches by phone or WeCom."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    phone: str | None = Field(default=None, pattern=r"^\+[1-9]\d{6,14}$")
+    role: Role
+    villages: tuple[str, ...] = ()
+    wecom_user: str | None = None
+    superior: str | None = None
+    test: bool = False
+
+
+class WecomRobot(BaseModel):
+    """A WeCom group robot; its webhook key lives in the environment variable named here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$")
+    name: str = ""
+    villages: tuple[str, ...] = ()
+    test: bool = False
+
+
+class DirectoryFile(BaseModel):
+    """The shape of directory.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    village: list[Village] = Field(default_factory=list)
+    person: list[Person] = Field(default_factory=list)
+    wecom_robot: list[WecomRobot] = Field(default_factory=list)
+
+    @field_validator("village")
+    @classmethod
+    def _unique_codes(cls, villages: list[Village]) -> list[Village]:
+        """Village codes and device ids are unique across the file."""
+        seen: set[str] = set()
+        devices: set[str] = set()
+        for v in villages:
+            if v.code in seen:
+                raise ValueError(f"village code {v.code} appears twice")
+            seen.add(v.code)
+            for device in (*v.speakers, *v.led_boards):
+                if device in devices:
+                    raise ValueError(f"device {device!r} is listed twice")
+                devices.add(device)
+        return villages
+
+    @model_validator(mode="after")
+    def _references(self) -> DirectoryFile:
+        """People point at villages and superiors that exist."""
+        codes = {v.code for v in self.village}
+        ids = [p.id for p in self.person]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"person id {dup!r} appears twice")
+        for p in self.person:
+            for code in p.villages:
+                if code not in codes:
+                    raise ValueError(f"person {p.id}: village {code} is not in the directory")
+            if p.superior is not None and p.superior not in ids:
+                raise ValueError(f"person {p.id}: superior {p.superior!r} is not in the directory")
+        for r in self.wecom_robot:
+            for code in r.villages:
+                if code not in codes:
+                    raise ValueError(f"wecom_robot {r.key_env}: village {code} is not in the directory")
+        return self
+
+
+class Directory:
+    """Lookups over the directory: villages by code prefix, polygon and circle; people by village.
+
+    Args:
+        data: the parsed directory file.
+    """
+
+    def __init__(self, data: DirectoryFile) -> None:
+        """Index villages, devices and people."""
+        self.villages: dict[str, Village] = {v.code: v for v in data.village}
+        self.people: dict[str, Person] = {p.id: p for p in data.person}
+        self.robots: list[WecomRobot] = list(data.wecom_robot)
+        self.device_village: dict[str, str] = {}
+        self.device_kind: dict[str, str] = {}
+        for v in data.village:
+            for d in v.speakers:
+                self.device_village[d] = v.code
+                self.device_kind[d] = "speaker"
+            for d in v.led_boards:
+                self.device_village[d] = v.code
+                self.device_kind[d] = "led"
+        self._by_village: dict[str, list[Person]] = defaultdict(list)
+        for p in data.person:
+            for code in p.villages:
+                self._by_village[code].append(p)
+        self._codes = list(self.villages)
+        self._lat = np.array([self.villages[c].lat for c in self._codes], dtype=float)
+        self._lon = np.array([self.villages[c].lon for c in self._codes], dtype=float)
+
+    @classmethod
+    def load(cls, path: Path) -> Directory:
+        """Read directory.toml; raise ConfigError naming each bad key."""
+        try:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(path, [("directory.path", f"{path} does not exist")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(path, [("(file)", f"not valid TOML: {exc}")]) from None
+        try:
+            return cls(DirectoryFile.model_validate(raw))
+        except ValidationError as exc:
+            problems = [(_dotted(e["loc"]), e["msg"]) for e in exc.errors()]
+            raise ConfigError(path, problems) from None
+
+    def by_prefix(self, code: str) -> list[str]:
+        """Villages whose 12-digit code starts with a county, township or village code."""
+        if not ADMIN_CODE.match(code):
+            return []
+        return [c for c in self._codes if c.startswith(code)]
+
+    def in_polygon(self, ring: list[list[float]]) -> list[str]:
+        """Villages whose coordinates lie inside (or on) a [lat, lon] polygon."""
+        if not self._codes:
+            return []
+        poly = shapely.Polygon([(lon, lat) for lat, lon in ring])
+        if not poly.is_valid:
+            poly = poly.buffer(0)  # repairs self-touching rings that real feeds send
+        inside = shapely.intersects_xy(poly, self._lon, self._lat)
+        return [c for c, hit in zip(self._codes, inside, strict=True) if hit]
+
+    def in_circle(self, lat: float, lon: float, radius_km: float) -> list[str]:
+        """Villages within radius_km of a point (haversine)."""
+        if not self._codes:
+            return []
+        p1, p2 = math.radians(lat), np.radians(self._lat)
+        dphi = p2 - p1
+        dlmb = np.radians(self._lon) - math.radians(lon)
+        a = np.sin(dphi / 2) ** 2 + math.cos(p1) * np.cos(p2) * np.sin(dlmb / 2) ** 2
+        dist = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(1.0, a)))
+        return [c for c, d in zip(self._codes, dist, strict=True) if d <= radius_km]
+
+    def match(self, area: Area) -> list[str]:
+        """All villages an area reaches, sorted, each once."""
+        hits: set[str] = set()
+        for code in area.codes:
+            hits.update(self.by_prefix(code))
+        for ring in area.polygons:
+            hits.update(self.in_polygon(ring))
+        for circle in area.circles:
+            hits.update(self.in_circle(circle.lat, circle.lon, circle.radius_km))
+        return sorted(hits)
+
+    def people_in(self, villages: Iterable[str], roles: Iterable[str] = ROLES) -> list[Person]:
+        """People attached to any of these villages with one of these roles, each once."""
+        wanted = set(roles)
+        seen: dict[str, Person] = {}
+        for code in villages:
+            for p in self._by_village.get(code, ()):
+                if p.role in wanted:
+                    seen.setdefault(p.id, p)
+        return list(seen.values())
+
+    def robots_for(self, villages: Iterable[str]) -> list[WecomRobot]:
+        """Work-group robots that cover any of these villages."""
+        codes = set(villages)
+        return [r for r in self.robots if codes.intersection(r.villages)]

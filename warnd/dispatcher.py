@@ -1,0 +1,161 @@
+"""The dispatcher: claims due deliveries per channel, hands them to the adapter, records outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from warnd.adapter import Adapter, Message
+from warnd.clock import Clock, Wakeup
+from warnd.config import DispatchSettings
+from warnd.store import Delivery, Outcome, Store
+
+log = structlog.get_logger("warnd.dispatcher")
+
+
+def retry_delay_s(
+    attempt: int,
+    retry_after_s: float | None,
+    *,
+    base_s: float,
+    cap_s: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Exponential backoff with full jitter, never sooner than the far end's Retry-After."""
+    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
+    # Full jitter spreads a thousand retries after a broker outage instead of stampeding.
+    delay = (rng or random).uniform(ceiling / 2, ceiling)
+    return max(delay, retry_after_s or 0.0)
+
+
+def next_state(
+    outcome: Outcome,
+    attempts: int,
+    now: datetime,
+    settings: DispatchSettings,
+    rng: random.Random | None = None,
+) -> tuple[Outcome, datetime | None]:
+    """Decide what a failed outcome becomes: a retry at a time, or dead when attempts run out."""
+    if outcome.state != "failed":
+        return outcome, None
+    if attempts >= settings.max_attempts:
+        error = f"{outcome.error} (gave up after {attempts} attempts)"
+        return Outcome(outcome.delivery_id, "dead", error=error), None
+    delay = retry_delay_s(
+        attempts,
+        outcome.retry_after_s,
+        base_s=settings.backoff_base_s,
+        cap_s=settings.backoff_cap_s,
+        rng=rng,
+    )
+    return outcome, now + timedelta(seconds=delay)
+
+
+class Dispatcher:
+    """One worker per channel; a slow channel never holds up another.
+
+    Args:
+        store: the store.
+        adapters: channel name → running adapter.
+        clock: time.
+        settings: batch size, attempts, backoff.
+        wake: set when new deliveries are written.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        adapters: Mapping[str, Adapter],
+        clock: Clock,
+        settings: DispatchSettings,
+        wake: Wakeup,
+    ) -> None:
+        """Keep the collaborators."""
+        self.store, self.adapters, self.clock, self.settings = store, adapters, clock, settings
+        self.wake = wake
+        self.in_flight = 0
+        self.stopping = False
+
+    def channels(self) -> set[str]:
+        """Channels with an adapter that can send."""
+        return {name for name, a in self.adapters.items() if a.disabled_reason is None}
+
+    async def run_channel_once(self, channel: str) -> int:
+        """Claim one batch for a channel, send it, record outcomes; return how many were handled."""
+        adapter = self.adapters[channel]
+        if adapter.disabled_reason is not None or self.stopping:
+            return 0
+        now = self.clock.now()
+        batch_size = min(self.settings.batch_size, adapter.limits.batch_size)
+        claimed = await self.store.claim(now, batch_size, [channel])
+        if not claimed:
+            return 0
+        self.in_flight += len(claimed)
+        try:
+            messages = await self._messages(claimed)
+            outcomes = await adapter.deliver(messages, timeout_s=self.settings.send_timeout_s)
+            after = self.clock.now()
+            by_id = {d.id: d for d in claimed}
+            decided = [next_state(o, by_id[o.delivery_id].attempts, after, self.settings) for o in outcomes]
+            for o, _ in decided:
+                if o.state == "dead":
+                    d = by_id[o.delivery_id]
+                    log.warning(
+                        "delivery.dead",
+                        warning_id=d.warning_id,
+                        msg_id=d.msg_id,
+                        channel=channel,
+                        target=d.target,
+                        reason=o.error,
+                    )
+            await self.store.record(decided, after)
+        finally:
+            self.in_flight -= len(claimed)
+        return len(claimed)
+
+    async def _messages(self, claimed: Sequence[Delivery]) -> list[Message]:
+        """Attach each delivery's warning content (one read per warning)."""
+        warnings: dict[str, dict[str, Any]] = {}
+        for d in claimed:
+            if d.warning_id not in warnings:
+                warnings[d.warning_id] = await self.store.get_warning(d.warning_id) or {}
+        return [Message(d, warnings[d.warning_id]) for d in claimed]
+
+    async def run_once(self) -> int:
+        """One batch for every channel, concurrently."""
+        counts = await asyncio.gather(*(self.run_channel_once(c) for c in self.adapters))
+        return sum(counts)
+
+    async def channel_loop(self, channel: str, idle_s: float = 1.0) -> None:
+        """Send a channel's deliveries as they come due, forever."""
+        while not self.stopping:
+            try:
+                handled = await self.run_channel_once(channel)
+            except Exception:
+                log.exception("dispatcher.error", channel=channel)
+                handled = 0
+            if not handled:
+                await self._idle(idle_s)
+
+    async def _idle(self, idle_s: float) -> None:
+        """Wait for new work, the next due time, or idle_s, whichever comes first."""
+        event = self.wake.waiter()
+        wait = idle_s
+        nxt = await self.store.next_due()
+        if nxt is not None:
+            wait = max(0.0, min(idle_s, (nxt - self.clock.now()).total_seconds()))
+        await self.wake.wait(event, wait)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop claiming and let sends in flight finish within grace_s."""
+        self.stopping = True
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while self.in_flight and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - polls a counter
+            await asyncio.sleep(0.05)
+        if self.in_flight:
+            log.warning("dispatcher.grace_expired", in_flight=self.in_flight)

@@ -1,0 +1,262 @@
+"""Accept, update and cancel warnings: validate, match the area, commit durably, schedule."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from warnd.clock import Clock, Wakeup, iso, parse_iso
+from warnd.config import PolicySettings
+from warnd.directory import Directory
+from warnd.model import Area, Level, State, UpdateIn, WarningIn
+from warnd.planner import Step, level_policy, step_jobs, steps_for
+from warnd.store import AcceptResult, Store, new_warning_id, ts
+
+log = structlog.get_logger("warnd.intake")
+
+IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
+
+
+class InputError(Exception):
+    """A submission that cannot be accepted; `field` names what is wrong.
+
+    Args:
+        code: machine-readable error code.
+        message: for the operator.
+        field: dotted name of the offending field.
+        status: HTTP status to answer with.
+    """
+
+    def __init__(self, code: str, message: str, field: str | None = None, status: int = 422) -> None:
+        """Keep code, message, field and status for the error body."""
+        super().__init__(message)
+        self.code, self.message, self.field, self.status = code, message, field, status
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something, and from where: for the audit trail."""
+
+    name: str
+    remote: str | None = None
+
+
+class Intake:
+    """The front door of the pipeline.
+
+    Args:
+        store: the store.
+        directory: returns the current directory (reloadable).
+        policy: returns the current policy (reloadable).
+        clock: time.
+        wake: set whenever new work is committed, so the loops look at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        directory: Callable[[], Directory],
+        policy: Callable[[], PolicySettings],
+        clock: Clock,
+        wake: Wakeup,
+    ) -> None:
+        """Keep the collaborators."""
+        self.store, self.directory, self.policy, self.clock, self.wake = store, directory, policy, clock, wake
+
+    def match(self, area: Area, *, required: bool) -> list[str]:
+        """The villages an area reaches; an operator's area that reaches none is refused."""
+        villages = self.directory().match(area)
+        if not villages and required:
+            raise InputError("area_unmatched", "the area matches no village in the directory", "area")
+        return villages
+
+    async def accept(
+        self,
+        w: WarningIn,
+        *,
+        actor: Actor,
+        source: str = "api",
+        idempotency_key: str | None = None,
+        msg_type: str = "alert",
+        document: str | None = None,
+        require_villages: bool = True,
+    ) -> AcceptResult:
+        """Commit a new warning, its audit event and its schedule in one transaction."""
+        now = self.clock.now()
+        if w.expires is not None and w.expires <= now:
+            raise InputError("expired", "expires is already in the past", "expires")
+        villages = self.match(w.area, required=require_villages)
+        row: dict[str, Any] = {
+            "id": new_warning_id(now),
+            "sender": w.sender,
+            "identifier": w.identifier,
+            "source": source,
+            "msg_type": msg_type,
+            "event": w.event,
+            "level": w.level.value,
+            "status": w.status.value,
+            "headline": w.headline,
+            "description": w.description,
+            "instruction": w.instruction,
+            "area": json.dumps(w.area.model_dump(), ensure_ascii=False),
+            "villages": json.dumps(villages),
+            "onset": iso(w.onset),
+            "expires": iso(w.expires),
+            "state": State.ACTIVE.value,
+            "version": 1,
+            "created_at": ts(now),
+            "updated_at": ts(now),
+            "document": document,
+        }
+        jobs = step_jobs(row, steps_for(row, self.policy(), now), now)
+        result = await self.store.accept(
+            row,
+            audit=_audit(
+                now,
+                actor,
+                "issue",
+                row["id"],
+                {
+                    "level": w.level.value,
+                    "event": w.event,
+                    "source": source,
+                    "villages": len(villages),
+                    "status": w.status.value,
+                },
+            ),
+            jobs=jobs,
+            idempotency_key=idempotency_key,
+        )
+        if result.created:
+            log.info(
+                "warning.accepted",
+                warning_id=result.id,
+                warning_level=w.level.value,
+                hazard=w.event,
+                villages=len(villages),
+                source=source,
+                steps=len(jobs),
+            )
+            self.wake.set()
+        else:
+            log.info("warning.duplicate", warning_id=result.id, source=source)
+        return result
+
+    async def _in_force(self, warning_id: str) -> dict[str, Any]:
+        """The warning, which must exist and still be in force."""
+        w = await self.store.get_warning(warning_id)
+        if w is None:
+            raise InputError("not_found", f"no warning {warning_id}", "id", status=404)
+        if w["state"] not in IN_FORCE:
+            raise InputError("not_in_force", f"warning {warning_id} is {w['state']}", "state", status=409)
+        return w
+
+    async def update(self, warning_id: str, u: UpdateIn, *, actor: Actor) -> dict[str, Any]:
+        """Replace content, reschedule what has not fired, announce the change (预警更新)."""
+        now = self.clock.now()
+        old = await self._in_force(warning_id)
+        changes: dict[str, Any] = {}
+        for name in ("level", "headline", "description", "instruction"):
+            value = getattr(u, name)
+            if value is not None:
+                changes[name] = value.value if isinstance(value, Level) else value
+        if u.area is not None:
+            changes["area"] = json.dumps(u.area.model_dump(), ensure_ascii=False)
+            changes["villages"] = json.dumps(self.match(u.area, required=True))
+        for name in ("onset", "expires"):
+            if getattr(u, name) is not None:
+                changes[name] = iso(getattr(u, name))
+        if not changes:
+            raise InputError("empty_update", "an update must change at least one field", None)
+        new = {
+            **old,
+            **changes,
+            "area": changes.get("area", old["area"]),
+            "villages": changes.get("villages", old["villages"]),
+        }
+        onset, expires = parse_iso(new["onset"]), parse_iso(new["expires"])
+        if onset and expires and onset >= expires:
+            raise InputError("invalid", "expires must be after onset", "expires")
+        if expires is not None and expires <= now:
+            raise InputError("expired", "expires is already in the past", "expires")
+        new["version"] = old["version"] + 1
+        changes["version"] = new["version"]
+        changes["state"] = State.UPDATED.value
+        if isinstance(new["villages"], str):
+            new["villages"] = json.loads(new["villages"])
+        policy = self.policy()
+        upgraded = Level(new["level"]).rank < Level(old["level"]).rank
+        steps = [s for s in steps_for(new, policy, now) if s.name != "issue"]
+        if upgraded:
+            # A higher level goes out at once, in full, to the new level's channels.
+            lp = level_policy(new, policy)
+            roles = tuple(sorted({r for rs in lp.roles.values() for r in rs}))
+            steps.insert(0, Step("issue", now, tuple(lp.channels), roles))
+        jobs = step_jobs(new, steps, now)
+        jobs.append(_announce_job(new, "update", now))
+        await self.store.change_warning(
+            warning_id,
+            changes,
+            now=now,
+            cancel_jobs=True,
+            audit=_audit(
+                now,
+                actor,
+                "update",
+                warning_id,
+                {
+                    "fields": sorted(k for k in changes if k not in ("version", "state", "villages")),
+                    "version": new["version"],
+                    "upgraded": upgraded,
+                },
+            ),
+            jobs=jobs,
+        )
+        log.info("warning.updated", warning_id=warning_id, version=new["version"], upgraded=upgraded)
+        self.wake.set()
+        return new
+
+    async def cancel(self, warning_id: str, *, actor: Actor, reason: str = "") -> None:
+        """Stop everything pending and send the all-clear (解除预警) to everyone reached."""
+        now = self.clock.now()
+        w = await self._in_force(warning_id)
+        await self.store.change_warning(
+            warning_id,
+            {"state": State.CANCELLED.value},
+            now=now,
+            cancel_jobs=True,
+            cancel_deliveries=True,
+            audit=_audit(now, actor, "cancel", warning_id, {"reason": reason}),
+            jobs=[_announce_job(w, "cancel", now)],
+        )
+        log.info("warning.cancelled", warning_id=warning_id)
+        self.wake.set()
+
+
+def _announce_job(w: dict[str, Any], kind: str, now: Any) -> dict[str, Any]:
+    """A job that tells everyone already reached about an update or the all-clear."""
+    version = w.get("version", 1)
+    return {
+        "key": f"{w['id']}:v{version}:{kind}",
+        "warning_id": w["id"],
+        "kind": "announce",
+        "due_at": ts(now),
+        "created_at": ts(now),
+        "payload": {"step": kind, "kind": kind, "version": version},
+    }
+
+
+def _audit(now: Any, actor: Actor, action: str, warning_id: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """An audit event row."""
+    return {
+        "at": ts(now),
+        "actor": actor.name,
+        "action": action,
+        "warning_id": warning_id,
+        "remote": actor.remote,
+        "detail": detail,
+    }

@@ -1,0 +1,246 @@
+"""The normalized warning: what every ingest path (operator JSON, CAP, hydrology) becomes."""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Level(enum.StrEnum):
+    """The four warning colours, most severe first (红橙黄蓝)."""
+
+    RED = "red"
+    ORANGE = "orange"
+    YELLOW = "yellow"
+    BLUE = "blue"
+
+    @property
+    def roman(self) -> str:
+        """Level as the documents write it: I (red) … IV (blue)."""
+        return _ROMAN[self]
+
+    @property
+    def severity_code(self) -> int:
+        """GD/J 082 emergency-broadcast severity, 1 (I, red) … 4 (IV, blue)."""
+        return _RANK[self] + 1
+
+    @property
+    def cap_severity(self) -> str:
+        """The CAP 1.2 severity this level corresponds to."""
+        return _CAP_SEVERITY[self]
+
+    @property
+    def chinese(self) -> str:
+        """The colour in Chinese, as SMS texts and the console say it."""
+        return _CHINESE[self]
+
+    @property
+    def rank(self) -> int:
+        """0 for red … 3 for blue: lower is more severe."""
+        return _RANK[self]
+
+    @classmethod
+    def from_cap_severity(cls, severity: str) -> Level:
+        """Map a CAP severity (Extreme/Severe/Moderate/Minor) to a level."""
+        for level, sev in _CAP_SEVERITY.items():
+            if sev.lower() == severity.strip().lower():
+                return level
+        raise ValueError(f"CAP severity {severity!r} has no warning level")
+
+
+_RANK = {Level.RED: 0, Level.ORANGE: 1, Level.YELLOW: 2, Level.BLUE: 3}
+_ROMAN = {Level.RED: "I", Level.ORANGE: "II", Level.YELLOW: "III", Level.BLUE: "IV"}
+_CAP_SEVERITY = {
+    Level.RED: "Extreme",
+    Level.ORANGE: "Severe",
+    Level.YELLOW: "Moderate",
+    Level.BLUE: "Minor",
+}
+_CHINESE = {Level.RED: "红色", Level.ORANGE: "橙色", Level.YELLOW: "黄色", Level.BLUE: "蓝色"}
+
+
+class Status(enum.StrEnum):
+    """Whether a warning is real. Exercise and test never reach the public."""
+
+    ACTUAL = "actual"
+    EXERCISE = "exercise"
+    TEST = "test"
+
+    @property
+    def drill(self) -> bool:
+        """True for exercises and tests: only test devices and recipients get them."""
+        return self is not Status.ACTUAL
+
+
+class State(enum.StrEnum):
+    """Lifecycle of a stored warning."""
+
+    ACTIVE = "active"
+    UPDATED = "updated"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+# 6-digit county (GB/T 2260), 9-digit township, 12-digit village statistical codes.
+ADMIN_CODE = re.compile(r"^\d{6}(\d{3}(\d{3})?)?$")
+
+
+def require_offset(value: datetime | None) -> datetime | None:
+    """Refuse naive times: a township server's clock zone is no guess to build on."""
+    if value is not None and value.utcoffset() is None:
+        raise ValueError("time needs a UTC offset, e.g. 2026-07-01T08:00:00+08:00")
+    return value
+
+
+LatLon = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class Circle(BaseModel):
+    """A circle on the map, as CAP writes it (centre and radius in km)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_km: float = Field(gt=0, le=1000)
+
+
+class Area(BaseModel):
+    """Where a warning applies: admin codes, polygons of [lat, lon] and circles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    codes: list[str] = Field(default_factory=list, max_length=10_000)
+    polygons: list[list[LatLon]] = Field(default_factory=list, max_length=100)
+    circles: list[Circle] = Field(default_factory=list, max_length=100)
+
+    @field_validator("codes")
+    @classmethod
+    def _codes_are_admin_codes(cls, codes: list[str]) -> list[str]:
+        """Each code is a 6-, 9- or 12-digit 行政区划代码."""
+        for code in codes:
+            if not ADMIN_CODE.match(code):
+                raise ValueError(f"{code!r} is not a 6-, 9- or 12-digit administrative code")
+        return codes
+
+    @field_validator("polygons")
+    @classmethod
+    def _polygons_are_rings(cls, polygons: list[list[list[float]]]) -> list[list[list[float]]]:
+        """A polygon needs three distinct corners with valid coordinates."""
+        for polygon in polygons:
+            if len({tuple(p) for p in polygon}) < 3:
+                raise ValueError("a polygon needs at least 3 distinct [lat, lon] points")
+            for lat, lon in polygon:
+                if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                    raise ValueError(f"[{lat}, {lon}] is not a [lat, lon] point")
+        return polygons
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Area:
+        """An area must say where: a warning for nowhere reaches nobody."""
+        if not (self.codes or self.polygons or self.circles):
+            raise ValueError("area needs at least one of codes, polygons or circles")
+        return self
+
+
+class WarningIn(BaseModel):
+    """A warning as an operator submits it (DESIGN.md's JSON contract).
+
+    Args:
+        event: hazard type in the operator's words, e.g. 暴雨, 台风.
+        level: red/orange/yellow/blue.
+        headline: one line, what the warning is.
+        description: what is happening.
+        instruction: what people should do.
+        area: where it applies.
+        onset: when the hazard is expected; drives the pre-warning schedule.
+        expires: when the warning ends by itself.
+        status: actual, exercise or test.
+        sender: who issued it upstream; with identifier, de-duplicates.
+        identifier: the upstream id.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    event: str = Field(min_length=1, max_length=64)
+    level: Level
+    headline: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=4000)
+    instruction: str = Field(default="", max_length=2000)
+    area: Area
+    onset: datetime | None = None
+    expires: datetime | None = None
+    status: Status = Status.ACTUAL
+    sender: str | None = Field(default=None, max_length=256)
+    identifier: str | None = Field(default=None, max_length=256)
+
+    @field_validator("onset", "expires")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        """Times must carry an offset."""
+        return require_offset(value)
+
+    @model_validator(mode="after")
+    def _order(self) -> WarningIn:
+        """Onset must come before expiry; sender and identifier come together."""
+        if self.onset and self.expires and self.onset >= self.expires:
+            raise ValueError("expires must be after onset")
+        if (self.sender is None) != (self.identifier is None):
+            raise ValueError("sender and identifier must be given together")
+        return self
+
+
+class UpdateIn(BaseModel):
+    """An operator's update: any subset of a warning's content fields."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    level: Level | None = None
+    headline: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=4000)
+    instruction: str | None = Field(default=None, max_length=2000)
+    area: Area | None = None
+    onset: datetime | None = None
+    expires: datetime | None = None
+
+    @field_validator("onset", "expires")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        """Times must carry an offset."""
+        return require_offset(value)
+
+
+class CancelIn(BaseModel):
+    """An operator's cancel (解除预警), with an optional reason for the record."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(default="", max_length=500)
+
+
+DeliveryState = Literal[
+    "pending", "sending", "sent", "delivered", "acknowledged", "failed", "dead", "cancelled"
+]
+OPEN_STATES = ("pending", "failed")
+
+
+def warning_json(row: dict[str, Any]) -> dict[str, Any]:
+    """The content fields of a stored warning, in DESIGN.md's JSON contract order."""
+    keys = (
+        "event",
+        "level",
+        "headline",
+        "description",
+        "instruction",
+        "area",
+        "onset",
+        "expires",
+        "status",
+        "sender",
+        "identifier",
+    )
+    return {k: row.get(k) for k in keys}

@@ -1,0 +1,237 @@
+"""Plan: a warning becomes timed steps, and a step becomes delivery rows. Pure functions of `now`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from warnd.clock import parse_iso
+from warnd.config import LevelPolicy, PolicySettings
+from warnd.directory import Directory
+from warnd.model import Level
+from warnd.store import NewDelivery, ts
+
+PERSON_CHANNELS = ("sms", "voice", "wechat")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A send of a warning at a time, to some channels and roles."""
+
+    name: str
+    at: datetime
+    channels: tuple[str, ...]
+    roles: tuple[str, ...]
+
+
+def msg_id(job_key: str, channel: str, group: str) -> str:
+    """A stable message id: the same step to the same receiver always gets the same id."""
+    return hashlib.sha256(f"{job_key}|{channel}|{group}".encode()).hexdigest()[:24]
+
+
+def level_policy(warning: dict[str, Any], policy: PolicySettings) -> LevelPolicy:
+    """The level policy that applies to a stored warning."""
+    return policy.for_warning(Level(warning["level"]), warning["event"])
+
+
+def steps_for(warning: dict[str, Any], policy: PolicySettings, now: datetime) -> list[Step]:
+    """The pre-warning schedule: steps relative to onset; those already past collapse into one now."""
+    lp = level_policy(warning, policy)
+    onset = parse_iso(warning.get("onset"))
+    all_roles = tuple(sorted({r for roles in lp.roles.values() for r in roles}))
+    if onset is None or onset <= now:
+        return [Step("issue", now, tuple(lp.channels), all_roles)]
+    past_channels: set[str] = set()
+    past_roles: set[str] = set()
+    future: list[Step] = []
+    for sp in sorted(policy.steps, key=lambda s: -s.hours_before):
+        at = onset - timedelta(hours=sp.hours_before)
+        channels = tuple(c for c in lp.channels if c in sp.channels)
+        if not channels:
+            continue
+        if at <= now:
+            past_channels.update(channels)
+            past_roles.update(sp.roles)
+        else:
+            name = f"T-{sp.hours_before:g}h" if sp.hours_before else "onset"
+            future.append(Step(name, at, channels, tuple(sp.roles)))
+    steps = []
+    if past_channels or not future:
+        # Whatever the schedule would already have said goes out now, once.
+        chans = tuple(c for c in lp.channels if c in past_channels) or tuple(lp.channels)
+        steps.append(Step("issue", now, chans, tuple(sorted(past_roles)) or all_roles))
+    return steps + future
+
+
+def step_jobs(
+    warning: dict[str, Any], steps: list[Step], now: datetime, *, kind: str = "warning"
+) -> list[dict[str, Any]]:
+    """Job rows for steps (and the warning's expiry)."""
+    version = warning.get("version", 1)
+    jobs = [
+        {
+            "key": f"{warning['id']}:v{version}:{s.name}",
+            "warning_id": warning["id"],
+            "kind": "step",
+            "due_at": ts(s.at),
+            "created_at": ts(now),
+            "payload": {
+                "step": s.name,
+                "channels": list(s.channels),
+                "roles": list(s.roles),
+                "kind": kind,
+                "version": version,
+            },
+        }
+        for s in steps
+    ]
+    expires = parse_iso(warning.get("expires"))
+    if expires is not None:
+        jobs.append(
+            {
+                "key": f"{warning['id']}:v{version}:expire",
+                "warning_id": warning["id"],
+                "kind": "expire",
+                "due_at": ts(max(expires, now)),
+                "created_at": ts(now),
+                "payload": {"version": version},
+            }
+        )
+    return jobs
+
+
+def schedule_view(jobs: list[dict[str, Any]], tz: str = "Asia/Shanghai") -> list[dict[str, Any]]:
+    """Jobs as the API shows a schedule: [{"at", "step", "channels", "state"}]."""
+    zone = ZoneInfo(tz)
+    out = []
+    for j in jobs:
+        if j["kind"] != "step":
+            continue
+        at = datetime.strptime(j["due_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=ZoneInfo("UTC"))
+        out.append(
+            {
+                "at": at.astimezone(zone).isoformat(timespec="seconds"),
+                "step": j["payload"]["step"],
+                "channels": j["payload"]["channels"],
+                "state": j.get("state", "pending"),
+            }
+        )
+    return out
+
+
+def in_quiet_hours(when: datetime, policy: PolicySettings) -> bool:
+    """Whether local time falls within quiet hours (which may span midnight)."""
+    local = when.astimezone(ZoneInfo(policy.timezone)).time()
+    start, end = policy.quiet_start, policy.quiet_end
+    if start <= end:
+        return start <= local < end
+    return local >= start or local < end
+
+
+def end_of_quiet(when: datetime, policy: PolicySettings) -> datetime:
+    """The first moment at or after `when` outside quiet hours."""
+    if not in_quiet_hours(when, policy):
+        return when
+    zone = ZoneInfo(policy.timezone)
+    local = when.astimezone(zone)
+    end = local.replace(hour=policy.quiet_end.hour, minute=policy.quiet_end.minute, second=0, microsecond=0)
+    if end <= local:
+        end += timedelta(days=1)
+    return end
+
+
+def step_deliveries(
+    warning: dict[str, Any],
+    job_key: str,
+    payload: dict[str, Any],
+    directory: Directory,
+    policy: PolicySettings,
+    now: datetime,
+) -> list[NewDelivery]:
+    """Delivery rows for one step: devices of the matched villages, people by role, robots."""
+    lp = level_policy(warning, policy)
+    drill = warning.get("status", "actual") != "actual"
+    kind = payload.get("kind", "warning")
+    step = payload["step"]
+    roles = set(payload.get("roles") or ())
+    villages = [directory.villages[c] for c in warning["villages"] if c in directory.villages]
+    if drill:
+        # Exercises and tests never reach the public: only test villages and test people.
+        villages = [v for v in villages if v.test]
+    codes = [v.code for v in villages]
+    out: list[NewDelivery] = []
+    wid = warning["id"]
+
+    def due(channel: str) -> datetime:
+        """Hold daytime-only channels (blue loudspeakers) until quiet hours end."""
+        if channel in lp.daytime_only and kind == "warning":
+            return end_of_quiet(now, policy)
+        return now
+
+    for channel in payload["channels"]:
+        if channel not in lp.channels:
+            continue
+        if channel == "loudspeaker":
+            for v in villages:
+                mid = msg_id(job_key, channel, v.code)
+                out.extend(
+                    NewDelivery(mid, wid, step, kind, channel, spk, due(channel), village=v.code)
+                    for spk in v.speakers
+                )
+        elif channel == "led":
+            for v in villages:
+                out.extend(
+                    NewDelivery(
+                        msg_id(job_key, channel, b), wid, step, kind, channel, b, due(channel), village=v.code
+                    )
+                    for b in v.led_boards
+                )
+        else:
+            wanted = set(lp.roles.get(channel, ()))  # type: ignore[call-overload]
+            if roles:
+                wanted &= roles
+            people = directory.people_in(codes, wanted) if wanted else []
+            for p in people:
+                if drill and not p.test:
+                    continue
+                address = p.phone if channel in ("sms", "voice") else p.wecom_user
+                if not address:
+                    continue
+                out.append(
+                    NewDelivery(
+                        msg_id(job_key, channel, p.id),
+                        wid,
+                        step,
+                        kind,
+                        channel,
+                        p.id,
+                        due(channel),
+                        person_id=p.id,
+                        address=address,
+                        ack_required=kind == "warning" and p.role in lp.ack_roles,
+                    )
+                )
+            if channel == "wechat":
+                for r in directory.robots_for(codes):
+                    if drill and not r.test:
+                        continue
+                    out.append(
+                        NewDelivery(
+                            msg_id(job_key, channel, r.key_env),
+                            wid,
+                            step,
+                            kind,
+                            channel,
+                            f"robot:{r.key_env}",
+                            due(channel),
+                        )
+                    )
+    return out
+
+
+def quiet_window(policy: PolicySettings) -> tuple[time, time]:
+    """The configured quiet hours, for display."""
+    return policy.quiet_start, policy.quiet_end

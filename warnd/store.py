@@ -1,0 +1,754 @@
+"""The store: SQLite (WAL, synchronous=FULL) behind one narrow interface, with numbered migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+log = structlog.get_logger("warnd.store")
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+# Whether the running task holds the store's transaction (reads inside it must not re-lock).
+_IN_TX: contextvars.ContextVar[bool] = contextvars.ContextVar("warnd_store_in_tx", default=False)
+
+
+def ts(dt: datetime) -> str:
+    """A datetime as the store's sortable UTC text."""
+    return dt.astimezone(UTC).strftime(TS_FORMAT)
+
+
+def from_ts(text: str | None) -> datetime | None:
+    """The store's UTC text back to an aware datetime."""
+    return datetime.strptime(text, TS_FORMAT).replace(tzinfo=UTC) if text else None
+
+
+def new_warning_id(now: datetime) -> str:
+    """A warning id that sorts by creation time and is unguessable enough: W20260701-3f9a2c1b."""
+    return f"W{now.astimezone(UTC):%Y%m%d}-{secrets.token_hex(4)}"
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer warnd: refusing it beats corrupting it."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A row of `jobs`: something due at a time."""
+
+    id: int
+    key: str
+    warning_id: str | None
+    kind: str
+    due_at: datetime
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A delivery row to insert."""
+
+    msg_id: str
+    warning_id: str
+    step: str
+    kind: str
+    channel: str
+    target: str
+    due_at: datetime
+    village: str | None = None
+    person_id: str | None = None
+    address: str | None = None
+    ack_required: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A claimed delivery, with what an adapter needs to send it."""
+
+    id: int
+    msg_id: str
+    warning_id: str
+    step: str
+    kind: str
+    channel: str
+    target: str
+    village: str | None
+    person_id: str | None
+    address: str | None
+    ack_required: bool
+    attempts: int
+    state: str = "sending"
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one delivery attempt.
+
+    Args:
+        delivery_id: the row.
+        state: sent / delivered / acknowledged / failed (retry) / dead.
+        error: why it failed, for the operator; never a secret.
+        retry_after_s: earliest retry the far end allows.
+        provider_ref: the provider's id for later receipts (Twilio SID …).
+    """
+
+    delivery_id: int
+    state: str
+    error: str | None = None
+    retry_after_s: float | None = None
+    provider_ref: str | None = None
+
+
+@dataclass
+class AcceptResult:
+    """The id a submission got, and whether it was new."""
+
+    id: str
+    created: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    """The numbered SQL files shipped in warnd/migrations, in order."""
+    out = []
+    for entry in resources.files("warnd.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+class Store:
+    """All persistent state. Every write is one transaction; the pipeline is driven from here.
+
+    Args:
+        path: the SQLite file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Remember where the database lives; `open()` connects."""
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        # One connection, one writer: a transaction holds the lock so coroutines never interleave.
+        self._lock = asyncio.Lock()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The open connection."""
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    async def open(self) -> Store:
+        """Connect, set durability pragmas and apply migrations."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._db.row_factory = aiosqlite.Row
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a warning answered 202 survives power loss, not only a crash.
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._migrate()
+        return self
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> Store:
+        """Open on entry."""
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close on exit."""
+        await self.close()
+
+    async def _migrate(self) -> None:
+        """Apply the numbered migrations this database lacks; refuse a newer database."""
+        db = self.db
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = await (await db.execute("SELECT MAX(version) FROM schema_version")).fetchone()
+        current = row[0] or 0
+        known = _migrations()
+        newest = known[-1][0] if known else 0
+        if current > newest:
+            raise SchemaTooNew(f"{self.path} has schema {current}; this warnd knows up to {newest}")
+        for number, sql in known:
+            if number <= current:
+                continue
+            await self._begin()
+            try:
+                for statement in _split_sql(sql):
+                    await db.execute(statement)
+                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+                await self._end("COMMIT")
+            except Exception:
+                await self._end("ROLLBACK")
+                raise
+            log.info("store.migrated", version=number)
+
+    async def ping(self) -> None:
+        """A cheap read that proves the database answers (readiness, watchdog)."""
+        await self._one("SELECT 1")
+
+    # -- transactions -------------------------------------------------------------------------
+
+    async def _tx(
+        self, statements: Iterable[tuple[str, Sequence[Any] | Iterable[Sequence[Any]], bool]]
+    ) -> None:
+        """Run (sql, params, many) statements in one write transaction."""
+        db = self.db
+        await self._begin()
+        try:
+            for sql, params, many in statements:
+                if many:
+                    await db.executemany(sql, params)  # type: ignore[arg-type]
+                else:
+                    await db.execute(sql, params)  # type: ignore[arg-type]
+            await self._end("COMMIT")
+        except BaseException:
+            await self._end("ROLLBACK")
+            raise
+
+    async def _begin(self) -> None:
+        """Take the connection and open a write transaction."""
+        await self._lock.acquire()
+        _IN_TX.set(True)
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            _IN_TX.set(False)
+            self._lock.release()
+            raise
+
+    async def _end(self, verb: str) -> None:
+        """COMMIT or ROLLBACK, then give the connection back."""
+        try:
+            await self.db.execute(verb)
+        finally:
+            _IN_TX.set(False)
+            self._lock.release()
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """One row as a dict, or None (inside the caller's transaction, or on its own)."""
+        if _IN_TX.get():
+            row = await (await self.db.execute(sql, params)).fetchone()
+        else:
+            async with self._lock:
+                row = await (await self.db.execute(sql, params)).fetchone()
+        return dict(row) if row is not None else None
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """All rows as dicts (inside the caller's transaction, or on its own)."""
+        if _IN_TX.get():
+            rows = await (await self.db.execute(sql, params)).fetchall()
+        else:
+            async with self._lock:
+                rows = await (await self.db.execute(sql, params)).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- warnings -----------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        row: dict[str, Any],
+        *,
+        audit: dict[str, Any],
+        jobs: Sequence[dict[str, Any]],
+        idempotency_key: str | None = None,
+    ) -> AcceptResult:
+        """Store a new warning with its audit event and jobs in one transaction, or find its twin.
+
+        The same Idempotency-Key, or the same (sender, identifier), answers with the existing id.
+        """
+        db = self.db
+        await self._begin()
+        try:
+            existing = None
+            if idempotency_key:
+                existing = await self._one(
+                    "SELECT id FROM warnings WHERE idempotency_key = ?", (idempotency_key,)
+                )
+            if existing is None and row.get("sender") and row.get("identifier"):
+                existing = await self._one(
+                    "SELECT id FROM warnings WHERE sender = ? AND identifier = ?",
+                    (row["sender"], row["identifier"]),
+                )
+            if existing is not None:
+                await self._end("COMMIT")
+                return AcceptResult(existing["id"], created=False)
+            cols = {**row, "idempotency_key": idempotency_key}
+            await db.execute(
+                f"INSERT INTO warnings ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",  # noqa: S608 - column names are ours
+                list(cols.values()),
+            )
+            await self._insert_audit(audit)
+            await self._insert_jobs(jobs)
+            await self._end("COMMIT")
+        except BaseException:
+            await self._end("ROLLBACK")
+            raise
+        return AcceptResult(row["id"], created=True)
+
+    async def _insert_audit(self, audit: dict[str, Any]) -> None:
+        """Append one audit event inside the caller's transaction."""
+        await self.db.execute(
+            "INSERT INTO audit (at, actor, action, warning_id, remote, detail) VALUES (?,?,?,?,?,?)",
+            (
+                audit["at"],
+                audit["actor"],
+                audit["action"],
+                audit.get("warning_id"),
+                audit.get("remote"),
+                json.dumps(audit.get("detail", {}), ensure_ascii=False),
+            ),
+        )
+
+    async def _insert_jobs(self, jobs: Sequence[dict[str, Any]]) -> None:
+        """Insert jobs inside the caller's transaction; a known key is left as it is."""
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO jobs (key, warning_id, kind, due_at, payload, created_at)"
+            " VALUES (?,?,?,?,?,?)",
+            [
+                (
+                    j["key"],
+                    j.get("warning_id"),
+                    j["kind"],
+                    j["due_at"],
+                    json.dumps(j.get("payload", {}), ensure_ascii=False),
+                    j["created_at"],
+                )
+                for j in jobs
+            ],
+        )
+
+    async def get_warning(self, warning_id: str) -> dict[str, Any] | None:
+        """One warning row with its JSON columns decoded."""
+        row = await self._one("SELECT * FROM warnings WHERE id = ?", (warning_id,))
+        return _decode_warning(row) if row else None
+
+    async def find_warning(self, sender: str, identifier: str) -> dict[str, Any] | None:
+        """The warning an upstream (sender, identifier) names."""
+        row = await self._one(
+            "SELECT * FROM warnings WHERE sender = ? AND identifier = ?", (sender, identifier)
+        )
+        return _decode_warning(row) if row else None
+
+    async def list_warnings(self, states: Sequence[str] = (), limit: int = 100) -> list[dict[str, Any]]:
+        """Newest warnings first, optionally only in these states."""
+        if states:
+            marks = ",".join("?" * len(states))
+            rows = await self._all(
+                f"SELECT * FROM warnings WHERE state IN ({marks}) ORDER BY created_at DESC LIMIT ?",  # noqa: S608
+                (*states, limit),
+            )
+        else:
+            rows = await self._all("SELECT * FROM warnings ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [_decode_warning(r) for r in rows]
+
+    async def change_warning(
+        self,
+        warning_id: str,
+        changes: dict[str, Any],
+        *,
+        audit: dict[str, Any],
+        jobs: Sequence[dict[str, Any]] = (),
+        cancel_jobs: bool = False,
+        cancel_deliveries: bool = False,
+        now: datetime,
+    ) -> None:
+        """Update a warning's columns, cancel its pending work if asked, add jobs; one transaction."""
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        stamp = ts(now)
+        stmts: list[tuple[str, Any, bool]] = [
+            (
+                f"UPDATE warnings SET {sets}, updated_at = ? WHERE id = ?",  # noqa: S608 - our column names
+                [*changes.values(), stamp, warning_id],
+                False,
+            ),
+        ]
+        if cancel_jobs:
+            stmts.append(
+                (
+                    "UPDATE jobs SET state = 'cancelled' WHERE warning_id = ? AND state = 'pending'",
+                    (warning_id,),
+                    False,
+                )
+            )
+        if cancel_deliveries:
+            stmts.append(
+                (
+                    "UPDATE deliveries SET state = 'cancelled', updated_at = ?"
+                    " WHERE warning_id = ? AND state IN ('pending', 'failed')",
+                    (stamp, warning_id),
+                    False,
+                )
+            )
+        db = self.db
+        await self._begin()
+        try:
+            for sql, params, _ in stmts:
+                await db.execute(sql, params)
+            await self._insert_audit(audit)
+            await self._insert_jobs(jobs)
+            await self._end("COMMIT")
+        except BaseException:
+            await self._end("ROLLBACK")
+            raise
+
+    async def audit_log(self, warning_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Audit events, oldest first, optionally for one warning."""
+        if warning_id:
+            rows = await self._all(
+                "SELECT * FROM audit WHERE warning_id = ? ORDER BY id LIMIT ?", (warning_id, limit)
+            )
+        else:
+            rows = await self._all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        for r in rows:
+            r["detail"] = json.loads(r["detail"])
+        return rows
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
+        """Pending jobs whose time has come, oldest first."""
+        rows = await self._all(
+            "SELECT * FROM jobs WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?",
+            (ts(now), limit),
+        )
+        return [_job(r) for r in rows]
+
+    async def jobs_for(self, warning_id: str) -> list[dict[str, Any]]:
+        """Every job of a warning, in due order."""
+        rows = await self._all("SELECT * FROM jobs WHERE warning_id = ? ORDER BY due_at, id", (warning_id,))
+        for r in rows:
+            r["payload"] = json.loads(r["payload"])
+        return rows
+
+    async def fire_job(
+        self,
+        job: Job,
+        deliveries: Sequence[NewDelivery],
+        *,
+        jobs: Sequence[dict[str, Any]] = (),
+        now: datetime,
+        set_state: str | None = None,
+        audit: dict[str, Any] | None = None,
+    ) -> bool:
+        """Mark a job done and write what it produced, in one transaction: each job fires once.
+
+        `set_state` also moves the job's warning to that state and cancels its open
+        deliveries (expiry). Returns False when the job was no longer pending.
+        """
+        db = self.db
+        stamp = ts(now)
+        await self._begin()
+        try:
+            cur = await db.execute(
+                "UPDATE jobs SET state = 'done', fired_at = ? WHERE id = ? AND state = 'pending'",
+                (stamp, job.id),
+            )
+            if cur.rowcount != 1:
+                await self._end("ROLLBACK")
+                return False
+            if set_state is not None:
+                await db.execute(
+                    "UPDATE warnings SET state = ?, updated_at = ? WHERE id = ?",
+                    (set_state, stamp, job.warning_id),
+                )
+                await db.execute(
+                    "UPDATE deliveries SET state = 'cancelled', updated_at = ?"
+                    " WHERE warning_id = ? AND state IN ('pending', 'failed')",
+                    (stamp, job.warning_id),
+                )
+            if audit is not None:
+                await self._insert_audit(audit)
+            await self._insert_deliveries(deliveries, now)
+            await self._insert_jobs(jobs)
+            await self._end("COMMIT")
+        except BaseException:
+            await self._end("ROLLBACK")
+            raise
+        return True
+
+    async def _insert_deliveries(self, deliveries: Sequence[NewDelivery], now: datetime) -> None:
+        """Insert delivery rows in the caller's transaction; a known (msg_id, target) is kept."""
+        stamp = ts(now)
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO deliveries (msg_id, warning_id, step, kind, channel, target,"
+            " village, person_id, address, ack_required, due_at, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    d.msg_id,
+                    d.warning_id,
+                    d.step,
+                    d.kind,
+                    d.channel,
+                    d.target,
+                    d.village,
+                    d.person_id,
+                    d.address,
+                    int(d.ack_required),
+                    ts(d.due_at),
+                    stamp,
+                    stamp,
+                )
+                for d in deliveries
+            ],
+        )
+
+    # -- deliveries ---------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Put deliveries a crash left `sending` back to `pending`; returns how many."""
+        db = self.db
+        await self._begin()
+        cur = await db.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'sending'")
+        await self._end("COMMIT")
+        return cur.rowcount
+
+    async def claim(self, now: datetime, limit: int, channels: Iterable[str]) -> list[Delivery]:
+        """Claim due deliveries of these channels: mark them `sending` and return them."""
+        chans = list(channels)
+        if not chans:
+            return []
+        marks = ",".join("?" * len(chans))
+        db = self.db
+        await self._begin()
+        try:
+            rows = await self._all(
+                "SELECT * FROM deliveries WHERE state IN ('pending', 'failed') AND due_at <= ?"  # noqa: S608
+                f" AND channel IN ({marks}) ORDER BY due_at, id LIMIT ?",
+                (ts(now), *chans, limit),
+            )
+            if rows:
+                await db.executemany(
+                    "UPDATE deliveries SET state = 'sending', attempts = attempts + 1,"
+                    " updated_at = ? WHERE id = ?",
+                    [(ts(now), r["id"]) for r in rows],
+                )
+            await self._end("COMMIT")
+        except BaseException:
+            await self._end("ROLLBACK")
+            raise
+        return [
+            Delivery(
+                id=r["id"],
+                msg_id=r["msg_id"],
+                warning_id=r["warning_id"],
+                step=r["step"],
+                kind=r["kind"],
+                channel=r["channel"],
+                target=r["target"],
+                village=r["village"],
+                person_id=r["person_id"],
+                address=r["address"],
+                ack_required=bool(r["ack_required"]),
+                attempts=r["attempts"] + 1,
+                last_error=r["last_error"],
+            )
+            for r in rows
+        ]
+
+    async def record(self, outcomes: Sequence[tuple[Outcome, datetime | None]], now: datetime) -> None:
+        """Write outcomes; each comes with its next due time when it is to be retried."""
+        stamp = ts(now)
+        params = []
+        for o, retry_at in outcomes:
+            sent = stamp if o.state in ("sent", "delivered", "acknowledged") else None
+            params.append(
+                (
+                    o.state,
+                    o.error,
+                    o.provider_ref,
+                    sent,
+                    ts(retry_at) if retry_at else None,
+                    stamp,
+                    o.delivery_id,
+                )
+            )
+        await self._tx(
+            [
+                (
+                    "UPDATE deliveries SET state = ?, last_error = ?,"
+                    " provider_ref = COALESCE(?, provider_ref), sent_at = COALESCE(sent_at, ?),"
+                    " due_at = COALESCE(?, due_at), updated_at = ? WHERE id = ? AND state = 'sending'",
+                    params,
+                    True,
+                )
+            ]
+        )
+
+    async def next_due(self) -> datetime | None:
+        """The earliest time something (a delivery or a job) becomes due."""
+        row = await self._one(
+            "SELECT MIN(t) AS t FROM ("
+            " SELECT MIN(due_at) AS t FROM deliveries WHERE state IN ('pending', 'failed')"
+            " UNION ALL SELECT MIN(due_at) FROM jobs WHERE state = 'pending')"
+        )
+        return from_ts(row["t"]) if row else None
+
+    async def deliveries_for(self, warning_id: str, limit: int = 10_000) -> list[dict[str, Any]]:
+        """A warning's deliveries, in creation order."""
+        return await self._all(
+            "SELECT * FROM deliveries WHERE warning_id = ? ORDER BY id LIMIT ?", (warning_id, limit)
+        )
+
+    async def reached(self, warning_id: str) -> list[dict[str, Any]]:
+        """The distinct (channel, target) a warning was actually sent to, for the all-clear."""
+        return await self._all(
+            "SELECT channel, target, MAX(village) AS village, MAX(person_id) AS person_id,"
+            " MAX(address) AS address FROM deliveries WHERE warning_id = ? AND kind = 'warning'"
+            " AND state IN ('sent', 'delivered', 'acknowledged') GROUP BY channel, target",
+            (warning_id,),
+        )
+
+    async def coverage(self, warning_id: str) -> dict[str, dict[str, int]]:
+        """Per channel: expected / sent / delivered / acknowledged / failed, counting receivers once.
+
+        A receiver counts at the furthest state any of its deliveries for this warning reached.
+        """
+        rows = await self._all(
+            "SELECT channel, target, GROUP_CONCAT(state) AS states FROM deliveries"
+            " WHERE warning_id = ? AND kind = 'warning' GROUP BY channel, target",
+            (warning_id,),
+        )
+        out: dict[str, dict[str, int]] = {}
+        for r in rows:
+            c = out.setdefault(
+                r["channel"],
+                {"expected": 0, "sent": 0, "delivered": 0, "acknowledged": 0, "failed": 0},
+            )
+            states = set(r["states"].split(","))
+            c["expected"] += 1
+            if "acknowledged" in states:
+                c["acknowledged"] += 1
+            if states & {"delivered", "acknowledged"}:
+                c["delivered"] += 1
+            if states & {"sent", "delivered", "acknowledged"}:
+                c["sent"] += 1
+            elif states & {"dead", "failed"}:
+                c["failed"] += 1
+        return out
+
+    async def apply_ack(
+        self,
+        *,
+        source: str,
+        status: str,
+        new_state: str | None,
+        now: datetime,
+        msg_id: str | None = None,
+        target: str | None = None,
+        provider_ref: str | None = None,
+        detail: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Record an acknowledgement and move its delivery forward (never back); one transaction.
+
+        The delivery is found by (msg_id, target) or by provider_ref. Returns it, or None
+        when nothing matches (the ack is then not stored: it belongs to nobody).
+        """
+        db = self.db
+        stamp = ts(now)
+        await self._begin()
+        try:
+            if provider_ref is not None:
+                row = await self._one("SELECT * FROM deliveries WHERE provider_ref = ?", (provider_ref,))
+            else:
+                row = await self._one(
+                    "SELECT * FROM deliveries WHERE msg_id = ? AND target = ?", (msg_id, target)
+                )
+            if row is None:
+                await self._end("ROLLBACK")
+                return None
+            await db.execute(
+                "INSERT INTO acks (delivery_id, msg_id, target, source, status, at, detail)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    row["id"],
+                    row["msg_id"],
+                    row["target"],
+                    source,
+                    status,
+                    stamp,
+                    json.dumps(detail or {}, ensure_ascii=False),
+                ),
+            )
+            if new_state is not None and _advances(row["state"], new_state):
+                column = {"delivered": "delivered_at", "acknowledged": "acked_at"}.get(new_state)
+                extra = f", {column} = COALESCE({column}, ?)" if column else ", updated_at = ?"
+                await db.execute(
+                    f"UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error),"  # noqa: S608
+                    f" updated_at = ?{extra} WHERE id = ?",
+                    (new_state, error, stamp, stamp, row["id"]),
+                )
+                row["state"] = new_state
+            await self._end("COMMIT")
+        except BaseException:
+            await self._end("ROLLBACK")
+            raise
+        return row
+
+    async def counts(self) -> dict[str, int]:
+        """Deliveries by state, for health and metrics."""
+        rows = await self._all("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+
+# How far along a delivery is; an ack never moves it backwards.
+_PROGRESS = {"pending": 0, "failed": 0, "sending": 1, "sent": 2, "delivered": 3, "acknowledged": 4}
+
+
+def _advances(current: str, new: str) -> bool:
+    """Whether moving from current to new is progress (cancelled and dead are final)."""
+    if current in ("cancelled", "dead"):
+        return False
+    if new in ("failed", "dead"):
+        return _PROGRESS.get(current, 0) < _PROGRESS["delivered"]
+    return _PROGRESS.get(new, 0) > _PROGRESS.get(current, 0)
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Split a migration file into statements (ours hold no semicolons inside literals)."""
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _job(row: dict[str, Any]) -> Job:
+    """A jobs row as a Job."""
+    return Job(
+        id=row["id"],
+        key=row["key"],
+        warning_id=row["warning_id"],
+        kind=row["kind"],
+        due_at=from_ts(row["due_at"]),
+        payload=json.loads(row["payload"]),  # type: ignore[arg-type]
+    )
+
+
+def _decode_warning(row: dict[str, Any]) -> dict[str, Any]:
+    """Decode a warnings row's JSON columns."""
+    row["area"] = json.loads(row["area"])
+    row["villages"] = json.loads(row["villages"])
+    return row

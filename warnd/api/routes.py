@@ -10,7 +10,7 @@ from aiohttp import web
 
 from warnd.api.auth import Principal, TokenBook
 
-PRINCIPAL = web.AppKey("principal_key", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
 TOKENS = web.AppKey("tokens", TokenBook)
 
 
@@ -39,7 +39,7 @@ class Route:
 
 def principal(request: web.Request) -> Principal:
     """The authenticated principal of a request (set by the auth middleware)."""
-    return request["principal"]
+    return request[PRINCIPAL]
 
 
 def auth_middleware(roles: dict[tuple[str, str], str | None]) -> Any:
@@ -66,7 +66,7 @@ def auth_middleware(roles: dict[tuple[str, str], str | None]) -> Any:
             return error_response(
                 403, "forbidden", f"role {who.role} may not do this; {needed} needed", "Authorization"
             )
-        request["principal"] = who
+        request[PRINCIPAL] = who
         return await handler(request)
 
     return middleware

@@ -1,0 +1,68 @@
+"""Shared fixtures: log capture that fails tests on unexpected errors, a real Mosquitto, the harness."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from tests.support.harness import Harness
+from tests.support.mqtt import Broker, mosquitto_binary
+
+_EVENTS: list[dict[str, Any]] = []
+
+
+def _capture(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Keep every log event so tests can read them and errors can fail a test."""
+    _EVENTS.append({**event, "log_level": method})
+    return event
+
+
+structlog.configure(
+    processors=[
+        structlog.contextvars.merge_contextvars,
+        _capture,
+        structlog.processors.add_log_level,
+        structlog.processors.JSONRenderer(ensure_ascii=False),
+    ],
+    logger_factory=structlog.ReturnLoggerFactory(),
+    cache_logger_on_first_use=False,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register markers."""
+    config.addinivalue_line("markers", "allow_error_logs: the test provokes error log events on purpose")
+
+
+@pytest.fixture(autouse=True)
+def log_events(request: pytest.FixtureRequest) -> Iterator[list[dict[str, Any]]]:
+    """The log events of this test; any `error` event not allowed fails it."""
+    _EVENTS.clear()
+    yield _EVENTS
+    if request.node.get_closest_marker("allow_error_logs"):
+        return
+    errors = [e for e in _EVENTS if e["log_level"] in ("error", "critical", "exception")]
+    assert not errors, f"unexpected error log events: {errors}"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A fresh Mosquitto on a free port, for this test only."""
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (make test installs it)")
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """The pipeline in this process with recording adapters on every channel."""
+    h = await Harness(tmp_path).start()
+    yield h
+    await h.close()

@@ -1,0 +1,71 @@
+"""Build directory.toml files of any size for tests and benchmarks: a made-up township."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOWNSHIP = "330502101"
+
+
+def village_code(i: int) -> str:
+    """The 12-digit code of the i-th village of the test township (201, 202, …)."""
+    return f"{TOWNSHIP}{201 + i:03d}"
+
+
+def directory_toml(
+    villages: int = 3,
+    speakers: int = 2,
+    leds: int = 1,
+    *,
+    officials: int = 1,
+    secretaries: bool = True,
+    grid_workers: bool = True,
+    test_village: bool = True,
+    extra: str = "",
+) -> str:
+    """A directory: `villages` villages in a row 2 km apart, each with its devices and people."""
+    out = []
+    for i in range(villages):
+        code = village_code(i)
+        spk = ", ".join(f'"spk-{code}-{k + 1}"' for k in range(speakers))
+        led = ", ".join(f'"led-{code}-{k + 1}"' for k in range(leds))
+        out.append(
+            f'[[village]]\ncode = "{code}"\nname = "村{i + 1}"\nlat = {30.0 + i * 0.018:.4f}\n'
+            f"lon = 120.0\nspeakers = [{spk}]\nled_boards = [{led}]\n"
+        )
+    if test_village:
+        out.append(
+            '[[village]]\ncode = "330502101299"\nname = "演练点"\nlat = 31.5\nlon = 121.5\n'
+            'speakers = ["spk-test-1"]\ntest = true\n'
+        )
+    codes = ", ".join(f'"{village_code(i)}"' for i in range(villages))
+    for k in range(officials):
+        sup = f'superior = "off-{k - 1}"\n' if k else ""
+        out.append(
+            f'[[person]]\nid = "off-{k}"\nname = "领导{k}"\nphone = "+86138000{k:05d}"\n'
+            f'role = "official"\nvillages = [{codes}]\nwecom_user = "official{k}"\n{sup}'
+        )
+    for i in range(villages):
+        code = village_code(i)
+        if secretaries:
+            out.append(
+                f'[[person]]\nid = "sec-{i}"\nname = "书记{i}"\nphone = "+86139{i:08d}"\n'
+                f'role = "village_secretary"\nvillages = ["{code}"]\nsuperior = "off-0"\n'
+            )
+        if grid_workers:
+            out.append(
+                f'[[person]]\nid = "grid-{i}"\nname = "网格员{i}"\nphone = "+86137{i:08d}"\n'
+                f'role = "grid_worker"\nvillages = ["{code}"]\nsuperior = "sec-{i}"\n'
+            )
+    if test_village:
+        out.append(
+            '[[person]]\nid = "tester"\nname = "演练员"\nphone = "+8613600000000"\nrole = "official"\n'
+            'villages = ["330502101299"]\ntest = true\n'
+        )
+    return "\n".join(out) + extra
+
+
+def write_directory(path: Path, **kwargs: object) -> Path:
+    """Write a generated directory.toml and return its path."""
+    path.write_text(directory_toml(**kwargs), encoding="utf-8")  # type: ignore[arg-type]
+    return path

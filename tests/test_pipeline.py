@@ -1,0 +1,129 @@
+"""The spine end to end in one process: accept → schedule → dispatch → coverage, cancel, retries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.harness import Harness, warning_body
+
+
+async def test_red_warning_reaches_every_device_and_person(harness: Harness) -> None:
+    """A red warning for one village: its speakers, board, people and officials are each sent once."""
+    wid = await harness.issue(warning_body())
+    await harness.run_until_idle()
+    spk = harness.adapter("loudspeaker").by_msg()
+    assert sorted(t for _, t in spk) == ["spk-330502101201-1", "spk-330502101201-2"]
+    # The village's speakers share one msg_id: one publish per village.
+    assert len({m for m, _ in spk}) == 1
+    assert all(n == 1 for n in spk.values())
+    sms_targets = sorted(t for _, t in harness.adapter("sms").by_msg())
+    assert sms_targets == ["grid-0", "off-0", "sec-0"]
+    voice = sorted(t for _, t in harness.adapter("voice").by_msg())
+    assert voice == ["off-0"]
+    w = await harness.get(wid)
+    assert w["state"] == "active"
+    assert w["villages"] == ["330502101201"]
+    assert w["coverage"]["loudspeaker"] == {
+        "expected": 2, "sent": 2, "delivered": 0, "acknowledged": 0, "failed": 0,
+    }
+    assert w["coverage"]["sms"]["sent"] == 3
+    assert [s["step"] for s in w["schedule"]] == ["issue"]
+
+
+async def test_drill_reaches_only_test_entries(harness: Harness) -> None:
+    """An exercise never reaches the public: only the test village and test people."""
+    await harness.issue(warning_body(status="exercise", area={"codes": ["330502101"]}))
+    await harness.run_until_idle()
+    assert {t for _, t in harness.adapter("loudspeaker").by_msg()} == {"spk-test-1"}
+    assert {t for _, t in harness.adapter("sms").by_msg()} == {"tester"}
+
+
+async def test_same_idempotency_key_or_identifier_is_stored_once(harness: Harness) -> None:
+    """The same submission twice answers with the same id and sends once."""
+    body = warning_body()
+    headers = {**harness.headers(), "Idempotency-Key": "abc-1"}
+    r1 = await harness.client.post("/api/v1/warnings", json=body, headers=headers)
+    r2 = await harness.client.post("/api/v1/warnings", json=body, headers=headers)
+    assert r1.status == 202 and r2.status == 200
+    assert (await r1.json())["id"] == (await r2.json())["id"]
+    upstream = warning_body(sender="cma@12379", identifier="33050241600000_20260701080000_1")
+    a = await harness.issue(upstream)
+    r3 = await harness.client.post("/api/v1/warnings", json=upstream, headers=harness.headers())
+    assert r3.status == 200 and (await r3.json())["id"] == a
+    listing = await (await harness.client.get("/api/v1/warnings", headers=harness.headers("viewer"))).json()
+    assert len(listing["warnings"]) == 2
+
+
+async def test_transient_failures_retry_with_backoff_then_succeed(tmp_path: Path) -> None:
+    """A speaker failing twice is retried after the backoff and reached once; a permanent one is dead."""
+    h = await Harness(
+        tmp_path,
+        script={"spk-330502101201-1": ["transient", "transient:30"], "spk-330502101201-2": ["permanent"]},
+    ).start()
+    try:
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        rows = {
+            d["target"]: d for d in (await h.store.deliveries_for(wid)) if d["channel"] == "loudspeaker"
+        }
+        assert rows["spk-330502101201-1"]["state"] == "failed"
+        assert rows["spk-330502101201-2"]["state"] == "dead"
+        assert rows["spk-330502101201-2"]["attempts"] == 1
+        h.clock.advance(3)  # first backoff is 1–2 s
+        await h.run_until_idle()
+        row = next(d for d in await h.store.deliveries_for(wid) if d["target"] == "spk-330502101201-1")
+        assert row["state"] == "failed" and row["attempts"] == 2
+        h.clock.advance(20)  # Retry-After said 30 s: not yet
+        await h.run_until_idle()
+        assert h.adapter("loudspeaker").by_msg() == {}
+        h.clock.advance(11)
+        await h.run_until_idle()
+        assert [t for _, t in h.adapter("loudspeaker").by_msg()] == ["spk-330502101201-1"]
+        w = await h.get(wid)
+        assert w["coverage"]["loudspeaker"]["sent"] == 1
+        assert w["coverage"]["loudspeaker"]["failed"] == 1
+    finally:
+        await h.close()
+
+
+async def test_retries_stop_at_max_attempts(tmp_path: Path) -> None:
+    """A target that always fails becomes dead after max_attempts, with the reason kept."""
+    h = await Harness(
+        tmp_path, channels=["loudspeaker"], script={"spk-330502101201-1": ["transient"] * 10},
+        settings={"dispatch": {"max_attempts": 3, "backoff_base_s": 1, "backoff_cap_s": 5}},
+    ).start()
+    try:
+        wid = await h.issue(warning_body())
+        for _ in range(5):
+            await h.run_until_idle()
+            h.clock.advance(10)
+        row = next(d for d in await h.store.deliveries_for(wid) if d["target"] == "spk-330502101201-1")
+        assert row["state"] == "dead"
+        assert row["attempts"] == 3
+        assert "gave up after 3 attempts" in row["last_error"]
+    finally:
+        await h.close()
+
+
+async def test_cancel_stops_pending_and_sends_all_clear_to_those_reached(harness: Harness) -> None:
+    """Cancel: nothing pending goes out; exactly the receivers already reached get the all-clear."""
+    wid = await harness.issue(warning_body(onset="2026-07-03T08:00:00+00:00"))  # onset 56 h ahead
+    await harness.run_until_idle()
+    assert harness.adapter("sms").sent == []  # nothing is due before T-48h
+    harness.clock.advance(hours=8)
+    await harness.run_until_idle()
+    assert {t for _, t in harness.adapter("sms").by_msg()} == {"off-0"}  # T-48h: officials prepare
+    resp = await harness.client.post(f"/api/v1/warnings/{wid}/cancel", json={"reason": "解除"},
+                                     headers=harness.headers())
+    assert resp.status == 202
+    await harness.run_until_idle()
+    harness.clock.advance(hours=60)
+    await harness.run_until_idle()
+    kinds = [(r["kind"], r["target"]) for r in harness.adapter("sms").sent]
+    assert kinds == [("warning", "off-0"), ("cancel", "off-0")]
+    assert harness.adapter("loudspeaker").sent == []
+    w = await harness.get(wid)
+    assert w["state"] == "cancelled"
+    states = [(s["step"], s["state"]) for s in w["schedule"]]
+    assert states[0] == ("T-48h", "done")
+    assert [st for _, st in states[1:]] == ["cancelled"] * 6  # T-24h … onset never fire

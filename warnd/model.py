@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Level(enum.StrEnum):
@@ -176,7 +176,7 @@ class WarningIn(BaseModel):
     expires: datetime | None = None
     status: Status = Status.ACTUAL
     sender: str | None = Field(default=None, max_length=256)
-    identifier: str | None = Field(default=None, max_length=256)
+    identifier: str | None = Field(default=None, max_length=256, validate_default=True)
 
     @field_validator("onset", "expires")
     @classmethod
@@ -184,14 +184,22 @@ class WarningIn(BaseModel):
         """Times must carry an offset."""
         return require_offset(value)
 
-    @model_validator(mode="after")
-    def _order(self) -> WarningIn:
-        """Onset must come before expiry; sender and identifier come together."""
-        if self.onset and self.expires and self.onset >= self.expires:
+    @field_validator("expires")
+    @classmethod
+    def _after_onset(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        """Expiry must come after onset."""
+        onset = info.data.get("onset")
+        if value is not None and onset is not None and onset >= value:
             raise ValueError("expires must be after onset")
-        if (self.sender is None) != (self.identifier is None):
+        return value
+
+    @field_validator("identifier")
+    @classmethod
+    def _with_sender(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Sender and identifier come together: together they name an upstream warning."""
+        if (value is None) != (info.data.get("sender") is None):
             raise ValueError("sender and identifier must be given together")
-        return self
+        return value
 
 
 class UpdateIn(BaseModel):

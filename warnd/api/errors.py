@@ -53,8 +53,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(exc.status, exc.code, exc.message, exc.field)
     except ValidationError as exc:
         return validation_response(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, "too_large", f"body over {exc.max_size} bytes", "body")
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app._client_max_size  # noqa: SLF001 - aiohttp keeps the limit only here
+        return error_response(413, "too_large", f"body over {limit} bytes", "body")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,0 +1,53 @@
+# warnd — two commands do all set-up on a fresh Debian machine:
+#   make run    the daemon on its embedded defaults (config/warnd.toml, SQLite under ./var, HTTP 127.0.0.1:8080)
+#   make test   the test suite
+# Both create .venv, install the project into it, and install the Debian packages warnd needs
+# (when run as root; otherwise they print the exact apt-get command).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# mosquitto: the broker loudspeakers and LED boards use (and tests start their own);
+# espeak-ng + ffmpeg: spoken warnings as MP3; systemd: systemd-analyze checks the unit.
+DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd
+
+.PHONY: run test bench lint deps venv clean install
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	$(PYTHON) -c "import ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "warnd needs Debian packages that are missing. Run:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: deps venv
+	PY=$(PY) scripts/dev-run.sh
+
+# pytest exits 5 when it collected no tests: make treats that as the failure it is.
+test: deps venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: deps venv
+	$(PY) bench/run_all.py
+
+lint: venv
+	$(VENV)/bin/ruff check warnd adapters tests bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make run`: warnd on its embedded defaults, with what a newcomer needs to see a warning go out
+# and come back confirmed: a local broker (if none listens on 1883) and simulated speakers for
+# the example villages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+CONFIG=${WARND_CONFIG:-config/warnd.toml}
+mkdir -p var
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT INT TERM
+
+if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+  broker=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\n' > var/mosquitto.conf
+  "$broker" -c var/mosquitto.conf >var/mosquitto.log 2>&1 &
+  pids+=($!)
+  echo "make run: started a local mosquitto on 127.0.0.1:1883 (log: var/mosquitto.log)"
+fi
+
+if "$PY" -m warnd.ctl simulate-speakers --help >/dev/null 2>&1; then
+  villages=$("$PY" - "$CONFIG" <<'PYEOF'
+import sys
+from warnd.config import load_settings
+from warnd.directory import Directory
+from pathlib import Path
+s = load_settings(Path(sys.argv[1]))
+print(" ".join(Directory.load(s.directory.path).villages))
+PYEOF
+)
+  # shellcheck disable=SC2086
+  "$PY" -m warnd.ctl simulate-speakers --broker mqtt://127.0.0.1:1883 --village $villages >var/simulator.log 2>&1 &
+  pids+=($!)
+  echo "make run: simulated speakers for villages: $villages (log: var/simulator.log)"
+fi
+
+echo "make run: warnd on http://127.0.0.1:8080 — try:"
+echo "  WARND_TOKEN=demo-operator-token .venv/bin/warnctl issue --event 暴雨 --level red --headline 暴雨红色预警 --instruction 立即转移 --code 330502101201"
+"$PY" -m warnd.cli run --config "$CONFIG"

@@ -1,0 +1,157 @@
+"""Config loading (TOML + WARND_ environment), `warnd check-config`, `warnd hash-token`, `warnctl`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.county import write_directory
+from tests.support.harness import TOKENS, warning_body
+from tests.support.mqtt import free_port
+from tests.support.process import ROOT, DaemonProcess, write_config
+from warnd.config import ConfigError, Settings, load_settings
+from warnd.model import Level
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m warnd.cli …` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "warnd.cli", *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=60, check=False,
+    )
+
+
+def _ctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m warnd.ctl …`."""
+    return subprocess.run(
+        [sys.executable, "-m", "warnd.ctl", *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=60, check=False,
+    )
+
+
+def test_example_config_is_valid_and_carries_the_level_table() -> None:
+    """config/warnd.toml passes check-config and spells out DESIGN.md's defaults."""
+    result = _cli("check-config", "--config", "config/warnd.toml")
+    assert result.returncode == 0, result.stderr
+    assert "5 villages" in result.stdout
+    settings = load_settings(ROOT / "config" / "warnd.toml")
+    assert settings.policy == Settings().policy  # the written-out policy equals the built-in defaults
+    red = settings.policy.levels[Level.RED]
+    assert red.repeat_min == 30 and red.quiet_hours is False and "voice" in red.channels
+    assert settings.policy.levels[Level.ORANGE].repeat_min == 60
+    assert "voice" not in settings.policy.levels[Level.YELLOW].channels
+    assert settings.policy.levels[Level.BLUE].daytime_only == ["loudspeaker"]
+
+
+def test_check_config_names_every_wrong_key(tmp_path: Path) -> None:
+    """A broken file: each problem is printed with its dotted key, and the exit code is non-zero."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'state_dir = "./var"\n[http]\nport = "eighty"\nprot = 3\n[mqtt]\nurl = "http://broker"\n'
+        '[[auth.tokens]]\nname = "x"\nrole = "god"\nhash = "sha256:00"\n'
+        '[policy.levels.red]\nchannels = ["loudspeaker", "fax"]\n',
+        encoding="utf-8",
+    )
+    result = _cli("check-config", "--config", str(bad))
+    assert result.returncode == 1
+    for key in ("http.port", "http.prot", "mqtt.url", "auth.tokens[0].role", "auth.tokens[0].hash",
+                "policy.levels.red.channels[1]"):
+        assert f"  {key}: " in result.stderr, (key, result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("content", "key"),
+    [
+        ("not toml [", "(file)"),
+        ('[directory]\npath = "/nonexistent/directory.toml"\n', "directory"),
+    ],
+)
+def test_check_config_unreadable_files(tmp_path: Path, content: str, key: str) -> None:
+    """Invalid TOML and a missing directory file are named, not tracebacks."""
+    path = tmp_path / "w.toml"
+    path.write_text(content, encoding="utf-8")
+    result = _cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert key in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_config_finds_directory_mistakes(tmp_path: Path) -> None:
+    """A person pointing at an unknown village, and a bad phone, are named by key."""
+    directory = write_directory(
+        tmp_path / "d.toml", villages=1,
+        extra='\n[[person]]\nid = "x"\nname = "某"\nphone = "13800000000"\nrole = "resident"\n'
+              'villages = ["330502101999"]\n',
+    )
+    config = write_config(tmp_path, directory)
+    result = _cli("check-config", "--config", str(config))
+    assert result.returncode == 1
+    assert "person[" in result.stderr and "phone" in result.stderr
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WARND_ variables with __ nesting win over the TOML file."""
+    config = write_config(tmp_path, write_directory(tmp_path / "d.toml"), port=1234)
+    monkeypatch.setenv("WARND_HTTP__PORT", "9999")
+    monkeypatch.setenv("WARND_HTTP__HOST", "0.0.0.0")
+    monkeypatch.setenv("WARND_MQTT__URL", "mqtts://broker.example:8883")
+    monkeypatch.setenv("WARND_STATE_DIR", str(tmp_path / "elsewhere"))
+    s = load_settings(config)
+    assert (s.http.port, s.http.host, s.mqtt.url) == (9999, "0.0.0.0", "mqtts://broker.example:8883")
+    assert s.state_dir == tmp_path / "elsewhere"
+    monkeypatch.setenv("WARND_HTTP__PORT", "eighty")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    assert err.value.problems[0][0] == "http.port"
+
+
+def test_hash_token_prints_a_token_and_a_hash_that_verifies() -> None:
+    """The printed hash line, pasted into a config, accepts exactly the printed token."""
+    from warnd.api.auth import TokenBook
+    from warnd.config import TokenSettings
+
+    result = _cli("hash-token")
+    assert result.returncode == 0
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    token = lines["token:"].strip()
+    hashed = lines["hash"].split("=", 1)[1].strip().strip('"')
+    book = TokenBook([TokenSettings(name="n", role="operator", hash=hashed)])
+    assert book.lookup(token) is not None
+    assert book.lookup(token + "x") is None
+
+
+def test_warnctl_issue_list_show_cancel_against_a_real_daemon(tmp_path: Path) -> None:
+    """warnctl drives a running daemon; errors name the field; no token is refused clearly."""
+    port = free_port()
+    config = write_config(tmp_path, write_directory(tmp_path / "d.toml", villages=2), port)
+    d = DaemonProcess(["-m", "warnd.cli", "run", "--config", str(config)], port, tmp_path / "w.log").start()
+    env = {"WARND_URL": d.url, "WARND_TOKEN": TOKENS["operator"]}
+    try:
+        body = tmp_path / "w.json"
+        body.write_text(json.dumps(warning_body(), ensure_ascii=False), encoding="utf-8")
+        r = _ctl("issue", "--file", str(body), env=env)
+        assert r.returncode == 0, r.stderr
+        wid = r.stdout.strip()
+        r = _ctl("issue", "--event", "山洪", "--level", "orange", "--headline", "山洪橙色预警",
+                 "--code", "330502101202", env=env)
+        assert r.returncode == 0, r.stderr
+        r = _ctl("list", env=env)
+        assert wid in r.stdout and "山洪" in r.stdout
+        r = _ctl("show", wid, env=env)
+        assert "塘甸镇气象台发布暴雨红色预警" in r.stdout and "villages: 1" in r.stdout
+        r = _ctl("issue", "--event", "暴雨", "--level", "red", "--headline", "x", "--code", "110101", env=env)
+        assert r.returncode == 1 and "[area]" in r.stderr
+        r = _ctl("cancel", wid, "--reason", "雨停", env={"WARND_URL": d.url, "WARND_TOKEN": ""})
+        assert r.returncode == 1 and "WARND_TOKEN" in r.stderr
+        r = _ctl("cancel", wid, "--reason", "雨停", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "cancelled" in _ctl("show", wid, env=env).stdout
+    finally:
+        assert d.terminate() == 0
+    log = (tmp_path / "w.log").read_text(encoding="utf-8")
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert "warnd.started" in events and "warning.accepted" in events and "warnd.stopped" in events

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import json
 import secrets
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -165,7 +166,12 @@ class Store:
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._migrate()
+        try:
+            await self._migrate()
+        except BaseException:
+            # Close what we opened: a half-open store would keep its worker thread alive.
+            await self.close()
+            raise
         return self
 
     async def close(self) -> None:
@@ -186,14 +192,19 @@ class Store:
         """Apply the numbered migrations this database lacks; refuse a newer database."""
         db = self.db
         await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = await (await db.execute("SELECT MAX(version) FROM schema_version")).fetchone()
-        current = row[0] or 0
+        rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
+        applied = {r[0] for r in rows}
         known = _migrations()
-        newest = known[-1][0] if known else 0
-        if current > newest:
-            raise SchemaTooNew(f"{self.path} has schema {current}; this warnd knows up to {newest}")
+        unknown = applied - {number for number, _ in known}
+        if unknown:
+            raise SchemaTooNew(
+                f"{self.path} has schema version(s) {sorted(unknown)} this warnd does not know: "
+                "it was written by a newer warnd"
+            )
         for number, sql in known:
-            if number <= current:
+            # Every known migration not yet applied, in order (not only those above the highest,
+            # so a migration merged from a parallel branch is not skipped).
+            if number in applied:
                 continue
             await self._begin()
             try:
@@ -207,8 +218,17 @@ class Store:
             log.info("store.migrated", version=number)
 
     async def ping(self) -> None:
-        """A cheap read that proves the database answers (readiness, watchdog)."""
+        """A cheap read that proves the database answers (readiness)."""
         await self._one("SELECT 1")
+
+    async def ping_write(self) -> None:
+        """Take the write lock and give it back: proves warnd can still write (the watchdog).
+
+        Blocked by a disk that hangs or a writer that never lets go, both of which stop the
+        pipeline; raises after busy_timeout when the lock does not come.
+        """
+        await self._begin()
+        await self._end("ROLLBACK")
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -374,9 +394,14 @@ class Store:
         jobs: Sequence[dict[str, Any]] = (),
         cancel_jobs: bool = False,
         cancel_deliveries: bool = False,
+        keep_job_kinds: Sequence[str] = (),
         now: datetime,
     ) -> None:
-        """Update a warning's columns, cancel its pending work if asked, add jobs; one transaction."""
+        """Update a warning's columns, cancel its pending work if asked, add jobs; one transaction.
+
+        `keep_job_kinds` spares pending jobs of those kinds from `cancel_jobs` (escalations that
+        must outlive an update).
+        """
         sets = ", ".join(f"{k} = ?" for k in changes)
         stamp = ts(now)
         stmts: list[tuple[str, Any, bool]] = [
@@ -387,10 +412,12 @@ class Store:
             ),
         ]
         if cancel_jobs:
+            kept = ",".join("?" * len(keep_job_kinds))
+            spare = f" AND kind NOT IN ({kept})" if keep_job_kinds else ""
             stmts.append(
                 (
-                    "UPDATE jobs SET state = 'cancelled' WHERE warning_id = ? AND state = 'pending'",
-                    (warning_id,),
+                    f"UPDATE jobs SET state = 'cancelled' WHERE warning_id = ? AND state = 'pending'{spare}",  # noqa: S608 - placeholders only
+                    (warning_id, *keep_job_kinds),
                     False,
                 )
             )
@@ -457,7 +484,7 @@ class Store:
         """Mark a job done and write what it produced, in one transaction: each job fires once.
 
         `set_state` also moves the job's warning to that state and cancels its open
-        deliveries (expiry). Returns False when the job was no longer pending.
+        deliveries and pending jobs (expiry). Returns False when the job was no longer pending.
         """
         db = self.db
         stamp = ts(now)
@@ -479,6 +506,10 @@ class Store:
                     "UPDATE deliveries SET state = 'cancelled', updated_at = ?"
                     " WHERE warning_id = ? AND state IN ('pending', 'failed')",
                     (stamp, job.warning_id),
+                )
+                await db.execute(
+                    "UPDATE jobs SET state = 'cancelled' WHERE warning_id = ? AND state = 'pending'",
+                    (job.warning_id,),
                 )
             if audit is not None:
                 await self._insert_audit(audit)
@@ -608,11 +639,43 @@ class Store:
         )
         return from_ts(row["t"]) if row else None
 
+    async def get_delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        """One delivery row by id (an ack link names its delivery)."""
+        return await self._one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,))
+
+    async def in_force_for(self, channel: str, target: str) -> list[dict[str, Any]]:
+        """Warnings in force that this receiver was sent (or is being sent): what an LED board may show."""
+        rows = await self._all(
+            "SELECT w.* FROM warnings w WHERE w.state IN ('active', 'updated') AND EXISTS ("
+            " SELECT 1 FROM deliveries d WHERE d.warning_id = w.id AND d.channel = ? AND d.target = ?"
+            " AND d.kind = 'warning' AND d.state IN ('sending', 'sent', 'delivered', 'acknowledged'))",
+            (channel, target),
+        )
+        return [_decode_warning(r) for r in rows]
+
     async def deliveries_for(self, warning_id: str, limit: int = 10_000) -> list[dict[str, Any]]:
         """A warning's deliveries, in creation order."""
         return await self._all(
             "SELECT * FROM deliveries WHERE warning_id = ? ORDER BY id LIMIT ?", (warning_id, limit)
         )
+
+    async def person_deliveries(self, warning_id: str, person_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """A warning's deliveries to these people, in creation order (escalation reads them)."""
+        if not person_ids:
+            return []
+        marks = ",".join("?" * len(person_ids))
+        return await self._all(
+            f"SELECT * FROM deliveries WHERE warning_id = ? AND person_id IN ({marks}) ORDER BY id",  # noqa: S608
+            (warning_id, *person_ids),
+        )
+
+    async def last_due(self, warning_id: str, channel: str, kind: str = "warning") -> datetime | None:
+        """The latest due time of a warning's deliveries on a channel (when speakers last played)."""
+        row = await self._one(
+            "SELECT MAX(due_at) AS t FROM deliveries WHERE warning_id = ? AND channel = ? AND kind = ?",
+            (warning_id, channel, kind),
+        )
+        return from_ts(row["t"]) if row else None
 
     async def reached(self, warning_id: str) -> list[dict[str, Any]]:
         """The distinct (channel, target) a warning was actually sent to, for the all-clear."""
@@ -715,6 +778,80 @@ class Store:
         rows = await self._all("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
 
+    # -- devices (schema 2) -------------------------------------------------------------------
+
+    async def device_status(
+        self, device_id: str, online: bool | None, status: dict[str, Any], now: datetime
+    ) -> None:
+        """Record a device's reported status (retained status message or last will)."""
+        stamp = ts(now)
+        await self._tx(
+            [
+                (
+                    "INSERT INTO devices (id, online, status, status_at, last_seen) VALUES (?,?,?,?,?)"
+                    " ON CONFLICT (id) DO UPDATE SET online = excluded.online, status = excluded.status,"
+                    " status_at = excluded.status_at, last_seen = excluded.last_seen",
+                    (device_id, None if online is None else int(online),
+                     json.dumps(status, ensure_ascii=False), stamp, stamp),
+                    False,
+                )
+            ]
+        )
+
+    async def devices_seen(self, seen: dict[str, datetime]) -> None:
+        """Move devices' last_seen forward (acks prove a device is alive)."""
+        await self._tx(
+            [
+                (
+                    "INSERT INTO devices (id, last_seen) VALUES (?, ?) ON CONFLICT (id) DO UPDATE"
+                    " SET last_seen = MAX(COALESCE(last_seen, ''), excluded.last_seen)",
+                    [(d, ts(at)) for d, at in seen.items()],
+                    True,
+                )
+            ]
+        )
+
+    async def devices(self) -> list[dict[str, Any]]:
+        """Every device warnd has heard from, with its last status decoded."""
+        rows = await self._all("SELECT * FROM devices ORDER BY id")
+        for r in rows:
+            r["status"] = json.loads(r["status"])
+        return rows
+
+    async def offline_targets(self, warning_id: str) -> dict[str, int]:
+        """Per channel: receivers of a warning whose device last reported itself offline."""
+        rows = await self._all(
+            "SELECT d.channel, COUNT(DISTINCT d.target) AS n FROM deliveries d"
+            " JOIN devices v ON v.id = d.target"
+            " WHERE d.warning_id = ? AND d.kind = 'warning' AND v.online = 0 GROUP BY d.channel",
+            (warning_id,),
+        )
+        return {r["channel"]: r["n"] for r in rows}
+
+    async def gauges(self) -> dict[str, list[dict[str, Any]]]:
+        """Current counts for /metrics (warnd.metrics); tables added by later migrations if present."""
+        out = {
+            "warnings": await self._all(
+                "SELECT level, state, COUNT(*) AS n FROM warnings GROUP BY level, state"
+            ),
+            "deliveries": await self._all(
+                "SELECT channel, state, COUNT(*) AS n FROM deliveries GROUP BY channel, state"
+            ),
+            "jobs": await self._all(
+                "SELECT kind, COUNT(*) AS n FROM jobs WHERE state = 'pending' GROUP BY kind"
+            ),
+            "oldest_due": await self._all(
+                "SELECT channel, MIN(due_at) AS due_at FROM deliveries"
+                " WHERE state IN ('pending', 'failed', 'sending') GROUP BY channel"
+            ),
+        }
+        tables = {r["name"] for r in await self._all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "feed_health" in tables:
+            out["feeds"] = await self._all("SELECT feed, last_success, failures FROM feed_health")
+        if "devices" in tables:
+            out["devices"] = await self._all("SELECT id, online FROM devices")
+        return out
+
 
 # How far along a delivery is; an ack never moves it backwards.
 _PROGRESS = {"pending": 0, "failed": 0, "sending": 1, "sent": 2, "delivered": 3, "acknowledged": 4}
@@ -730,9 +867,19 @@ def _advances(current: str, new: str) -> bool:
 
 
 def _split_sql(sql: str) -> list[str]:
-    """Split a migration file into statements (ours hold no semicolons inside literals)."""
+    """Split a migration file into statements (ours hold no semicolons inside literals).
+
+    A piece is joined to the next until SQLite calls it complete: a trigger's body has its own.
+    """
     lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    out, buf = [], ""
+    for piece in "\n".join(lines).split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \t\n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
 
 
 def _job(row: dict[str, Any]) -> Job:

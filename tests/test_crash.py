@@ -83,3 +83,23 @@ def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path)
               ["loudspeaker"]["sent"] == 200)
     finally:
         assert d.terminate() == 0
+
+
+def test_sigterm_lets_sends_in_flight_finish(tmp_path: Path) -> None:
+    """SIGTERM mid-dispatch: the batch in flight completes and is recorded, nothing is left `sending`."""
+    import sqlite3
+
+    d = _daemon(tmp_path, delay_s=0.3, villages=10, speakers=4, leds=0).start()
+    codes = [f"330502101{201 + i:03d}" for i in range(10)]
+    status, _ = d.call("POST", "/api/v1/warnings", warning_body(area={"codes": codes}))
+    assert status == 202
+    record = tmp_path / "sent.jsonl"
+    _wait(lambda: len(read_records(record)) >= 1)
+    assert d.terminate() == 0
+    con = sqlite3.connect(tmp_path / "state" / "warnd.db")
+    states = dict(con.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+    assert "sending" not in states, states
+    sent = {r[0] for r in con.execute("SELECT target FROM deliveries WHERE state = 'sent'")}
+    recorded = {r["target"] for r in read_records(record)}
+    assert sent == recorded and sent  # what was sent is recorded as sent: no send lost to the stop
+    assert states.get("pending", 0) > 0  # and the rest waits, untouched, for the next start

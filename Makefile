@@ -51,3 +51,5 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+include mk/install.mk

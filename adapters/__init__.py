@@ -12,7 +12,14 @@ if TYPE_CHECKING:
 
 def registry() -> dict[str, type[Adapter]]:
     """Every channel warnd ships, by channel name."""
-    return {}
+    from adapters.led import LedAdapter
+    from adapters.loudspeaker import LoudspeakerAdapter
+    from adapters.sms import SmsAdapter
+    from adapters.voice import VoiceAdapter
+    from adapters.wecom import WecomAdapter
+
+    classes: list[type[Adapter]] = [LoudspeakerAdapter, SmsAdapter, VoiceAdapter, WecomAdapter, LedAdapter]
+    return {cls.kind: cls for cls in classes}
 
 
 def enabled_adapters(settings: Settings) -> dict[str, Callable[[AdapterContext], Adapter]]:

@@ -42,25 +42,53 @@ BAD_INPUTS: list[tuple[str, Any, str, int, str | None]] = [
     ("area as string", warning_body(area="塘甸村"), "application/json", 422, "area"),
     ("bad admin code", warning_body(area={"codes": ["33050"]}), "application/json", 422, "area.codes"),
     ("area matching no village", warning_body(area={"codes": ["110101"]}), "application/json", 422, "area"),
-    ("polygon of two points", warning_body(area={"polygons": [[[30.0, 120.0], [30.1, 120.1]]]}),
-     "application/json", 422, "area.polygons"),
-    ("point out of range", warning_body(area={"polygons": [[[95, 120], [30, 121], [31, 122]]]}),
-     "application/json", 422, "area.polygons"),
-    ("negative radius", warning_body(area={"circles": [{"lat": 30, "lon": 120, "radius_km": -1}]}),
-     "application/json", 422, "area.circles[0].radius_km"),
+    (
+        "polygon of two points",
+        warning_body(area={"polygons": [[[30.0, 120.0], [30.1, 120.1]]]}),
+        "application/json",
+        422,
+        "area.polygons",
+    ),
+    (
+        "point out of range",
+        warning_body(area={"polygons": [[[95, 120], [30, 121], [31, 122]]]}),
+        "application/json",
+        422,
+        "area.polygons",
+    ),
+    (
+        "negative radius",
+        warning_body(area={"circles": [{"lat": 30, "lon": 120, "radius_km": -1}]}),
+        "application/json",
+        422,
+        "area.circles[0].radius_km",
+    ),
     ("unknown area key", warning_body(area={**AREA, "county": "x"}), "application/json", 422, "area.county"),
     ("unknown top-level key", warning_body(colour="red"), "application/json", 422, "colour"),
     ("onset not a time", warning_body(onset="tomorrow"), "application/json", 422, "onset"),
     ("onset without offset", warning_body(onset="2026-07-01T08:00:00"), "application/json", 422, "onset"),
-    ("onset after expiry", warning_body(onset="2026-07-02T08:00:00+08:00", expires="2026-07-01T08:00:00+08:00"),
-     "application/json", 422, "expires"),
-    ("expired already", warning_body(expires="2020-01-01T00:00:00+08:00"), "application/json", 422, "expires"),
+    (
+        "onset after expiry",
+        warning_body(onset="2026-07-02T08:00:00+08:00", expires="2026-07-01T08:00:00+08:00"),
+        "application/json",
+        422,
+        "expires",
+    ),
+    (
+        "expired already",
+        warning_body(expires="2020-01-01T00:00:00+08:00"),
+        "application/json",
+        422,
+        "expires",
+    ),
     ("unknown status", warning_body(status="draft"), "application/json", 422, "status"),
     ("sender without identifier", warning_body(sender="cma"), "application/json", 422, "identifier"),
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "ctype", "status", "field"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("name", "body", "ctype", "status", "field"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
 async def test_bad_input_gets_4xx_naming_the_field(
     harness: Harness, name: str, body: Any, ctype: str, status: int, field: str | None
 ) -> None:
@@ -84,7 +112,9 @@ async def test_all_bad_inputs_in_a_row_leave_the_daemon_serving(harness: Harness
     """After 30+ bad requests, a good one is still accepted and sent."""
     for _, body, ctype, _, _ in BAD_INPUTS:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        await harness.client.post("/api/v1/warnings", data=data, headers={**harness.headers(), "Content-Type": ctype})
+        await harness.client.post(
+            "/api/v1/warnings", data=data, headers={**harness.headers(), "Content-Type": ctype}
+        )
     wid = await harness.issue(warning_body())
     await harness.run_until_idle()
     assert (await harness.get(wid))["coverage"]["loudspeaker"]["sent"] == 2
@@ -148,7 +178,12 @@ async def test_preview_sends_nothing(harness: Harness) -> None:
     )
     assert resp.status == 200
     body = await resp.json()
-    assert [v["code"] for v in body["villages"]] == ["330502101201", "330502101202", "330502101203", "330502101299"]
+    assert [v["code"] for v in body["villages"]] == [
+        "330502101201",
+        "330502101202",
+        "330502101203",
+        "330502101299",
+    ]
     issue = body["schedule"][0]
     assert issue["step"] == "issue"
     assert issue["targets"]["loudspeaker"] == 7  # 3 villages × 2 speakers + the test speaker
@@ -178,15 +213,22 @@ async def test_openapi_describes_the_routes_that_exist(harness: Harness) -> None
     doc = await (await harness.client.get("/api/v1/openapi.json")).json()
     assert doc["openapi"].startswith("3.")
     paths = doc["paths"]
-    for path in ("/api/v1/warnings", "/api/v1/warnings/preview", "/api/v1/warnings/{id}",
-                 "/api/v1/warnings/{id}/deliveries", "/api/v1/warnings/{id}/update",
-                 "/api/v1/warnings/{id}/cancel", "/healthz", "/readyz"):
+    for path in (
+        "/api/v1/warnings",
+        "/api/v1/warnings/preview",
+        "/api/v1/warnings/{id}",
+        "/api/v1/warnings/{id}/deliveries",
+        "/api/v1/warnings/{id}/update",
+        "/api/v1/warnings/{id}/cancel",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in paths, path
     assert paths["/api/v1/warnings"]["post"]["x-role"] == "operator"
     assert "level" in doc["components"]["schemas"]["WarningIn"]["properties"]
     for path, ops in paths.items():
         for method in ops:
-            url = path.replace("{id}", "W-none")
+            url = path.replace("{id}", "W-none").replace("{feed}", "none")
             resp = await harness.client.request(method.upper(), url, headers=harness.headers("admin"))
             assert resp.status not in (404, 405) or "{id}" in path, (method, path, resp.status)
 

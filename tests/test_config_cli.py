@@ -21,16 +21,26 @@ from warnd.model import Level
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m warnd.cli …` and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "warnd.cli", *args], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=60, check=False,
+        [sys.executable, "-m", "warnd.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
     )
 
 
 def _ctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m warnd.ctl …`."""
     return subprocess.run(
-        [sys.executable, "-m", "warnd.ctl", *args], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=60, check=False,
+        [sys.executable, "-m", "warnd.ctl", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
     )
 
 
@@ -59,8 +69,14 @@ def test_check_config_names_every_wrong_key(tmp_path: Path) -> None:
     )
     result = _cli("check-config", "--config", str(bad))
     assert result.returncode == 1
-    for key in ("http.port", "http.prot", "mqtt.url", "auth.tokens[0].role", "auth.tokens[0].hash",
-                "policy.levels.red.channels[1]"):
+    for key in (
+        "http.port",
+        "http.prot",
+        "mqtt.url",
+        "auth.tokens[0].role",
+        "auth.tokens[0].hash",
+        "policy.levels.red.channels[1]",
+    ):
         assert f"  {key}: " in result.stderr, (key, result.stderr)
 
 
@@ -83,9 +99,10 @@ def test_check_config_unreadable_files(tmp_path: Path, content: str, key: str) -
 def test_check_config_finds_directory_mistakes(tmp_path: Path) -> None:
     """A person pointing at an unknown village, and a bad phone, are named by key."""
     directory = write_directory(
-        tmp_path / "d.toml", villages=1,
+        tmp_path / "d.toml",
+        villages=1,
         extra='\n[[person]]\nid = "x"\nname = "某"\nphone = "13800000000"\nrole = "resident"\n'
-              'villages = ["330502101999"]\n',
+        'villages = ["330502101999"]\n',
     )
     config = write_config(tmp_path, directory)
     result = _cli("check-config", "--config", str(config))
@@ -136,8 +153,18 @@ def test_warnctl_issue_list_show_cancel_against_a_real_daemon(tmp_path: Path) ->
         r = _ctl("issue", "--file", str(body), env=env)
         assert r.returncode == 0, r.stderr
         wid = r.stdout.strip()
-        r = _ctl("issue", "--event", "山洪", "--level", "orange", "--headline", "山洪橙色预警",
-                 "--code", "330502101202", env=env)
+        r = _ctl(
+            "issue",
+            "--event",
+            "山洪",
+            "--level",
+            "orange",
+            "--headline",
+            "山洪橙色预警",
+            "--code",
+            "330502101202",
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
         r = _ctl("list", env=env)
         assert wid in r.stdout and "山洪" in r.stdout

@@ -46,14 +46,18 @@ def test_warning_answered_202_survives_sigkill(tmp_path: Path) -> None:
         status, w = d.call("GET", f"/api/v1/warnings/{body['id']}", role="viewer")
         assert status == 200
         assert w["headline"] == warning_body()["headline"]
-        _wait(lambda: {r["target"] for r in read_records(tmp_path / "sent.jsonl") if r["channel"] == "loudspeaker"}
-              == {"spk-330502101201-1", "spk-330502101201-2"})
+        _wait(
+            lambda: (
+                {r["target"] for r in read_records(tmp_path / "sent.jsonl") if r["channel"] == "loudspeaker"}
+                == {"spk-330502101201-1", "spk-330502101201-2"}
+            )
+        )
     finally:
         assert d.terminate() == 0
 
 
 def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path) -> None:
-    """Kill -9 while 200 speakers are being sent to: after restart every one is reached, each with one msg_id."""
+    """Kill -9 while 200 speakers are sent to: after restart each is reached, with one msg_id."""
     d = _daemon(tmp_path, delay_s=0.02, villages=40, speakers=5, leds=0).start()
     codes = [f"330502101{201 + i:03d}" for i in range(40)]
     status, body = d.call("POST", "/api/v1/warnings", warning_body(area={"codes": codes}))
@@ -66,7 +70,9 @@ def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path)
     d.start()
     try:
         expected = {f"spk-{c}-{k}" for c in codes for k in range(1, 6)}
-        _wait(lambda: {r["target"] for r in read_records(record) if r["channel"] == "loudspeaker"} == expected)
+        _wait(
+            lambda: {r["target"] for r in read_records(record) if r["channel"] == "loudspeaker"} == expected
+        )
         msg_ids: dict[str, set[str]] = defaultdict(set)
         sends: dict[str, int] = defaultdict(int)
         for r in read_records(record):
@@ -79,8 +85,14 @@ def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path)
         assert sum(n - 1 for n in sends.values()) <= 20
         status, w = d.call("GET", f"/api/v1/warnings/{body['id']}", role="viewer")
         assert w["coverage"]["loudspeaker"]["expected"] == 200
-        _wait(lambda: d.call("GET", f"/api/v1/warnings/{body['id']}", role="viewer")[1]["coverage"]
-              ["loudspeaker"]["sent"] == 200)
+        _wait(
+            lambda: (
+                d.call("GET", f"/api/v1/warnings/{body['id']}", role="viewer")[1]["coverage"]["loudspeaker"][
+                    "sent"
+                ]
+                == 200
+            )
+        )
     finally:
         assert d.terminate() == 0
 

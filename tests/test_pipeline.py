@@ -23,8 +23,13 @@ async def test_red_warning_reaches_every_device_and_person(harness: Harness) -> 
     w = await harness.get(wid)
     assert w["state"] == "active"
     assert w["villages"] == ["330502101201"]
-    assert w["coverage"]["loudspeaker"] == {
-        "expected": 2, "sent": 2, "delivered": 0, "acknowledged": 0, "failed": 0,
+    five = ("expected", "sent", "delivered", "acknowledged", "failed")
+    assert {k: w["coverage"]["loudspeaker"][k] for k in five} == {
+        "expected": 2,
+        "sent": 2,
+        "delivered": 0,
+        "acknowledged": 0,
+        "failed": 0,
     }
     assert w["coverage"]["sms"]["sent"] == 3
     assert [s["step"] for s in w["schedule"]] == ["issue"]
@@ -63,9 +68,7 @@ async def test_transient_failures_retry_with_backoff_then_succeed(tmp_path: Path
     try:
         wid = await h.issue(warning_body())
         await h.run_until_idle()
-        rows = {
-            d["target"]: d for d in (await h.store.deliveries_for(wid)) if d["channel"] == "loudspeaker"
-        }
+        rows = {d["target"]: d for d in (await h.store.deliveries_for(wid)) if d["channel"] == "loudspeaker"}
         assert rows["spk-330502101201-1"]["state"] == "failed"
         assert rows["spk-330502101201-2"]["state"] == "dead"
         assert rows["spk-330502101201-2"]["attempts"] == 1
@@ -89,7 +92,9 @@ async def test_transient_failures_retry_with_backoff_then_succeed(tmp_path: Path
 async def test_retries_stop_at_max_attempts(tmp_path: Path) -> None:
     """A target that always fails becomes dead after max_attempts, with the reason kept."""
     h = await Harness(
-        tmp_path, channels=["loudspeaker"], script={"spk-330502101201-1": ["transient"] * 10},
+        tmp_path,
+        channels=["loudspeaker"],
+        script={"spk-330502101201-1": ["transient"] * 10},
         settings={"dispatch": {"max_attempts": 3, "backoff_base_s": 1, "backoff_cap_s": 5}},
     ).start()
     try:
@@ -113,8 +118,9 @@ async def test_cancel_stops_pending_and_sends_all_clear_to_those_reached(harness
     harness.clock.advance(hours=8)
     await harness.run_until_idle()
     assert {t for _, t in harness.adapter("sms").by_msg()} == {"off-0"}  # T-48h: officials prepare
-    resp = await harness.client.post(f"/api/v1/warnings/{wid}/cancel", json={"reason": "解除"},
-                                     headers=harness.headers())
+    resp = await harness.client.post(
+        f"/api/v1/warnings/{wid}/cancel", json={"reason": "解除"}, headers=harness.headers()
+    )
     assert resp.status == 202
     await harness.run_until_idle()
     harness.clock.advance(hours=60)
@@ -127,3 +133,52 @@ async def test_cancel_stops_pending_and_sends_all_clear_to_those_reached(harness
     states = [(s["step"], s["state"]) for s in w["schedule"]]
     assert states[0] == ("T-48h", "done")
     assert [st for _, st in states[1:]] == ["cancelled"] * 6  # T-24h … onset never fire
+
+
+async def test_a_reported_failure_is_retried_with_backoff_then_given_up(tmp_path: Path) -> None:
+    """A speaker that reports `failed` after the send is retried later, not at once; then dead."""
+    h = await Harness(
+        tmp_path,
+        channels=["loudspeaker"],
+        settings={"dispatch": {"max_attempts": 2, "backoff_base_s": 10, "backoff_cap_s": 60}},
+    ).start()
+    try:
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        first = h.adapter("loudspeaker").sent[0]
+        row = await h.daemon.feedback.ack(
+            source="device",
+            status="failed",
+            msg_id=first["msg_id"],
+            target=first["target"],
+            detail={"detail": "download failed"},
+        )
+        assert row["state"] == "failed"
+        await h.run_until_idle()
+        assert len(h.adapter("loudspeaker").sent) == 2  # not re-sent at once
+        h.clock.advance(11)
+        await h.run_until_idle()
+        assert len(h.adapter("loudspeaker").sent) == 3  # the retry, same msg_id
+        assert h.adapter("loudspeaker").sent[2]["msg_id"] == first["msg_id"]
+        row = await h.daemon.feedback.ack(
+            source="device", status="failed", msg_id=first["msg_id"], target=first["target"]
+        )
+        assert row["state"] == "dead"  # two attempts used
+        d = next(d for d in await h.store.deliveries_for(wid) if d["target"] == first["target"])
+        assert "device reported failed" in d["last_error"]
+    finally:
+        await h.close()
+
+
+async def test_recover_does_not_resend_a_warning_cancelled_meanwhile(harness: Harness) -> None:
+    """A delivery left `sending` by a crash is not sent if its warning was cancelled; its all-clear is."""
+    wid = await harness.issue(warning_body())
+    await harness.daemon.scheduler.run_once()
+    claimed = await harness.store.claim(harness.clock.now(), 100, ["sms"])  # a crash mid-send
+    assert claimed
+    await harness.store._begin()
+    await harness.store.db.execute("UPDATE warnings SET state = 'cancelled' WHERE id = ?", (wid,))
+    await harness.store._end("COMMIT")
+    await harness.store.recover()
+    states = {d["state"] for d in await harness.store.deliveries_for(wid) if d["channel"] == "sms"}
+    assert states == {"cancelled"}

@@ -44,10 +44,21 @@ async def test_recover_puts_sending_back_to_pending(tmp_path: Path) -> None:
     now = datetime(2026, 7, 1, tzinfo=UTC)
     async with Store(tmp_path / "w.db") as store:
         await store.accept(
-            {"id": "W1", "source": "api", "event": "暴雨", "level": "red", "status": "actual",
-             "headline": "h", "area": "{}", "villages": "[]", "state": "active",
-             "created_at": "x", "updated_at": "x"},
-            audit={"at": "x", "actor": "t", "action": "issue"}, jobs=[],
+            {
+                "id": "W1",
+                "source": "api",
+                "event": "暴雨",
+                "level": "red",
+                "status": "actual",
+                "headline": "h",
+                "area": "{}",
+                "villages": "[]",
+                "state": "active",
+                "created_at": "x",
+                "updated_at": "x",
+            },
+            audit={"at": "x", "actor": "t", "action": "issue"},
+            jobs=[],
         )
         await store._begin()
         await store._insert_deliveries(

@@ -94,6 +94,9 @@ class AdapterContext:
     http: Any = None
     feedback: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The store (read-only use: what is in force, a delivery by id) and the daemon's clock.
+    store: Any = None
+    clock: Any = None
 
 
 class Adapter(abc.ABC):

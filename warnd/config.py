@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from warnd.audio import AudioSettings
 from warnd.model import Level
 
 DEFAULT_CONFIG = Path("/etc/warnd/warnd.toml")
@@ -41,6 +42,27 @@ class HttpSettings(_Section):
     public_url: str = "http://127.0.0.1:8080"
     # A CAP alert with a large polygon is ~1 MB at most; anything bigger is a mistake or an attack.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Per client address (token buckets, warnd.ratelimit); 0 turns a limit off. A console polls
+    # a few requests a second; 60 at once covers a page load.
+    rate_limit_per_s: float = Field(default=10.0, ge=0)
+    rate_limit_burst: int = Field(default=60, ge=1)
+    # Ack links are opened from phones, and a whole village can sit behind one carrier NAT
+    # address: generous, but enough to stop guessing links by brute force.
+    ack_rate_limit_per_s: float = Field(default=5.0, ge=0)
+    ack_rate_limit_burst: int = Field(default=100, ge=1)
+    # When set (a `warnd hash-token` hash), /metrics wants this bearer token; else it is open.
+    metrics_token_hash: str | None = None
+
+    @field_validator("metrics_token_hash")
+    @classmethod
+    def _metrics_hash_form(cls, value: str | None) -> str | None:
+        """The same forms as API token hashes."""
+        from warnd.tokenhash import hash_form_problem
+
+        problem = hash_form_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -61,6 +83,9 @@ class MqttSettings(_Section):
     client_id: str = "warnd"
     # Persistent sessions let the broker hold QoS-1 acks that arrive while warnd restarts.
     keepalive_s: int = Field(default=30, ge=5, le=600)
+    # Reconnect delays are uniform(0, 1.5 ** attempt) seconds; 1.5 ** 10 ≈ 58 s is the ceiling
+    # aiomqtt uses, so an outage of any length is noticed within a minute of its end.
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=600)
 
     @field_validator("url")
     @classmethod
@@ -69,6 +94,14 @@ class MqttSettings(_Section):
         if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", value):
             raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
         return value
+
+
+class LoudspeakerSettings(_Section):
+    """Village loudspeakers (村村响)."""
+
+    # A command for a warning without `expires` goes stale after this long: a terminal that was
+    # offline all night must not wake the village with yesterday's warning.
+    max_age_min: float = Field(default=120, gt=0, le=7 * 24 * 60)
 
 
 class DirectorySettings(_Section):
@@ -87,9 +120,12 @@ class TokenSettings(_Section):
     @field_validator("hash")
     @classmethod
     def _hash_form(cls, value: str) -> str:
-        """`sha256:` and 64 hex digits, as `warnd hash-token` prints it."""
-        if not re.match(r"^sha256:[0-9a-f]{64}$", value):
-            raise ValueError("must be 'sha256:' followed by 64 hex digits (see `warnd hash-token`)")
+        """`pbkdf2_sha256$…` as `warnd hash-token` prints it, or the older `sha256:<hex>`."""
+        from warnd.tokenhash import hash_form_problem
+
+        problem = hash_form_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -108,6 +144,83 @@ class FeedSettings(_Section):
     url: str | None = None
     topic: str | None = None
     interval_s: float = Field(default=60, ge=1)
+    # Backoff while a polled upstream fails doubles from interval_s up to this (one hour).
+    max_backoff_s: float = Field(default=3600, ge=1)
+    # Environment variable holding the HMAC-SHA256 secret of a push feed's X-Warnd-Signature.
+    hmac_secret_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    # geocode valueNames that carry 行政区划代码 (warnd.cap.DEFAULT_GEOCODE_NAMES when empty).
+    geocode_names: list[str] = Field(default_factory=list)
+    prefer_languages: list[str] = Field(default_factory=lambda: ["zh-CN", "zh"])
+    validate_xsd: bool = False
+    # A CAP alert with a huge polygon is ~1 MB; twice that bounds what one document may cost.
+    max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+
+    @field_validator("token_hash")
+    @classmethod
+    def _token_hash_form(cls, value: str | None) -> str | None:
+        """The same forms as [[auth.tokens]] hashes (`warnd hash-token`)."""
+        from warnd.tokenhash import hash_form_problem
+
+        problem = hash_form_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> FeedSettings:
+        """push needs a token, poll a URL, mqtt a topic."""
+        need = {"push": "token_hash", "poll": "url", "mqtt": "topic"}[self.kind]
+        if getattr(self, need) is None:
+            raise ValueError(f"a {self.kind} feed needs {need}")
+        return self
+
+
+class HydroStation(_Section):
+    """A water-level station and the villages its river threatens.
+
+    Args:
+        id: the station code (测站编码).
+        name: its name, as warnings say it.
+        villages: 12-digit codes of the villages a flood here reaches.
+        warning_stage: 警戒水位, m.
+        guarantee_stage: 保证水位, m.
+        rise_rate_m_per_h: a rise at least this fast raises rise_level.
+    """
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    name: str = Field(min_length=1)
+    villages: list[str] = Field(min_length=1)
+    warning_stage: float
+    guarantee_stage: float
+    rise_rate_m_per_h: float | None = Field(default=None, gt=0)
+    warning_level: Level = Level.YELLOW
+    guarantee_level: Level = Level.ORANGE
+    rise_level: Level = Level.ORANGE
+    # Below the stage by this much before the fall counts: a level hovering at the line is noise.
+    hysteresis_m: float = Field(default=0.1, ge=0)
+    # How long the level must stay below before the warning is cancelled (解除).
+    clear_after_min: float = Field(default=60, ge=0)
+    # Absurd readings: outside [min_level_m, max_level_m] or changing faster than max_jump_m_per_h.
+    min_level_m: float = 0.0
+    max_level_m: float = 10_000.0
+    max_jump_m_per_h: float = Field(default=5.0, gt=0)
+    event: str = "洪水"
+
+    @model_validator(mode="after")
+    def _stages_ordered(self) -> HydroStation:
+        """The guarantee stage lies above the warning stage."""
+        if self.guarantee_stage <= self.warning_stage:
+            raise ValueError("guarantee_stage must be above warning_stage")
+        return self
+
+
+class HydroSettings(_Section):
+    """Water-level stations and where their readings come from."""
+
+    station: list[HydroStation] = Field(default_factory=list)
+    # Optional: a URL answering {"readings": [...]} in the POST /api/v1/hydro/readings shape.
+    poll_url: str | None = None
+    poll_interval_s: float = Field(default=300, ge=1)
 
 
 class TwilioSettings(_Section):
@@ -122,6 +235,11 @@ class TwilioSettings(_Section):
     # Twilio's default throughput for a long code is 1 message per second.
     rate_per_s: float = Field(default=1.0, gt=0)
     max_segments: int = Field(default=3, ge=1, le=10)
+    # Calls per second: Twilio's default CPS for an account is 1, separate from the SMS rate.
+    calls_per_s: float = Field(default=1.0, gt=0)
+    # Polling mode only (no public_base_url): how often to ask Twilio for receipts and replies.
+    # 15 s keeps a reply's confirmation within a minute at ~4 list requests a minute.
+    poll_interval_s: float = Field(default=15.0, gt=0)
 
 
 class EscalationStep(_Section):
@@ -223,7 +341,6 @@ class PolicySettings(_Section):
     quiet_start: time = time(22, 0)
     quiet_end: time = time(6, 0)
     timezone: str = "Asia/Shanghai"
-    ack_deadline_min: float = Field(default=10, gt=0)
 
     @field_validator("levels")
     @classmethod
@@ -260,6 +377,50 @@ class DispatchSettings(_Section):
     send_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class WecomSettings(_Section):
+    """WeCom (企业微信): group robots (keys from the environment) and application messages."""
+
+    enabled: bool = True
+    api_base: str = "https://qyapi.weixin.qq.com"
+    corp_id: str | None = None
+    agent_id: int | None = None
+    # The application's secret: here, WARND_WECOM__SECRET, or the credential `warnd_wecom_secret`.
+    secret: str | None = None
+    # WeCom's documented limit for a group robot is 20 messages a minute.
+    robot_per_minute: int = Field(default=20, ge=1, le=20)
+
+
+class AckLinkSettings(_Section):
+    """Signed acknowledgement links (/ack/{token}) sent in WeCom text cards."""
+
+    # HMAC key: here, WARND_ACK_LINKS__SECRET, the credential `warnd_ack_link_secret`, else
+    # generated once into state_dir/ack_link.key.
+    secret: str | None = None
+    # Three days: long enough for a person away from the phone, short enough to go stale.
+    ttl_h: float = Field(default=72, gt=0)
+
+
+class LedBoardSettings(_Section):
+    """One LED board's size and mode (overrides [led])."""
+
+    chars_per_line: int | None = Field(default=None, ge=2, le=200)
+    lines: int | None = Field(default=None, ge=1, le=50)
+    mode: Literal["scroll", "static"] | None = None
+
+
+class LedSettings(_Section):
+    """LED boards: text layout (full-width characters per line, lines), rotation."""
+
+    # A common village board is 192x64 dots: 12 characters of 16x16 by 4 lines; 16 is a safe default.
+    chars_per_line: int = Field(default=16, ge=2, le=200)
+    lines: int = Field(default=4, ge=1, le=50)
+    mode: Literal["scroll", "static"] = "scroll"
+    # Show every warning in force in turn (most severe first) instead of only the most severe.
+    rotate: bool = False
+    rotate_s: float = Field(default=10, gt=0)
+    boards: dict[str, LedBoardSettings] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     """Everything warnd reads at start. Keys are a contract: see DESIGN.md."""
 
@@ -277,9 +438,15 @@ class Settings(BaseSettings):
     directory: DirectorySettings = Field(default_factory=DirectorySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     feed: list[FeedSettings] = Field(default_factory=list)
+    hydro: HydroSettings = Field(default_factory=HydroSettings)
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    tts: AudioSettings = Field(default_factory=AudioSettings)
+    loudspeaker: LoudspeakerSettings = Field(default_factory=LoudspeakerSettings)
+    wecom: WecomSettings = Field(default_factory=WecomSettings)
+    ack_links: AckLinkSettings = Field(default_factory=AckLinkSettings)
+    led: LedSettings = Field(default_factory=LedSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -290,8 +457,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment over the TOML file over defaults."""
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        """Environment over systemd credentials over the TOML file over defaults."""
+        from warnd.credentials import CredentialsSource
+
+        toml = TomlConfigSettingsSource(settings_cls)
+        return (init_settings, env_settings, CredentialsSource(settings_cls, toml), toml)
 
 
 class ConfigError(Exception):

@@ -137,13 +137,42 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("update", help="update a warning from a JSON file of changed fields")
     p.add_argument("id")
     p.add_argument("--file", required=True)
+    p = sub.add_parser("simulate-speakers", help="simulated village loudspeakers that play and confirm")
+    p.add_argument("--village", nargs="+", required=True, metavar="CODE", help="villages to simulate")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    p.add_argument("--directory", default="config/directory.toml", help="directory.toml naming the speakers")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of plays that fail (0–1)")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="time from received to played")
     args = parser.parse_args(argv)
+    if args.command == "simulate-speakers":
+        return _simulate(args)
     token = os.environ.get("WARND_TOKEN")
     try:
         return _dispatch(args, token)
     except CtlError as exc:
         print(f"warnctl: {exc}", file=sys.stderr)
         return 1
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    """Run simulated speakers for the given villages until Ctrl-C."""
+    import asyncio
+    import contextlib
+
+    from warnd import log
+    from warnd.simulator import simulate, speakers_of
+
+    try:
+        speakers = speakers_of(args.directory, args.village)
+    except Exception as exc:
+        print(f"warnctl: {exc}", file=sys.stderr)
+        return 1
+    log.configure("info")
+    villages = len(args.village)
+    print(f"simulating {len(speakers)} speakers of {villages} villages on {args.broker}", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(simulate(args.broker, speakers, fail_rate=args.fail_rate, delay_ms=args.delay_ms))
+    return 0
 
 
 def _dispatch(args: argparse.Namespace, token: str | None) -> int:

@@ -18,7 +18,9 @@ from warnd.config import ConfigError, Settings, load_settings
 from warnd.directory import Directory
 from warnd.dispatcher import Dispatcher
 from warnd.feedback import Feedback
+from warnd.feeds import Feeds
 from warnd.intake import Intake
+from warnd.metrics import Metrics
 from warnd.scheduler import Scheduler
 from warnd.sdnotify import Notifier
 from warnd.store import Store
@@ -61,22 +63,29 @@ class Daemon:
         self._directory = directory
         self.wake = Wakeup()
         self.adapters: dict[str, Adapter] = {}
+        self.adapter_extra: dict[str, Any] = {}
         self.intake = Intake(store, self.directory, self.policy, self.clock, self.wake)
         self.dispatcher = Dispatcher(store, self.adapters, self.clock, settings.dispatch, self.wake)
         self.scheduler = Scheduler(
             store, self.directory, self.policy, self.dispatcher.channels, self.clock, self.wake
         )
-        self.feedback = Feedback(store, self.clock, self.wake)
+        self.feedback = Feedback(store, self.clock, self.wake, settings.dispatch)
         self.cap_intake: Callable[..., Awaitable[web.Response]] | None = None
         self.http: Any = None
+        # Upstream CAP feeds and hydrology: sets cap_intake, adds routes and loops below.
+        self.feeds = Feeds(self)
+        self.metrics = Metrics()
+        self.dispatcher.metrics = self.feedback.metrics = self.metrics
+        # No-op until run() hands over the one systemd set up (reload says RELOADING=1 … READY=1).
+        self.notifier = Notifier()
 
     def extra_routes(self) -> list[Any]:
         """HTTP routes adapters serve (webhooks, audio, ack links)."""
-        return [r for a in self.adapters.values() for r in a.routes()]
+        return [*self.feeds.routes(), *(r for a in self.adapters.values() for r in a.routes())]
 
     def background(self) -> list[tuple[str, Awaitable[Any]]]:
         """Named loops adapters need (an MQTT receive loop, a poller)."""
-        return [item for a in self.adapters.values() for item in a.background()]
+        return [*self.feeds.loops(), *(item for a in self.adapters.values() for item in a.background())]
 
     def directory(self) -> Directory:
         """The current directory (replaced on reload)."""
@@ -88,7 +97,16 @@ class Daemon:
 
     def adapter_context(self) -> AdapterContext:
         """What adapters are lent."""
-        return AdapterContext(self.settings, self.directory, http=self.http, feedback=self.feedback)
+        return AdapterContext(
+            self.settings,
+            self.directory,
+            http=self.http,
+            feedback=self.feedback,
+            store=self.store,
+            clock=self.clock,
+            # Shared by all adapters: channels on one broker share its connection (extra["mqtt"]).
+            extra=self.adapter_extra,
+        )
 
     def add_adapter(self, adapter: Adapter) -> None:
         """Register a channel's adapter."""
@@ -118,29 +136,53 @@ class Daemon:
 
     def reload(self) -> None:
         """Re-read directory and policy (SIGHUP); work in flight is untouched, a bad file changes nothing."""
+        self.notifier.reloading()
         try:
             fresh = load_settings(self.config_path)
             directory = Directory.load(fresh.directory.path)
         except ConfigError as exc:
             log.error("config.reload_failed", problems=[f"{k}: {m}" for k, m in exc.problems])
             return
+        finally:
+            # Success or not, warnd keeps serving: `systemctl reload` must not hang waiting.
+            self.notifier.ready()
         self.settings.policy = fresh.policy
         self._directory = directory
         log.info("config.reloaded", villages=len(directory.villages), people=len(directory.people))
 
     async def watchdog_loop(self, notifier: Notifier) -> None:
-        """Ping systemd's watchdog only while the store answers: a hung daemon gets restarted."""
+        """Ping systemd's watchdog only while the store can be written: a hung daemon gets restarted.
+
+        A slow check is waited for, never cancelled (a SQLite call cancelled half-way can leave
+        a transaction open); until it finishes there is simply no ping. Logged once per outage.
+        """
         interval = notifier.watchdog_interval_s
         if interval is None:
             return
-        while True:
-            try:
-                await asyncio.wait_for(self.store.ping(), interval)
-            except Exception:
-                log.error("watchdog.store_unhealthy")
-            else:
-                notifier.watchdog()
-            await asyncio.sleep(interval)
+        check: asyncio.Task[None] | None = None
+        healthy = True
+        try:
+            while True:
+                if check is None:
+                    check = asyncio.create_task(self.store.ping_write(), name="warnd.watchdog.check")
+                await asyncio.wait({check}, timeout=interval)
+                if check.done():
+                    error = check.exception()
+                    check = None
+                    problem = type(error).__name__ if error is not None else None
+                else:
+                    problem = "store_slow"
+                if problem is None:
+                    notifier.watchdog()
+                    if not healthy:
+                        log.info("watchdog.store_recovered")
+                elif healthy:
+                    log.error("watchdog.store_unhealthy", problem=problem)
+                healthy = problem is None
+                await asyncio.sleep(interval)
+        finally:
+            if check is not None:
+                check.cancel()
 
 
 async def _wait_for_signal(daemon: Daemon) -> None:
@@ -177,6 +219,7 @@ async def run(
         stack.push_async_callback(store.close)
         recovered = await store.recover()
         daemon = Daemon(settings, store, directory, clock=clock, config_path=config_path)
+        daemon.notifier = notifier
         factories = dict(adapters) if adapters is not None else enabled_adapters(settings)
         for factory in factories.values():
             daemon.add_adapter(factory(daemon.adapter_context()))

@@ -16,6 +16,8 @@ from warnd.config import ROLES, ConfigError, Role, _dotted
 from warnd.model import ADMIN_CODE, Area
 
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG): circles are a few km, the error is metres
+# A CAP circle of radius 0 is a point (an epicentre); a village within 0.5 km of it is there.
+POINT_TOLERANCE_KM = 0.5
 
 
 class Village(BaseModel):
@@ -175,7 +177,8 @@ class Directory:
         dlmb = np.radians(self._lon) - math.radians(lon)
         a = np.sin(dphi / 2) ** 2 + math.cos(p1) * np.cos(p2) * np.sin(dlmb / 2) ** 2
         dist = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(1.0, a)))
-        return [c for c, d in zip(self._codes, dist, strict=True) if d <= radius_km]
+        reach = radius_km or POINT_TOLERANCE_KM
+        return [c for c, d in zip(self._codes, dist, strict=True) if d <= reach]
 
     def match(self, area: Area) -> list[str]:
         """All villages an area reaches, sorted, each once."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,6 +81,8 @@ class Dispatcher:
         self.wake = wake
         self.in_flight = 0
         self.stopping = False
+        # warnd.metrics.Metrics, set by the daemon: counts outcomes and times batches.
+        self.metrics: Any = None
 
     def channels(self) -> set[str]:
         """Channels with an adapter that can send."""
@@ -98,7 +101,9 @@ class Dispatcher:
         self.in_flight += len(claimed)
         try:
             messages = await self._messages(claimed)
+            started = time.perf_counter()
             outcomes = await adapter.deliver(messages, timeout_s=self.settings.send_timeout_s)
+            duration_s = time.perf_counter() - started
             after = self.clock.now()
             by_id = {d.id: d for d in claimed}
             decided = [next_state(o, by_id[o.delivery_id].attempts, after, self.settings) for o in outcomes]
@@ -114,6 +119,8 @@ class Dispatcher:
                         reason=o.error,
                     )
             await self.store.record(decided, after)
+            if self.metrics is not None:
+                self.metrics.observe_batch(channel, [o for o, _ in decided], duration_s)
         finally:
             self.in_flight -= len(claimed)
         return len(claimed)

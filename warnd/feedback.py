@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from warnd.clock import Clock, Wakeup
+from warnd.config import DispatchSettings
+from warnd.dispatcher import retry_delay_s
 from warnd.store import Store
 
 log = structlog.get_logger("warnd.feedback")
@@ -25,6 +28,8 @@ STATUS_STATE: dict[str, str | None] = {
     "cleared": "acknowledged",
     "failed": "failed",
     "undelivered": "failed",
+    # A provider's final refusal reported after the send (Twilio 30005 unknown number …): no retry.
+    "dead": "dead",
 }
 
 
@@ -37,9 +42,14 @@ class Feedback:
         wake: set when an ack may change what is due (a failure to retry).
     """
 
-    def __init__(self, store: Store, clock: Clock, wake: Wakeup) -> None:
-        """Keep the collaborators."""
+    def __init__(
+        self, store: Store, clock: Clock, wake: Wakeup, retry: DispatchSettings | None = None
+    ) -> None:
+        """Keep the collaborators; `retry` is the dispatcher's backoff for reported failures."""
         self.store, self.clock, self.wake = store, clock, wake
+        self.retry = retry or DispatchSettings()
+        # warnd.metrics.Metrics, set by the daemon: counts acks and times confirmations.
+        self.metrics: Any = None
 
     async def ack(
         self,
@@ -56,18 +66,20 @@ class Feedback:
             log.warning("ack.unknown_status", source=source, status=status, msg_id=msg_id, target=target)
             return None
         error = None
-        if STATUS_STATE[status] == "failed":
+        if STATUS_STATE[status] in ("failed", "dead"):
             error = f"{source} reported {status}: {(detail or {}).get('detail', '')}".strip(": ")
+        now = self.clock.now()
         row = await self.store.apply_ack(
             source=source,
             status=status,
             new_state=STATUS_STATE[status],
-            now=self.clock.now(),
+            now=now,
             msg_id=msg_id,
             target=target,
             provider_ref=provider_ref,
             detail=detail,
             error=error,
+            retry=lambda attempts: self._retry_at(attempts, now),
         )
         if row is None:
             log.info("ack.unmatched", source=source, status=status, msg_id=msg_id, target=target)
@@ -81,4 +93,16 @@ class Feedback:
             status=status,
             state=row["state"],
         )
+        if self.metrics is not None:
+            self.metrics.observe_ack(row, status, now)
+        if row["state"] == "failed":
+            self.wake.set()
         return row
+
+    def _retry_at(self, attempts: int, now: datetime) -> datetime | None:
+        """When a delivery reported failed is tried again; None once attempts are used up."""
+        if attempts >= self.retry.max_attempts:
+            return None
+        r = self.retry
+        delay = retry_delay_s(attempts, None, base_s=r.backoff_base_s, cap_s=r.backoff_cap_s)
+        return now + timedelta(seconds=delay)

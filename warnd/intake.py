@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -13,7 +14,16 @@ from warnd.clock import Clock, Wakeup, iso, parse_iso
 from warnd.config import PolicySettings
 from warnd.directory import Directory
 from warnd.model import Area, Level, State, UpdateIn, WarningIn
-from warnd.planner import Step, level_policy, step_jobs, steps_for
+from warnd.planner import (
+    Step,
+    end_of_quiet,
+    fired_steps,
+    holds_repeats,
+    level_policy,
+    repeat_job,
+    step_jobs,
+    steps_for,
+)
 from warnd.store import AcceptResult, Store, new_warning_id, ts
 
 log = structlog.get_logger("warnd.intake")
@@ -190,19 +200,35 @@ class Intake:
             new["villages"] = json.loads(new["villages"])
         policy = self.policy()
         upgraded = Level(new["level"]).rank < Level(old["level"]).rank
-        steps = [s for s in steps_for(new, policy, now) if s.name != "issue"]
+        # Steps already sent are not sent again; past steps that never fired go out now;
+        # the rest move with the (possibly new) onset.
+        fired = fired_steps(await self.store.jobs_for(warning_id))
+        steps = steps_for(new, policy, now, fired)
+        lp = level_policy(new, policy)
         if upgraded:
             # A higher level goes out at once, in full, to the new level's channels.
-            lp = level_policy(new, policy)
+            covers = tuple(c for s in steps if s.name == "issue" for c in s.covers)
+            steps = [s for s in steps if s.name != "issue"]
             roles = tuple(sorted({r for rs in lp.roles.values() for r in rs}))
-            steps.insert(0, Step("issue", now, tuple(lp.channels), roles))
+            steps.insert(0, Step("issue", now, tuple(lp.channels), roles, covers))
         jobs = step_jobs(new, steps, now)
         jobs.append(_announce_job(new, "update", now))
+        if lp.repeat_min and await self.store.last_due(warning_id, "loudspeaker") is not None:
+            # Speakers already sounded: the new version keeps repeating at the new level's interval.
+            due = now + timedelta(minutes=lp.repeat_min)
+            if holds_repeats(new, policy):
+                due = end_of_quiet(due, policy)
+            expires = parse_iso(new["expires"])
+            if expires is None or due < expires:
+                jobs.append(repeat_job(new, due, now, 1, first=True))
         await self.store.change_warning(
             warning_id,
             changes,
             now=now,
             cancel_jobs=True,
+            # An unconfirmed official stays unconfirmed across an update: the 叫应 goes on,
+            # unless an upgrade sends afresh (and starts fresh chains).
+            keep_job_kinds=() if upgraded else ("escalate",),
             audit=_audit(
                 now,
                 actor,

@@ -9,20 +9,36 @@ from typing import Any
 
 import structlog
 
-# An E.164 number as it appears inside any log value: +, country code, 6–14 more digits.
-_PHONE = re.compile(r"\+(\d{2})(\d{3})(\d{2,9})(\d{4})")
+from warnd.phone import mask_phone
+
+# An E.164 number as it appears inside any log value: + and 7–15 digits, not part of a longer
+# run of digits. Offsets like +08:00 are too short to match.
+_PHONE = re.compile(r"(?<!\d)\+\d{7,15}(?!\d)")
 
 
 def mask_phones(text: str) -> str:
-    """Mask the middle digits of every international phone number in text (+86138****0001)."""
-    return _PHONE.sub(lambda m: f"+{m[1]}{m[2]}****{m[4]}", text)
+    """Mask the middle digits of every international phone number in text (+86138****0001).
+
+    The country code is found as warnd.phone.mask_phone finds it (1, 2 or 3 digits).
+    """
+    return _PHONE.sub(lambda m: mask_phone(m[0]), text)
+
+
+def _mask_value(value: Any) -> Any:
+    """Mask phone numbers in a string, or in the strings inside lists, tuples and dicts."""
+    if isinstance(value, str):
+        return mask_phones(value) if "+" in value else value
+    if isinstance(value, list | tuple):
+        return type(value)(_mask_value(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _mask_value(v) for k, v in value.items()}
+    return value
 
 
 def _mask_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Mask phone numbers in every string field: logs leave the machine, the store does not."""
+    """Mask phone numbers in every field: logs leave the machine, the store does not."""
     for key, value in event.items():
-        if isinstance(value, str) and "+" in value:
-            event[key] = mask_phones(value)
+        event[key] = _mask_value(value)
     return event
 
 

@@ -100,13 +100,15 @@ LatLon = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
 class Circle(BaseModel):
-    """A circle on the map, as CAP writes it (centre and radius in km)."""
+    """A circle on the map, as CAP writes it (centre and radius in km; 0 is a point)."""
 
     model_config = ConfigDict(extra="forbid")
 
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    radius_km: float = Field(gt=0, le=1000)
+    # Real alerts (USGS earthquakes, tsunami centres) send radius 0: a point, matched with a
+    # small tolerance by the directory (POINT_TOLERANCE_KM).
+    radius_km: float = Field(ge=0, le=1000)
 
 
 class Area(BaseModel):
@@ -169,8 +171,9 @@ class WarningIn(BaseModel):
     event: str = Field(min_length=1, max_length=64)
     level: Level
     headline: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=4000)
-    instruction: str = Field(default="", max_length=2000)
+    # Real NWS alerts run to 5,000 characters; upstream text is kept whole.
+    description: str = Field(default="", max_length=10_000)
+    instruction: str = Field(default="", max_length=4000)
     area: Area
     onset: datetime | None = None
     expires: datetime | None = None
@@ -209,8 +212,8 @@ class UpdateIn(BaseModel):
 
     level: Level | None = None
     headline: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=4000)
-    instruction: str | None = Field(default=None, max_length=2000)
+    description: str | None = Field(default=None, max_length=10_000)
+    instruction: str | None = Field(default=None, max_length=4000)
     area: Area | None = None
     onset: datetime | None = None
     expires: datetime | None = None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,8 @@ class Step:
     at: datetime
     channels: tuple[str, ...]
     roles: tuple[str, ...]
+    # The policy steps an immediate "issue" step stands in for (they were already past).
+    covers: tuple[str, ...] = ()
 
 
 def msg_id(job_key: str, channel: str, group: str) -> str:
@@ -37,33 +40,56 @@ def level_policy(warning: dict[str, Any], policy: PolicySettings) -> LevelPolicy
     return policy.for_warning(Level(warning["level"]), warning["event"])
 
 
-def steps_for(warning: dict[str, Any], policy: PolicySettings, now: datetime) -> list[Step]:
-    """The pre-warning schedule: steps relative to onset; those already past collapse into one now."""
+def step_name(hours_before: float) -> str:
+    """The name of a policy step: T-48h … T-1h, and onset."""
+    return f"T-{hours_before:g}h" if hours_before else "onset"
+
+
+def steps_for(
+    warning: dict[str, Any], policy: PolicySettings, now: datetime, fired: Collection[str] = ()
+) -> list[Step]:
+    """The pre-warning schedule: steps relative to onset; those already past collapse into one now.
+
+    `fired` names steps an earlier version of the warning already sent (an update): they are
+    not sent again, and a past step that never fired still goes out now.
+    """
     lp = level_policy(warning, policy)
     onset = parse_iso(warning.get("onset"))
     all_roles = tuple(sorted({r for roles in lp.roles.values() for r in roles}))
-    if onset is None or onset <= now:
-        return [Step("issue", now, tuple(lp.channels), all_roles)]
+    if onset is None:
+        return [] if fired else [Step("issue", now, tuple(lp.channels), all_roles)]
     past_channels: set[str] = set()
     past_roles: set[str] = set()
+    covers: list[str] = []
     future: list[Step] = []
     for sp in sorted(policy.steps, key=lambda s: -s.hours_before):
         at = onset - timedelta(hours=sp.hours_before)
+        name = step_name(sp.hours_before)
         channels = tuple(c for c in lp.channels if c in sp.channels)
-        if not channels:
+        if not channels or name in fired:
             continue
         if at <= now:
             past_channels.update(channels)
             past_roles.update(sp.roles)
+            covers.append(name)
         else:
-            name = f"T-{sp.hours_before:g}h" if sp.hours_before else "onset"
             future.append(Step(name, at, channels, tuple(sp.roles)))
     steps = []
-    if past_channels or not future:
+    if past_channels or not (future or fired):
         # Whatever the schedule would already have said goes out now, once.
         chans = tuple(c for c in lp.channels if c in past_channels) or tuple(lp.channels)
-        steps.append(Step("issue", now, chans, tuple(sorted(past_roles)) or all_roles))
+        steps.append(Step("issue", now, chans, tuple(sorted(past_roles)) or all_roles, tuple(covers)))
     return steps + future
+
+
+def fired_steps(jobs: list[dict[str, Any]]) -> set[str]:
+    """Names of the policy steps a warning's done step jobs sent (an "issue" counts for those it covers)."""
+    out: set[str] = set()
+    for j in jobs:
+        if j["kind"] == "step" and j.get("state") == "done":
+            out.add(j["payload"]["step"])
+            out.update(j["payload"].get("covers", ()))
+    return out
 
 
 def step_jobs(
@@ -84,6 +110,7 @@ def step_jobs(
                 "roles": list(s.roles),
                 "kind": kind,
                 "version": version,
+                "covers": list(s.covers),
             },
         }
         for s in steps
@@ -101,6 +128,31 @@ def step_jobs(
             }
         )
     return jobs
+
+
+def compact(when: datetime) -> str:
+    """A due time as a short key suffix: 20260701T083000."""
+    return when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+
+
+def repeat_job(
+    warning: dict[str, Any], due: datetime, now: datetime, n: int, *, first: bool
+) -> dict[str, Any]:
+    """A loudspeaker re-broadcast job; the first of a version has a fixed key so steps start one chain."""
+    base = f"{warning['id']}:v{warning['version']}:repeat"
+    return {
+        "key": base if first else f"{base}@{compact(due)}",
+        "warning_id": warning["id"],
+        "kind": "repeat",
+        "due_at": ts(due),
+        "created_at": ts(now),
+        "payload": {"n": n, "version": warning["version"]},
+    }
+
+
+def holds_repeats(warning: dict[str, Any], policy: PolicySettings) -> bool:
+    """Whether quiet hours hold this warning's repeats: if its level allows it, and never for red."""
+    return level_policy(warning, policy).quiet_hours and warning["level"] != Level.RED.value
 
 
 def schedule_view(jobs: list[dict[str, Any]], tz: str = "Asia/Shanghai") -> list[dict[str, Any]]:

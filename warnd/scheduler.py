@@ -1,30 +1,53 @@
 """The scheduler: durable timed jobs, each fired exactly once (marked done in the transaction
-that writes what it produced)."""
+that writes what it produced).
+
+Job kinds: `step` (a pre-warning step), `repeat` (loudspeakers again while in force),
+`escalate` (叫应: an ack deadline), `announce` (update or all-clear to those reached) and
+`expire`. A job that produces another job (a repeat its successor, an escalation its next
+step) writes it in the same transaction under a key derived from its own, so a crash or a
+restart can neither lose nor double a link of the chain.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
-from warnd.clock import Clock, Wakeup
+from warnd.clock import Clock, Wakeup, parse_iso
 from warnd.config import PolicySettings
-from warnd.directory import Directory
+from warnd.directory import Directory, Person
+from warnd.escalation import Action, Confirmation, Watched, decide, next_due
 from warnd.model import State
-from warnd.planner import msg_id, step_deliveries
-from warnd.store import Job, NewDelivery, Store, ts
+from warnd.planner import (
+    compact,
+    end_of_quiet,
+    holds_repeats,
+    in_quiet_hours,
+    level_policy,
+    msg_id,
+    repeat_job,
+    step_deliveries,
+)
+from warnd.store import Job, NewDelivery, Store, from_ts, ts
 
 log = structlog.get_logger("warnd.scheduler")
 
 # Device channels get a stop/clear on expiry; people are not told a warning simply ran out.
 DEVICE_CHANNELS = ("loudspeaker", "led")
 IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
+# Two loudspeaker plays closer than this are one play: a step and a repeat due together.
+SAME_PLAY_S = 1.0
+# An all-clear waits for sends in flight (each ends within dispatch.send_timeout_s, 30 s by
+# default) by looking again every 2 s, at most 30 times: a stuck send cannot hold it for long.
+ANNOUNCE_WAIT_S = 2.0
+ANNOUNCE_WAITS = 30
 
 
 class Scheduler:
-    """Fires due jobs: pre-warning steps, announcements (update, all-clear) and expiry.
+    """Fires due jobs: pre-warning steps, repeats, escalations, announcements and expiry.
 
     Args:
         store: the store.
@@ -60,51 +83,86 @@ class Scheduler:
         return fired
 
     async def _fire(self, job: Job, now: datetime) -> bool:
-        """Turn one job into deliveries (and state changes), atomically."""
+        """Turn one job into deliveries (and state changes, and follow-up jobs), atomically."""
         blog = log.bind(warning_id=job.warning_id, job=job.key, kind=job.kind)
         warning = await self.store.get_warning(job.warning_id) if job.warning_id else None
         if warning is None:
             blog.warning("job.orphaned")
             return await self.store.fire_job(job, [], now=now)
-        deliveries: list[NewDelivery] = []
         if job.kind == "step":
-            if warning["state"] not in IN_FORCE or warning["version"] != job.payload.get("version"):
-                blog.info("job.skipped", reason="warning changed", state=warning["state"])
-                return await self.store.fire_job(job, [], now=now)
-            payload = self._available(job.payload, blog)
-            deliveries = step_deliveries(warning, job.key, payload, self.directory(), self.policy(), now)
-        elif job.kind == "announce":
-            deliveries = await self._to_reached(warning, job, job.payload["kind"], None, now)
-        elif job.kind == "expire":
-            if warning["state"] not in IN_FORCE or warning["version"] != job.payload.get("version"):
-                return await self.store.fire_job(job, [], now=now)
-            deliveries = await self._to_reached(warning, job, "expire", DEVICE_CHANNELS, now)
-            ok = await self.store.fire_job(
-                job,
-                deliveries,
-                now=now,
-                set_state=State.EXPIRED.value,
-                audit={
-                    "at": ts(now),
-                    "actor": "warnd",
-                    "action": "expire",
-                    "warning_id": warning["id"],
-                    "detail": {"stops": len(deliveries)},
-                },
-            )
-            blog.info("warning.expired", stops=len(deliveries))
-            return ok
-        else:
-            blog.error("job.unknown_kind")
-        ok = await self.store.fire_job(job, deliveries, now=now)
+            return await self._step(job, warning, now, blog)
+        if job.kind == "repeat":
+            return await self._repeat(job, warning, now, blog)
+        if job.kind == "escalate":
+            return await self._escalate(job, warning, now, blog)
+        if job.kind == "announce":
+            return await self._announce(job, warning, now, blog)
+        if job.kind == "expire":
+            return await self._expire(job, warning, now, blog)
+        blog.error("job.unknown_kind")
+        return await self.store.fire_job(job, [], now=now)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    async def _step(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """A pre-warning step: its deliveries, an escalation chain per person who must confirm,
+        and the start of the loudspeaker repeats."""
+        if warning["state"] not in IN_FORCE or warning["version"] != job.payload.get("version"):
+            blog.info("job.skipped", reason="warning changed", state=warning["state"])
+            return await self.store.fire_job(job, [], now=now)
+        policy = self.policy()
+        payload = self._available(job.payload, blog)
+        deliveries = step_deliveries(warning, job.key, payload, self.directory(), policy, now)
+        jobs = self._chains(warning, job, deliveries, now)
+        lp = level_policy(warning, policy)
+        plays = [d for d in deliveries if d.channel == "loudspeaker" and d.kind == "warning"]
+        if plays and lp.repeat_min:
+            due = max(d.due_at for d in plays) + timedelta(minutes=lp.repeat_min)
+            if holds_repeats(warning, policy):
+                due = end_of_quiet(due, policy)
+            if self._before_expiry(warning, due):
+                jobs.append(repeat_job(warning, due, now, 1, first=True))
+        ok = await self.store.fire_job(job, deliveries, jobs=jobs, now=now)
         if ok:
             blog.info(
                 "job.fired",
                 step=job.payload.get("step"),
                 deliveries=len(deliveries),
+                chains=sum(j["kind"] == "escalate" for j in jobs),
                 late_s=round((now - job.due_at).total_seconds(), 3),
             )
         return ok
+
+    def _chains(
+        self, warning: dict[str, Any], job: Job, deliveries: list[NewDelivery], now: datetime
+    ) -> list[dict[str, Any]]:
+        """One escalation job per person with an ack-required delivery in this step."""
+        lp = level_policy(warning, self.policy())
+        if not lp.escalation:
+            return []
+        origin: dict[str, list[list[str]]] = {}
+        for d in deliveries:
+            if d.ack_required and d.person_id:
+                origin.setdefault(d.person_id, []).append([d.msg_id, d.target])
+        due = now + timedelta(minutes=lp.escalation[0].after_min)
+        return [
+            {
+                "key": f"{job.key}:esc:{pid}:s0",
+                "warning_id": warning["id"],
+                "kind": "escalate",
+                "due_at": ts(due),
+                "created_at": ts(now),
+                "payload": {
+                    "person_id": pid,
+                    "stage": 0,
+                    "step": job.payload["step"],
+                    "origin": pairs,
+                    "chain": f"{job.key}:esc:{pid}",
+                    "reached": [],
+                },
+            }
+            for pid, pairs in origin.items()
+        ]
 
     def _available(self, payload: dict[str, Any], blog: Any) -> dict[str, Any]:
         """Drop channels no adapter serves, saying so once per step."""
@@ -113,6 +171,245 @@ class Scheduler:
         if missing:
             blog.warning("step.channels_unavailable", channels=missing)
         return {**payload, "channels": [c for c in payload["channels"] if c in have]}
+
+    @staticmethod
+    def _before_expiry(warning: dict[str, Any], when: datetime) -> bool:
+        """Whether a time falls before the warning expires (the expire job stops devices)."""
+        expires = parse_iso(warning.get("expires"))
+        return expires is None or when < expires
+
+    # -- repeats ------------------------------------------------------------------------------
+
+    async def _repeat(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """Play again on the loudspeakers, unless a play was just made or quiet hours hold it."""
+        if warning["state"] not in IN_FORCE or warning["version"] != job.payload.get("version"):
+            blog.info("repeat.stopped", reason="warning changed", state=warning["state"])
+            return await self.store.fire_job(job, [], now=now)
+        policy = self.policy()
+        lp = level_policy(warning, policy)
+        if not lp.repeat_min:
+            blog.info("repeat.stopped", reason="level does not repeat")
+            return await self.store.fire_job(job, [], now=now)
+        interval = timedelta(minutes=lp.repeat_min)
+        hold = holds_repeats(warning, policy)
+        n = job.payload.get("n", 1)
+        deliveries: list[NewDelivery] = []
+        last = await self._last_play(warning["id"])
+        if hold and in_quiet_hours(now, policy):
+            due, reason = end_of_quiet(now, policy), "quiet hours"
+        elif last is not None and (last + interval - now).total_seconds() > SAME_PLAY_S:
+            # A step (or a held play) already sounded within the interval: keep its rhythm.
+            due, reason = last + interval, "played recently"
+        elif "loudspeaker" not in self.channels():
+            due, reason = now + interval, "loudspeaker channel unavailable"
+        else:
+            payload = {"step": f"repeat-{n}", "channels": ["loudspeaker"], "roles": [], "kind": "warning"}
+            deliveries = step_deliveries(warning, job.key, payload, self.directory(), policy, now)
+            due, reason, n = now + interval, "", n + 1
+        if hold:
+            due = end_of_quiet(due, policy)
+        jobs = [repeat_job(warning, due, now, n, first=False)] if self._before_expiry(warning, due) else []
+        ok = await self.store.fire_job(job, deliveries, jobs=jobs, now=now)
+        if ok:
+            if deliveries:
+                blog.info(
+                    "repeat.played", step=f"repeat-{n - 1}", deliveries=len(deliveries), next_at=ts(due)
+                )
+            else:
+                blog.info("repeat.held", reason=reason, next_at=ts(due) if jobs else None)
+        return ok
+
+    async def _last_play(self, warning_id: str) -> datetime | None:
+        """When the loudspeakers last were (or are next held to be) told to play this warning."""
+        return await self.store.last_due(warning_id, "loudspeaker")
+
+    # -- escalation ---------------------------------------------------------------------------
+
+    async def _escalate(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """An ack deadline: stop if confirmed, else take the chain's next step and schedule the one after."""
+        p = job.payload
+        pid, stage = p["person_id"], p["stage"]
+        blog = blog.bind(person_id=pid, stage=stage + 1)
+        lp = level_policy(warning, self.policy())
+        rows = await self.store.person_deliveries(warning["id"], [pid, *p["reached"]])
+        origin_keys = {(m, t) for m, t in p["origin"]}
+        origin = [r for r in rows if (r["msg_id"], r["target"]) in origin_keys]
+        sent = [from_ts(r["sent_at"]) for r in origin if r["sent_at"]]
+        created = [from_ts(r["created_at"]) for r in origin]
+        watched = Watched(
+            person_id=pid,
+            stage=stage,
+            created_at=min((c for c in created if c), default=job.due_at),
+            sent_at=min((s for s in sent if s), default=None),
+            states=tuple(r["state"] for r in origin),
+            warning_state=warning["state"],
+        )
+        acks = [
+            Confirmation(r["person_id"], r["channel"], from_ts(r["acked_at"]))  # type: ignore[arg-type]
+            for r in rows
+            if r["state"] == "acknowledged" and r["acked_at"]
+        ]
+        action = decide(watched, acks, lp, now)
+        if action.verb == "stop":
+            blog.info("escalation.stopped", reason=action.reason)
+            return await self.store.fire_job(job, [], now=now)
+        if action.verb == "wait":
+            assert action.at is not None
+            nxt = self._chain_job(warning, job, stage, action.at, now, suffix=f"@{compact(action.at)}")
+            blog.info("escalation.waiting", reason=action.reason)
+            return await self.store.fire_job(job, [], jobs=[nxt], now=now)
+        return await self._take_step(job, warning, watched, action, now, blog)
+
+    async def _take_step(
+        self, job: Job, warning: dict[str, Any], watched: Watched, action: Action, now: datetime, blog: Any
+    ) -> bool:
+        """Write the escalated delivery (or say why there is none), audit it, schedule the next step."""
+        assert action.step is not None
+        p = job.payload
+        step, stage = action.step, action.stage
+        directory = self.directory()
+        reached = list(p["reached"])
+        target: Person | None = directory.people.get(p["person_id"])
+        skipped = None
+        if step.to == "superior":
+            climb = directory.people.get(reached[-1]) if reached else target
+            sup = climb.superior if climb is not None else None
+            target = directory.people.get(sup) if sup else None
+            if target is None:
+                skipped = "no superior in the directory"
+        address = None
+        if target is not None:
+            address = target.phone if step.channel in ("sms", "voice") else target.wecom_user
+            if step.channel not in self.channels():
+                skipped = f"channel {step.channel} unavailable"
+            elif step.channel not in ("sms", "voice", "wechat"):
+                skipped = f"channel {step.channel} cannot reach a person"
+            elif not address:
+                skipped = f"{target.id} has no address for {step.channel}"
+            elif warning.get("status", "actual") != "actual" and not target.test:
+                skipped = "a drill reaches only test people"
+        deliveries: list[NewDelivery] = []
+        if skipped is None and target is not None:
+            if step.to == "superior":
+                reached.append(target.id)
+            deliveries.append(
+                NewDelivery(
+                    msg_id(job.key, step.channel, target.id),
+                    warning["id"],
+                    f"{p['step']}/escalate-{stage + 1}",
+                    "warning",
+                    step.channel,
+                    target.id,
+                    now,
+                    person_id=target.id,
+                    address=address,
+                    ack_required=True,
+                )
+            )
+        lp = level_policy(warning, self.policy())
+        due = next_due(watched, lp, stage + 1, now)
+        jobs = []
+        if due is not None:
+            jobs.append(self._chain_job(warning, job, stage + 1, due, now, reached=reached))
+        audit = {
+            "at": ts(now),
+            "actor": "warnd",
+            "action": "escalate",
+            "warning_id": warning["id"],
+            "detail": {
+                "person_id": p["person_id"],
+                "step": p["step"],
+                "stage": stage + 1,
+                "channel": step.channel,
+                "to": step.to,
+                "target": target.id if target is not None and skipped is None else None,
+                "reason": action.reason,
+                "skipped": skipped,
+                "msg_id": deliveries[0].msg_id if deliveries else None,
+            },
+        }
+        ok = await self.store.fire_job(job, deliveries, jobs=jobs, now=now, audit=audit)
+        if ok:
+            blog.info(
+                "escalation.advanced",
+                channel=step.channel,
+                to=step.to,
+                target=audit["detail"]["target"],
+                reason=action.reason,
+                skipped=skipped,
+            )
+        return ok
+
+    @staticmethod
+    def _chain_job(
+        warning: dict[str, Any],
+        job: Job,
+        stage: int,
+        due: datetime,
+        now: datetime,
+        *,
+        suffix: str = "",
+        reached: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """The escalation job for a chain's step `stage`, keyed by chain, stage and (when waiting) time."""
+        p = job.payload
+        return {
+            "key": f"{p['chain']}:s{stage}{suffix}",
+            "warning_id": warning["id"],
+            "kind": "escalate",
+            "due_at": ts(due),
+            "created_at": ts(now),
+            "payload": {**p, "stage": stage, "reached": p["reached"] if reached is None else reached},
+        }
+
+    # -- announcements and expiry -------------------------------------------------------------
+
+    async def _announce(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """Tell everyone reached of an update or the all-clear, once sends in flight have landed."""
+        waited = job.payload.get("waited", 0)
+        in_flight = await self.store.count_sending(warning["id"])
+        if in_flight and waited < ANNOUNCE_WAITS:
+            # A warning still on its way to someone: wait so the all-clear does not miss them.
+            due = now + timedelta(seconds=ANNOUNCE_WAIT_S)
+            nxt = {
+                "key": f"{job.key}@{waited + 1}",
+                "warning_id": warning["id"],
+                "kind": "announce",
+                "due_at": ts(due),
+                "created_at": ts(now),
+                "payload": {**job.payload, "waited": waited + 1},
+            }
+            blog.info("announce.waiting", in_flight=in_flight, retry_in_s=ANNOUNCE_WAIT_S)
+            return await self.store.fire_job(job, [], jobs=[nxt], now=now)
+        deliveries = await self._to_reached(warning, job, job.payload["kind"], None, now)
+        ok = await self.store.fire_job(job, deliveries, now=now)
+        if ok:
+            blog.info(
+                "job.fired", step=job.payload.get("step"), deliveries=len(deliveries), in_flight=in_flight
+            )
+        return ok
+
+    async def _expire(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """The warning ran out: stop speakers, clear boards, cancel what is still pending."""
+        if warning["state"] not in IN_FORCE or warning["version"] != job.payload.get("version"):
+            return await self.store.fire_job(job, [], now=now)
+        deliveries = await self._to_reached(warning, job, "expire", DEVICE_CHANNELS, now)
+        ok = await self.store.fire_job(
+            job,
+            deliveries,
+            now=now,
+            set_state=State.EXPIRED.value,
+            audit={
+                "at": ts(now),
+                "actor": "warnd",
+                "action": "expire",
+                "warning_id": warning["id"],
+                "detail": {"stops": len(deliveries)},
+            },
+        )
+        if ok:
+            blog.info("warning.expired", stops=len(deliveries))
+        return ok
 
     async def _to_reached(
         self, warning: dict[str, Any], job: Job, kind: str, only: tuple[str, ...] | None, now: datetime

@@ -7,7 +7,7 @@ import contextvars
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -554,6 +554,13 @@ class Store:
         """Put deliveries a crash left `sending` back to `pending`; returns how many."""
         db = self.db
         await self._begin()
+        # A warning cancelled or expired while its sends were in flight is not sent after the crash
+        # (its all-clear and stop commands, kind cancel/expire, still are).
+        await db.execute(
+            "UPDATE deliveries SET state = 'cancelled' WHERE state = 'sending'"
+            " AND kind IN ('warning', 'update') AND warning_id IN"
+            " (SELECT id FROM warnings WHERE state IN ('cancelled', 'expired'))"
+        )
         cur = await db.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'sending'")
         await self._end("COMMIT")
         return cur.rowcount
@@ -669,6 +676,13 @@ class Store:
             (warning_id, *person_ids),
         )
 
+    async def count_sending(self, warning_id: str) -> int:
+        """How many of a warning's deliveries are in an adapter's hands right now."""
+        row = await self._one(
+            "SELECT COUNT(*) AS n FROM deliveries WHERE warning_id = ? AND state = 'sending'", (warning_id,)
+        )
+        return row["n"] if row else 0
+
     async def last_due(self, warning_id: str, channel: str, kind: str = "warning") -> datetime | None:
         """The latest due time of a warning's deliveries on a channel (when speakers last played)."""
         row = await self._one(
@@ -726,8 +740,11 @@ class Store:
         provider_ref: str | None = None,
         detail: dict[str, Any] | None = None,
         error: str | None = None,
+        retry: Callable[[int], datetime | None] | None = None,
     ) -> dict[str, Any] | None:
         """Record an acknowledgement and move its delivery forward (never back); one transaction.
+
+        `retry(attempts)` gives the next try of a delivery reported failed, or None to give up.
 
         The delivery is found by (msg_id, target) or by provider_ref. Returns it, or None
         when nothing matches (the ack is then not stored: it belongs to nobody).
@@ -759,12 +776,21 @@ class Store:
                 ),
             )
             if new_state is not None and _advances(row["state"], new_state):
+                due = row["due_at"]
+                if new_state == "failed" and retry is not None:
+                    # Reported failed after the send (a speaker that could not play, an SMS
+                    # undelivered): retry with the dispatcher's backoff, or give up.
+                    retry_at = retry(row["attempts"])
+                    if retry_at is None:
+                        new_state = "dead"
+                    else:
+                        due = ts(retry_at)
                 column = {"delivered": "delivered_at", "acknowledged": "acked_at"}.get(new_state)
                 extra = f", {column} = COALESCE({column}, ?)" if column else ", updated_at = ?"
                 await db.execute(
                     f"UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error),"  # noqa: S608
-                    f" updated_at = ?{extra} WHERE id = ?",
-                    (new_state, error, stamp, stamp, row["id"]),
+                    f" due_at = ?, updated_at = ?{extra} WHERE id = ?",
+                    (new_state, error, due, stamp, stamp, row["id"]),
                 )
                 row["state"] = new_state
             await self._end("COMMIT")

@@ -188,6 +188,7 @@ class FakeTwilio:
         self._callbacks: dict[str, tuple[str, set[str]]] = {}
         self._script: deque[Answer] = deque()
         self._rate: tuple[float, float, float] | None = None  # per_s, tokens, last refill
+        self._burst = 1.0
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.base_url = ""
@@ -233,9 +234,16 @@ class FakeTwilio:
         """Queue answers for the next create requests, in order; then normal handling resumes."""
         self._script.extend(answers)
 
-    def limit_rate(self, per_s: float) -> None:
-        """Answer 429 (20429) to creates beyond per_s per second (real monotonic time, burst 1)."""
-        self._rate = (per_s, 1.0, time.monotonic())
+    def limit_rate(self, per_s: float, burst: float = 1.0) -> None:
+        """Answer 429 (20429) to creates beyond per_s per second (real monotonic time).
+
+        burst: how many creates may arrive back to back. 1 refuses any gap shorter than
+        1/per_s; 2 still holds the average to per_s but tolerates one request arriving early
+        (network and scheduling jitter, several ms on a loaded machine), as Twilio's per-sender
+        queue does.
+        """
+        self._burst = burst
+        self._rate = (per_s, burst, time.monotonic())
 
     def inject_inbound(self, from_: str, to: str, body: str) -> dict[str, Any]:
         """Add an inbound message, as if a phone had texted the account's number."""
@@ -360,7 +368,7 @@ class FakeTwilio:
         if self._rate:
             per_s, tokens, last = self._rate
             now = time.monotonic()
-            tokens = min(1.0, tokens + (now - last) * per_s)
+            tokens = min(self._burst, tokens + (now - last) * per_s)
             if tokens < 1.0:
                 self._rate = (per_s, tokens, now)
                 self.too_fast += 1

@@ -27,7 +27,13 @@ def test_settings(tmp_path: Path, directory: Path, **overrides: Any) -> Settings
     data: dict[str, Any] = {
         "state_dir": tmp_path / "state",
         "directory": {"path": directory},
-        "auth": {"tokens": [{"name": f"{r}-1", "role": r, "hash": hash_token(t)} for r, t in TOKENS.items()]},
+        # Few PBKDF2 rounds: the tokens are test constants, and a harness starts in every test.
+        "auth": {
+            "tokens": [
+                {"name": f"{r}-1", "role": r, "hash": hash_token(t, iterations=1000)}
+                for r, t in TOKENS.items()
+            ]
+        },
         "http": {"port": 0},
     }
     for key, value in overrides.items():
@@ -56,13 +62,18 @@ class Harness:
         directory: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
         script: dict[str, list[str]] | None = None,
+        adapters: Iterable[Any] = (),
     ) -> None:
-        """Write the directory and settings; `start()` opens everything."""
+        """Write the directory and settings; `start()` opens everything.
+
+        `adapters` are factories (ctx → Adapter) of real adapters added beside the recording ones.
+        """
         self.tmp_path = tmp_path
         self.directory_path = write_directory(tmp_path / "directory.toml", **(directory or {}))
         self.settings = test_settings(tmp_path, self.directory_path, **(settings or {}))
         self.channels = tuple(channels)
         self.script = script or {}
+        self.adapter_factories = tuple(adapters)
         self.clock = FakeClock()
         self.store = Store(self.settings.state_dir / "warnd.db")
         self.daemon: Daemon
@@ -76,6 +87,8 @@ class Harness:
         )
         for ch in self.channels:
             self.daemon.add_adapter(RecordingAdapter(self.daemon.adapter_context(), ch, script=self.script))
+        for factory in self.adapter_factories:
+            self.daemon.add_adapter(factory(self.daemon.adapter_context()))
         await self.daemon.start_adapters()
         app = make_app(self.daemon, self.daemon.extra_routes())
         self.client = TestClient(TestServer(app, host="127.0.0.1"))
@@ -83,8 +96,10 @@ class Harness:
         return self
 
     async def close(self) -> None:
-        """Close the client and the store."""
+        """Close the client, the adapters and the store."""
         await self.client.close()
+        for adapter in self.daemon.adapters.values():
+            await adapter.aclose()
         await self.store.close()
 
     def adapter(self, channel: str) -> RecordingAdapter:

@@ -24,7 +24,8 @@ def write_config(tmp_path: Path, directory: Path, port: int | None = None, extra
     """A warnd.toml for a test daemon; returns its path."""
     port = port or free_port()
     tokens = "".join(
-        f'[[auth.tokens]]\nname = "{role}-1"\nrole = "{role}"\nhash = "sha256:{hashlib.sha256(tok.encode()).hexdigest()}"\n\n'
+        f'[[auth.tokens]]\nname = "{role}-1"\nrole = "{role}"\n'
+        f'hash = "sha256:{hashlib.sha256(tok.encode()).hexdigest()}"\n\n'
         for role, tok in TOKENS.items()
     )
     path = tmp_path / "warnd.toml"
@@ -61,12 +62,15 @@ class DaemonProcess:
     def start(self, timeout_s: float = 20) -> DaemonProcess:
         """Start and wait until /healthz answers."""
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, *self.argv], cwd=ROOT, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, *self.argv], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"warnd exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"warnd exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=0.5):
                     return self

@@ -7,11 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from warnd.api import warnings
+from warnd import devices
+from warnd.api import audit, warnings
+from warnd.api import report as report_api
 from warnd.api.auth import TokenBook
 from warnd.api.errors import error_middleware, error_response
 from warnd.api.openapi import openapi
 from warnd.api.routes import TOKENS, Route, auth_middleware
+from warnd.metrics import metrics_handler
+from warnd.ratelimit import rate_limit_middleware, rate_limiters
 
 if TYPE_CHECKING:
     from warnd.daemon import Daemon
@@ -58,27 +62,42 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
             "Readiness: store, broker, adapters",
             responses={200: "ready", 503: "not ready"},
         ),
+        Route(
+            "GET",
+            "/metrics",
+            metrics_handler,
+            None,
+            "Prometheus metrics (a bearer token only if [http] metrics_token_hash is set)",
+            responses={200: "Prometheus text exposition", 401: "metrics_token_hash is set"},
+        ),
         *warnings.ROUTES,
+        *report_api.ROUTES,
+        *audit.ROUTES,
+        *devices.routes(),
         *extra_routes,
     ]
-    document = openapi(routes, __version__)
 
     async def openapi_json(_request: web.Request) -> web.Response:
         """The OpenAPI description of this API."""
         return web.json_response(document)
 
+    # Appended before the document is made, so that it describes itself too.
     routes.append(Route("GET", "/api/v1/openapi.json", openapi_json, None, "This document"))
+    document = openapi(routes, __version__)
     max_bytes = daemon.settings.http.max_body_bytes
     app = web.Application(
         client_max_size=max_bytes,
         middlewares=[
             error_middleware,
+            rate_limit_middleware(rate_limiters(daemon.settings.http)),
             _size_middleware(max_bytes),
             auth_middleware({(r.method, r.path): r.role for r in routes}),
         ],
     )
     app[DAEMON] = daemon
     app[TOKENS] = TokenBook(daemon.settings.auth.tokens)
-    for r in routes:
+    # A path with text after a parameter (/warnings/{id}.cap) goes before the bare parameter
+    # (/warnings/{id}) that would otherwise match it; the rest keep their order.
+    for r in sorted(routes, key=lambda r: "}." not in r.path):
         app.router.add_route(r.method, r.path, r.handler)
     return app

@@ -1,26 +1,20 @@
-"""Bearer tokens with roles; tokens are stored hashed and compared in constant time."""
+"""Bearer tokens with roles; tokens are stored as salted hashes (warnd.tokenhash)."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from warnd.config import TokenSettings
+from warnd.tokenhash import hash_token, legacy_hash, new_token, verify_token
+
+if TYPE_CHECKING:
+    from warnd.config import TokenSettings
+
+__all__ = ["ROLE_RANK", "Principal", "TokenBook", "hash_token", "legacy_hash", "new_token", "verify_token"]
 
 ROLE_RANK = {"viewer": 0, "operator": 1, "approver": 2, "admin": 3}
-
-
-def hash_token(token: str) -> str:
-    """The config form of a token: 'sha256:' and the hex digest."""
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    """A fresh random token (256 bits): high entropy, so an unsalted hash cannot be guessed back."""
-    return "wd_" + secrets.token_urlsafe(32)
 
 
 @dataclass(frozen=True)
@@ -39,18 +33,31 @@ class TokenBook:
     """The configured tokens.
 
     Args:
-        tokens: from `[[auth.tokens]]`.
+        tokens: from `[[auth.tokens]]` and the `api_token_hashes` credential.
     """
 
+    # A bound on remembered successes: far more than a township has tokens, so never reached
+    # in practice, but it keeps the cache from growing if tokens are rotated for years.
+    CACHE_MAX = 1024
+
     def __init__(self, tokens: Sequence[TokenSettings]) -> None:
-        """Keep name, role and digest for each token."""
-        self._tokens = [(t.name, t.role, bytes.fromhex(t.hash.removeprefix("sha256:"))) for t in tokens]
+        """Keep name, role and stored hash for each token."""
+        self._tokens = [(t.name, t.role, t.hash) for t in tokens]
+        # sha256(presented) → principal, for tokens already verified: PBKDF2 runs once per token.
+        self._verified: dict[bytes, Principal] = {}
 
     def lookup(self, presented: str) -> Principal | None:
-        """The principal a presented token belongs to, checking every entry in constant time."""
-        digest = hashlib.sha256(presented.encode()).digest()
+        """The principal a presented token belongs to; every entry is checked, none short-circuits."""
+        key = hashlib.sha256(presented.encode()).digest()
+        cached = self._verified.get(key)
+        if cached is not None:
+            return cached
         found = None
-        for name, role, expected in self._tokens:
-            if hmac.compare_digest(digest, expected):
+        for name, role, stored in self._tokens:
+            if verify_token(presented, stored) and found is None:
                 found = Principal(name, role)
+        if found is not None:
+            if len(self._verified) >= self.CACHE_MAX:
+                self._verified.clear()
+            self._verified[key] = found
         return found

@@ -54,7 +54,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except ValidationError as exc:
         return validation_response(exc)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app._client_max_size  # noqa: SLF001 - aiohttp keeps the limit only here
+        limit = request.app._client_max_size
         return error_response(413, "too_large", f"body over {limit} bytes", "body")
     except web.HTTPException as exc:
         if exc.status < 400:

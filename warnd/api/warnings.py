@@ -10,9 +10,11 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from warnd.api.routes import Route, principal
+from warnd.devices import coverage_with_offline
 from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
 from warnd.planner import schedule_view, step_deliveries, step_jobs, steps_for
+from warnd.report import escalations
 from warnd.store import from_ts, new_warning_id
 
 if TYPE_CHECKING:
@@ -78,7 +80,8 @@ async def present(d: Daemon, w: dict[str, Any]) -> dict[str, Any]:
         "updated_at": local_time(w["updated_at"], tz),
         "villages": w["villages"],
         "schedule": schedule_view(await d.store.jobs_for(w["id"]), tz),
-        "coverage": await d.store.coverage(w["id"]),
+        "coverage": await coverage_with_offline(d.store, w["id"]),
+        "escalations": await escalations(d.store, w["id"], tz),
     }
 
 

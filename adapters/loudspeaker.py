@@ -1,0 +1,225 @@
+"""Village loudspeakers (村村响) over MQTT: spoken warnings out, play confirmations back.
+
+A batch of deliveries becomes MQTT commands: one publish to `warnd/v1/village/{code}/speaker`
+when every speaker of the village is in the batch for a msg_id, one to
+`warnd/v1/device/{id}/cmd` per speaker otherwise. A warning or update is a `play` command with
+an MP3 rendered by `warnd.audio.AudioCache` and served at `/audio/{sha256}.mp3`; a cancel is a
+`stop` with the spoken all-clear (解除预警); an expiry is a silent `stop`. Acks and device
+health come back through the shared `warnd.devices.DeviceHub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import structlog
+
+from adapters.mqtt import mqtt_link
+from warnd.adapter import Adapter, AdapterContext, Limits, Message, Receipt, TransientError, truncate
+from warnd.api.routes import Route
+from warnd.audio import MAX_TEXT_CHARS, AudioCache, AudioError, AudioFile, audio_routes
+from warnd.devices import TOPIC_ROOT, device_hub, device_topic
+from warnd.model import Level
+
+if TYPE_CHECKING:
+    from warnd.config import Settings
+
+log = structlog.get_logger("warnd.adapters.loudspeaker")
+
+# A village command is shared by all its speakers: each puts its own id into the ack topic.
+VILLAGE_ACK_TOPIC = f"{TOPIC_ROOT}/device/{{device_id}}/ack"
+# Renders kept in memory per process: a warning's play, update and all-clear, for a few warnings.
+AUDIO_MEMO = 64
+
+
+def village_topic(code: str) -> str:
+    """`warnd/v1/village/{code}/speaker`: every speaker of a village listens here."""
+    return f"{TOPIC_ROOT}/village/{code}/speaker"
+
+
+def spoken(warning: dict[str, Any], kind: str) -> tuple[str, str]:
+    """What a speaker says for a delivery kind, and the audio kind (tones) it is rendered with.
+
+    A drill starts with 演练 and has the drill tones; an update starts with 预警更新; a cancel
+    is the all-clear (解除预警) with its steady tone.
+    """
+    level = Level(warning["level"])
+    drill = warning.get("status", "actual") != "actual"
+    head = "演练，演练。" if drill else ""
+    name = f"{warning.get('event', '')}{level.chinese}预警"
+    headline = warning.get("headline", "").rstrip("。") + "。"
+    if kind == "cancel":
+        text = f"{head}解除预警。现在解除{name}。{headline}"
+        return truncate(text, MAX_TEXT_CHARS), "all_clear"
+    if kind == "update":
+        head += "预警更新。"
+    instruction = warning.get("instruction", "")
+    text = f"{head}{name}。{headline}{instruction}"
+    return truncate(text, MAX_TEXT_CHARS), "drill" if drill else "warning"
+
+
+def not_after(warning: dict[str, Any], kind: str, now: datetime, max_age_min: float) -> str:
+    """Latest time a terminal may act on a command: the warning's expiry, else now + max age.
+
+    A stop (cancel, expiry) is sent at or after the expiry, so it always gets now + max age.
+    """
+    expires = warning.get("expires")
+    if expires and kind not in ("cancel", "expire"):
+        return expires
+    return (now + timedelta(minutes=max_age_min)).astimezone(UTC).isoformat(timespec="seconds")
+
+
+def command(
+    message: Message,
+    *,
+    audio: AudioFile | None,
+    public_url: str,
+    text: str,
+    ack_topic: str,
+    now: datetime,
+    max_age_min: float,
+) -> dict[str, Any]:
+    """The JSON command of DESIGN.md's MQTT contract for one delivery (or a village's shared one)."""
+    d, w = message.delivery, message.warning
+    level = Level(w["level"])
+    stop = d.kind in ("cancel", "expire")
+    return {
+        "v": 1,
+        "msg_id": d.msg_id,
+        "warning_id": d.warning_id,
+        "kind": "stop" if stop else "play",
+        "level": level.value,
+        "severity_code": level.severity_code,
+        "drill": message.drill,
+        "title": w.get("headline", ""),
+        "text": text,
+        "audio": audio.payload(public_url) if audio is not None else None,
+        # The file already speaks the message `tts.repeat` times: a terminal plays it once.
+        "repeat": 1,
+        "not_after": not_after(w, d.kind, now, max_age_min),
+        "ack_topic": ack_topic,
+    }
+
+
+class LoudspeakerAdapter(Adapter):
+    """Publishes play/stop commands to village loudspeakers over the shared MQTT link.
+
+    Args:
+        ctx: the daemon's adapter context; the MQTT link lives in `ctx.extra["mqtt"]`.
+    """
+
+    kind: ClassVar[str] = "loudspeaker"
+    # A batch of 1,000 covers 100 villages of 10 speakers in one claim; publishes are pipelined.
+    limits: ClassVar[Limits] = Limits(max_text_chars=MAX_TEXT_CHARS, concurrency=1000, batch_size=1000)
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        """Share the link and the device hub; the audio cache lives under state_dir/audio."""
+        super().__init__(ctx)
+        self.link = mqtt_link(ctx)
+        self.hub = device_hub(ctx, self.link)
+        self.audio = AudioCache(ctx.settings.state_dir / "audio", ctx.settings.tts)
+        self._memo: dict[tuple[str, str, str], AudioFile | None] = {}
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        """Loudspeakers need a broker, and `[mqtt] url` has a default."""
+        return bool(settings.mqtt.url)
+
+    def ready(self) -> bool:
+        """Ready when enabled and connected to the broker."""
+        return self.disabled_reason is None and self.link.connected
+
+    def background(self) -> list[tuple[str, Any]]:
+        """The shared link's loops (connection, acks), if no other channel has claimed them."""
+        return self.link.background()
+
+    def routes(self) -> list[Any]:
+        """`/audio/{sha256}.mp3`, without a token: terminals fetch and verify by sha256."""
+        handler = audio_routes(self.audio)[0].handler
+        return [
+            Route("GET", "/audio/{name}", handler, None, "A rendered warning MP3, by content sha256"),
+            Route("HEAD", "/audio/{name}", handler, None, "Size and ETag of a rendered warning MP3"),
+        ]
+
+    def _now(self) -> datetime:
+        """The daemon's time (a fake clock in tests)."""
+        clock = self.ctx.clock
+        return clock.now() if clock is not None else datetime.now(UTC)
+
+    async def _audio(self, message: Message, text: str, audio_kind: str) -> AudioFile | None:
+        """The MP3 for a command; None for a silent stop, or when rendering fails (text is still sent)."""
+        if message.delivery.kind == "expire":
+            return None
+        key = (text, message.warning["level"], audio_kind)
+        if key in self._memo:
+            return self._memo[key]
+        try:
+            audio = await self.audio.render(text, message.warning["level"], kind=audio_kind)
+        except AudioError as exc:
+            # Terminals with their own TTS can still speak `text`; a warning is never held back.
+            log.warning("audio.render_failed", warning_id=message.delivery.warning_id, reason=str(exc))
+            return None
+        if len(self._memo) >= AUDIO_MEMO:
+            self._memo.clear()
+        self._memo[key] = audio
+        return audio
+
+    async def send(self, message: Message) -> Receipt:
+        """One delivery: a per-device command."""
+        (result,) = await self.send_batch([message])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[Receipt | BaseException]:
+        """Group by msg_id; publish once per whole village, per device otherwise."""
+        if not self.link.connected:
+            raise TransientError("broker unavailable")
+        groups: dict[str, list[int]] = {}
+        for i, m in enumerate(messages):
+            groups.setdefault(m.delivery.msg_id, []).append(i)
+        now = self._now()
+        settings = self.ctx.settings
+        public_url = settings.http.public_url
+        directory = self.ctx.directory()
+        publishes: list[tuple[str, bytes, list[int]]] = []
+        for indexes in groups.values():
+            first = messages[indexes[0]]
+            text, audio_kind = spoken(first.warning, first.delivery.kind)
+            audio = await self._audio(first, text, audio_kind)
+            village = directory.villages.get(first.delivery.village or "")
+            targets = {messages[i].delivery.target for i in indexes}
+            whole = village is not None and len(targets) == len(indexes) and set(village.speakers) == targets
+            base = command(
+                first,
+                audio=audio,
+                public_url=public_url,
+                text=text,
+                ack_topic=VILLAGE_ACK_TOPIC,
+                now=now,
+                max_age_min=settings.loudspeaker.max_age_min,
+            )
+            if whole and village is not None:
+                publishes.append((village_topic(village.code), _encode(base), indexes))
+            else:
+                for i in indexes:
+                    target = messages[i].delivery.target
+                    cmd = {**base, "ack_topic": device_topic(target, "ack")}
+                    publishes.append((device_topic(target, "cmd"), _encode(cmd), [i]))
+        results = await asyncio.gather(
+            *(self.link.publish(topic, payload) for topic, payload, _ in publishes), return_exceptions=True
+        )
+        out: list[Receipt | BaseException] = [TransientError("not published")] * len(messages)
+        for (_, _, indexes), result in zip(publishes, results, strict=True):
+            for i in indexes:
+                out[i] = result if isinstance(result, BaseException) else Receipt("sent")
+        return out
+
+
+def _encode(cmd: dict[str, Any]) -> bytes:
+    """A command as UTF-8 JSON, Chinese kept readable for anyone watching with mosquitto_sub."""
+    return json.dumps(cmd, ensure_ascii=False).encode()

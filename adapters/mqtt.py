@@ -1,0 +1,224 @@
+"""One long-lived MQTT connection, shared by every MQTT channel of a warnd (loudspeakers, LED boards).
+
+The link owns reconnection: `run_loop` keeps `async with client:` inside `while True`, waits a
+randomised, capped delay after each failure, and re-makes every subscription on each connect.
+Channels never wait for the broker: `publish` raises TransientError while the link is down, so
+their deliveries stay in the outbox and the dispatcher retries them when it is back.
+
+Sharing: `mqtt_link(ctx)` creates the link once per daemon and keeps it in
+`ctx.extra["mqtt"]`; a channel calls `link.subscribe(topic_filter, handler)` and returns
+`link.background()` from its own `background()` — the link's loops are handed out only once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+
+from warnd.adapter import TransientError
+
+if TYPE_CHECKING:
+    from warnd.adapter import AdapterContext
+    from warnd.config import MqttSettings
+
+log = structlog.get_logger("warnd.mqtt")
+
+Handler = Callable[[aiomqtt.Message], Awaitable[None] | None]
+
+# QoS 1: at-least-once on the wire; msg_id makes it effectively-once at the terminal.
+QOS = 1
+# paho's default of 20 messages in flight throttles a fan-out of thousands to one round trip
+# per 20; 1,000 keeps a county-wide warning to a few round trips and within Mosquitto's queue.
+MAX_INFLIGHT = 1000
+# A publish not acknowledged by the broker within this time is retried by the dispatcher.
+PUBLISH_TIMEOUT_S = 10.0
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    """Host, port and whether TLS is used, from mqtt://host[:1883] or mqtts://host[:8883]."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "mqtts"
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    """Randomised reconnect delay (aiomqtt's own formula), capped: a thousand terminals never stampede."""
+    return random.uniform(0, min(cap_s, 1.5 ** min(10, attempt)))
+
+
+class MqttLink:
+    """A broker connection with subscriptions that survive reconnects.
+
+    Args:
+        settings: the `[mqtt]` section (url, username, password, ca_file, client_id, keepalive_s).
+        client_id: overrides `settings.client_id` (the speaker simulator uses device ids).
+        will: the last will the broker publishes if this connection dies.
+        clean_session: False keeps a persistent session, so the broker holds QoS-1 messages
+            that arrive while this client is away.
+        on_connect: called (awaited) after each connect and resubscribe, e.g. to publish status.
+        name: for log events and the loop's task name.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str | None = None,
+        will: aiomqtt.Will | None = None,
+        clean_session: bool = False,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        name: str = "warnd.mqtt",
+    ) -> None:
+        """Remember how to connect; `run_loop` connects."""
+        self.settings = settings
+        self.client_id = client_id or settings.client_id
+        self.will = will
+        self.clean_session = clean_session
+        self.on_connect = on_connect
+        self.name = name
+        self.connects = 0
+        self._handlers: list[tuple[str, Handler]] = []
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._claimed = False
+        self._loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        """Wait until connected (tests, tools); TimeoutError otherwise."""
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Call handler for every message matching topic_filter, from now on and after every reconnect."""
+        known = any(f == topic_filter for f, _ in self._handlers)
+        self._handlers.append((topic_filter, handler))
+        if self._client is not None and self.connected and not known:
+            task = asyncio.get_running_loop().create_task(self._subscribe(self._client, topic_filter))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def add_loop(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A loop that runs beside the connection (e.g. acknowledgement processing), started once."""
+        self._loops.append((name, factory))
+
+    def background(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The link's loops, handed out once however many channels share the link."""
+        if self._claimed:
+            return []
+        self._claimed = True
+        return [(self.name, self.run_loop()), *((n, f()) for n, f in self._loops)]
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = QOS, retain: bool = False) -> None:
+        """Publish and wait for the broker's PUBACK; TransientError while the broker is unreachable."""
+        client = self._client
+        if client is None or not self.connected:
+            raise TransientError("broker unavailable")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            raise TransientError(f"broker: {exc}") from None
+
+    def _client_for(self) -> aiomqtt.Client:
+        """The aiomqtt client, made once: reusing it lets paho resend unacknowledged QoS-1 messages."""
+        host, port, tls = parse_url(self.settings.url)
+        context = None
+        if tls:
+            ca = str(self.settings.ca_file) if self.settings.ca_file else None
+            context = ssl.create_default_context(cafile=ca)
+        client = aiomqtt.Client(
+            host,
+            port,
+            username=self.settings.username,
+            password=self.settings.password,
+            identifier=self.client_id,
+            clean_session=self.clean_session,
+            keepalive=self.settings.keepalive_s,
+            will=self.will,
+            tls_context=context,
+            max_inflight_messages=MAX_INFLIGHT,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+        # aiomqtt warns on every publish beyond 10 pending; a fan-out has thousands on purpose.
+        client.pending_calls_threshold = MAX_INFLIGHT * 10
+        return client
+
+    async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
+        """One QoS-1 subscription; a failure shows up as a disconnect in the run loop."""
+        try:
+            await client.subscribe(topic_filter, qos=QOS)
+        except aiomqtt.MqttError as exc:
+            log.warning("mqtt.subscribe_failed", link=self.name, topic=topic_filter, reason=str(exc))
+
+    async def run_loop(self) -> None:
+        """Connect, subscribe, dispatch messages; on any broker error wait a capped random delay, again."""
+        client = self._client_for()
+        attempt = 0
+        while True:
+            try:
+                async with client:
+                    for topic_filter in dict.fromkeys(f for f, _ in self._handlers):
+                        await client.subscribe(topic_filter, qos=QOS)
+                    self._client = client
+                    self._connected.set()
+                    self.connects += 1
+                    attempt = 0
+                    self._last_error = None
+                    log.info(
+                        "mqtt.connected", link=self.name, url=self.settings.url, client_id=self.client_id
+                    )
+                    if self.on_connect is not None:
+                        await self.on_connect()
+                    async for message in client.messages:
+                        await self._dispatch(message)
+            except aiomqtt.MqttError as exc:
+                was_connected = self.connected
+                self._connected.clear()
+                attempt += 1
+                delay = backoff_s(attempt, self.settings.reconnect_max_s)
+                reason = str(exc)
+                # One warning per change of error: a broker down for an hour is not a log flood.
+                emit = log.warning if (was_connected or reason != self._last_error) else log.info
+                self._last_error = reason
+                emit(
+                    "mqtt.disconnected" if was_connected else "mqtt.connect_failed",
+                    link=self.name,
+                    reason=reason,
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+            finally:
+                self._connected.clear()
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        """Hand a message to every handler whose filter matches its topic."""
+        for topic_filter, handler in self._handlers:
+            if not message.topic.matches(topic_filter):
+                continue
+            try:
+                result = handler(message)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("mqtt.handler_failed", link=self.name, topic=str(message.topic))
+
+
+def mqtt_link(ctx: AdapterContext) -> MqttLink:
+    """The daemon's one MQTT link, created by the first channel that asks for it."""
+    link = ctx.extra.get("mqtt")
+    if link is None:
+        link = ctx.extra["mqtt"] = MqttLink(ctx.settings.mqtt)
+    return link

@@ -1,0 +1,427 @@
+"""What the Twilio SMS and voice adapters share: credentials, the SDK client, error classes,
+a rate limiter per sender, webhook signature checks and the polling loop's skeleton.
+
+Twilio reaches warnd in one of two ways. With `[twilio] public_base_url` set, it posts status
+callbacks, inbound SMS and key presses to `/hooks/twilio/...`, each signed with the account's
+auth token (X-Twilio-Signature), which warnd checks against that public URL. Without it (an
+office behind NAT), warnd polls the REST API for message and call status and inbound replies;
+a key press in a call is then invisible, because Twilio keeps no REST record of gathered digits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from aiohttp import web
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from warnd.adapter import Adapter, AdapterContext, AuthError, Limits, PermanentError, TransientError
+from warnd.log import mask_phones
+
+if TYPE_CHECKING:
+    from warnd.config import Settings, TwilioSettings
+
+log = structlog.get_logger("warnd.twilio")
+
+T = TypeVar("T")
+
+CREDENTIAL_NAME = "warnd_twilio_auth_token"
+# Share of the gap between two sends kept free: absorbs the jitter between leaving the spacer
+# and Twilio's clock, so warnd itself never causes a 429 (bench/sms_rate.py measures both).
+RATE_MARGIN = 0.02
+FORBIDDEN = "forbidden: X-Twilio-Signature does not match"
+
+# The SDK logs request URLs, and a list request's query carries phone numbers: keep it quiet.
+_SDK_LOG = logging.getLogger("warnd.twilio.sdk")
+_SDK_LOG.setLevel(logging.WARNING)
+_SDK_LOG.propagate = False
+
+# Response headers of the last Twilio request made in this task. TwilioRestException carries
+# no headers, and the client's own last-response attribute is shared by concurrent sends.
+_LAST_HEADERS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("twilio_last_headers")
+
+# Twilio error codes that decide what a failure is, whatever the HTTP status says.
+# Each maps to (kind, why) with kind "permanent", "transient" or "auth".
+VENDOR_CODES: dict[int, tuple[str, str]] = {
+    20003: ("auth", "Twilio refused the account SID or auth token"),  # Authenticate
+    20429: ("transient", "Twilio rate limit"),  # Too Many Requests
+    20500: ("transient", "Twilio internal error"),
+    20503: ("transient", "Twilio unavailable"),
+    21211: ("permanent", "invalid 'To' phone number"),  # the number cannot exist
+    21212: ("auth", "invalid 'From' number: fix [twilio] from_number"),  # config, not recipient
+    21214: ("permanent", "'To' number cannot be reached"),
+    21215: ("permanent", "calls to this region are not enabled (Twilio geo permissions)"),
+    21216: ("permanent", "'To' number is blocked by Twilio"),
+    21217: ("permanent", "'To' number does not appear valid"),
+    21401: ("permanent", "invalid phone number"),
+    21408: ("permanent", "sending to this region is not enabled (Twilio geo permissions)"),
+    21601: ("permanent", "'To' number cannot receive SMS"),
+    21602: ("permanent", "message body is empty"),
+    21606: ("auth", "'From' number cannot send SMS: fix [twilio] from_number"),
+    21610: ("permanent", "recipient unsubscribed (replied STOP)"),  # re-sending is forbidden
+    21612: ("permanent", "Twilio cannot route to this number"),
+    21614: ("permanent", "'To' number is not a mobile number"),  # landline: SMS never arrives
+    21617: ("permanent", "message body over 1600 characters"),
+    21659: ("auth", "'From' is not a Twilio number of this account: fix [twilio] from_number"),
+    13224: ("permanent", "invalid number for a call"),
+    13227: ("permanent", "international calls to this number are not enabled"),
+    # Delivery failures, reported later in status callbacks or by polling (ErrorCode).
+    30001: ("transient", "queue overflow at Twilio"),
+    30002: ("auth", "Twilio account suspended"),
+    30003: ("transient", "handset unreachable (off or out of coverage)"),  # may work later
+    30004: ("permanent", "message blocked by the recipient or carrier"),
+    30005: ("permanent", "unknown destination handset"),  # number not in service
+    30006: ("permanent", "landline or unreachable carrier"),
+    30007: ("permanent", "message filtered by the carrier"),
+    30008: ("transient", "unknown delivery error"),
+    30034: ("permanent", "message from an unregistered number (A2P 10DLC)"),
+}
+
+
+def auth_token(tw: TwilioSettings, environ: dict[str, str] | None = None) -> str | None:
+    """The auth token: [twilio] auth_token / WARND_TWILIO__AUTH_TOKEN, else a systemd credential."""
+    if tw.auth_token:
+        return tw.auth_token
+    env = os.environ if environ is None else environ
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        path = Path(creds) / CREDENTIAL_NAME
+        try:
+            return path.read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+    return None
+
+
+def twilio_configured(settings: Settings, *, voice: bool = False) -> bool:
+    """Account SID, a sender (a number for calls) and an auth token are all there."""
+    tw = settings.twilio
+    sender = tw.from_number if voice else (tw.from_number or tw.messaging_service_sid)
+    return bool(tw.account_sid and sender and auth_token(tw))
+
+
+def _retry_after_s(headers: dict[str, str]) -> float | None:
+    """Read Retry-After: delta-seconds or an HTTP date."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(status: int, body: Any, retry_after_s: float | None = None) -> Exception | None:
+    """What an HTTP answer from Twilio means: None (2xx) or the exception to raise.
+
+    2xx ok; 429 and 5xx transient (honouring Retry-After); 401/403 auth; other 4xx permanent.
+    Twilio's own error codes, where known, decide first. Reasons never repeat the vendor's
+    message verbatim: it names the phone number.
+    """
+    if 200 <= status < 300:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    text = body.get("message") if isinstance(body, dict) else body
+    kind, why = VENDOR_CODES.get(code or 0, ("", ""))
+    if not kind:
+        if status == 429 or status >= 500:
+            kind = "transient"
+        elif status in (401, 403):
+            kind = "auth"
+        else:
+            kind = "permanent"
+        why = mask_phones(str(text or "")).strip()[:160] or f"HTTP {status}"
+    reason = f"twilio {code or status}: {why}"
+    if kind == "transient":
+        return TransientError(reason, retry_after_s)
+    if kind == "auth":
+        return AuthError(reason)
+    return PermanentError(reason)
+
+
+def delivery_failure(error_code: str | int | None, status: str) -> tuple[str, str]:
+    """A failed message or call reported later: ("failed"|"dead", reason) for feedback."""
+    try:
+        code = int(error_code) if error_code not in (None, "") else None
+    except (TypeError, ValueError):
+        code = None
+    kind, why = VENDOR_CODES.get(code or 0, ("transient", f"Twilio reported {status}"))
+    # An auth-class code here (suspended account) is not this delivery's fault: retry it.
+    return ("dead" if kind == "permanent" else "failed"), f"twilio {code or status}: {why}"
+
+
+class Spacer:
+    """A rate limiter for one sender: consecutive sends at least 1/rate apart, no burst.
+
+    Twilio (and its fake) admit one message per 1/rate per sender and answer 429 to anything
+    sooner, so the gap between two requests is what counts, not an average. aiolimiter's leaky
+    bucket wakes waiters by timer, and the event loop's timers fire up to ~1 ms late (epoll
+    waits in whole milliseconds): at 100/s that costs 6 % of the rate. This spacer sleeps until
+    just before the slot and yields until it is reached, so a gap is 1/rate plus microseconds.
+
+    Args:
+        rate_per_s: sends per second.
+        margin: extra share of the gap that absorbs jitter between here and Twilio's clock.
+    """
+
+    # How early the timer is set, to be on time despite its lateness (see above).
+    _EARLY_S = 0.002
+
+    def __init__(self, rate_per_s: float, margin: float) -> None:
+        """Start with the first slot free."""
+        self.interval_s = (1.0 + margin) / rate_per_s
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> Callable[[], None]:
+        """Wait for this caller's slot; returns `sent`, to call once the request is on the wire.
+
+        Callers go one at a time, and the next slot is set only once this request is written: a
+        pause between here and the socket (a busy loop, a GC) delays the next send instead of
+        squeezing two together.
+        """
+        await self._lock.acquire()
+        loop = asyncio.get_running_loop()
+        try:
+            delay = self._next - loop.time()
+            if delay > self._EARLY_S:
+                await asyncio.sleep(delay - self._EARLY_S)
+            while loop.time() < self._next:  # noqa: ASYNC110 - yields for under _EARLY_S, on purpose
+                await asyncio.sleep(0)
+        except BaseException:
+            self._lock.release()
+            raise
+        released, done = loop.time(), False
+
+        def sent() -> None:
+            """Set the next slot and let the next caller wait for it (once).
+
+            One interval after this slot, as long as the request left promptly; at least half an
+            interval after it actually left, when something held it up (Twilio's queue has room
+            for one early request, not for a pile-up behind a pause).
+            """
+            nonlocal done
+            if not done:
+                done = True
+                self._next = max(released + self.interval_s, loop.time() + self.interval_s / 2)
+                self._lock.release()
+
+        return sent
+
+
+# The spacer of the sender this task is sending for: the HTTP client waits on it right before
+# the request goes out, after the SDK has built it, so the wait is as close to the wire as it gets.
+_SPACER: contextvars.ContextVar[Spacer | None] = contextvars.ContextVar("twilio_spacer", default=None)
+# The `sent` callback of the slot this task holds, called when the request headers are written.
+_ON_WIRE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "twilio_on_wire", default=None
+)
+
+
+async def _headers_sent(_session: Any, _ctx: Any, _params: Any) -> None:
+    """aiohttp trace hook: the request is on the wire; the sender's next interval starts."""
+    sent = _ON_WIRE.get()
+    if sent is not None:
+        sent()
+
+
+class _HeaderKeepingClient(AsyncTwilioHttpClient):
+    """The SDK's aiohttp client: rate-limited creates, response headers kept per task."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Hook the moment request headers are written (for the spacer)."""
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_headers_sent)
+        super().__init__(trace_configs=[trace], **kwargs)
+
+    async def request(self, *args: Any, auth: tuple[str, str] | None = None, **kwargs: Any) -> Any:
+        """Make the request (in the sender's slot) and keep its response headers for this task."""
+        if auth is not None:
+            # The header, not aiohttp's BasicAuth object (deprecated in aiohttp 3.12+).
+            basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Basic {basic}"}
+        spacer = _SPACER.get()
+        sent = await spacer.acquire() if spacer is not None else None
+        token = _ON_WIRE.set(sent)
+        try:
+            response = await super().request(*args, **kwargs)
+        finally:
+            _ON_WIRE.reset(token)
+            if sent is not None:
+                sent()  # no-op when the hook already ran; frees the slot if the request failed early
+        _LAST_HEADERS.set(dict(response.headers or {}))
+        return response
+
+
+def make_client(tw: TwilioSettings, token: str) -> Client:
+    """A twilio Client on its async HTTP client, pointed at [twilio] api_base."""
+    # environment={}: TWILIO_REGION / TWILIO_EDGE from the environment would rewrite the host.
+    # No max_retries: retrying is the scheduler's job, not the HTTP client's.
+    client = Client(
+        tw.account_sid,
+        token,
+        http_client=_HeaderKeepingClient(logger=_SDK_LOG),
+        environment={},
+    )
+    client.api.base_url = tw.api_base.rstrip("/")
+    return client
+
+
+def twiml(body: str) -> web.Response:
+    """A TwiML answer."""
+    return web.Response(text=f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>',
+                        content_type="text/xml")  # fmt: skip
+
+
+def query(msg_id: str, target: str) -> str:
+    """The query naming a delivery in a callback URL (signed by Twilio along with the URL)."""
+    return f"m={quote(msg_id, safe='')}&t={quote(target, safe='')}"
+
+
+class TwilioAdapter(Adapter):
+    """Base of the SMS and voice adapters: client, limiter, signed webhooks, polling.
+
+    Args:
+        ctx: what the daemon lends the adapter.
+    """
+
+    # How long one batch may take at most, as a share of the dispatcher's send timeout:
+    # half leaves room for slow answers, so a rate-limited batch never times out half-sent.
+    _BATCH_SHARE = 0.5
+    limits: ClassVar[Limits] = Limits(concurrency=16, batch_size=50)
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        """Size batches and concurrency to the configured rate; connect in start()."""
+        super().__init__(ctx)
+        rate = self.rate_per_s
+        batch = max(1, math.floor(rate * ctx.settings.dispatch.send_timeout_s * self._BATCH_SHARE))
+        # Enough sends in flight to keep the rate with ~0.5 s per request, never an unbounded crowd.
+        concurrency = max(4, min(64, math.ceil(rate * 0.5)))
+        self.limits = Limits(max_text_chars=1600, concurrency=concurrency, batch_size=min(500, batch))  # type: ignore[misc]
+        self.client: Client | None = None
+        self._token: str | None = None
+        self._limiters: dict[str, Spacer] = {}
+
+    @property
+    def tw(self) -> TwilioSettings:
+        """The [twilio] settings (read each time: tests set public_base_url after start)."""
+        return self.ctx.settings.twilio
+
+    @property
+    def rate_per_s(self) -> float:
+        """Requests per second per sender: [twilio] rate_per_s for messages."""
+        return self.tw.rate_per_s
+
+    @property
+    def public_base(self) -> str | None:
+        """Where Twilio reaches warnd's webhooks, or None in polling mode."""
+        base = self.tw.public_base_url
+        return base.rstrip("/") if base else None
+
+    async def start(self) -> None:
+        """Build the client; no token is an AuthError that disables the channel."""
+        self._token = auth_token(self.tw)
+        if not self._token:
+            raise AuthError(f"no auth token: set [twilio] auth_token or the {CREDENTIAL_NAME} credential")
+        self.client = make_client(self.tw, self._token)
+        log.info("twilio.started", channel=self.kind, mode="webhooks" if self.public_base else "polling",
+                 rate_per_s=self.rate_per_s, batch_size=self.limits.batch_size)  # fmt: skip
+
+    async def aclose(self) -> None:
+        """Close the SDK's HTTP session."""
+        if self.client is not None:
+            await self.client.http_client.close()  # type: ignore[attr-defined]
+            self.client = None
+
+    def limiter(self, sender: str) -> Spacer:
+        """The rate limiter of one sender (a number or a messaging service)."""
+        if sender not in self._limiters:
+            self._limiters[sender] = Spacer(self.rate_per_s, RATE_MARGIN)
+        return self._limiters[sender]
+
+    async def call(self, sender: str | None, fn: Callable[..., Awaitable[T]], **kwargs: Any) -> T:
+        """Call the SDK, limited per sender when sender is given; map failures to our errors."""
+        if self.client is None:
+            raise TransientError("twilio client not started")
+        try:
+            token = _SPACER.set(self.limiter(sender) if sender is not None else None)
+            try:
+                return await fn(**kwargs)
+            finally:
+                _SPACER.reset(token)
+        except TwilioRestException as exc:
+            headers = _LAST_HEADERS.get({})
+            err = classify(exc.status, {"code": exc.code, "message": exc.msg}, _retry_after_s(headers))
+            raise err from None  # type: ignore[misc]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"twilio unreachable: {type(exc).__name__}") from None
+
+    # -- webhooks -------------------------------------------------------------------------
+
+    def signed_url(self, request: web.Request) -> str:
+        """The URL Twilio signed: the public base plus path and query, as Twilio posted to it."""
+        base = self.public_base
+        return f"{base}{request.rel_url.path_qs}" if base else str(request.url)
+
+    async def verified_form(self, request: web.Request) -> dict[str, str] | None:
+        """The form of a correctly signed webhook, or None for an unsigned or forged one."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not signature or not self._token:
+            log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="unsigned")
+            return None
+        if not RequestValidator(self._token).validate(self.signed_url(request), form, signature):
+            log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="bad signature")
+            return None
+        return form
+
+    # -- polling --------------------------------------------------------------------------
+
+    def background(self) -> list[tuple[str, Any]]:
+        """Without a public URL, poll Twilio instead of waiting for webhooks."""
+        if self.public_base:
+            return []
+        return [(f"warnd.twilio.{self.kind}.poll", self.poll_loop())]
+
+    async def poll_once(self) -> int:
+        """One polling round; returns how many changes it found."""
+        return 0
+
+    async def poll_loop(self) -> None:
+        """Poll forever at [twilio] poll_interval_s; an error costs one round, not the loop."""
+        attempt = 0
+        while True:
+            try:
+                await self.poll_once()
+                attempt = 0
+                delay = self.tw.poll_interval_s
+            except (TransientError, PermanentError) as exc:
+                attempt += 1
+                delay = min(300.0, self.tw.poll_interval_s * 1.5 ** min(10, attempt))
+                log.warning("twilio.poll_failed", channel=self.kind, reason=exc.reason, retry_in_s=delay)
+            except Exception:
+                # A poller bug must not stop warnd (and with it every other channel): say so, go on.
+                attempt += 1
+                delay = min(300.0, self.tw.poll_interval_s * 1.5 ** min(10, attempt))
+                log.exception("twilio.poll_crashed", channel=self.kind, retry_in_s=delay)
+            await asyncio.sleep(delay)

@@ -1,0 +1,185 @@
+"""Voice calls through Twilio (叫应 by phone): the warning spoken twice in Mandarin, key 1 confirms.
+
+With `[twilio] public_base_url` the call's TwiML gathers one key and Twilio posts it to
+`/hooks/twilio/voice/gather`: 1 acknowledges; another key, no key, busy or no answer is a failed
+attempt the policy may retry. Without a public URL the call cannot gather anything (Twilio has
+no REST resource for gathered digits): the call still speaks the warning, polling sees whether
+it was answered, and an answered call counts as delivered, never as confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+import structlog
+from aiohttp import web
+
+from adapters.twilio_common import FORBIDDEN, TwilioAdapter, query, twilio_configured, twiml
+from warnd import inbound
+from warnd.adapter import Message, PermanentError, Receipt
+from warnd.api.routes import Route
+from warnd.phone import mask_phone, to_e164
+
+if TYPE_CHECKING:
+    from warnd.config import Settings
+
+log = structlog.get_logger("warnd.adapters.voice")
+
+_LEVELS = {"red": "红色", "orange": "橙色", "yellow": "黄色", "blue": "蓝色"}
+_KIND = {"warning": "", "update": "预警更新。", "cancel": "解除预警。"}
+# Seconds Twilio waits for the key after the prompt: long enough for an elderly official to find
+# the key, short enough that a call nobody listens to ends soon.
+_GATHER_TIMEOUT_S = 10
+# Call states that end a call without anyone hearing it.
+_UNANSWERED = {"busy", "no-answer", "failed", "canceled"}
+POLLING_NOTE = "answered; a key press cannot be seen without [twilio] public_base_url (polling mode)"
+
+
+def script(message: Message) -> str:
+    """What the call says: level, headline, what to do (the description is left to the SMS)."""
+    w, d = message.warning, message.delivery
+    drill = "演练，演练。" if message.drill else ""
+    level = _LEVELS.get(w.get("level", ""), "")
+    head = f"{drill}{_KIND.get(d.kind, '')}{w.get('event', '')}{level}预警。"
+    parts = [head, w.get("headline", "").strip(), w.get("instruction", "").strip()]
+    return "。".join(p.rstrip("。") for p in parts if p) + "。"
+
+
+def call_twiml(message: Message, gather_url: str | None) -> str:
+    """TwiML: the script said twice, inside a one-key <Gather> when there is a URL to post it to."""
+    say = f'<Say language="cmn-CN">{escape(script(message))}</Say>'
+    if gather_url is None or not message.delivery.ack_required:
+        return f"<Response>{say}<Pause length=\"1\"/>{say}</Response>"
+    prompt = '<Say language="cmn-CN">收到请按1。</Say>'
+    # actionOnEmptyResult: no key is reported too, so "nobody pressed" is known at once.
+    gather = (
+        f'<Gather numDigits="1" timeout="{_GATHER_TIMEOUT_S}" method="POST" actionOnEmptyResult="true"'
+        f" action={quoteattr(gather_url)}>{say}<Pause length=\"1\"/>{say}{prompt}</Gather>"
+    )
+    return f"<Response>{gather}</Response>"
+
+
+class VoiceAdapter(TwilioAdapter):
+    """Voice calls through Twilio's Calls API.
+
+    Args:
+        ctx: what the daemon lends the adapter.
+    """
+
+    kind = "voice"
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        """Account SID, a calling number and an auth token (a messaging service cannot call)."""
+        return twilio_configured(settings, voice=True)
+
+    @property
+    def rate_per_s(self) -> float:
+        """Calls per second: [twilio] calls_per_s (Twilio's CPS, not the message rate)."""
+        return self.tw.calls_per_s
+
+    async def send(self, message: Message) -> Receipt:
+        """Place one call; the gather action, status callback or polling report how it went."""
+        d = message.delivery
+        try:
+            to = to_e164(d.address or "")
+        except ValueError as exc:
+            raise PermanentError(f"no usable phone number: {exc}") from None
+        base, q = self.public_base, query(d.msg_id, d.target)
+        params: dict[str, Any] = {
+            "to": to,
+            "from_": self.tw.from_number,
+            "twiml": call_twiml(message, f"{base}/hooks/twilio/voice/gather?{q}" if base else None),
+        }
+        if base:
+            params["status_callback"] = f"{base}/hooks/twilio/voice/status?{q}"
+            params["status_callback_event"] = ["completed"]
+        assert self.client is not None
+        call = await self.call(self.tw.from_number, self.client.calls.create_async, **params)
+        log.debug("voice.created", msg_id=d.msg_id, target=d.target, to=mask_phone(to), sid=call.sid)
+        return Receipt("sent", provider_ref=call.sid)
+
+    async def _call_status(self, sid: str, status: str, row: dict[str, Any], *, webhook: bool) -> bool:
+        """Apply a call's final status; returns whether it was final."""
+        fb, by = self.ctx.feedback, {"msg_id": row["msg_id"], "target": row["target"]}
+        if status in _UNANSWERED:
+            await fb.ack(source="twilio.voice", status="failed",
+                         detail={"sid": sid, "detail": f"call {status}"}, **by)  # fmt: skip
+        elif status == "completed":
+            if webhook and row.get("state") in ("failed", "acknowledged"):
+                # The gather action already said how this call went (and why).
+                pass
+            elif webhook and row.get("ack_required"):
+                # Answered but key 1 never came (hung up during the message): not confirmed.
+                # If 1 was pressed, the gather action came first and this changes nothing.
+                await fb.ack(source="twilio.voice", status="failed",
+                             detail={"sid": sid, "detail": "call ended without key 1"}, **by)  # fmt: skip
+            else:
+                note = POLLING_NOTE if not webhook else "answered"
+                detail = {"sid": sid, "note": note}
+                await fb.ack(source="twilio.voice", status="delivered", detail=detail, **by)
+        else:
+            return False
+        return True
+
+    async def status_hook(self, request: web.Request) -> web.Response:
+        """POST /hooks/twilio/voice/status: the call ended (completed, busy, no answer …)."""
+        form = await self.verified_form(request)
+        if form is None:
+            return web.Response(status=403, text=FORBIDDEN)
+        row = await self._delivery(request.query.get("m"), request.query.get("t"))
+        if row is not None:
+            await self._call_status(form.get("CallSid", ""), form.get("CallStatus", ""), row, webhook=True)
+        return twiml("")
+
+    async def gather_hook(self, request: web.Request) -> web.Response:
+        """POST /hooks/twilio/voice/gather: the key pressed (or none); 1 acknowledges."""
+        form = await self.verified_form(request)
+        if form is None:
+            return web.Response(status=403, text=FORBIDDEN)
+        msg_id, target = request.query.get("m"), request.query.get("t")
+        digits = form.get("Digits", "")
+        sid = form.get("CallSid", "")
+        if digits == "1":
+            await self.ctx.feedback.ack(source="twilio.voice", status="acknowledged", msg_id=msg_id,
+                                        target=target, detail={"sid": sid, "digits": digits})  # fmt: skip
+            return twiml('<Say language="cmn-CN">已确认，谢谢。</Say>')
+        why = f"pressed {digits}" if digits else "no key pressed"
+        await self.ctx.feedback.ack(source="twilio.voice", status="failed", msg_id=msg_id, target=target,
+                                    detail={"sid": sid, "digits": digits, "detail": why})  # fmt: skip
+        return twiml('<Say language="cmn-CN">未确认。</Say>')
+
+    async def _delivery(self, msg_id: str | None, target: str | None) -> dict[str, Any] | None:
+        """The delivery a callback URL names."""
+        if not msg_id or not target:
+            return None
+        return await self.ctx.store._one(
+            "SELECT msg_id, target, ack_required, state FROM deliveries WHERE msg_id = ? AND target = ?",
+            (msg_id, target),
+        )
+
+    def routes(self) -> list[Route]:
+        """Twilio's call webhooks: signature-checked, no token."""
+        return [
+            Route("POST", "/hooks/twilio/voice/status", self.status_hook, None,
+                  "Twilio call status callback (X-Twilio-Signature)", responses={403: "bad signature"}),
+            Route("POST", "/hooks/twilio/voice/gather", self.gather_hook, None,
+                  "Twilio <Gather> action: the key pressed (X-Twilio-Signature)",
+                  responses={403: "bad signature"}),
+        ]  # fmt: skip
+
+    async def poll_once(self) -> int:
+        """Fetch calls in flight; answered ones are delivered (never confirmed), others failed."""
+        assert self.client is not None
+        gate = asyncio.Semaphore(8)
+
+        async def one(row: dict[str, Any]) -> int:
+            """Fetch one call and apply its status if it ended."""
+            async with gate:
+                c = await self.call(None, self.client.calls(row["provider_ref"]).fetch_async)  # type: ignore[union-attr]
+            return int(await self._call_status(c.sid, c.status, row, webhook=False))
+
+        rows = await inbound.in_flight(self.ctx.store, "voice")
+        return sum(await asyncio.gather(*(one(r) for r in rows)))

@@ -1,0 +1,61 @@
+"""The sysadmin's files: alert rules name real metrics; `make install`'s config step can be re-run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import Harness
+from warnd.config import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS = ROOT / "deploy" / "warnd-alerts.yml"
+SUFFIXES = ("", "_total", "_created", "_bucket", "_sum", "_count")
+
+
+async def test_alert_rules_use_only_metrics_warnd_exposes(harness: Harness) -> None:
+    """Every warnd_* name in an alert expression is a metric /metrics declares (a renamed metric fails)."""
+    text = await (await harness.client.get("/metrics")).text()
+    families = re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE)
+    exposed = {f + s for f in families for s in SUFFIXES}
+    exprs = re.findall(r"expr: (\|\n(?:\s{10,}.*\n)+|.*)", ALERTS.read_text(encoding="utf-8"))
+    used = {name for e in exprs for name in re.findall(r"\bwarnd_[a-z_]+", e)}
+    assert len(used) >= 6, used
+    assert used <= exposed, used - exposed
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_install_config_writes_once_and_keeps_edits(tmp_path: Path) -> None:
+    """install-config writes a server config (no demo token) once; a second run keeps the sysadmin's edits."""
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(f"PYTHON ?= python3\ninclude {ROOT}/mk/install.mk\n", encoding="utf-8")
+    root = tmp_path / "root"
+
+    def make() -> str:
+        done = subprocess.run(
+            ["make", "-f", str(makefile), "install-config", f"DESTDIR={root}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    make()
+    config = root / "etc/warnd/warnd.toml"
+    assert (root / "usr/lib/systemd/system/warnd.service").exists()
+    assert (root / "usr/lib/sysusers.d/warnd.conf").exists()
+    assert (root / "etc/warnd/directory.toml").exists()
+    settings = load_settings(config)
+    assert str(settings.state_dir) == "/var/lib/warnd"
+    assert str(settings.directory.path) == "/etc/warnd/directory.toml"
+    assert settings.auth.tokens == [], "the demo token must not open a server's API"
+    config.write_text(config.read_text(encoding="utf-8") + "\n# edited by the sysadmin\n", encoding="utf-8")
+    assert "keeping" in make()
+    assert config.read_text(encoding="utf-8").endswith("# edited by the sysadmin\n")

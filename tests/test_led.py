@@ -1,0 +1,234 @@
+"""LED boards on real Mosquitto: the most severe warning in force is shown, then the next, then nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from adapters.led import LedAdapter, layout, ranked, wrap
+from tests.support.harness import Harness, warning_body
+from tests.support.live import close_live, live_harness
+from tests.support.mqtt import Broker
+
+BOARD = "led-330502101201-1"
+
+
+class Board:
+    """A test LED board: records every command on its cmd topic and acks `shown` (or `cleared`)."""
+
+    def __init__(self, broker: Broker, board_id: str = BOARD, ack: bool = True) -> None:
+        """Remember where to listen."""
+        self.broker, self.board_id, self.ack = broker, board_id, ack
+        self.commands: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def _run(self) -> None:
+        """Subscribe, record, acknowledge."""
+        async with aiomqtt.Client(
+            self.broker.host, self.broker.port, identifier=f"board-{uuid.uuid4().hex}"
+        ) as c:
+            await c.subscribe(f"warnd/v1/device/{self.board_id}/cmd", qos=1)
+            self._ready.set()
+            async for msg in c.messages:
+                cmd = json.loads(msg.payload)  # type: ignore[arg-type]
+                self.commands.append(cmd)
+                if self.ack:
+                    status = "shown" if cmd["kind"] == "display" else "cleared"
+                    ack = {"msg_id": cmd["msg_id"], "status": status, "at": "2026-07-01T00:00:00Z"}
+                    await c.publish(cmd["ack_topic"], json.dumps(ack), qos=1)
+
+    async def __aenter__(self) -> Board:
+        """Start listening."""
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop listening."""
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def wait_for(self, n: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """The commands, once at least n have arrived (real broker I/O, not pipeline time)."""
+        await until(lambda: len(self.commands) >= n, timeout_s)
+        return self.commands
+
+
+async def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for a condition that depends on broker I/O."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def led(tmp_path: Path, broker: Broker) -> AsyncIterator[Harness]:
+    """warnd with the real LED adapter on the test broker, its MQTT loops running."""
+    h = await live_harness(
+        tmp_path,
+        [LedAdapter],
+        directory={"villages": 2},
+        settings={
+            "http": {"rate_limit_per_s": 0},
+            "mqtt": {"url": broker.url, "client_id": f"warnd-{uuid.uuid4().hex[:8]}"},
+            "led": {"boards": {BOARD: {"chars_per_line": 8, "lines": 2, "mode": "static"}}},
+        },
+    )
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in h.daemon.background()]
+    adapter = h.daemon.adapters["led"]
+    assert isinstance(adapter, LedAdapter)
+    await adapter.link.wait_connected(5)
+    try:
+        yield h
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await close_live(h)
+
+
+async def led_rows(h: Harness, wid: str) -> list[dict[str, Any]]:
+    """The led deliveries of a warning, as the API lists them."""
+    resp = await h.client.get(f"/api/v1/warnings/{wid}/deliveries", headers=h.headers("viewer"))
+    assert resp.status == 200
+    return [r for r in (await resp.json())["deliveries"] if r["channel"] == "led"]
+
+
+async def test_yellow_then_red_then_cancel_red_then_yellow_expires(led: Harness, broker: Broker) -> None:
+    """yellow shown → red shown → red cancelled: yellow again → yellow expires: cleared."""
+    h = led
+    async with Board(broker) as board:
+        yellow = await h.issue(
+            warning_body(level="yellow", headline="暴雨黄色预警", expires="2026-07-01T02:00:00+00:00")
+        )
+        await h.run_until_idle()
+        (c1,) = await board.wait_for(1)
+        assert (c1["kind"], c1["level"], c1["warning_id"]) == ("display", "yellow", yellow)
+        assert c1["colour"] == "#FFFF00"
+        assert c1["severity_code"] == 3
+        # Laid out for this board: 8 full-width characters by 2 lines, static.
+        assert len(c1["lines"]) == 2
+        assert all(len(line) <= 8 for line in c1["lines"])
+        assert c1["lines"][0] == "暴雨黄色预警"
+        assert c1["lines"][1].endswith("…")
+
+        h.clock.advance(60)
+        red = await h.issue(
+            warning_body(level="red", headline="暴雨红色预警", expires="2026-07-01T01:00:00+00:00")
+        )
+        await h.run_until_idle()
+        c2 = (await board.wait_for(2))[1]
+        assert (c2["kind"], c2["level"], c2["warning_id"]) == ("display", "red", red)
+        assert c2["colour"] == "#FF0000"
+
+        h.clock.advance(60)
+        resp = await h.client.post(f"/api/v1/warnings/{red}/cancel", json={}, headers=h.headers())
+        assert resp.status == 202
+        await h.run_until_idle()
+        c3 = (await board.wait_for(3))[2]
+        assert (c3["kind"], c3["level"], c3["warning_id"]) == ("display", "yellow", yellow)
+        red_cancel = [r for r in await led_rows(h, red) if r["kind"] == "cancel"]
+        assert [r["msg_id"] for r in red_cancel] == [c3["msg_id"]]  # the cancel's ack lands on it
+
+        h.clock.advance(hours=2)  # past yellow's expiry
+        await h.run_until_idle()
+        c4 = (await board.wait_for(4))[3]
+        assert c4["kind"] == "clear"
+        assert len(board.commands) == 4
+
+        # The board's acks came back through the shared link: every led delivery acknowledged.
+        async def all_acked() -> bool:
+            rows = await led_rows(h, yellow) + await led_rows(h, red)
+            return bool(rows) and all(r["state"] == "acknowledged" for r in rows)
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await all_acked():
+            assert asyncio.get_running_loop().time() < deadline, await led_rows(h, yellow)
+            await asyncio.sleep(0.02)
+        w = await h.get(yellow)
+        assert w["coverage"]["led"]["acknowledged"] == 1
+        assert w["state"] == "expired"
+
+
+async def test_only_boards_of_the_area_and_drills_only_on_test_boards(led: Harness, broker: Broker) -> None:
+    """A warning for village 2 leaves village 1's board alone; a drill reaches no public board."""
+    h = led
+    async with Board(broker) as board1, Board(broker, "led-330502101202-1") as board2:
+        await h.issue(warning_body(level="red", status="exercise", area={"codes": ["330502101"]}))
+        await h.run_until_idle()
+        wid = await h.issue(warning_body(level="orange", area={"codes": ["330502101202"]}))
+        await h.run_until_idle()
+        (c,) = await board2.wait_for(1)
+        assert (c["kind"], c["level"], c["warning_id"]) == ("display", "orange", wid)
+        # Default layout: 16 characters, 4 lines, scroll: the whole text, title first.
+        assert c["mode"] == "scroll"
+        assert c["lines"][0] == "暴雨橙色预警"
+        assert "".join(c["lines"][1:]).replace(" ", "") == (c["text"]).replace(" ", "")
+        await asyncio.sleep(0.2)
+        assert board1.commands == []
+        assert len(board2.commands) == 1  # the drill never showed
+
+
+async def test_rotation_lists_every_warning_in_force(tmp_path: Path, broker: Broker) -> None:
+    """With rotate on, a display carries every warning in force, most severe first."""
+    h = await live_harness(
+        tmp_path,
+        [LedAdapter],
+        settings={
+            "http": {"rate_limit_per_s": 0},
+            "mqtt": {"url": broker.url, "client_id": f"warnd-{uuid.uuid4().hex[:8]}"},
+            "led": {"rotate": True, "rotate_s": 7},
+        },
+    )
+    tasks = [asyncio.create_task(coro) for _, coro in h.daemon.background()]
+    try:
+        await h.daemon.adapters["led"].link.wait_connected(5)  # type: ignore[attr-defined]
+        async with Board(broker) as board:
+            blue = await h.issue(warning_body(level="blue", headline="大风蓝色预警"))
+            await h.run_until_idle()
+            h.clock.advance(10)
+            orange = await h.issue(warning_body(level="orange", headline="暴雨橙色预警"))
+            await h.run_until_idle()
+            cmds = await board.wait_for(2)
+            assert "pages" not in cmds[0]
+            assert [p["warning_id"] for p in cmds[1]["pages"]] == [orange, blue]
+            assert cmds[1]["rotate_s"] == 7
+            assert cmds[1]["warning_id"] == orange
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_live(h)
+
+
+def test_layout_wraps_by_width_and_cuts_static_text() -> None:
+    """Full-width characters take two cells, half-width one; static text is cut with an ellipsis."""
+    assert wrap("暴雨红色预警请立即转移", 4) == ["暴雨红色", "预警请立", "即转移"]
+    assert wrap("ABCDEFGH 汉字", 4) == ["ABCDEFGH", "汉字"]
+    assert layout("标题", "一二三四五六七八九十", 4, 2, "static") == ["标题", "一二三…"]
+    assert len(layout("标题", "一二三四五六七八九十" * 20, 4, 2, "scroll")) == 16
+
+
+def test_ranked_most_severe_then_newest() -> None:
+    """Red before yellow whatever their age; among equals the newer first."""
+    ws = [
+        {"id": "y-old", "level": "yellow", "created_at": "2026-07-01T00:00:00.000000Z"},
+        {"id": "r", "level": "red", "created_at": "2026-07-01T00:00:00.000000Z"},
+        {"id": "y-new", "level": "yellow", "created_at": "2026-07-01T01:00:00.000000Z"},
+    ]
+    assert [w["id"] for w in ranked(ws)] == ["r", "y-new", "y-old"]

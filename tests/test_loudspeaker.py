@@ -1,0 +1,402 @@
+"""Village loudspeakers end to end: warnd's MQTT adapter, a real Mosquitto, simulated speakers.
+
+The pipeline runs in this process on a fake clock (driven by `run_until_idle`); MQTT, HTTP and
+the speakers are real and run in real time, so waits for them are bounded polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydub import AudioSegment
+
+from adapters.loudspeaker import LoudspeakerAdapter, spoken, village_topic
+from tests.support.county import village_code, write_directory
+from tests.support.harness import TOKENS, warning_body
+from tests.support.harness import test_settings as make_settings
+from tests.support.mqtt import Broker
+from warnd.adapter import Message
+from warnd.api import make_app
+from warnd.audio import AudioCache
+from warnd.clock import FakeClock
+from warnd.daemon import Daemon
+from warnd.directory import Directory
+from warnd.simulator import SpeakerSimulator
+from warnd.store import Delivery, Store
+
+VILLAGES = [village_code(0), village_code(1)]
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> None:
+    """Poll (real time, bounded) until predicate() is truthy; awaits coroutine predicates."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Rig:
+    """warnd with the loudspeaker adapter on a real broker, plus simulated speakers."""
+
+    def __init__(self, tmp_path: Path, broker: Broker, *, villages: int = 2, speakers: int = 3) -> None:
+        """Write the directory and settings."""
+        self.tmp_path, self.broker = tmp_path, broker
+        self.directory_path = write_directory(
+            tmp_path / "directory.toml", villages=villages, speakers=speakers, leds=0
+        )
+        self.settings = make_settings(
+            tmp_path,
+            self.directory_path,
+            mqtt={"url": broker.url, "reconnect_max_s": 1.0, "client_id": "warnd-test"},
+            # A short backoff: the outage test waits out retries on the fake clock.
+            dispatch={"backoff_base_s": 1.0, "backoff_cap_s": 4.0},
+            tts={"repeat": 1, "pause_ms": 200},
+        )
+        self.clock = FakeClock()
+        self.store = Store(self.settings.state_dir / "warnd.db")
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.daemon: Daemon
+        self.client: TestClient
+        self.sim: SpeakerSimulator
+
+    async def start(self) -> Rig:
+        """Open the store, start the daemon's parts, the API and the speakers; wait until all are up."""
+        await self.store.open()
+        directory = Directory.load(self.directory_path)
+        self.daemon = Daemon(self.settings, self.store, directory, clock=self.clock)
+        self.daemon.add_adapter(LoudspeakerAdapter(self.daemon.adapter_context()))
+        await self.daemon.start_adapters()
+        app = make_app(self.daemon, self.daemon.extra_routes())
+        self.client = TestClient(TestServer(app, host="127.0.0.1"))
+        await self.client.start_server()
+        self.settings.http.public_url = str(self.client.make_url("")).rstrip("/")
+        for name, coro in self.daemon.background():
+            self.tasks.append(asyncio.create_task(coro, name=name))
+        speakers = {s: v.code for v in directory.villages.values() if not v.test for s in v.speakers}
+        self.sim = SpeakerSimulator(self.broker.url, speakers, now=self.clock.now, reconnect_max_s=1.0)
+        self.sim.start()
+        await self.wait_up()
+        return self
+
+    @property
+    def link(self) -> Any:
+        """warnd's MQTT link."""
+        return self.adapter.link
+
+    @property
+    def adapter(self) -> LoudspeakerAdapter:
+        """The adapter under test."""
+        return self.daemon.adapters["loudspeaker"]  # type: ignore[return-value]
+
+    async def wait_up(self) -> None:
+        """warnd and every running speaker connected, and warnd has seen them online."""
+        await until(lambda: self.link.connected and self.sim.connected(), what="connections")
+        online = set(self.sim._running) - {"*"}
+
+        async def seen() -> bool:
+            rows = {r["id"]: r["online"] for r in await self.store.devices()}
+            return all(rows.get(d) == 1 for d in online)
+
+        await until(seen, what="device statuses")
+
+    async def close(self) -> None:
+        """Stop everything started."""
+        await self.sim.aclose()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.close()
+        await self.store.close()
+
+    async def run_until_idle(self) -> None:
+        """Fire due jobs and send due deliveries until nothing is due at the fake now."""
+        for _ in range(100):
+            fired = await self.daemon.scheduler.run_once()
+            sent = await self.daemon.dispatcher.run_once()
+            if not fired and not sent:
+                return
+        raise AssertionError("pipeline did not become idle")
+
+    def headers(self, role: str = "operator") -> dict[str, str]:
+        """Authorization header for a role."""
+        return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+    async def issue(self, body: dict[str, Any]) -> str:
+        """POST a warning; its id."""
+        resp = await self.client.post("/api/v1/warnings", json=body, headers=self.headers())
+        assert resp.status == 202, await resp.text()
+        return (await resp.json())["id"]
+
+    async def get(self, warning_id: str) -> dict[str, Any]:
+        """GET a warning."""
+        resp = await self.client.get(f"/api/v1/warnings/{warning_id}", headers=self.headers("viewer"))
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    async def coverage(self, warning_id: str) -> dict[str, int]:
+        """The warning's loudspeaker coverage."""
+        return (await self.get(warning_id))["coverage"]["loudspeaker"]
+
+    async def wait_acknowledged(self, warning_id: str, n: int) -> None:
+        """Until n speakers confirmed playing."""
+
+        async def done() -> bool:
+            return (await self.coverage(warning_id))["acknowledged"] == n
+
+        await until(done, timeout_s=30, what=f"{n} played acks")
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, broker: Broker) -> AsyncIterator[Rig]:
+    """Two villages of three speakers each, all online."""
+    r = await Rig(tmp_path, broker).start()
+    yield r
+    await r.close()
+
+
+def decode(data: bytes) -> AudioSegment:
+    """An MP3 decoded by ffmpeg."""
+    return AudioSegment.from_file(io.BytesIO(data), format="mp3")
+
+
+async def test_red_warning_is_played_and_confirmed_by_every_speaker(rig: Rig) -> None:
+    """Two villages × 3 speakers: one village command each, audio verified, six played acks."""
+    wid = await rig.issue(warning_body(area={"codes": VILLAGES}))
+    await rig.run_until_idle()
+    await rig.wait_acknowledged(wid, 6)
+    cov = await rig.coverage(wid)
+    assert cov == {"expected": 6, "sent": 6, "delivered": 6, "acknowledged": 6, "failed": 0, "offline": 0}
+    sha = set()
+    for s in rig.sim.speakers.values():
+        assert list(s.commands.values()) == [1], s.id  # one command, once
+        (cmd,) = s.played
+        # The village topic carried it: the ack topic is the shared template.
+        assert cmd["ack_topic"] == "warnd/v1/device/{device_id}/ack"
+        assert cmd["kind"] == "play"
+        assert cmd["level"] == "red"
+        assert cmd["severity_code"] == 1
+        assert cmd["drill"] is False
+        assert cmd["warning_id"] == wid
+        assert cmd["title"] == warning_body()["headline"]
+        assert "红色预警" in cmd["text"]
+        assert warning_body()["instruction"] in cmd["text"]
+        assert s.verified[cmd["msg_id"]] == cmd["audio"]["sha256"]
+        sha.add(cmd["audio"]["sha256"])
+    assert len(sha) == 1
+    msg_ids = {next(iter(s.commands)) for s in rig.sim.speakers.values()}
+    assert len(msg_ids) == 2  # one per village
+    # The audio is served without a token, is real speech after a tone, and not silence.
+    audio = next(iter(rig.sim.speakers.values())).played[0]["audio"]
+    url = audio["url"].removeprefix(rig.settings.http.public_url)
+    resp = await rig.client.get(url)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "audio/mpeg"
+    seg = decode(await resp.read())
+    assert abs(seg.duration_seconds - audio["duration_s"]) < 0.2
+    assert seg.duration_seconds > 3.0
+    assert seg.dBFS > -30
+    # Devices: the six speakers online, the drill speaker never heard from.
+    resp = await rig.client.get("/api/v1/devices", headers=rig.headers("viewer"))
+    devices = {d["id"]: d for d in (await resp.json())["devices"]}
+    assert sorted(d for d, v in devices.items() if v["state"] == "online") == sorted(rig.sim.speakers)
+    assert devices["spk-test-1"]["state"] == "unknown"
+    assert all(devices[d]["last_seen"] for d in rig.sim.speakers)
+    unauth = await rig.client.get("/api/v1/devices")
+    assert unauth.status == 401
+
+
+async def test_broker_outage_after_accept_delivers_exactly_once(rig: Rig) -> None:
+    """Broker down after the 202, back 10 s later: every speaker still plays it, once per msg_id."""
+    wid = await rig.issue(warning_body(area={"codes": VILLAGES}))
+    rig.broker.stop()
+    await until(lambda: not rig.link.connected, what="warnd to notice the outage")
+    await rig.run_until_idle()
+    rows = [d for d in await rig.store.deliveries_for(wid) if d["channel"] == "loudspeaker"]
+    assert {d["state"] for d in rows} == {"failed"}
+    assert {d["last_error"] for d in rows} == {"broker unavailable"}
+    readyz = await (await rig.client.get("/readyz")).json()
+    assert readyz["checks"]["adapter.loudspeaker"]["ok"] is False
+    await asyncio.sleep(10)
+    rig.broker.start()
+    await rig.wait_up()
+    rig.clock.advance(5)  # past the first retry's backoff
+    await rig.run_until_idle()
+    await rig.wait_acknowledged(wid, 6)
+    for s in rig.sim.speakers.values():
+        assert list(s.commands.values()) == [1], (s.id, s.commands)
+        assert len(s.played) == 1
+
+
+async def test_cancel_stops_the_same_speakers_with_the_all_clear(rig: Rig) -> None:
+    """Cancel: a stop command to every speaker that got the warning, with the spoken all-clear."""
+    wid = await rig.issue(warning_body(area={"codes": [VILLAGES[0]]}))
+    await rig.run_until_idle()
+    await rig.wait_acknowledged(wid, 3)
+    resp = await rig.client.post(f"/api/v1/warnings/{wid}/cancel", json={}, headers=rig.headers())
+    assert resp.status == 202
+    await rig.run_until_idle()
+    reached = {s for s, v in rig.sim.speakers.items() if v.village == VILLAGES[0]}
+    await until(lambda: all(rig.sim.speakers[s].stops for s in reached), what="stops")
+    assert all(not rig.sim.speakers[s].stops for s in set(rig.sim.speakers) - reached)
+    warning_audio = rig.sim.speakers[min(reached)].played[0]["audio"]["sha256"]
+    for s in reached:
+        (stop,) = rig.sim.speakers[s].stops
+        assert stop["kind"] == "stop"
+        assert stop["warning_id"] == wid
+        assert stop["text"].startswith("解除预警")
+        assert stop["audio"]["sha256"] != warning_audio
+    # Every stop is confirmed; coverage counts the warning, not the all-clear.
+    await until(lambda: all(rig.sim.speakers[s].final.get(rig.sim.speakers[s].stops[0]["msg_id"]) == "played"
+                            for s in reached), what="all-clear played")
+    assert (await rig.coverage(wid))["expected"] == 3
+
+
+async def test_speaker_back_after_not_after_does_not_play(rig: Rig) -> None:
+    """An offline speaker is counted offline, gets the command from its session later, and refuses it."""
+    late = "spk-330502101201-2"
+    await rig.sim.go_offline(late)
+
+    async def offline() -> bool:
+        return any(r["id"] == late and r["online"] == 0 for r in await rig.store.devices())
+
+    await until(offline, what="offline status")
+    expires = (rig.clock.now() + timedelta(hours=1)).isoformat()
+    wid = await rig.issue(warning_body(expires=expires))
+    await rig.run_until_idle()
+    await rig.wait_acknowledged(wid, 2)
+    cov = await rig.coverage(wid)
+    assert cov["expected"] == 3
+    assert cov["offline"] == 1
+    rig.clock.advance(hours=2)  # past not_after; the expiry job has not run yet
+    rig.sim.go_online(late)
+    speaker = rig.sim.speakers[late]
+    await until(lambda: speaker.refused, what="the stale command to be refused")
+    assert speaker.played == []
+    assert speaker.final[speaker.refused[0]] == "failed"
+    assert (await rig.coverage(wid))["acknowledged"] == 2
+    # The expiry sends a silent stop to every speaker that was sent the warning.
+    await rig.run_until_idle()
+    village = [s for s in rig.sim.speakers.values() if s.village == VILLAGES[0]]
+    await until(lambda: all(s.stops for s in village), what="expiry stops")
+    assert all(s.stops[0]["audio"] is None and s.final[s.stops[0]["msg_id"]] == "cancelled" for s in village)
+
+
+async def test_partial_village_goes_per_device(rig: Rig, broker: Broker) -> None:
+    """Deliveries for part of a village are published to each device's own topic."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def watch() -> None:
+        async with aiomqtt.Client(broker.host, broker.port, identifier="watcher") as c:
+            await c.subscribe("warnd/v1/+/+/+", qos=1)
+            async for m in c.messages:
+                if str(m.topic).endswith(("/cmd", "/speaker")):
+                    seen.append((str(m.topic), json.loads(m.payload)))  # type: ignore[arg-type]
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)
+    warning = {**warning_body(), "id": "W-partial", "status": "actual", "expires": None}
+    code = VILLAGES[1]
+    targets = [f"spk-{code}-1", f"spk-{code}-2"]
+    msgs = [
+        Message(Delivery(i, "m-partial", "W-partial", "issue", "warning", "loudspeaker", t, code, None, None,
+                         False, 1), warning)
+        for i, t in enumerate(targets)
+    ]
+    receipts = await rig.adapter.send_batch(msgs)
+    assert [r.state for r in receipts] == ["sent", "sent"]  # type: ignore[union-attr]
+    whole = [Message(Delivery(9 + i, "m-whole", "W-partial", "issue", "warning", "loudspeaker",
+                              f"spk-{code}-{i + 1}", code, None, None, False, 1), warning) for i in range(3)]
+    await rig.adapter.send_batch(whole)
+    await until(lambda: len(seen) >= 3, what="commands")
+    watcher.cancel()
+    topics = sorted(t for t, _ in seen)
+    assert topics == [*sorted(f"warnd/v1/device/{t}/cmd" for t in targets), village_topic(code)]
+    for topic, cmd in seen:
+        if topic.endswith("/cmd"):
+            assert cmd["ack_topic"] == topic.replace("/cmd", "/ack")
+    # not_after falls back to now + max age when the warning has no expiry.
+    assert seen[0][1]["not_after"] == (rig.clock.now() + timedelta(minutes=120)).isoformat(timespec="seconds")
+
+
+async def test_bad_acks_are_logged_and_dropped(
+    rig: Rig, broker: Broker, log_events: list[dict[str, Any]]
+) -> None:
+    """Acks from unknown devices, for unknown msg_ids, or not JSON change nothing and break nothing."""
+    wid = await rig.issue(warning_body(area={"codes": [VILLAGES[0]]}))
+    async with aiomqtt.Client(broker.host, broker.port, identifier="intruder") as c:
+        stray = json.dumps({"msg_id": "x", "status": "played"})
+        await c.publish("warnd/v1/device/spk-nobody/ack", stray, qos=1)
+        await c.publish("warnd/v1/device/spk-330502101201-1/ack", b"{not json", qos=1)
+        await c.publish("warnd/v1/device/spk-330502101201-1/ack", json.dumps([1, 2]), qos=1)
+        await c.publish(
+            "warnd/v1/device/spk-330502101201-1/ack",
+            json.dumps({"msg_id": "nope", "status": "played"}),
+            qos=1,
+        )
+    names = lambda: [e["event"] for e in log_events]  # noqa: E731
+    await until(lambda: names().count("ack.malformed") == 2 and "ack.unmatched" in names()
+                and "ack.unknown_device" in names(), what="log events")
+    await rig.run_until_idle()
+    await rig.wait_acknowledged(wid, 3)
+
+
+def test_spoken_text_per_kind() -> None:
+    """Level in Chinese, headline, instruction; 演练 for drills; 预警更新; 解除预警 with its own tone."""
+    w = {**warning_body(), "status": "actual"}
+    text, kind = spoken(w, "warning")
+    assert text.startswith("暴雨红色预警。")
+    assert w["instruction"] in text
+    assert kind == "warning"
+    text, kind = spoken({**w, "status": "exercise"}, "warning")
+    assert text.startswith("演练")
+    assert kind == "drill"
+    text, kind = spoken(w, "update")
+    assert text.startswith("预警更新")
+    assert kind == "warning"
+    text, kind = spoken(w, "cancel")
+    assert text.startswith("解除预警")
+    assert kind == "all_clear"
+    assert w["instruction"] not in text
+
+
+def _peak_hz(seg: AudioSegment) -> float:
+    """The dominant frequency of a mono segment."""
+    samples = np.array(seg.get_array_of_samples(), dtype=float)
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.fft.rfftfreq(len(samples), 1 / seg.frame_rate)[spectrum.argmax()])
+
+
+async def test_rendered_warnings_are_real_speech_with_level_tones(tmp_path: Path) -> None:
+    """The MP3 decodes, lasts tone + speech, is not silence; red and blue open with different tones."""
+    cache = AudioCache(tmp_path / "audio", make_settings(tmp_path, tmp_path).tts)
+    w = {**warning_body(), "status": "actual"}
+    red = await cache.render(spoken(w, "warning")[0], "red")
+    blue = await cache.render(spoken({**w, "level": "blue"}, "warning")[0], "blue")
+    segs = {}
+    for name, f in (("red", red), ("blue", blue)):
+        seg = decode(f.path.read_bytes())
+        assert abs(seg.duration_seconds - f.duration_s) < 0.2
+        assert seg.duration_seconds > 5
+        assert seg.dBFS > -30
+        segs[name] = seg
+    assert red.sha256 != blue.sha256
+    # Red opens with a 960/770 Hz square siren, blue with an 880 Hz chime.
+    assert abs(_peak_hz(segs["red"][:250]) - 960) < 30
+    assert abs(_peak_hz(segs["blue"][:250]) - 880) < 30

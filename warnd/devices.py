@@ -1,0 +1,204 @@
+"""MQTT devices (loudspeakers, LED boards): their acknowledgements and their health.
+
+Every device acknowledges on `warnd/v1/device/{id}/ack` and keeps a retained
+`warnd/v1/device/{id}/status` (`{"online": bool, …}`, with a last will saying offline). One
+`DeviceHub` per daemon subscribes to both on the shared MQTT link, whichever channel asks for it
+first: acks go to the feedback stage, statuses to the `devices` table, shown at
+`GET /api/v1/devices` and as `offline` in a warning's device coverage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from warnd.adapter import AdapterContext
+    from warnd.directory import Directory
+    from warnd.store import Store
+
+log = structlog.get_logger("warnd.devices")
+
+TOPIC_ROOT = "warnd/v1"
+ACK_FILTER = f"{TOPIC_ROOT}/device/+/ack"
+STATUS_FILTER = f"{TOPIC_ROOT}/device/+/status"
+# Device channels whose coverage says how many receivers are offline.
+DEVICE_CHANNELS = ("loudspeaker", "led")
+# An ack larger than this is not an ack; its size is logged, never its body.
+MAX_PAYLOAD_BYTES = 16 * 1024
+
+
+def device_topic(device_id: str, leaf: str) -> str:
+    """`warnd/v1/device/{id}/{leaf}` (cmd, ack, status)."""
+    return f"{TOPIC_ROOT}/device/{device_id}/{leaf}"
+
+
+class DeviceHub:
+    """Acks and health of every MQTT device, on a link shared by the MQTT channels.
+
+    Args:
+        link: the shared MQTT link (`adapters.mqtt.MqttLink`).
+        directory: returns the current directory (which devices exist).
+        feedback: the feedback stage acks are handed to.
+        store: where device health is kept.
+        clock: time for health records.
+    """
+
+    def __init__(
+        self,
+        link: Any,
+        *,
+        directory: Callable[[], Directory],
+        feedback: Any,
+        store: Store,
+        clock: Any,
+    ) -> None:
+        """Subscribe to acks and statuses; the link runs `devices_loop` beside its connection."""
+        self.directory, self.feedback, self.store, self.clock = directory, feedback, store, clock
+        self.queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue()
+        self.online: dict[str, bool] = {}
+        self._seen: dict[str, datetime] = {}
+        link.subscribe(ACK_FILTER, self._on_message)
+        link.subscribe(STATUS_FILTER, self._on_message)
+        link.add_loop("warnd.mqtt.devices", self.devices_loop)
+
+    def _on_message(self, message: Any) -> None:
+        """Queue a message: the receive loop never waits for the store."""
+        parts = str(message.topic).split("/")
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        self.queue.put_nowait((parts[3], parts[4], payload))
+
+    async def devices_loop(self) -> None:
+        """Apply queued acks and statuses in arrival order, forever."""
+        while True:
+            device_id, leaf, payload = await self.queue.get()
+            try:
+                await self.handle(device_id, leaf, payload)
+                if self.queue.empty() and self._seen:
+                    seen, self._seen = self._seen, {}
+                    await self.store.devices_seen(seen)
+            except Exception:
+                log.exception("device.message_failed", target=device_id, leaf=leaf)
+
+    async def handle(self, device_id: str, leaf: str, payload: bytes) -> None:
+        """One ack or status from a device."""
+        if leaf == "status" and not payload:
+            return  # a retained status being cleared
+        if device_id not in self.directory().device_kind:
+            log.info(f"{leaf}.unknown_device", target=device_id, body_len=len(payload))
+            return
+        data = _json_object(payload)
+        if leaf == "ack":
+            await self._ack(device_id, data, len(payload))
+        else:
+            await self._status(device_id, data, len(payload))
+
+    async def _ack(self, device_id: str, data: dict[str, Any] | None, size: int) -> None:
+        """Hand an ack to feedback; malformed ones are logged and dropped."""
+        if data is None or not isinstance(data.get("msg_id"), str) or not isinstance(data.get("status"), str):
+            log.warning("ack.malformed", target=device_id, body_len=size)
+            return
+        self._seen[device_id] = self.clock.now()
+        detail = {k: data[k] for k in ("at", "detail") if data.get(k) is not None}
+        await self.feedback.ack(
+            source="mqtt", status=data["status"], msg_id=data["msg_id"], target=device_id, detail=detail
+        )
+
+    async def _status(self, device_id: str, data: dict[str, Any] | None, size: int) -> None:
+        """Record a status (or last will); log only changes of online/offline."""
+        if data is None or not isinstance(data.get("online"), bool):
+            log.warning("device.status_malformed", target=device_id, body_len=size)
+            return
+        online = data["online"]
+        await self.store.device_status(device_id, online, data, self.clock.now())
+        if self.online.get(device_id) != online:
+            self.online[device_id] = online
+            log.info("device.online" if online else "device.offline", target=device_id)
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    """The payload as a JSON object, or None."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def device_hub(ctx: AdapterContext, link: Any) -> DeviceHub:
+    """The daemon's one DeviceHub on this link, created by the first MQTT channel that asks."""
+    hub = ctx.extra.get("devices")
+    if hub is None:
+        hub = ctx.extra["devices"] = DeviceHub(
+            link, directory=ctx.directory, feedback=ctx.feedback, store=ctx.store, clock=ctx.clock
+        )
+    return hub
+
+
+async def coverage_with_offline(store: Store, warning_id: str) -> dict[str, dict[str, int]]:
+    """A warning's coverage; device channels also count targeted receivers that are offline."""
+    coverage = await store.coverage(warning_id)
+    offline = await store.offline_targets(warning_id)
+    for channel, counts in coverage.items():
+        if channel in DEVICE_CHANNELS:
+            counts["offline"] = offline.get(channel, 0)
+    return coverage
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    """Every device of the directory with online / offline / unknown and when it was last heard from."""
+    from aiohttp import web
+
+    from warnd.api.warnings import daemon, json_dumps, local_time
+
+    d = daemon(request)
+    tz = d.settings.policy.timezone
+    rows = {r["id"]: r for r in await d.store.devices()}
+    directory = d.directory()
+    wanted_state = request.query.get("state")
+    wanted_village = request.query.get("village")
+    out = []
+    for device_id, kind in sorted(directory.device_kind.items()):
+        village = directory.device_village[device_id]
+        r = rows.get(device_id, {})
+        online = r.get("online")
+        state = "unknown" if online is None else ("online" if online else "offline")
+        if (wanted_state and state != wanted_state) or (wanted_village and village != wanted_village):
+            continue
+        out.append(
+            {
+                "id": device_id,
+                "kind": kind,
+                "village": village,
+                "state": state,
+                "online": None if online is None else bool(online),
+                "last_seen": local_time(r.get("last_seen"), tz),
+                "status_at": local_time(r.get("status_at"), tz),
+                "status": r.get("status", {}),
+            }
+        )
+    return web.json_response({"devices": out}, dumps=json_dumps)
+
+
+def routes() -> list[Any]:
+    """The devices API (`GET /api/v1/devices?state=offline&village=CODE`)."""
+    from warnd.api.routes import Route
+
+    return [
+        Route(
+            "GET",
+            "/api/v1/devices",
+            list_devices,
+            "viewer",
+            "Loudspeakers and LED boards: online/offline and last seen (?state=, ?village=)",
+        )
+    ]

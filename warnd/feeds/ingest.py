@@ -1,0 +1,346 @@
+"""CAP in, warnings out: one path for every source (push, poll, MQTT, the operator API).
+
+An Alert becomes a warning through `Intake.accept`; an Update or Cancel finds the warning its
+references name — by (sender, identifier), whichever source brought the original — and goes
+through `Intake.update` / `Intake.cancel`. Every message is also recorded under its own
+(sender, identifier) in `feed_documents`, so a re-delivery through any source is a duplicate.
+
+What is stored but not acted on, and flagged for the operator (GET /api/v1/feeds):
+- an Update or Cancel whose references name no warning warnd holds (`unknown_reference`):
+  guessing which warning it meant could cancel the wrong one;
+- status System or Draft, msgType Ack or Error (`recorded`): never sent to anyone;
+- an Alert whose area reaches no village (`no_village`): stored as a warning with no targets,
+  so an operator can give it an area by updating it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import ValidationError
+
+from warnd.cap import DEFAULT_GEOCODE_NAMES, CapAlert, CapError, parse_cap_many, to_warning_fields
+from warnd.intake import IN_FORCE, Actor
+from warnd.model import Area, Level, Status, UpdateIn, WarningIn
+from warnd.store import ts
+
+if TYPE_CHECKING:
+    from warnd.config import FeedSettings
+    from warnd.daemon import Daemon
+    from warnd.feeds.records import FeedRecords
+
+log = structlog.get_logger("warnd.feeds")
+
+# Where each warning field comes from in a CAP document, for errors an upstream can act on.
+_CAP_PATH = {
+    "event": "/alert/info/event",
+    "level": "/alert/info/severity",
+    "headline": "/alert/info/headline",
+    "description": "/alert/info/description",
+    "instruction": "/alert/info/instruction",
+    "area": "/alert/info/area",
+    "onset": "/alert/info/onset",
+    "expires": "/alert/info/expires",
+    "status": "/alert/status",
+}
+_ENCODING = re.compile(rb"""^<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)["']""")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What became of one CAP message.
+
+    Args:
+        sender: its sender.
+        identifier: its identifier.
+        msg_type: alert / update / cancel / ack / error.
+        outcome: accepted, updated, cancelled, recorded, unmatched, stale or duplicate.
+        warning_id: the warning it created or acted on, if any.
+        created: False when the message (or its warning) was already held.
+        flag: why an operator should look, if they should.
+    """
+
+    sender: str
+    identifier: str
+    msg_type: str
+    outcome: str
+    warning_id: str | None
+    created: bool
+    flag: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's view of it."""
+        return {
+            "id": self.warning_id,
+            "created": self.created,
+            "outcome": self.outcome,
+            "flag": self.flag,
+            "sender": self.sender,
+            "identifier": self.identifier,
+            "msg_type": self.msg_type,
+        }
+
+
+def document_text(data: bytes) -> str:
+    """The document as text for the record, in the encoding it declares (UTF-8 by default)."""
+    match = _ENCODING.match(data[:200])
+    encoding = match.group(1).decode() if match else "utf-8"
+    try:
+        return data.decode(encoding)
+    except (LookupError, UnicodeDecodeError):
+        return data.decode("utf-8", errors="replace")
+
+
+class CapIngest:
+    """Turns CAP messages into warning actions, one message at a time.
+
+    Args:
+        daemon: the running daemon (intake, store, clock, directory).
+        records: the feeds' rows.
+    """
+
+    def __init__(self, daemon: Daemon, records: FeedRecords) -> None:
+        """Keep the collaborators; one lock orders messages arriving through several sources."""
+        self.daemon = daemon
+        self.records = records
+        # An Update arriving by MQTT while its Alert is still being accepted from a push must
+        # wait for it: messages are taken one at a time (they are few; each is a few ms).
+        self._lock = asyncio.Lock()
+
+    async def ingest_bytes(
+        self,
+        data: bytes,
+        *,
+        feed: str,
+        source: str,
+        actor: Actor,
+        settings: FeedSettings | None = None,
+    ) -> list[IngestResult]:
+        """Parse a CAP document (or an <alerts> wrapper) and act on each alert; CapError if refused."""
+        geocode_names = tuple(settings.geocode_names) if settings and settings.geocode_names else None
+        alerts = parse_cap_many(
+            data,
+            geocode_names=geocode_names or DEFAULT_GEOCODE_NAMES,
+            max_bytes=settings.max_bytes if settings else 2 * 1024 * 1024,
+            validate=bool(settings and settings.validate_xsd),
+        )
+        # A wrapper's alerts are stored without the whole wrapper each; a single one keeps it.
+        text = document_text(data) if len(alerts) == 1 else None
+        results = []
+        for alert in alerts:
+            results.append(
+                await self.ingest_alert(
+                    alert, feed=feed, source=source, actor=actor, document=text, settings=settings
+                )
+            )
+        return results
+
+    async def ingest_alert(
+        self,
+        alert: CapAlert,
+        *,
+        feed: str,
+        source: str,
+        actor: Actor,
+        document: str | None = None,
+        settings: FeedSettings | None = None,
+    ) -> IngestResult:
+        """Act on one CAP alert; raise CapError (or InputError) when it cannot be taken."""
+        async with self._lock:
+            return await self._ingest(alert, feed, source, actor, document, settings)
+
+    async def _ingest(
+        self,
+        alert: CapAlert,
+        feed: str,
+        source: str,
+        actor: Actor,
+        document: str | None,
+        settings: FeedSettings | None,
+    ) -> IngestResult:
+        """The body of ingest_alert, under the lock."""
+        msg_type = alert.msg_type.lower()
+        seen = await self.records.document(alert.sender, alert.identifier)
+        if seen is not None:
+            log.info("cap.duplicate", sender=alert.sender, identifier=alert.identifier, feed=feed)
+            return IngestResult(
+                alert.sender, alert.identifier, msg_type, "duplicate", seen["warning_id"], False
+            )
+        prefer = tuple(settings.prefer_languages) if settings else ("zh-CN", "zh")
+        names = (
+            tuple(settings.geocode_names) if settings and settings.geocode_names else DEFAULT_GEOCODE_NAMES
+        )
+        fields = to_warning_fields(alert, prefer_languages=prefer, geocode_names=names)
+        row = {
+            "sender": alert.sender,
+            "identifier": alert.identifier,
+            "feed": feed,
+            "source": source,
+            "msg_type": msg_type,
+            "status": fields["status"],
+            "sent": fields["sent"],
+            "refs": fields["references"],
+            "received_at": ts(self.daemon.clock.now()),
+            "document": document,
+        }
+        if fields["status"] not in {s.value for s in Status} or msg_type in ("ack", "error"):
+            # System and Draft messages, Acks and Errors are kept for the record, never sent.
+            return await self._record(row, "recorded", None, None, created=True)
+        if msg_type == "alert":
+            return await self._alert(fields, row, actor, source, document)
+        return await self._update_or_cancel(alert, fields, row, actor)
+
+    async def _record(
+        self, row: dict[str, Any], outcome: str, warning_id: str | None, flag: str | None, *, created: bool
+    ) -> IngestResult:
+        """Store the message with its outcome; return what the caller answers."""
+        await self.records.add_document({**row, "outcome": outcome, "warning_id": warning_id, "flag": flag})
+        log.info(
+            "cap.ingested",
+            sender=row["sender"],
+            identifier=row["identifier"],
+            msg_type=row["msg_type"],
+            outcome=outcome,
+            warning_id=warning_id,
+            flag=flag,
+            feed=row["feed"],
+        )
+        return IngestResult(
+            row["sender"], row["identifier"], row["msg_type"], outcome, warning_id, created, flag
+        )
+
+    async def _alert(
+        self, fields: dict[str, Any], row: dict[str, Any], actor: Actor, source: str, document: str | None
+    ) -> IngestResult:
+        """A new warning (or the one already held under the same sender and identifier)."""
+        w = warning_in(fields)
+        result = await self.daemon.intake.accept(
+            w,
+            actor=actor,
+            source=source,
+            msg_type="alert",
+            document=document,
+            require_villages=False,
+        )
+        stored = await self.daemon.store.get_warning(result.id)
+        flag = None
+        if stored is not None and not stored["villages"]:
+            flag = "no_village"
+            await self.records.audit(
+                self.daemon.clock.now(),
+                actor.name,
+                "flag",
+                result.id,
+                {"flag": flag, "message": "the area reaches no village in the directory"},
+            )
+            log.warning("cap.no_village", warning_id=result.id, sender=row["sender"], feed=row["feed"])
+        outcome = "accepted" if result.created else "duplicate"
+        return await self._record(row, outcome, result.id, flag, created=result.created)
+
+    async def _target(self, alert: CapAlert) -> dict[str, Any] | None:
+        """The warning the references name: newest reference first, directly or via an earlier Update."""
+        for ref in reversed(alert.references):
+            w = await self.daemon.store.find_warning(ref.sender, ref.identifier)
+            if w is not None:
+                return w
+            doc = await self.records.document(ref.sender, ref.identifier)
+            if doc is not None and doc["warning_id"]:
+                return await self.daemon.store.get_warning(doc["warning_id"])
+        return None
+
+    async def _update_or_cancel(
+        self, alert: CapAlert, fields: dict[str, Any], row: dict[str, Any], actor: Actor
+    ) -> IngestResult:
+        """Apply an Update or Cancel to the warning it references, or store it as unmatched."""
+        msg_type = row["msg_type"]
+        target = await self._target(alert)
+        now = self.daemon.clock.now()
+        if target is None:
+            refs = [f"{r.sender},{r.identifier}" for r in alert.references]
+            detail = {"msg_type": msg_type, "sender": alert.sender, "identifier": alert.identifier}
+            await self.records.audit(now, actor.name, "unmatched", None, {**detail, "references": refs})
+            log.warning("cap.unmatched", sender=alert.sender, identifier=alert.identifier, references=refs)
+            return await self._record(row, "unmatched", None, "unknown_reference", created=True)
+        wid = target["id"]
+        if target["state"] not in IN_FORCE:
+            # A late Update for a warning already cancelled or expired changes nothing.
+            return await self._record(row, "stale", wid, f"warning_{target['state']}", created=True)
+        reason = f"CAP {msg_type} {alert.identifier}"
+        if msg_type == "cancel":
+            await self.daemon.intake.cancel(wid, actor=actor, reason=reason)
+            return await self._record(row, "cancelled", wid, None, created=True)
+        update, flag = self.update_in(fields, target)
+        await self.daemon.intake.update(wid, update, actor=actor)
+        return await self._record(row, "updated", wid, flag, created=True)
+
+    def update_in(self, fields: dict[str, Any], target: dict[str, Any]) -> tuple[UpdateIn, str | None]:
+        """The content of a CAP Update as an UpdateIn; an area reaching no village is left out."""
+        w = warning_in(fields)
+        flag = None
+        area: Area | None = w.area if _has_area(w.area) else None
+        if area is not None and not self.daemon.intake.match(area, required=False):
+            # Moving a warning to an area that reaches nobody would silence it: keep the old one.
+            area, flag = None, "update_area_no_village"
+        try:
+            return (
+                UpdateIn(
+                    level=w.level,
+                    headline=w.headline,
+                    description=w.description,
+                    instruction=w.instruction,
+                    area=area,
+                    onset=w.onset,
+                    expires=w.expires,
+                ),
+                flag,
+            )
+        except ValidationError as exc:
+            raise _cap_error(exc) from None
+
+
+def _has_area(area: Area) -> bool:
+    """Whether an area says anything."""
+    return bool(area.codes or area.polygons or area.circles)
+
+
+def warning_in(fields: dict[str, Any]) -> WarningIn:
+    """CAP fields (warnd.cap.to_warning_fields) as a WarningIn; CapError 422 naming the CAP path."""
+    area_fields = fields["area"]
+    # areaDesc only, or geocodes warnd does not read: the warning is stored with no targets and
+    # flagged. Area refuses to be empty (an operator must say where), so a placeholder stands in
+    # during validation and the empty area is put in unvalidated.
+    empty = not (area_fields["codes"] or area_fields["polygons"] or area_fields["circles"])
+    try:
+        w = WarningIn(
+            event=fields["event"] or "",
+            level=Level(fields["level"]),
+            # CAP makes headline optional (Météo Togo sends none): the event names the warning.
+            headline=fields["headline"] or fields["event"] or "",
+            description=fields["description"] or "",
+            instruction=fields["instruction"] or "",
+            area=Area(codes=["000000"]) if empty else Area.model_validate(area_fields),
+            onset=fields["onset"],
+            expires=fields["expires"],
+            status=Status(fields["status"]),
+            sender=fields["sender"],
+            identifier=fields["identifier"],
+        )
+    except ValidationError as exc:
+        raise _cap_error(exc) from None
+    if empty:
+        w = w.model_copy(update={"area": Area.model_construct(codes=[], polygons=[], circles=[])})
+    return w
+
+
+def _cap_error(exc: ValidationError) -> CapError:
+    """The first validation problem, at the CAP element it comes from."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    path = _CAP_PATH.get(loc[0], "/alert/info") if loc else "/alert/info"
+    if loc and loc[0] == "area" and len(loc) > 1:
+        path += "/" + ".".join(loc[1:])
+    return CapError(first["msg"].removeprefix("Value error, "), path, 422)

@@ -1,0 +1,110 @@
+"""Per-IP token buckets for the API and the ack links: 429 with Retry-After when a bucket is empty.
+
+Two buckets per client address, one for `/api/` and one for `/ack/` (ack links are
+unauthenticated and guessable only by brute force, so they get the tighter limit). Health,
+metrics and provider webhooks (`/hooks/`, signature-checked, arriving in bursts from a few
+provider addresses) are not limited.
+
+Behind a reverse proxy every request comes from the proxy's address: set the limits for the
+whole township then, or let the proxy limit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from warnd.api.errors import error_response
+from warnd.config import HttpSettings
+
+log = structlog.get_logger("warnd.ratelimit")
+
+
+@dataclass
+class Bucket:
+    """A token bucket: `tokens` left, refilled at `rate_per_s` up to `burst`."""
+
+    tokens: float
+    updated: float
+    limited: bool = False
+
+
+class RateLimiter:
+    """Token buckets keyed by client address, oldest forgotten first.
+
+    Args:
+        rate_per_s: sustained requests per second per address.
+        burst: requests an address may make at once.
+        max_clients: addresses remembered; the least recently seen is dropped beyond it.
+    """
+
+    def __init__(self, rate_per_s: float, burst: int, max_clients: int = 10_000) -> None:
+        """Start with no buckets."""
+        self.rate_per_s, self.burst, self.max_clients = rate_per_s, burst, max_clients
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+
+    def take(self, key: str, now: float) -> float:
+        """Take one token for `key` at monotonic time `now`; 0 if allowed, else seconds to wait."""
+        b = self._buckets.get(key)
+        if b is None:
+            b = Bucket(float(self.burst), now)
+            self._buckets[key] = b
+            if len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            b.tokens = min(float(self.burst), b.tokens + (now - b.updated) * self.rate_per_s)
+            b.updated = now
+        if b.tokens >= 1:
+            b.tokens -= 1
+            b.limited = False
+            return 0.0
+        return (1 - b.tokens) / self.rate_per_s
+
+    def first_refusal(self, key: str) -> bool:
+        """Whether this refusal starts a run of them (log once per run, not per request)."""
+        b = self._buckets[key]
+        first, b.limited = not b.limited, True
+        return first
+
+
+def rate_limit_middleware(
+    limiters: dict[str, RateLimiter], clock: Callable[[], float] = time.monotonic
+) -> Any:
+    """Limit requests whose path starts with one of `limiters`' prefixes, per remote address."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        """429 with Retry-After (whole seconds, at least 1) when the address's bucket is empty."""
+        for prefix, limiter in limiters.items():
+            if request.path.startswith(prefix):
+                remote = request.remote or "?"
+                wait_s = limiter.take(remote, clock())
+                if wait_s > 0:
+                    retry = max(1, math.ceil(wait_s))
+                    if limiter.first_refusal(remote):
+                        log.warning("http.rate_limited", remote=remote, prefix=prefix, retry_after_s=retry)
+                    resp = error_response(429, "rate_limited", f"too many requests; retry in {retry} s", None)
+                    resp.headers["Retry-After"] = str(retry)
+                    return resp
+                break
+        return await handler(request)
+
+    return middleware
+
+
+def rate_limiters(http: HttpSettings) -> dict[str, RateLimiter]:
+    """The limiters `[http]` asks for, by path prefix (a rate of 0 turns one off)."""
+    out = {}
+    if http.rate_limit_per_s > 0:
+        out["/api/"] = RateLimiter(http.rate_limit_per_s, http.rate_limit_burst)
+    if http.ack_rate_limit_per_s > 0:
+        out["/ack/"] = RateLimiter(http.ack_rate_limit_per_s, http.ack_rate_limit_burst)
+    return out

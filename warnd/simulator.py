@@ -1,0 +1,404 @@
+"""Simulated village loudspeakers: they behave like 村村响 IP terminals on the MQTT contract.
+
+Each speaker subscribes to its village topic and its own command topic, keeps a retained
+status with a last will saying offline, downloads the audio and checks its sha256, acks
+`received`, `playing`, `played` (or `failed`), ignores a msg_id it has already handled,
+refuses to play after `not_after`, and stops on `stop`. `warnctl simulate-speakers` runs it;
+tests run it in-process; the benchmark runs a lightweight variant (one connection per process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import structlog
+
+from adapters.mqtt import MqttLink
+from warnd.adapter import TransientError
+from warnd.config import MqttSettings
+from warnd.devices import TOPIC_ROOT, device_topic
+
+log = structlog.get_logger("warnd.simulator")
+
+Publish = Callable[[str, bytes, bool], Awaitable[None]]
+# A speaker gives up on an audio download after this long and reports failed.
+FETCH_TIMEOUT_S = 30.0
+
+
+def _iso(dt: datetime) -> str:
+    """A time as the ack's `at`."""
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+class SimSpeaker:
+    """One terminal's behaviour, independent of how it is connected.
+
+    Args:
+        device_id: its id in the directory.
+        village: its village code.
+        publish: sends (topic, payload, retain) to the broker.
+        fetch: downloads a URL's bytes.
+        now: its clock (tests share the daemon's fake clock, so not_after is judged alike).
+        fail_rate: share of plays that fail on purpose.
+        delay_ms: time between `received` and `played`.
+        rng: randomness for fail_rate.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        village: str,
+        *,
+        publish: Publish,
+        fetch: Callable[[str], Awaitable[bytes]],
+        now: Callable[[], datetime],
+        fail_rate: float = 0.0,
+        delay_ms: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        """A fresh terminal that has handled nothing yet."""
+        self.id, self.village = device_id, village
+        self.publish, self.fetch, self.now = publish, fetch, now
+        self.fail_rate, self.delay_ms = fail_rate, delay_ms
+        self.rng = rng or random.Random()
+        self.commands: Counter[str] = Counter()  # msg_id → commands received (duplicates included)
+        self.final: dict[str, str | None] = {}  # msg_id → last status acked (None while in progress)
+        self.played: list[dict[str, Any]] = []  # play commands actually played
+        self.refused: list[str] = []  # msg_ids refused because not_after had passed
+        self.stops: list[dict[str, Any]] = []  # stop commands handled
+        self.verified: dict[str, str] = {}  # msg_id → sha256 of the audio fetched and checked
+        self.stopped_warnings: set[str] = set()
+        self._playing: dict[str, asyncio.Task[None]] = {}
+        self.closed = False
+
+    async def ack(self, topic: str, msg_id: str, status: str, detail: str = "") -> None:
+        """Publish one ack."""
+        self.final[msg_id] = status
+        body = {"msg_id": msg_id, "status": status, "at": _iso(self.now()), "detail": detail}
+        await self.publish(topic, json.dumps(body, ensure_ascii=False).encode(), False)
+
+    async def handle(self, payload: bytes) -> None:
+        """One command from the village or device topic."""
+        try:
+            cmd = json.loads(payload)
+            msg_id, kind = cmd["msg_id"], cmd["kind"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("sim.bad_command", target=self.id, body_len=len(payload))
+            return
+        self.commands[msg_id] += 1
+        ack_topic = str(cmd.get("ack_topic") or device_topic(self.id, "ack")).replace("{device_id}", self.id)
+        if msg_id in self.final:
+            # At-least-once delivery: a repeat is never played again, only re-confirmed.
+            if self.final[msg_id] is not None:
+                await self.ack(ack_topic, msg_id, self.final[msg_id] or "received")
+            return
+        self.final[msg_id] = None
+        if kind == "stop":
+            await self._stop(cmd, ack_topic)
+            return
+        await self.ack(ack_topic, msg_id, "received")
+        if self._expired(cmd):
+            self.refused.append(msg_id)
+            await self.ack(ack_topic, msg_id, "failed", f"not_after {cmd.get('not_after')} has passed")
+            return
+        if cmd.get("warning_id") in self.stopped_warnings:
+            await self.ack(ack_topic, msg_id, "cancelled", "warning already stopped")
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._playing[cmd.get("warning_id", "")] = task  # type: ignore[assignment]
+        try:
+            await self._play(cmd, ack_topic)
+        except asyncio.CancelledError:
+            if self.closed or cmd.get("warning_id") not in self.stopped_warnings:
+                raise  # the simulator is shutting down, not a stop command
+            await self.ack(ack_topic, msg_id, "cancelled", "stopped")
+        finally:
+            self._playing.pop(cmd.get("warning_id", ""), None)
+
+    def _expired(self, cmd: dict[str, Any]) -> bool:
+        """Whether the command's not_after has passed."""
+        try:
+            limit = datetime.fromisoformat(cmd["not_after"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        return self.now() > limit
+
+    async def _play(self, cmd: dict[str, Any], ack_topic: str) -> None:
+        """Fetch and check the audio, then play it (or fail)."""
+        msg_id = cmd["msg_id"]
+        audio = cmd.get("audio")
+        if audio:
+            try:
+                data = await self.fetch(audio["url"])
+            except (aiohttp.ClientError, TimeoutError, KeyError) as exc:
+                await self.ack(ack_topic, msg_id, "failed", f"audio download failed: {type(exc).__name__}")
+                return
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != audio.get("sha256"):
+                await self.ack(ack_topic, msg_id, "failed", "audio sha256 mismatch")
+                return
+            self.verified[msg_id] = digest
+        if self.fail_rate and self.rng.random() < self.fail_rate:
+            await self.ack(ack_topic, msg_id, "failed", "simulated amplifier fault")
+            return
+        await self.ack(ack_topic, msg_id, "playing")
+        if self.delay_ms:
+            await asyncio.sleep(self.delay_ms / 1000)
+        self.played.append(cmd)
+        await self.ack(ack_topic, msg_id, "played")
+
+    async def _stop(self, cmd: dict[str, Any], ack_topic: str) -> None:
+        """Stop what plays for the warning; speak the all-clear if the stop carries audio."""
+        self.stops.append(cmd)
+        warning_id = cmd.get("warning_id", "")
+        self.stopped_warnings.add(warning_id)
+        playing = self._playing.pop(warning_id, None)
+        if playing is not None:
+            playing.cancel()
+        if cmd.get("audio") and not self._expired(cmd):
+            await self.ack(ack_topic, cmd["msg_id"], "received")
+            await self._play(cmd, ack_topic)
+        else:
+            await self.ack(ack_topic, cmd["msg_id"], "cancelled")
+
+
+class SpeakerSimulator:
+    """Many simulated speakers against one broker.
+
+    Args:
+        broker_url: mqtt://host:port.
+        speakers: device id → village code.
+        now: clock for not_after and ack times (default: wall clock).
+        fail_rate: share of plays that fail.
+        delay_ms: time between received and played.
+        shared_connection: one MQTT connection for all speakers (benchmarks: thousands of
+            speakers without thousands of sockets; no per-device status or last will).
+        reconnect_max_s: cap of the reconnect delay.
+        seed: for fail_rate.
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        speakers: Mapping[str, str],
+        *,
+        now: Callable[[], datetime] | None = None,
+        fail_rate: float = 0.0,
+        delay_ms: float = 0.0,
+        shared_connection: bool = False,
+        reconnect_max_s: float = 2.0,
+        seed: int | None = None,
+    ) -> None:
+        """Set the speakers up; `run()` connects them."""
+        self.settings = MqttSettings(url=broker_url, reconnect_max_s=reconnect_max_s)
+        self.now = now or (lambda: datetime.now(UTC))
+        self.shared = shared_connection
+        self.closed = False
+        self._http: aiohttp.ClientSession | None = None
+        self._audio: dict[str, bytes] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._links: dict[str, MqttLink] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        rng = random.Random(seed)
+        self.speakers: dict[str, SimSpeaker] = {}
+        for device_id, village in speakers.items():
+            self.speakers[device_id] = SimSpeaker(
+                device_id,
+                village,
+                publish=self._publisher(device_id),
+                fetch=self._fetch,
+                now=self.now,
+                fail_rate=fail_rate,
+                delay_ms=delay_ms,
+                rng=rng,
+            )
+        self.by_village: dict[str, list[SimSpeaker]] = {}
+        for s in self.speakers.values():
+            self.by_village.setdefault(s.village, []).append(s)
+
+    def _publisher(self, device_id: str) -> Publish:
+        """How a speaker publishes: on its own link, or on the shared one."""
+
+        async def publish(topic: str, payload: bytes, retain: bool) -> None:
+            """Publish, waiting out a short broker outage rather than losing the ack."""
+            link = self._links["*" if self.shared else device_id]
+            for _ in range(600):
+                if self.closed:
+                    return
+                try:
+                    await link.publish(topic, payload, retain=retain)
+                except TransientError:
+                    await asyncio.sleep(0.1)  # the broker is away: wait for the reconnect
+                else:
+                    return
+            log.warning("sim.ack_lost", target=device_id, topic=topic)
+
+        return publish
+
+    async def _fetch(self, url: str) -> bytes:
+        """Download audio (shared-connection speakers share one copy per URL)."""
+        if self.shared and url in self._audio:
+            return self._audio[url]
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S))
+        async with self._http.get(url) as resp:
+            resp.raise_for_status()
+            data = await resp.read()
+        if self.shared:
+            self._audio[url] = data
+        return data
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        """Run a command's handling beside the receive loop."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _link_for(self, device_id: str) -> MqttLink:
+        """A speaker's own link: persistent session, retained status, last will offline."""
+        speaker = self.speakers[device_id]
+        status_topic = device_topic(device_id, "status")
+        will = aiomqtt.Will(status_topic, json.dumps({"online": False}).encode(), qos=1, retain=True)
+
+        async def on_connect() -> None:
+            """Say online (retained) on every connect."""
+            body = {"online": True, "village": speaker.village, "model": "warnd-sim", "at": _iso(self.now())}
+            await link.publish(status_topic, json.dumps(body).encode(), retain=True)
+
+        link = MqttLink(
+            self.settings,
+            client_id=device_id,
+            will=will,
+            clean_session=False,
+            on_connect=on_connect,
+            name=f"sim.{device_id}",
+        )
+        handler = self._handler(speaker)
+        link.subscribe(f"{TOPIC_ROOT}/village/{speaker.village}/speaker", handler)
+        link.subscribe(device_topic(device_id, "cmd"), handler)
+        return link
+
+    def _handler(self, speaker: SimSpeaker) -> Callable[[aiomqtt.Message], None]:
+        """A message handler that hands the command to one speaker."""
+
+        def handler(message: aiomqtt.Message) -> None:
+            """Handle the command in its own task."""
+            self._spawn(speaker.handle(bytes(message.payload)))  # type: ignore[arg-type]
+
+        return handler
+
+    def _shared_link(self) -> MqttLink:
+        """One link for every speaker; commands are routed by topic."""
+        client_id = f"warnd-sim-{id(self):x}"
+        link = MqttLink(self.settings, client_id=client_id, clean_session=True, name="sim.shared")
+
+        def on_message(message: aiomqtt.Message) -> None:
+            """Route a village or device command to its speakers."""
+            parts = str(message.topic).split("/")
+            payload = bytes(message.payload)  # type: ignore[arg-type]
+            if parts[2] == "village":
+                targets = self.by_village.get(parts[3], [])
+            else:
+                one = self.speakers.get(parts[3])
+                targets = [one] if one else []
+            for s in targets:
+                self._spawn(s.handle(payload))
+
+        link.subscribe(f"{TOPIC_ROOT}/village/+/speaker", on_message)
+        link.subscribe(f"{TOPIC_ROOT}/device/+/cmd", on_message)
+        return link
+
+    def go_online(self, device_id: str = "*") -> None:
+        """Connect a speaker (or the shared link), resuming its persistent session."""
+        if device_id in self._running:
+            return
+        link = self._shared_link() if device_id == "*" else self._link_for(device_id)
+        self._links[device_id] = link
+        self._running[device_id] = asyncio.ensure_future(link.run_loop())
+
+    async def go_offline(self, device_id: str) -> None:
+        """Take a speaker off the air: say offline (retained), then disconnect cleanly."""
+        link = self._links[device_id]
+        body = {"online": False, "village": self.speakers[device_id].village, "at": _iso(self.now())}
+        with contextlib.suppress(Exception):
+            await link.publish(device_topic(device_id, "status"), json.dumps(body).encode(), retain=True)
+        task = self._running.pop(device_id)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def start(self) -> None:
+        """Connect every speaker (or the shared link)."""
+        if self.shared:
+            self.go_online("*")
+        else:
+            for device_id in self.speakers:
+                self.go_online(device_id)
+
+    async def wait_connected(self, timeout_s: float = 10.0) -> None:
+        """Until every running link is connected."""
+        async with asyncio.timeout(timeout_s):
+            for device_id in list(self._running):
+                await self._links[device_id].wait_connected(timeout_s)
+
+    def connected(self) -> bool:
+        """Whether every running link is up."""
+        return all(self._links[d].connected for d in self._running)
+
+    async def aclose(self) -> None:
+        """Disconnect everything."""
+        self.closed = True
+        for s in self.speakers.values():
+            s.closed = True
+        for task in self._running.values():
+            task.cancel()
+        for task in list(self._running.values()) + list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._running.clear()
+        if self._http is not None:
+            await self._http.close()
+
+    async def run(self) -> None:
+        """Run until cancelled (the CLI)."""
+        self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.aclose()
+
+
+def speakers_of(directory_path: str, villages: list[str]) -> dict[str, str]:
+    """device id → village for the given villages' speakers in directory.toml."""
+    from pathlib import Path
+
+    from warnd.directory import Directory
+
+    directory = Directory.load(Path(directory_path))
+    out: dict[str, str] = {}
+    for code in villages:
+        village = directory.villages.get(code)
+        if village is None:
+            raise ValueError(f"village {code} is not in {directory_path}")
+        out.update(dict.fromkeys(village.speakers, code))
+    return out
+
+
+async def simulate(
+    broker_url: str, speakers: dict[str, str], *, fail_rate: float = 0.0, delay_ms: float = 0.0
+) -> None:
+    """`warnctl simulate-speakers`: run the speakers until interrupted."""
+    sim = SpeakerSimulator(broker_url, speakers, fail_rate=fail_rate, delay_ms=delay_ms)
+    await sim.run()

@@ -117,11 +117,11 @@ class Rig:
         await until(seen, what="device statuses")
 
     async def close(self) -> None:
-        """Stop everything started."""
-        await self.sim.aclose()
+        """Stop everything started: warnd's loops first, so no ack is half-applied at close."""
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.sim.aclose()
         await self.client.close()
         await self.store.close()
 
@@ -326,6 +326,9 @@ async def test_partial_village_goes_per_device(rig: Rig, broker: Broker) -> None
     await rig.adapter.send_batch(whole)
     await until(lambda: len(seen) >= 3, what="commands")
     watcher.cancel()
+    village = [s for s in rig.sim.speakers.values() if s.village == code]
+    await until(lambda: all(s.final.get("m-whole") == "played" for s in village), what="acks")
+    await until(lambda: rig.adapter.hub.queue.empty(), what="acks applied")
     topics = sorted(t for t, _ in seen)
     assert topics == [*sorted(f"warnd/v1/device/{t}/cmd" for t in targets), village_topic(code)]
     for topic, cmd in seen:

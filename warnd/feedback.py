@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,7 +12,7 @@ import structlog
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
 from warnd.dispatcher import retry_delay_s
-from warnd.store import Store
+from warnd.store import AckIn, Store
 
 log = structlog.get_logger("warnd.feedback")
 
@@ -31,6 +33,23 @@ STATUS_STATE: dict[str, str | None] = {
     # A provider's final refusal reported after the send (Twilio 30005 unknown number …): no retry.
     "dead": "dead",
 }
+
+
+@dataclass(frozen=True)
+class AckReport:
+    """An acknowledgement as a channel reports it."""
+
+    source: str
+    status: str
+    msg_id: str | None = None
+    target: str | None = None
+    provider_ref: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+def _reason(r: AckReport) -> str:
+    """The error kept on a delivery reported failed."""
+    return f"{r.source} reported {r.status}: {(r.detail or {}).get('detail', '')}".strip(": ")
 
 
 class Feedback:
@@ -62,42 +81,67 @@ class Feedback:
         detail: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """Record one acknowledgement; returns the matched delivery, or None if it matches nothing."""
-        if status not in STATUS_STATE:
-            log.warning("ack.unknown_status", source=source, status=status, msg_id=msg_id, target=target)
-            return None
-        error = None
-        if STATUS_STATE[status] in ("failed", "dead"):
-            error = f"{source} reported {status}: {(detail or {}).get('detail', '')}".strip(": ")
+        ack = AckReport(source, status, msg_id, target, provider_ref, detail)
+        return (await self.ack_many([ack]))[0]
+
+    async def ack_many(self, reports: Sequence[AckReport]) -> list[dict[str, Any] | None]:
+        """Record many acknowledgements in one store transaction, in order."""
         now = self.clock.now()
-        row = await self.store.apply_ack(
-            source=source,
-            status=status,
-            new_state=STATUS_STATE[status],
-            now=now,
-            msg_id=msg_id,
-            target=target,
-            provider_ref=provider_ref,
-            detail=detail,
-            error=error,
-            retry=lambda attempts: self._retry_at(attempts, now),
+        known = [r for r in reports if r.status in STATUS_STATE]
+        for r in reports:
+            if r.status not in STATUS_STATE:
+                log.warning(
+                    "ack.unknown_status", source=r.source, status=r.status, msg_id=r.msg_id, target=r.target
+                )
+        rows = (
+            await self.store.apply_acks(
+                [
+                    AckIn(
+                        source=r.source,
+                        status=r.status,
+                        new_state=STATUS_STATE[r.status],
+                        msg_id=r.msg_id,
+                        target=r.target,
+                        provider_ref=r.provider_ref,
+                        detail=r.detail,
+                        error=_reason(r) if STATUS_STATE[r.status] in ("failed", "dead") else None,
+                        retry=lambda attempts: self._retry_at(attempts, now),
+                    )
+                    for r in known
+                ],
+                now=now,
+            )
+            if known
+            else []
         )
-        if row is None:
-            log.info("ack.unmatched", source=source, status=status, msg_id=msg_id, target=target)
-            return None
-        log.info(
-            "ack.received",
-            warning_id=row["warning_id"],
-            msg_id=row["msg_id"],
-            channel=row["channel"],
-            target=row["target"],
-            status=status,
-            state=row["state"],
-        )
-        if self.metrics is not None:
-            self.metrics.observe_ack(row, status, now)
-        if row["state"] == "failed":
+        by_report = dict(zip(map(id, known), rows, strict=True))
+        out: list[dict[str, Any] | None] = []
+        retry_due = False
+        for r in reports:
+            row = by_report.get(id(r))
+            out.append(row)
+            if r.status not in STATUS_STATE:
+                continue
+            if row is None:
+                log.info("ack.unmatched", source=r.source, status=r.status, msg_id=r.msg_id, target=r.target)
+                continue
+            # Intermediate device states (received, playing) are many and say little: debug only.
+            emit = log.info if STATUS_STATE[r.status] != "delivered" or r.source != "mqtt" else log.debug
+            emit(
+                "ack.received",
+                warning_id=row["warning_id"],
+                msg_id=row["msg_id"],
+                channel=row["channel"],
+                target=row["target"],
+                status=r.status,
+                state=row["state"],
+            )
+            if self.metrics is not None:
+                self.metrics.observe_ack(row, r.status, now)
+            retry_due = retry_due or row["state"] == "failed"
+        if retry_due:
             self.wake.set()
-        return row
+        return out
 
     def _retry_at(self, attempts: int, now: datetime) -> datetime | None:
         """When a delivery reported failed is tried again; None once attempts are used up."""

@@ -116,6 +116,33 @@ class Outcome:
     provider_ref: str | None = None
 
 
+@dataclass(frozen=True)
+class AckIn:
+    """An acknowledgement to record.
+
+    Args:
+        source: which channel or endpoint reported it.
+        status: what it reported (played, delivered, failed …).
+        new_state: the delivery state it means, or None to only record it.
+        msg_id: with target, finds the delivery …
+        target: … that this receiver acknowledges.
+        provider_ref: or the provider's id (Twilio SID) finds it.
+        detail: what else was reported.
+        error: for failures, the reason kept on the delivery.
+        retry: attempts → the next try of a delivery reported failed, or None to give up.
+    """
+
+    source: str
+    status: str
+    new_state: str | None
+    msg_id: str | None = None
+    target: str | None = None
+    provider_ref: str | None = None
+    detail: dict[str, Any] | None = None
+    error: str | None = None
+    retry: Callable[[int], datetime | None] | None = None
+
+
 @dataclass
 class AcceptResult:
     """The id a submission got, and whether it was new."""
@@ -692,11 +719,15 @@ class Store:
         return from_ts(row["t"]) if row else None
 
     async def reached(self, warning_id: str) -> list[dict[str, Any]]:
-        """The distinct (channel, target) a warning was actually sent to, for the all-clear."""
+        """The distinct (channel, target) a warning was actually sent to, for the all-clear.
+
+        Sent once is enough, even if the receiver later reported a failure: a speaker that
+        could not play still gets its stop, a phone that was sent the warning gets the all-clear.
+        """
         return await self._all(
             "SELECT channel, target, MAX(village) AS village, MAX(person_id) AS person_id,"
             " MAX(address) AS address FROM deliveries WHERE warning_id = ? AND kind = 'warning'"
-            " AND state IN ('sent', 'delivered', 'acknowledged') GROUP BY channel, target",
+            " AND sent_at IS NOT NULL GROUP BY channel, target",
             (warning_id,),
         )
 
@@ -728,75 +759,61 @@ class Store:
                 c["failed"] += 1
         return out
 
-    async def apply_ack(
-        self,
-        *,
-        source: str,
-        status: str,
-        new_state: str | None,
-        now: datetime,
-        msg_id: str | None = None,
-        target: str | None = None,
-        provider_ref: str | None = None,
-        detail: dict[str, Any] | None = None,
-        error: str | None = None,
-        retry: Callable[[int], datetime | None] | None = None,
-    ) -> dict[str, Any] | None:
-        """Record an acknowledgement and move its delivery forward (never back); one transaction.
-
-        `retry(attempts)` gives the next try of a delivery reported failed, or None to give up.
+    async def apply_ack(self, ack: AckIn, *, now: datetime) -> dict[str, Any] | None:
+        """Record one acknowledgement and move its delivery forward (never back); one transaction.
 
         The delivery is found by (msg_id, target) or by provider_ref. Returns it, or None
         when nothing matches (the ack is then not stored: it belongs to nobody).
         """
-        db = self.db
-        stamp = ts(now)
+        return (await self.apply_acks([ack], now=now))[0]
+
+    async def apply_acks(self, acks: Sequence[AckIn], *, now: datetime) -> list[dict[str, Any] | None]:
+        """Record many acknowledgements in one transaction (10,000 speakers ack in seconds, not minutes)."""
         await self._begin()
         try:
-            if provider_ref is not None:
-                row = await self._one("SELECT * FROM deliveries WHERE provider_ref = ?", (provider_ref,))
-            else:
-                row = await self._one(
-                    "SELECT * FROM deliveries WHERE msg_id = ? AND target = ?", (msg_id, target)
-                )
-            if row is None:
-                await self._end("ROLLBACK")
-                return None
-            await db.execute(
-                "INSERT INTO acks (delivery_id, msg_id, target, source, status, at, detail)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (
-                    row["id"],
-                    row["msg_id"],
-                    row["target"],
-                    source,
-                    status,
-                    stamp,
-                    json.dumps(detail or {}, ensure_ascii=False),
-                ),
-            )
-            if new_state is not None and _advances(row["state"], new_state):
-                due = row["due_at"]
-                if new_state == "failed" and retry is not None:
-                    # Reported failed after the send (a speaker that could not play, an SMS
-                    # undelivered): retry with the dispatcher's backoff, or give up.
-                    retry_at = retry(row["attempts"])
-                    if retry_at is None:
-                        new_state = "dead"
-                    else:
-                        due = ts(retry_at)
-                column = {"delivered": "delivered_at", "acknowledged": "acked_at"}.get(new_state)
-                extra = f", {column} = COALESCE({column}, ?)" if column else ", updated_at = ?"
-                await db.execute(
-                    f"UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error),"  # noqa: S608
-                    f" due_at = ?, updated_at = ?{extra} WHERE id = ?",
-                    (new_state, error, due, stamp, stamp, row["id"]),
-                )
-                row["state"] = new_state
+            rows = [await self._apply_ack(a, ts(now)) for a in acks]
             await self._end("COMMIT")
         except BaseException:
             await self._end("ROLLBACK")
             raise
+        return rows
+
+    async def _apply_ack(self, ack: AckIn, stamp: str) -> dict[str, Any] | None:
+        """One ack inside the caller's transaction."""
+        db = self.db
+        if ack.provider_ref is not None:
+            row = await self._one("SELECT * FROM deliveries WHERE provider_ref = ?", (ack.provider_ref,))
+        else:
+            row = await self._one(
+                "SELECT * FROM deliveries WHERE msg_id = ? AND target = ?", (ack.msg_id, ack.target)
+            )
+        if row is None:
+            return None
+        await db.execute(
+            "INSERT INTO acks (delivery_id, msg_id, target, source, status, at, detail)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (row["id"], row["msg_id"], row["target"], ack.source, ack.status, stamp,
+             json.dumps(ack.detail or {}, ensure_ascii=False)),
+        )
+        new_state = ack.new_state
+        if new_state is not None and _advances(row["state"], new_state):
+            due = row["due_at"]
+            if new_state == "failed" and ack.retry is not None:
+                # Reported failed after the send (a speaker that could not play, an SMS
+                # undelivered): retry with the dispatcher's backoff, or give up.
+                retry_at = ack.retry(row["attempts"])
+                if retry_at is None:
+                    new_state = "dead"
+                else:
+                    due = ts(retry_at)
+            column = {"delivered": "delivered_at", "acknowledged": "acked_at"}.get(new_state)
+            extra = f", {column} = COALESCE({column}, ?)" if column else ", updated_at = ?"
+            await db.execute(
+                f"UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error),"  # noqa: S608
+                f" due_at = ?, updated_at = ?{extra} WHERE id = ?",
+                (new_state, ack.error, due, stamp, stamp, row["id"]),
+            )
+            row["state"] = new_state
         return row
 
     async def counts(self) -> dict[str, int]:
@@ -888,7 +905,9 @@ def _advances(current: str, new: str) -> bool:
     if current in ("cancelled", "dead"):
         return False
     if new in ("failed", "dead"):
-        return _PROGRESS.get(current, 0) < _PROGRESS["delivered"]
+        # A speaker that received a command and then could not play it has failed; a confirmed
+        # delivery stays confirmed.
+        return current != "acknowledged"
     return _PROGRESS.get(new, 0) > _PROGRESS.get(current, 0)
 
 

@@ -107,8 +107,9 @@ class Dispatcher:
             after = self.clock.now()
             by_id = {d.id: d for d in claimed}
             decided = [next_state(o, by_id[o.delivery_id].attempts, after, self.settings) for o in outcomes]
-            for o, _ in decided:
-                if o.state == "dead":
+            for before, (o, _) in zip(outcomes, decided, strict=True):
+                # The adapter already logged a permanent failure; this is for retries run out.
+                if o.state == "dead" and before.state != "dead":
                     d = by_id[o.delivery_id]
                     log.warning(
                         "delivery.dead",

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
-from adapters.mqtt import mqtt_link
-from warnd.adapter import Adapter, AdapterContext, Limits, Message, Receipt, TransientError
-from warnd.devices import device_hub, device_topic
+from adapters.mqtt import MqttDeviceAdapter
+from warnd.adapter import AdapterContext, Limits, Message, Receipt, TransientError
+from warnd.devices import device_topic
 from warnd.model import Level
 
 if TYPE_CHECKING:
-    from warnd.config import LedSettings, Settings
+    from warnd.config import LedSettings
 
 log = structlog.get_logger("adapters.led")
 
@@ -91,7 +91,7 @@ def board_title(w: dict[str, Any]) -> str:
     return f"{drill}{w.get('event', '')}{Level(w['level']).chinese}预警"
 
 
-class LedAdapter(Adapter):
+class LedAdapter(MqttDeviceAdapter):
     """Publishes display/clear commands to LED boards over the shared MQTT link.
 
     Args:
@@ -104,23 +104,8 @@ class LedAdapter(Adapter):
     def __init__(self, ctx: AdapterContext) -> None:
         """Share the link and the device hub (which routes the boards' acks to feedback)."""
         super().__init__(ctx)
-        self.link = mqtt_link(ctx)
-        self.hub = device_hub(ctx, self.link)
         # One board's sends are serialised: two warnings in one batch must not race each other.
         self._locks: dict[str, asyncio.Lock] = {}
-
-    @classmethod
-    def configured(cls, settings: Settings) -> bool:
-        """LED boards need a broker, and `[mqtt] url` has a default."""
-        return bool(settings.mqtt.url)
-
-    def ready(self) -> bool:
-        """Ready when enabled and connected to the broker."""
-        return self.disabled_reason is None and self.link.connected
-
-    def background(self) -> list[tuple[str, Any]]:
-        """The shared link's loops, if no other channel has claimed them."""
-        return self.link.background()
 
     def _now(self) -> datetime:
         """The daemon's time (a fake clock in tests)."""

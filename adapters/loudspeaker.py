@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
-from adapters.mqtt import mqtt_link
-from warnd.adapter import Adapter, AdapterContext, Limits, Message, Receipt, TransientError, truncate
+from adapters.mqtt import MqttDeviceAdapter
+from warnd.adapter import AdapterContext, Limits, Message, Receipt, TransientError, truncate
 from warnd.api.routes import Route
 from warnd.audio import MAX_TEXT_CHARS, AudioCache, AudioError, AudioFile, audio_routes
-from warnd.devices import TOPIC_ROOT, device_hub, device_topic
+from warnd.devices import TOPIC_ROOT, device_topic
 from warnd.model import Level
 
 if TYPE_CHECKING:
-    from warnd.config import Settings
+    pass
 
 log = structlog.get_logger("warnd.adapters.loudspeaker")
 
@@ -105,7 +105,7 @@ def command(
     }
 
 
-class LoudspeakerAdapter(Adapter):
+class LoudspeakerAdapter(MqttDeviceAdapter):
     """Publishes play/stop commands to village loudspeakers over the shared MQTT link.
 
     Args:
@@ -119,23 +119,8 @@ class LoudspeakerAdapter(Adapter):
     def __init__(self, ctx: AdapterContext) -> None:
         """Share the link and the device hub; the audio cache lives under state_dir/audio."""
         super().__init__(ctx)
-        self.link = mqtt_link(ctx)
-        self.hub = device_hub(ctx, self.link)
         self.audio = AudioCache(ctx.settings.state_dir / "audio", ctx.settings.tts)
         self._memo: dict[tuple[str, str, str], AudioFile | None] = {}
-
-    @classmethod
-    def configured(cls, settings: Settings) -> bool:
-        """Loudspeakers need a broker, and `[mqtt] url` has a default."""
-        return bool(settings.mqtt.url)
-
-    def ready(self) -> bool:
-        """Ready when enabled and connected to the broker."""
-        return self.disabled_reason is None and self.link.connected
-
-    def background(self) -> list[tuple[str, Any]]:
-        """The shared link's loops (connection, acks), if no other channel has claimed them."""
-        return self.link.background()
 
     def routes(self) -> list[Any]:
         """`/audio/{sha256}.mp3`, without a token: terminals fetch and verify by sha256."""

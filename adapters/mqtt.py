@@ -23,11 +23,12 @@ from urllib.parse import urlsplit
 import aiomqtt
 import structlog
 
-from warnd.adapter import TransientError
+from warnd.adapter import Adapter, TransientError
+from warnd.devices import device_hub
 
 if TYPE_CHECKING:
     from warnd.adapter import AdapterContext
-    from warnd.config import MqttSettings
+    from warnd.config import MqttSettings, Settings
 
 log = structlog.get_logger("warnd.mqtt")
 
@@ -222,3 +223,32 @@ def mqtt_link(ctx: AdapterContext) -> MqttLink:
     if link is None:
         link = ctx.extra["mqtt"] = MqttLink(ctx.settings.mqtt)
     return link
+
+
+class MqttDeviceAdapter(Adapter):
+    """Base of channels whose devices subscribe to warnd's broker (loudspeakers, LED boards).
+
+    They share the daemon's one MQTT link and its device hub (acks and status for every device).
+
+    Args:
+        ctx: the daemon's adapter context.
+    """
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        """Share the link and the device hub."""
+        super().__init__(ctx)
+        self.link = mqtt_link(ctx)
+        self.hub = device_hub(ctx, self.link)
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        """Devices need a broker, and `[mqtt] url` has a default."""
+        return bool(settings.mqtt.url)
+
+    def ready(self) -> bool:
+        """Ready when enabled and connected to the broker."""
+        return self.disabled_reason is None and self.link.connected
+
+    def background(self) -> list[tuple[str, Any]]:
+        """The shared link's loops (connection, acks), if no other channel has claimed them."""
+        return self.link.background()

@@ -93,8 +93,8 @@ class DeviceHub:
                 if self.queue.empty() and self._seen:
                     seen, self._seen = self._seen, {}
                     await self.store.devices_seen(seen)
-            except Exception:
-                log.exception("device.message_failed", messages=len(batch))
+            except Exception as exc:
+                log.exception("device.message_failed", messages=len(batch), error=repr(exc)[:300])
 
     async def handle_many(self, batch: list[tuple[str, str, bytes]]) -> None:
         """Statuses one by one, then the batch's acks in one transaction."""

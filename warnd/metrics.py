@@ -157,13 +157,13 @@ class Metrics:
     def observe_ack(self, row: Mapping[str, Any], status: str, now: datetime) -> None:
         """Count a matched ack; the first confirmation of a delivery also times it.
 
-        `row` is the delivery as `Store.apply_ack` returns it: its new state, and the
-        `acked_at` it had before this ack.
+        `row` is the delivery as `Store.apply_acks` returns it after this ack, with
+        `first_confirmation` true when this ack confirmed it for the first time.
         """
         channel = row["channel"]
         self.acks.labels(channel, status).inc()
         sent = from_ts(row.get("sent_at"))
-        if row["state"] == "acknowledged" and row.get("acked_at") is None and sent is not None:
+        if row.get("first_confirmation") and sent is not None:
             self.ack_seconds.labels(channel).observe(max(0.0, (now - sent).total_seconds()))
 
     # -- scrape -------------------------------------------------------------------------------

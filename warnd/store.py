@@ -768,53 +768,97 @@ class Store:
         return (await self.apply_acks([ack], now=now))[0]
 
     async def apply_acks(self, acks: Sequence[AckIn], *, now: datetime) -> list[dict[str, Any] | None]:
-        """Record many acknowledgements in one transaction (10,000 speakers ack in seconds, not minutes)."""
+        """Record many acknowledgements in one transaction, in order, with a few set-wise statements.
+
+        10,000 speakers ack three times each within seconds: one SELECT, one INSERT and one UPDATE
+        per batch, instead of three statements per ack, keep the store free for the dispatcher.
+        Each returned row is the delivery as it stood after that ack.
+        """
+        stamp = ts(now)
         await self._begin()
         try:
-            rows = [await self._apply_ack(a, ts(now)) for a in acks]
+            found = await self._deliveries_for_acks(acks)
+            out: list[dict[str, Any] | None] = []
+            ack_rows: list[tuple[Any, ...]] = []
+            changed: dict[int, dict[str, Any]] = {}
+            for ack in acks:
+                key = ("ref", ack.provider_ref) if ack.provider_ref is not None else (ack.msg_id, ack.target)
+                row = found.get(key)
+                if row is None:
+                    out.append(None)
+                    continue
+                ack_rows.append((row["id"], row["msg_id"], row["target"], ack.source, ack.status, stamp,
+                                 json.dumps(ack.detail or {}, ensure_ascii=False)))
+                confirmed_before = row["acked_at"] is not None
+                if self._advance(row, ack, stamp):
+                    changed[row["id"]] = row
+                # The first confirmation of a delivery is what time-to-acknowledge measures.
+                first = not confirmed_before and row["acked_at"] is not None
+                out.append({**row, "first_confirmation": first})
+            await self.db.executemany(
+                "INSERT INTO acks (delivery_id, msg_id, target, source, status, at, detail)"
+                " VALUES (?,?,?,?,?,?,?)",
+                ack_rows,
+            )
+            await self.db.executemany(
+                "UPDATE deliveries SET state = ?, last_error = ?, due_at = ?, updated_at = ?,"
+                " delivered_at = ?, acked_at = ? WHERE id = ?",
+                [(r["state"], r["last_error"], r["due_at"], stamp, r["delivered_at"], r["acked_at"], r["id"])
+                 for r in changed.values()],
+            )
             await self._end("COMMIT")
         except BaseException:
             await self._end("ROLLBACK")
             raise
-        return rows
+        return out
 
-    async def _apply_ack(self, ack: AckIn, stamp: str) -> dict[str, Any] | None:
-        """One ack inside the caller's transaction."""
-        db = self.db
-        if ack.provider_ref is not None:
-            row = await self._one("SELECT * FROM deliveries WHERE provider_ref = ?", (ack.provider_ref,))
-        else:
-            row = await self._one(
-                "SELECT * FROM deliveries WHERE msg_id = ? AND target = ?", (ack.msg_id, ack.target)
+    async def _deliveries_for_acks(self, acks: Sequence[AckIn]) -> dict[tuple[Any, Any], dict[str, Any]]:
+        """The deliveries a batch of acks names, keyed by (msg_id, target) or ("ref", provider_ref)."""
+        found: dict[tuple[Any, Any], dict[str, Any]] = {}
+        pairs = list({(a.msg_id, a.target) for a in acks if a.provider_ref is None})
+        refs = list({a.provider_ref for a in acks if a.provider_ref is not None})
+        # 400 pairs is 800 parameters: far under SQLite's limit, and one statement per batch.
+        for i in range(0, len(pairs), 400):
+            chunk = pairs[i : i + 400]
+            rows = await self._all(
+                "SELECT * FROM deliveries WHERE (msg_id, target) IN (VALUES "  # noqa: S608 - placeholders only
+                + ",".join(["(?,?)"] * len(chunk)) + ")",
+                [v for pair in chunk for v in pair],
             )
-        if row is None:
-            return None
-        await db.execute(
-            "INSERT INTO acks (delivery_id, msg_id, target, source, status, at, detail)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (row["id"], row["msg_id"], row["target"], ack.source, ack.status, stamp,
-             json.dumps(ack.detail or {}, ensure_ascii=False)),
-        )
+            for r in rows:
+                found[(r["msg_id"], r["target"])] = r
+        for i in range(0, len(refs), 800):
+            chunk = refs[i : i + 800]
+            rows = await self._all(
+                f"SELECT * FROM deliveries WHERE provider_ref IN ({','.join('?' * len(chunk))})",  # noqa: S608
+                chunk,
+            )
+            for r in rows:
+                found[("ref", r["provider_ref"])] = r
+        return found
+
+    @staticmethod
+    def _advance(row: dict[str, Any], ack: AckIn, stamp: str) -> bool:
+        """Move a delivery row (in memory) forward for one ack; True if it changed."""
         new_state = ack.new_state
-        if new_state is not None and _advances(row["state"], new_state):
-            due = row["due_at"]
-            if new_state == "failed" and ack.retry is not None:
-                # Reported failed after the send (a speaker that could not play, an SMS
-                # undelivered): retry with the dispatcher's backoff, or give up.
-                retry_at = ack.retry(row["attempts"])
-                if retry_at is None:
-                    new_state = "dead"
-                else:
-                    due = ts(retry_at)
-            column = {"delivered": "delivered_at", "acknowledged": "acked_at"}.get(new_state)
-            extra = f", {column} = COALESCE({column}, ?)" if column else ", updated_at = ?"
-            await db.execute(
-                f"UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error),"  # noqa: S608
-                f" due_at = ?, updated_at = ?{extra} WHERE id = ?",
-                (new_state, ack.error, due, stamp, stamp, row["id"]),
-            )
-            row["state"] = new_state
-        return row
+        if new_state is None or not _advances(row["state"], new_state):
+            return False
+        if new_state == "failed" and ack.retry is not None:
+            # Reported failed after the send (a speaker that could not play, an SMS
+            # undelivered): retry with the dispatcher's backoff, or give up.
+            retry_at = ack.retry(row["attempts"])
+            if retry_at is None:
+                new_state = "dead"
+            else:
+                row["due_at"] = ts(retry_at)
+        row["state"] = new_state
+        if ack.error is not None:
+            row["last_error"] = ack.error
+        if new_state == "delivered" and not row["delivered_at"]:
+            row["delivered_at"] = stamp
+        if new_state == "acknowledged" and not row["acked_at"]:
+            row["acked_at"] = stamp
+        return True
 
     async def counts(self) -> dict[str, int]:
         """Deliveries by state, for health and metrics."""

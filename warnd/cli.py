@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from warnd import __version__
-from warnd.config import ConfigError, config_path, load_settings
+from warnd.config import ConfigError, Settings, config_path, load_settings
 
 
-def _load(path_arg: str | None) -> tuple[Path, object]:
+def _load(path_arg: str | None) -> tuple[Path, Settings]:
     """Settings from --config / $WARND_CONFIG / the default path."""
     path = config_path(path_arg)
     return path, load_settings(path)
@@ -69,9 +69,9 @@ def run(path_arg: str | None) -> int:
     except ConfigError as exc:
         print(f"warnd: cannot start: {exc}", file=sys.stderr)
         return 2
-    log.configure(settings.log_level)  # type: ignore[attr-defined]
+    log.configure(settings.log_level)
     try:
-        asyncio.run(run_daemon(settings, config_path=path))  # type: ignore[arg-type]
+        asyncio.run(run_daemon(settings, config_path=path))
     except ConfigError as exc:
         print(f"warnd: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -282,8 +282,3 @@ def step_deliveries(
                         )
                     )
     return out
-
-
-def quiet_window(policy: PolicySettings) -> tuple[time, time]:
-    """The configured quiet hours, for display."""
-    return policy.quiet_start, policy.quiet_end

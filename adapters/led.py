@@ -107,18 +107,6 @@ class LedAdapter(MqttDeviceAdapter):
         # One board's sends are serialised: two warnings in one batch must not race each other.
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def _now(self) -> datetime:
-        """The daemon's time (a fake clock in tests)."""
-        clock = self.ctx.clock
-        return clock.now() if clock is not None else datetime.now(UTC)
-
-    async def send(self, message: Message) -> Receipt:
-        """One delivery."""
-        (result,) = await self.send_batch([message])
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
     async def send_batch(self, messages: Sequence[Message]) -> list[Receipt | BaseException]:
         """Each delivery: work out what its board shows now and publish that (boards in parallel)."""
         if not self.link.connected:

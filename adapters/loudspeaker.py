@@ -130,11 +130,6 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
             Route("HEAD", "/audio/{name}", handler, None, "Size and ETag of a rendered warning MP3"),
         ]
 
-    def _now(self) -> datetime:
-        """The daemon's time (a fake clock in tests)."""
-        clock = self.ctx.clock
-        return clock.now() if clock is not None else datetime.now(UTC)
-
     async def _audio(self, message: Message, text: str, audio_kind: str) -> AudioFile | None:
         """The MP3 for a command; None for a silent stop, or when rendering fails (text is still sent)."""
         if message.delivery.kind == "expire":
@@ -152,13 +147,6 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
             self._memo.clear()
         self._memo[key] = audio
         return audio
-
-    async def send(self, message: Message) -> Receipt:
-        """One delivery: a per-device command."""
-        (result,) = await self.send_batch([message])
-        if isinstance(result, BaseException):
-            raise result
-        return result
 
     async def send_batch(self, messages: Sequence[Message]) -> list[Receipt | BaseException]:
         """Group by msg_id; publish once per whole village, per device otherwise."""

@@ -17,13 +17,14 @@ import inspect
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
 
-from warnd.adapter import Adapter, TransientError
+from warnd.adapter import Adapter, Message, Receipt, TransientError
 from warnd.devices import device_hub
 
 if TYPE_CHECKING:
@@ -252,3 +253,15 @@ class MqttDeviceAdapter(Adapter):
     def background(self) -> list[tuple[str, Any]]:
         """The shared link's loops (connection, acks), if no other channel has claimed them."""
         return self.link.background()
+
+    def _now(self) -> datetime:
+        """The daemon's time (a fake clock in tests)."""
+        clock = self.ctx.clock
+        return clock.now() if clock is not None else datetime.now(UTC)
+
+    async def send(self, message: Message) -> Receipt:
+        """One delivery: the batch path with a batch of one."""
+        (result,) = await self.send_batch([message])
+        if isinstance(result, BaseException):
+            raise result
+        return result

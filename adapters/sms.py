@@ -16,11 +16,19 @@ from xml.sax.saxutils import escape
 import structlog
 from aiohttp import web
 
-from adapters.twilio_common import FORBIDDEN, TwilioAdapter, delivery_failure, query, twilio_configured, twiml
+from adapters.twilio_common import (
+    FORBIDDEN,
+    TwilioAdapter,
+    delivery_failure,
+    phone_of,
+    query,
+    twilio_configured,
+    twiml,
+)
 from warnd import inbound
 from warnd.adapter import Message, PermanentError, Receipt, TransientError
 from warnd.api.routes import Route
-from warnd.phone import mask_phone, to_e164
+from warnd.phone import mask_phone
 from warnd.smstext import compose_sms
 
 if TYPE_CHECKING:
@@ -91,10 +99,7 @@ class SmsAdapter(TwilioAdapter):
     async def send(self, message: Message) -> Receipt:
         """Send one SMS; the status callback (or polling) reports whether it arrived."""
         d = message.delivery
-        try:
-            to = to_e164(d.address or "")
-        except ValueError as exc:
-            raise PermanentError(f"no usable phone number: {exc}") from None
+        to = phone_of(d)
         body = sms_text(message, self.tw.max_segments)
         params: dict[str, Any] = {"to": to, "body": body, **self._sender_params()}
         if self.public_base:

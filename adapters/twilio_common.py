@@ -33,9 +33,11 @@ from twilio.rest import Client
 
 from warnd.adapter import Adapter, AdapterContext, AuthError, Limits, PermanentError, TransientError
 from warnd.log import mask_phones
+from warnd.phone import to_e164
 
 if TYPE_CHECKING:
     from warnd.config import Settings, TwilioSettings
+    from warnd.store import Delivery
 
 log = structlog.get_logger("warnd.twilio")
 
@@ -425,3 +427,11 @@ class TwilioAdapter(Adapter):
                 delay = min(300.0, self.tw.poll_interval_s * 1.5 ** min(10, attempt))
                 log.exception("twilio.poll_crashed", channel=self.kind, retry_in_s=delay)
             await asyncio.sleep(delay)
+
+
+def phone_of(delivery: Delivery) -> str:
+    """The delivery's number in E.164; a number that cannot be one is a permanent failure."""
+    try:
+        return to_e164(delivery.address or "")
+    except ValueError as exc:
+        raise PermanentError(f"no usable phone number: {exc}") from None

@@ -16,11 +16,11 @@ from xml.sax.saxutils import escape, quoteattr
 import structlog
 from aiohttp import web
 
-from adapters.twilio_common import FORBIDDEN, TwilioAdapter, query, twilio_configured, twiml
+from adapters.twilio_common import FORBIDDEN, TwilioAdapter, phone_of, query, twilio_configured, twiml
 from warnd import inbound
-from warnd.adapter import Message, PermanentError, Receipt
+from warnd.adapter import Message, Receipt
 from warnd.api.routes import Route
-from warnd.phone import mask_phone, to_e164
+from warnd.phone import mask_phone
 
 if TYPE_CHECKING:
     from warnd.config import Settings
@@ -51,12 +51,12 @@ def call_twiml(message: Message, gather_url: str | None) -> str:
     """TwiML: the script said twice, inside a one-key <Gather> when there is a URL to post it to."""
     say = f'<Say language="cmn-CN">{escape(script(message))}</Say>'
     if gather_url is None or not message.delivery.ack_required:
-        return f"<Response>{say}<Pause length=\"1\"/>{say}</Response>"
+        return f'<Response>{say}<Pause length="1"/>{say}</Response>'
     prompt = '<Say language="cmn-CN">收到请按1。</Say>'
     # actionOnEmptyResult: no key is reported too, so "nobody pressed" is known at once.
     gather = (
         f'<Gather numDigits="1" timeout="{_GATHER_TIMEOUT_S}" method="POST" actionOnEmptyResult="true"'
-        f" action={quoteattr(gather_url)}>{say}<Pause length=\"1\"/>{say}{prompt}</Gather>"
+        f' action={quoteattr(gather_url)}>{say}<Pause length="1"/>{say}{prompt}</Gather>'
     )
     return f"<Response>{gather}</Response>"
 
@@ -83,10 +83,7 @@ class VoiceAdapter(TwilioAdapter):
     async def send(self, message: Message) -> Receipt:
         """Place one call; the gather action, status callback or polling report how it went."""
         d = message.delivery
-        try:
-            to = to_e164(d.address or "")
-        except ValueError as exc:
-            raise PermanentError(f"no usable phone number: {exc}") from None
+        to = phone_of(d)
         base, q = self.public_base, query(d.msg_id, d.target)
         params: dict[str, Any] = {
             "to": to,

@@ -18,10 +18,10 @@ from warnd.config import ConfigError, Settings, load_settings
 from warnd.model import Level
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m warnd.cli …` and capture its output."""
+def _run(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m <module> …` from the repo and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "warnd.cli", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,19 +29,16 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         timeout=60,
         check=False,
     )
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`warnd …`."""
+    return _run("warnd.cli", *args, env=env)
 
 
 def _ctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m warnd.ctl …`."""
-    return subprocess.run(
-        [sys.executable, "-m", "warnd.ctl", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-        check=False,
-    )
+    """`warnctl …`."""
+    return _run("warnd.ctl", *args, env=env)
 
 
 def test_example_config_is_valid_and_carries_the_level_table() -> None:

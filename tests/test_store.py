@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from warnd.store import NewDelivery, SchemaTooNew, Store, _migrations
+from warnd.store import ACK_LOOKUP_SQL, TS_FORMAT, NewDelivery, SchemaTooNew, Store, _migrations, from_ts, ts
 
 
 async def test_migrations_apply_once_and_record_versions(tmp_path: Path) -> None:
@@ -72,3 +72,136 @@ async def test_recover_puts_sending_back_to_pending(tmp_path: Path) -> None:
         again = await store.claim(now, 10, ["sms"])
         assert [d.msg_id for d in again] == ["m1"] * 3
         assert [d.attempts for d in again] == [2, 2, 2]
+
+
+async def test_ack_lookup_goes_through_the_unique_index(tmp_path: Path) -> None:
+    """Finding the deliveries a batch of acks names never scans the whole outbox.
+
+    The outbox only grows (months of warnings); a scan per batch of acks made 10,000 speakers'
+    confirmations cost seconds of store time.
+    """
+    path = tmp_path / "w.db"
+    async with Store(path):
+        pass
+    con = sqlite3.connect(path)
+    plan = [row[3] for row in con.execute("EXPLAIN QUERY PLAN " + ACK_LOOKUP_SQL, ['[["m", "t"]]'])]
+    assert any("deliveries" in step and "USING INDEX" in step for step in plan), plan
+    assert not any(step.startswith("SCAN d") or step == "SCAN deliveries" for step in plan), plan
+
+
+async def test_due_times_are_scoped_to_jobs_and_to_one_channel(tmp_path: Path) -> None:
+    """The scheduler sleeps on jobs only, a channel's worker on its own deliveries only.
+
+    With one shared "next due" a backlog of due SMS kept the scheduler and every other channel's
+    worker polling the store in a tight loop.
+    """
+    now = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    async with Store(tmp_path / "w.db") as store:
+        assert await store.next_job_due() is None
+        assert await store.next_delivery_due("sms") is None
+        await _warning_with(
+            store,
+            [
+                ("m-sms", "sms", "t", "2026-07-01T07:00:00.000000Z"),
+                ("m-loudspeaker", "loudspeaker", "t", "2026-07-01T09:00:00.000000Z"),
+            ],
+        )
+        assert await store.next_job_due() is None
+        assert await store.next_delivery_due("sms") == datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
+        assert await store.next_delivery_due("loudspeaker") == datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+        assert await store.next_delivery_due("voice") is None
+        # Claimed deliveries are no longer waiting.
+        (claimed,) = await store.claim(now, 10, ["sms"])
+        assert claimed.attempts == 1 and claimed.state == "sending"
+        assert await store.next_delivery_due("sms") is None
+
+
+async def test_a_failed_commit_leaves_the_store_usable(tmp_path: Path) -> None:
+    """A transaction whose COMMIT fails is rolled back; the next one starts cleanly."""
+    async with Store(tmp_path / "w.db") as store:
+
+        def orphan(con: sqlite3.Connection) -> None:
+            # A deferred foreign key fails at COMMIT, not at the INSERT.
+            con.execute("PRAGMA defer_foreign_keys = ON")
+            con.execute(
+                "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at, created_at,"
+                " updated_at) VALUES ('m', 'no-such-warning', 'issue', 'warning', 'sms', 't', 'x', 'x', 'x')"
+            )
+
+        with pytest.raises(sqlite3.IntegrityError):
+            await store._run(orphan)
+        assert await store.claim(datetime(2026, 7, 1, tzinfo=UTC), 10, ["sms"]) == []
+        assert (await store._one("SELECT COUNT(*) AS n FROM deliveries"))["n"] == 0  # type: ignore[index]
+
+
+async def test_a_cancelled_transaction_finishes_before_the_store_is_free(tmp_path: Path) -> None:
+    """Cancelling the caller (twice) neither interrupts the thread's transaction nor frees the lock early."""
+    import asyncio
+    import time
+
+    async with Store(tmp_path / "w.db") as store:
+
+        def slow_write(con: sqlite3.Connection) -> None:
+            time.sleep(0.3)
+            con.execute("INSERT INTO devices (id, last_seen) VALUES ('d1', 'x')")
+
+        task = asyncio.create_task(store._run(slow_write))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert store._lock.locked()  # the thread is still inside the transaction
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not store._lock.locked()
+        assert await store._one("SELECT id FROM devices") == {"id": "d1"}
+
+
+async def test_an_ack_with_odd_detail_does_not_spoil_its_batch(tmp_path: Path) -> None:
+    """Details are stored as reported, one per ack: a device's NaN or Chinese text is kept, not fatal."""
+    import json
+
+    from warnd.store import AckIn
+
+    now = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    async with Store(tmp_path / "w.db") as store:
+        await _warning_with(store, [("m", "loudspeaker", t, "x") for t in ("spk-1", "spk-2")])
+        await store.claim(now, 10, ["loudspeaker"])
+        acks = [
+            AckIn("mqtt", "played", "acknowledged", "m", "spk-1", detail={"level": float("nan")}),
+            AckIn("mqtt", "played", "acknowledged", "m", "spk-2", detail={"detail": "功放正常"}),
+        ]
+        rows = await store.apply_acks(acks, now=now)
+        assert [r["state"] for r in rows] == ["acknowledged", "acknowledged"]  # type: ignore[index]
+        stored = {r["target"]: r["detail"] for r in await store._all("SELECT target, detail FROM acks")}
+        assert json.loads(stored["spk-2"]) == {"detail": "功放正常"}
+        assert "NaN" in stored["spk-1"]
+
+
+def test_timestamps_keep_the_stored_format() -> None:
+    """ts() writes TS_FORMAT (sortable UTC text) from any zone; from_ts() reads it back."""
+    from datetime import timedelta, timezone
+
+    for dt in (
+        datetime(2026, 7, 1, 8, 0, tzinfo=UTC),
+        datetime(2026, 7, 1, 8, 0, 0, 123456, tzinfo=timezone(timedelta(hours=8))),
+    ):
+        assert ts(dt) == dt.astimezone(UTC).strftime(TS_FORMAT)
+        assert from_ts(ts(dt)) == dt
+    assert from_ts(None) is None
+
+
+async def _warning_with(store: Store, deliveries: list[tuple[str, str, str, str]]) -> None:
+    """Warning W1 with pending deliveries (msg_id, channel, target, due_at), written as rows."""
+    await store.db.execute(
+        "INSERT INTO warnings (id, source, msg_type, event, level, status, headline, description,"
+        " instruction, area, villages, state, version, created_at, updated_at, document)"
+        " VALUES ('W1', 'api', 'Alert', 'e', 'red', 'actual', 'h', '', '', '{}', '[]', 'active', 1,"
+        " 'x', 'x', '{}')"
+    )
+    await store.db.executemany(
+        "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at, created_at,"
+        " updated_at) VALUES (?, 'W1', 'issue', 'warning', ?, ?, ?, 'x', 'x')",
+        deliveries,
+    )

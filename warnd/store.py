@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import secrets
@@ -12,12 +13,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
 
 log = structlog.get_logger("warnd.store")
+
+T = TypeVar("T")
 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -25,14 +28,18 @@ TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _IN_TX: contextvars.ContextVar[bool] = contextvars.ContextVar("warnd_store_in_tx", default=False)
 
 
+# json.dumps with a non-default argument builds a new encoder per call; acks come by the thousand.
+_encode_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def ts(dt: datetime) -> str:
-    """A datetime as the store's sortable UTC text."""
-    return dt.astimezone(UTC).strftime(TS_FORMAT)
+    """A datetime as the store's sortable UTC text (TS_FORMAT, by the faster isoformat)."""
+    return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def from_ts(text: str | None) -> datetime | None:
     """The store's UTC text back to an aware datetime."""
-    return datetime.strptime(text, TS_FORMAT).replace(tzinfo=UTC) if text else None
+    return datetime.fromisoformat(text) if text else None
 
 
 def new_warning_id(now: datetime) -> str:
@@ -204,6 +211,10 @@ class Store:
     async def close(self) -> None:
         """Close the connection."""
         if self._db is not None:
+            with contextlib.suppress(ValueError):  # never connected
+                conn = id(self._db._conn)
+                for key in [k for k in _COLUMNS if k[0] == conn]:
+                    del _COLUMNS[key]
             await self._db.close()
             self._db = None
 
@@ -276,6 +287,35 @@ class Store:
             await self._end("ROLLBACK")
             raise
 
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """fn(connection) as one write transaction, run whole in the connection's thread.
+
+        Under load the event loop is busy with thousands of acks; a transaction that needs the
+        loop between statements holds the store for as many loop turns as it has statements.
+        aiosqlite offers no public way to run a callable in its thread: `_execute` and `_conn`
+        are its own, hence the upper bound on aiosqlite in pyproject.toml. The same connection
+        keeps every read seeing every write.
+        """
+        async with self._lock:
+            db = self.db
+            fut = asyncio.ensure_future(db._execute(_transaction, db._conn, fn))
+            cancelled = False
+            # A transaction handed to the thread runs to its end (a cancelled claim stays
+            # committed as `sending`, which recover() puts back at the next start); the lock is
+            # held until it has, however often the caller is cancelled meanwhile.
+            while True:
+                try:
+                    result = await asyncio.shield(fut)
+                    break
+                except asyncio.CancelledError:
+                    if not fut.done():
+                        cancelled = True
+                        continue
+                    raise
+            if cancelled:
+                raise asyncio.CancelledError
+            return result
+
     async def _begin(self) -> None:
         """Take the connection and open a write transaction."""
         await self._lock.acquire()
@@ -307,10 +347,10 @@ class Store:
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """All rows as dicts (inside the caller's transaction, or on its own)."""
         if _IN_TX.get():
-            rows = await (await self.db.execute(sql, params)).fetchall()
+            rows = await self.db.execute_fetchall(sql, params)
         else:
             async with self._lock:
-                rows = await (await self.db.execute(sql, params)).fetchall()
+                rows = await self.db.execute_fetchall(sql, params)
         return [dict(r) for r in rows]
 
     # -- warnings -----------------------------------------------------------------------------
@@ -551,28 +591,30 @@ class Store:
     async def _insert_deliveries(self, deliveries: Sequence[NewDelivery], now: datetime) -> None:
         """Insert delivery rows in the caller's transaction; a known (msg_id, target) is kept."""
         stamp = ts(now)
-        await self.db.executemany(
+        due = {t: ts(t) for t in {d.due_at for d in deliveries}}  # a step has one or two
+        rows = [
+            [
+                d.msg_id,
+                d.warning_id,
+                d.step,
+                d.kind,
+                d.channel,
+                d.target,
+                d.village,
+                d.person_id,
+                d.address,
+                int(d.ack_required),
+                due[d.due_at],
+            ]
+            for d in deliveries
+        ]
+        # One statement over a JSON array: a county-wide step is 10,000 rows, not 10,000 steps.
+        await self.db.execute(
             "INSERT OR IGNORE INTO deliveries (msg_id, warning_id, step, kind, channel, target,"
             " village, person_id, address, ack_required, due_at, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    d.msg_id,
-                    d.warning_id,
-                    d.step,
-                    d.kind,
-                    d.channel,
-                    d.target,
-                    d.village,
-                    d.person_id,
-                    d.address,
-                    int(d.ack_required),
-                    ts(d.due_at),
-                    stamp,
-                    stamp,
-                )
-                for d in deliveries
-            ],
+            " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,"
+            " value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, ?, ? FROM json_each(?)",
+            (stamp, stamp, json.dumps(rows)),
         )
 
     # -- deliveries ---------------------------------------------------------------------------
@@ -593,29 +635,39 @@ class Store:
         return cur.rowcount
 
     async def claim(self, now: datetime, limit: int, channels: Iterable[str]) -> list[Delivery]:
-        """Claim due deliveries of these channels: mark them `sending` and return them."""
+        """Claim due deliveries of these channels: mark them `sending` and return them.
+
+        One transaction in one trip to the database thread, three statements whatever the batch.
+        """
         chans = list(channels)
         if not chans:
             return []
         marks = ",".join("?" * len(chans))
-        db = self.db
-        await self._begin()
-        try:
-            rows = await self._all(
-                "SELECT * FROM deliveries WHERE state IN ('pending', 'failed') AND due_at <= ?"  # noqa: S608
-                f" AND channel IN ({marks}) ORDER BY due_at, id LIMIT ?",
-                (ts(now), *chans, limit),
+        stamp = ts(now)
+        due = (
+            "SELECT json_group_array(id) FROM (SELECT id FROM deliveries"  # noqa: S608
+            f" WHERE state IN ('pending', 'failed') AND due_at <= ? AND channel IN ({marks})"
+            " ORDER BY due_at, id LIMIT ?)"
+        )
+
+        def work(con: sqlite3.Connection) -> list[dict[str, Any]]:
+            ids = con.execute(due, (stamp, *chans, limit)).fetchone()[0]
+            if ids == "[]":
+                return []
+            con.execute(
+                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (stamp, ids),
             )
-            if rows:
-                await db.executemany(
-                    "UPDATE deliveries SET state = 'sending', attempts = attempts + 1,"
-                    " updated_at = ? WHERE id = ?",
-                    [(ts(now), r["id"]) for r in rows],
-                )
-            await self._end("COMMIT")
-        except BaseException:
-            await self._end("ROLLBACK")
-            raise
+            return _rows(
+                con,
+                "deliveries",
+                "SELECT * FROM deliveries WHERE id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+
+        rows = await self._run(work)
+        rows.sort(key=lambda r: (r["due_at"], r["id"]))  # oldest due first, as claimed
         return [
             Delivery(
                 id=r["id"],
@@ -629,7 +681,7 @@ class Store:
                 person_id=r["person_id"],
                 address=r["address"],
                 ack_required=bool(r["ack_required"]),
-                attempts=r["attempts"] + 1,
+                attempts=r["attempts"],
                 last_error=r["last_error"],
             )
             for r in rows
@@ -638,40 +690,36 @@ class Store:
     async def record(self, outcomes: Sequence[tuple[Outcome, datetime | None]], now: datetime) -> None:
         """Write outcomes; each comes with its next due time when it is to be retried."""
         stamp = ts(now)
-        params = []
+        # Outcomes alike (a batch of village commands all `sent`) are one statement over their
+        # ids: every statement step hands the GIL back and forth with a busy event loop.
+        groups: dict[tuple[Any, ...], list[int]] = {}
         for o, retry_at in outcomes:
             sent = stamp if o.state in ("sent", "delivered", "acknowledged") else None
-            params.append(
-                (
-                    o.state,
-                    o.error,
-                    o.provider_ref,
-                    sent,
-                    ts(retry_at) if retry_at else None,
-                    stamp,
-                    o.delivery_id,
-                )
+            key = (o.state, o.error, o.provider_ref, sent, ts(retry_at) if retry_at else None, stamp)
+            groups.setdefault(key, []).append(o.delivery_id)
+        await self._run(
+            lambda con: _update_by_ids(
+                con,
+                "state = ?, last_error = ?, provider_ref = COALESCE(?, provider_ref),"
+                " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?",
+                groups,
+                # `+state`: look rows up by id, not by the (state, due_at) index.
+                also="+state = 'sending'",
             )
-        await self._tx(
-            [
-                (
-                    "UPDATE deliveries SET state = ?, last_error = ?,"
-                    " provider_ref = COALESCE(?, provider_ref), sent_at = COALESCE(sent_at, ?),"
-                    " due_at = COALESCE(?, due_at), updated_at = ? WHERE id = ? AND state = 'sending'",
-                    params,
-                    True,
-                )
-            ]
         )
 
-    async def next_due(self) -> datetime | None:
-        """The earliest time something (a delivery or a job) becomes due."""
+    async def next_job_due(self) -> datetime | None:
+        """When the earliest pending job becomes due (the scheduler sleeps until then)."""
+        row = await self._one("SELECT MIN(due_at) AS t FROM jobs WHERE state = 'pending'")
+        return from_ts(row["t"]) if row and row["t"] else None
+
+    async def next_delivery_due(self, channel: str) -> datetime | None:
+        """When a channel's earliest pending or failed delivery becomes due (its worker sleeps till then)."""
         row = await self._one(
-            "SELECT MIN(t) AS t FROM ("
-            " SELECT MIN(due_at) AS t FROM deliveries WHERE state IN ('pending', 'failed')"
-            " UNION ALL SELECT MIN(due_at) FROM jobs WHERE state = 'pending')"
+            "SELECT MIN(due_at) AS t FROM deliveries WHERE state IN ('pending', 'failed') AND channel = ?",
+            (channel,),
         )
-        return from_ts(row["t"]) if row else None
+        return from_ts(row["t"]) if row and row["t"] else None
 
     async def get_delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """One delivery row by id (an ack link names its delivery)."""
@@ -775,67 +823,59 @@ class Store:
         Each returned row is the delivery as it stood after that ack.
         """
         stamp = ts(now)
-        await self._begin()
-        try:
-            found = await self._deliveries_for_acks(acks)
-            out: list[dict[str, Any] | None] = []
-            ack_rows: list[tuple[Any, ...]] = []
-            changed: dict[int, dict[str, Any]] = {}
-            for ack in acks:
-                key = ("ref", ack.provider_ref) if ack.provider_ref is not None else (ack.msg_id, ack.target)
-                row = found.get(key)
-                if row is None:
-                    out.append(None)
-                    continue
-                ack_rows.append((row["id"], row["msg_id"], row["target"], ack.source, ack.status, stamp,
-                                 json.dumps(ack.detail or {}, ensure_ascii=False)))
-                confirmed_before = row["acked_at"] is not None
-                if self._advance(row, ack, stamp):
-                    changed[row["id"]] = row
-                # The first confirmation of a delivery is what time-to-acknowledge measures.
-                first = not confirmed_before and row["acked_at"] is not None
-                out.append({**row, "first_confirmation": first})
-            await self.db.executemany(
-                "INSERT INTO acks (delivery_id, msg_id, target, source, status, at, detail)"
-                " VALUES (?,?,?,?,?,?,?)",
-                ack_rows,
-            )
-            await self.db.executemany(
-                "UPDATE deliveries SET state = ?, last_error = ?, due_at = ?, updated_at = ?,"
-                " delivered_at = ?, acked_at = ? WHERE id = ?",
-                [(r["state"], r["last_error"], r["due_at"], stamp, r["delivered_at"], r["acked_at"], r["id"])
-                 for r in changed.values()],
-            )
-            await self._end("COMMIT")
-        except BaseException:
-            await self._end("ROLLBACK")
-            raise
-        return out
+        return await self._run(lambda con: self._apply_acks(con, acks, stamp))
 
-    async def _deliveries_for_acks(self, acks: Sequence[AckIn]) -> dict[tuple[Any, Any], dict[str, Any]]:
-        """The deliveries a batch of acks names, keyed by (msg_id, target) or ("ref", provider_ref)."""
-        found: dict[tuple[Any, Any], dict[str, Any]] = {}
-        pairs = list({(a.msg_id, a.target) for a in acks if a.provider_ref is None})
-        refs = list({a.provider_ref for a in acks if a.provider_ref is not None})
-        # 400 pairs is 800 parameters: far under SQLite's limit, and one statement per batch.
-        for i in range(0, len(pairs), 400):
-            chunk = pairs[i : i + 400]
-            rows = await self._all(
-                "SELECT * FROM deliveries WHERE (msg_id, target) IN (VALUES "  # noqa: S608 - placeholders only
-                + ",".join(["(?,?)"] * len(chunk)) + ")",
-                [v for pair in chunk for v in pair],
+    def _apply_acks(
+        self, con: sqlite3.Connection, acks: Sequence[AckIn], stamp: str
+    ) -> list[dict[str, Any] | None]:
+        """apply_acks in the store's thread, inside its transaction."""
+        found = _deliveries_for_acks(con, acks)
+        out: list[dict[str, Any] | None] = []
+        ack_rows: list[list[Any]] = []
+        changed: dict[int, dict[str, Any]] = {}
+        for ack in acks:
+            key = ("ref", ack.provider_ref) if ack.provider_ref is not None else (ack.msg_id, ack.target)
+            row = found.get(key)
+            if row is None:
+                out.append(None)
+                continue
+            ack_rows.append(
+                # The detail as its own text, as reported (a device's NaN must not spoil the batch).
+                [
+                    row["id"],
+                    row["msg_id"],
+                    row["target"],
+                    ack.source,
+                    ack.status,
+                    stamp,
+                    _encode_json(ack.detail or {}),
+                ]
             )
-            for r in rows:
-                found[(r["msg_id"], r["target"])] = r
-        for i in range(0, len(refs), 800):
-            chunk = refs[i : i + 800]
-            rows = await self._all(
-                f"SELECT * FROM deliveries WHERE provider_ref IN ({','.join('?' * len(chunk))})",  # noqa: S608
-                chunk,
+            confirmed_before = row["acked_at"] is not None
+            if self._advance(row, ack, stamp):
+                changed[row["id"]] = row
+            # The first confirmation of a delivery is what time-to-acknowledge measures.
+            first = not confirmed_before and row["acked_at"] is not None
+            out.append({**row, "first_confirmation": first})
+        # Whole batches per statement, passed as JSON: each statement step hands the GIL back
+        # and forth with a busy event loop, so a row per step cost more than the SQL.
+        if ack_rows:
+            con.execute(
+                "INSERT INTO acks (delivery_id, msg_id, target, source, status, at, detail)"
+                " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,"
+                " value ->> 6 FROM json_each(?)",
+                (json.dumps(ack_rows),),
             )
-            for r in rows:
-                found[("ref", r["provider_ref"])] = r
-        return found
+        alike: dict[tuple[Any, ...], list[int]] = {}
+        for r in changed.values():
+            key = (r["state"], r["last_error"], r["due_at"], stamp, r["delivered_at"], r["acked_at"])
+            alike.setdefault(key, []).append(r["id"])
+        _update_by_ids(
+            con,
+            "state = ?, last_error = ?, due_at = ?, updated_at = ?, delivered_at = ?, acked_at = ?",
+            alike,
+        )
+        return out
 
     @staticmethod
     def _advance(row: dict[str, Any], ack: AckIn, stamp: str) -> bool:
@@ -878,8 +918,13 @@ class Store:
                     "INSERT INTO devices (id, online, status, status_at, last_seen) VALUES (?,?,?,?,?)"
                     " ON CONFLICT (id) DO UPDATE SET online = excluded.online, status = excluded.status,"
                     " status_at = excluded.status_at, last_seen = excluded.last_seen",
-                    (device_id, None if online is None else int(online),
-                     json.dumps(status, ensure_ascii=False), stamp, stamp),
+                    (
+                        device_id,
+                        None if online is None else int(online),
+                        json.dumps(status, ensure_ascii=False),
+                        stamp,
+                        stamp,
+                    ),
                     False,
                 )
             ]
@@ -887,16 +932,12 @@ class Store:
 
     async def devices_seen(self, seen: dict[str, datetime]) -> None:
         """Move devices' last_seen forward (acks prove a device is alive)."""
-        await self._tx(
-            [
-                (
-                    "INSERT INTO devices (id, last_seen) VALUES (?, ?) ON CONFLICT (id) DO UPDATE"
-                    " SET last_seen = MAX(COALESCE(last_seen, ''), excluded.last_seen)",
-                    [(d, ts(at)) for d, at in seen.items()],
-                    True,
-                )
-            ]
+        sql = (
+            "INSERT INTO devices (id, last_seen) VALUES (?, ?) ON CONFLICT (id) DO UPDATE"
+            " SET last_seen = MAX(COALESCE(last_seen, ''), excluded.last_seen)"
         )
+        params = [(d, ts(at)) for d, at in seen.items()]
+        await self._run(lambda con: con.executemany(sql, params))
 
     async def devices(self) -> list[dict[str, Any]]:
         """Every device warnd has heard from, with its last status decoded."""
@@ -942,6 +983,80 @@ class Store:
 
 # How far along a delivery is; an ack never moves it backwards.
 _PROGRESS = {"pending": 0, "failed": 0, "sending": 1, "sent": 2, "delivered": 3, "acknowledged": 4}
+
+
+def _transaction(con: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """BEGIN IMMEDIATE, fn, COMMIT (ROLLBACK on any error, a failed COMMIT too), in aiosqlite's thread."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(con)
+        con.execute("COMMIT")
+    except BaseException:
+        # SQLite may have rolled back already (a full disk); never leave the connection in a transaction.
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    return out
+
+
+# Column names per table, read once from the schema (after migrations).
+def _update_by_ids(
+    con: sqlite3.Connection, assignments: str, groups: dict[tuple[Any, ...], list[int]], also: str = ""
+) -> None:
+    """UPDATE deliveries SET assignments (their values: a group's key) for each group of ids.
+
+    One statement per group of rows that end alike, not one per row: every statement step
+    hands the GIL back and forth with a busy event loop.
+    """
+    where = f" AND {also}" if also else ""
+    con.executemany(
+        f"UPDATE deliveries SET {assignments} WHERE id IN (SELECT value FROM json_each(?)){where}",  # noqa: S608
+        [(*key, json.dumps(ids)) for key, ids in groups.items()],
+    )
+
+
+# Column names per (connection, table), read from the schema after migrations; dropped on close.
+_COLUMNS: dict[tuple[int, str], list[str]] = {}
+
+
+def _rows(con: sqlite3.Connection, table: str, select: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    """The rows of `select` (a `SELECT * FROM table …`), fetched as one JSON array.
+
+    One statement step for the whole result instead of one per row: each step hands the GIL
+    back and forth with the event loop, which under load costs far more than the row.
+    """
+    columns = _COLUMNS.get((id(con), table))
+    if columns is None:
+        columns = _COLUMNS[(id(con), table)] = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+    fields = ",".join(f"'{c}', r.{c}" for c in columns)
+    sql = f"SELECT json_group_array(json_object({fields})) FROM ({select}) AS r"  # noqa: S608 - schema names
+    return json.loads(con.execute(sql, params).fetchone()[0])
+
+
+def _deliveries_for_acks(
+    con: sqlite3.Connection, acks: Sequence[AckIn]
+) -> dict[tuple[Any, Any], dict[str, Any]]:
+    """The deliveries a batch of acks names, keyed by (msg_id, target) or ("ref", provider_ref)."""
+    found: dict[tuple[Any, Any], dict[str, Any]] = {}
+    pairs = list({(a.msg_id, a.target) for a in acks if a.provider_ref is None})
+    refs = list({a.provider_ref for a in acks if a.provider_ref is not None})
+    if pairs:
+        for r in _rows(con, "deliveries", ACK_LOOKUP_SQL, (json.dumps(pairs),)):
+            found[(r["msg_id"], r["target"])] = r
+    if refs:
+        by_ref = "SELECT * FROM deliveries WHERE provider_ref IN (SELECT value FROM json_each(?))"
+        for r in _rows(con, "deliveries", by_ref, (json.dumps(refs),)):
+            found[("ref", r["provider_ref"])] = r
+    return found
+
+
+# The deliveries named by a JSON array of [msg_id, target] pairs, through their unique index: the
+# pairs are the outer loop (CROSS JOIN keeps SQLite from reordering). `(msg_id, target) IN
+# (VALUES …)` scanned the whole outbox for every batch of acks.
+ACK_LOOKUP_SQL = (
+    "SELECT d.* FROM json_each(?) AS v CROSS JOIN deliveries AS d"
+    " ON d.msg_id = v.value ->> 0 AND d.target = v.value ->> 1"
+)
 
 
 def _advances(current: str, new: str) -> bool:

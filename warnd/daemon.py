@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ class Daemon:
         self.intake = Intake(store, self.directory, self.policy, self.clock, self.wake)
         self.dispatcher = Dispatcher(store, self.adapters, self.clock, settings.dispatch, self.wake)
         self.scheduler = Scheduler(
-            store, self.directory, self.policy, self.dispatcher.channels, self.clock, self.wake
+            store, self.directory, self.policy, self.dispatcher.channels, self.clock, self.wake, self.prepare
         )
         self.feedback = Feedback(store, self.clock, self.wake, settings.dispatch)
         self.cap_intake: Callable[..., Awaitable[web.Response]] | None = None
@@ -86,6 +86,17 @@ class Daemon:
     def background(self) -> list[tuple[str, Awaitable[Any]]]:
         """Named loops adapters need (an MQTT receive loop, a poller)."""
         return [*self.feeds.loops(), *(item for a in self.adapters.values() for item in a.background())]
+
+    def prepare(self, warning: dict[str, Any], channels: Iterable[str], kind: str) -> None:
+        """Let the running adapters of a step's channels get ready while it is planned."""
+        for channel in channels:
+            adapter = self.adapters.get(channel)
+            if adapter is not None and adapter.disabled_reason is None:
+                try:
+                    adapter.prepare(warning, kind)
+                except Exception:
+                    # Only a head start: the send does the same work if this fails.
+                    log.exception("adapter.prepare_failed", channel=channel, warning_id=warning.get("id"))
 
     def directory(self) -> Directory:
         """The current directory (replaced on reload)."""

@@ -148,15 +148,20 @@ class Dispatcher:
                 log.exception("dispatcher.error", channel=channel)
                 handled = 0
             if not handled:
-                await self._idle(idle_s)
+                await self._idle(channel, idle_s)
 
-    async def _idle(self, idle_s: float) -> None:
-        """Wait for new work, the next due time, or idle_s, whichever comes first."""
+    async def _idle(self, channel: str, idle_s: float) -> None:
+        """Wait for new work, the channel's next due time, or idle_s, whichever comes first.
+
+        Only this channel's deliveries count: an SMS backlog waiting on its rate limit must not
+        keep the loudspeaker worker spinning.
+        """
         event = self.wake.waiter()
         wait = idle_s
-        nxt = await self.store.next_due()
-        if nxt is not None:
-            wait = max(0.0, min(idle_s, (nxt - self.clock.now()).total_seconds()))
+        if self.adapters[channel].disabled_reason is None:
+            nxt = await self.store.next_delivery_due(channel)
+            if nxt is not None:
+                wait = max(0.0, min(idle_s, (nxt - self.clock.now()).total_seconds()))
         await self.wake.wait(event, wait)
 
     async def drain(self, grace_s: float) -> None:

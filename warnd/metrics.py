@@ -162,9 +162,9 @@ class Metrics:
         """
         channel = row["channel"]
         self.acks.labels(channel, status).inc()
-        sent = from_ts(row.get("sent_at"))
-        if row.get("first_confirmation") and sent is not None:
-            self.ack_seconds.labels(channel).observe(max(0.0, (now - sent).total_seconds()))
+        if row.get("first_confirmation") and row.get("sent_at"):
+            sent = from_ts(row["sent_at"])
+            self.ack_seconds.labels(channel).observe(max(0.0, (now - sent).total_seconds()))  # type: ignore[operator]
 
     # -- scrape -------------------------------------------------------------------------------
 

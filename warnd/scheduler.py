@@ -10,7 +10,7 @@ restart can neither lose nor double a link of the chain.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -56,6 +56,8 @@ class Scheduler:
         channels: returns the channels that have a running adapter.
         clock: time.
         wake: set when new deliveries are written (wakes the dispatcher).
+        prepare: told (warning, channels, delivery kind) once a step is planned, so channels
+            can get ready (render audio) while its deliveries are written.
     """
 
     def __init__(
@@ -66,10 +68,12 @@ class Scheduler:
         channels: Callable[[], set[str]],
         clock: Clock,
         wake: Wakeup,
+        prepare: Callable[[dict[str, Any], Iterable[str], str], None] | None = None,
     ) -> None:
         """Keep the collaborators."""
         self.store, self.directory, self.policy = store, directory, policy
         self.channels, self.clock, self.wake = channels, clock, wake
+        self.prepare = prepare
 
     async def run_once(self, limit: int = 100) -> int:
         """Fire every job due now; return how many fired."""
@@ -113,6 +117,7 @@ class Scheduler:
         policy = self.policy()
         payload = self._available(job.payload, blog)
         deliveries = step_deliveries(warning, job.key, payload, self.directory(), policy, now)
+        self._prepare(warning, deliveries)
         jobs = self._chains(warning, job, deliveries, now)
         lp = level_policy(warning, policy)
         plays = [d for d in deliveries if d.channel == "loudspeaker" and d.kind == "warning"]
@@ -364,6 +369,16 @@ class Scheduler:
 
     # -- announcements and expiry -------------------------------------------------------------
 
+    def _prepare(self, warning: dict[str, Any], deliveries: list[NewDelivery]) -> None:
+        """Let the channels of planned deliveries get ready while the deliveries are written."""
+        if self.prepare is None:
+            return
+        by_kind: dict[str, set[str]] = {}
+        for d in deliveries:
+            by_kind.setdefault(d.kind, set()).add(d.channel)
+        for kind, channels in by_kind.items():
+            self.prepare(warning, sorted(channels), kind)
+
     async def _announce(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
         """Tell everyone reached of an update or the all-clear, once sends in flight have landed."""
         waited = job.payload.get("waited", 0)
@@ -382,6 +397,7 @@ class Scheduler:
             blog.info("announce.waiting", in_flight=in_flight, retry_in_s=ANNOUNCE_WAIT_S)
             return await self.store.fire_job(job, [], jobs=[nxt], now=now)
         deliveries = await self._to_reached(warning, job, job.payload["kind"], None, now)
+        self._prepare(warning, deliveries)
         ok = await self.store.fire_job(job, deliveries, now=now)
         if ok:
             blog.info(
@@ -444,7 +460,8 @@ class Scheduler:
             event = self.wake.waiter()
             try:
                 await self.run_once()
-                nxt = await self.store.next_due()
+                # Jobs only: deliveries are the dispatcher's; a backlog of them must not spin this loop.
+                nxt = await self.store.next_job_due()
             except Exception:
                 log.exception("scheduler.error")
                 nxt = None

@@ -134,6 +134,13 @@ class Adapter(abc.ABC):
         """Named coroutines this channel runs alongside the dispatcher; none by default."""
         return []
 
+    def prepare(self, warning: dict[str, Any], kind: str) -> None:
+        """A step with `kind` deliveries of this warning on this channel was planned, not yet written.
+
+        Start, without waiting for it, what sending will need (the loudspeaker channel renders its
+        audio while the step's deliveries are written). Nothing by default.
+        """
+
     def ready(self) -> bool:
         """Whether the channel can send right now (for /readyz)."""
         return self.disabled_reason is None
@@ -167,36 +174,79 @@ class Adapter(abc.ABC):
             log.exception("adapter.crashed", channel=self.kind)
             results = [TransientError(f"adapter error: {type(exc).__name__}")] * len(messages)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
-        outcomes = []
+        outcomes: list[Outcome] = []
+        lines = _LogLines()
         for m, r in zip(messages, results, strict=True):
             d = m.delivery
-            blog = log.bind(
-                warning_id=d.warning_id,
-                msg_id=d.msg_id,
-                channel=self.kind,
-                target=d.target,
-                delivery_id=d.id,
-                attempt=d.attempts,
-            )
             if isinstance(r, Receipt):
                 outcomes.append(Outcome(d.id, r.state, provider_ref=r.provider_ref))
-                blog.info("delivery.sent", state=r.state, duration_ms=duration_ms)
+                lines.add("info", "delivery.sent", d, state=r.state, duration_ms=duration_ms)
             elif isinstance(r, AuthError):
                 self.disabled_reason = r.reason
                 outcomes.append(Outcome(d.id, "failed", error=f"auth: {r.reason}"))
-                blog.error("adapter.auth_failed", reason=r.reason)
+                lines.add("error", "adapter.auth_failed", d, reason=r.reason)
             elif isinstance(r, PermanentError):
                 outcomes.append(Outcome(d.id, "dead", error=r.reason))
-                blog.warning("delivery.dead", reason=r.reason)
+                lines.add("warning", "delivery.dead", d, reason=r.reason)
             elif isinstance(r, TransientError):
                 outcomes.append(Outcome(d.id, "failed", error=r.reason, retry_after_s=r.retry_after_s))
                 # A retry is logged only when its error changes: a long outage is one line, not thousands.
                 if d.last_error != r.reason:
-                    blog.warning("delivery.failed", reason=r.reason, retry_after_s=r.retry_after_s)
+                    lines.add("warning", "delivery.failed", d, reason=r.reason, retry_after_s=r.retry_after_s)
             else:
                 outcomes.append(Outcome(d.id, "failed", error=f"adapter error: {type(r).__name__}"))
-                blog.error("delivery.adapter_error", error=type(r).__name__, detail=str(r)[:200])
+                lines.add("error", "delivery.adapter_error", d, error=type(r).__name__, detail=str(r)[:200])
+        lines.emit(self.kind)
         return outcomes
+
+
+class _LogLines:
+    """A batch's outcome log lines, one per message rather than one per receiver.
+
+    Deliveries that share a msg_id (a village's speakers on one village command) and end the
+    same way make one line with `receivers`; a lone delivery keeps its `target` and
+    `delivery_id`. 10,000 speakers are then 1,000 lines, under journald's default rate limit
+    (10,000 lines per 30 s), instead of a burst that would drop warnd's other logs.
+    """
+
+    def __init__(self) -> None:
+        """No lines yet."""
+        self.groups: dict[tuple[Any, ...], tuple[str, str, dict[str, Any], list[Delivery]]] = {}
+
+    def add(self, level: str, event_name: str, d: Delivery, **fields: Any) -> None:
+        """One delivery's outcome."""
+        key = (level, event_name, d.msg_id, *sorted(fields.items()))
+        group = self.groups.get(key)
+        if group is None:
+            self.groups[key] = (level, event_name, fields, [d])
+        else:
+            group[3].append(d)
+
+    def emit(self, channel: str) -> None:
+        """Write the lines."""
+        for level, event_name, fields, ds in self.groups.values():
+            first = ds[0]
+            where: dict[str, Any]
+            if len(ds) == 1:
+                where = {"target": first.target, "delivery_id": first.id}
+            else:
+                villages = {d.village for d in ds}
+                if level != "info":  # a failure names every receiver it hit
+                    fields = {**fields, "targets": [d.target for d in ds]}
+                where = (
+                    {"receivers": len(ds), "village": first.village}
+                    if len(villages) == 1
+                    else {"receivers": len(ds)}
+                )
+            getattr(log, level)(
+                event_name,
+                warning_id=first.warning_id,
+                msg_id=first.msg_id,
+                channel=channel,
+                **where,
+                attempt=max(d.attempts for d in ds),
+                **fields,
+            )
 
 
 def truncate(text: str, limit: int) -> str:

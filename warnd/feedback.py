@@ -117,6 +117,9 @@ class Feedback:
         by_report = dict(zip(map(id, known), rows, strict=True))
         out: list[dict[str, Any] | None] = []
         retry_due = False
+        # One line per (message, status, resulting state): a village's ten speakers saying
+        # `played` in one batch are one line with receivers=10, not ten.
+        lines: dict[tuple[Any, ...], list[tuple[AckReport, dict[str, Any]]]] = {}
         for r in reports:
             row = by_report.get(id(r))
             out.append(row)
@@ -125,20 +128,26 @@ class Feedback:
             if row is None:
                 log.info("ack.unmatched", source=r.source, status=r.status, msg_id=r.msg_id, target=r.target)
                 continue
-            # Intermediate device states (received, playing) are many and say little: debug only.
-            emit = log.info if STATUS_STATE[r.status] != "delivered" or r.source != "mqtt" else log.debug
-            emit(
-                "ack.received",
-                warning_id=row["warning_id"],
-                msg_id=row["msg_id"],
-                channel=row["channel"],
-                target=row["target"],
-                status=r.status,
-                state=row["state"],
-            )
+            key = (row["warning_id"], row["msg_id"], row["channel"], r.source, r.status, row["state"])
+            lines.setdefault(key, []).append((r, row))
             if self.metrics is not None:
                 self.metrics.observe_ack(row, r.status, now)
             retry_due = retry_due or row["state"] == "failed"
+        for (warning_id, msg_id, channel, source, status, state), acks in lines.items():
+            r, row = acks[0]
+            # Intermediate device states (received, playing) are many and say little: debug only.
+            emit = log.info if STATUS_STATE[status] != "delivered" or source != "mqtt" else log.debug
+            targets = {row["target"] for _, row in acks}
+            who = {"target": row["target"]} if len(targets) == 1 else {"receivers": len(targets)}
+            emit(
+                "ack.received",
+                warning_id=warning_id,
+                msg_id=msg_id,
+                channel=channel,
+                **who,
+                status=status,
+                state=state,
+            )
         if retry_due:
             self.wake.set()
         return out

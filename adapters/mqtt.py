@@ -88,6 +88,8 @@ class MqttLink:
         self.name = name
         self.connects = 0
         self._handlers: list[tuple[str, Handler]] = []
+        # (filter levels, handler, whether it is a coroutine function), for matching fast.
+        self._routes: list[tuple[list[str], Handler, bool]] = []
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._claimed = False
@@ -108,6 +110,10 @@ class MqttLink:
         """Call handler for every message matching topic_filter, from now on and after every reconnect."""
         known = any(f == topic_filter for f, _ in self._handlers)
         self._handlers.append((topic_filter, handler))
+        levels = topic_filter.split("/")
+        if levels[0] == "$share":
+            levels = levels[2:]  # $share/<group>/<filter>: messages arrive on the plain topic
+        self._routes.append((levels, handler, inspect.iscoroutinefunction(handler)))
         if self._client is not None and self.connected and not known:
             task = asyncio.get_running_loop().create_task(self._subscribe(self._client, topic_filter))
             self._tasks.add(task)
@@ -133,6 +139,7 @@ class MqttLink:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S)
         except aiomqtt.MqttError as exc:
             raise TransientError(f"broker: {exc}") from None
+        _raise_if_cancel_swallowed()
 
     def _client_for(self) -> aiomqtt.Client:
         """The aiomqtt client, made once: reusing it lets paho resend unacknowledged QoS-1 messages."""
@@ -153,6 +160,7 @@ class MqttLink:
             tls_context=context,
             max_inflight_messages=MAX_INFLIGHT,
             timeout=PUBLISH_TIMEOUT_S,
+            queue_type=self._inbox_type(),
         )
         # aiomqtt warns on every publish beyond 10 pending; a fan-out has thousands on purpose.
         client.pending_calls_threshold = MAX_INFLIGHT * 10
@@ -164,6 +172,7 @@ class MqttLink:
             await client.subscribe(topic_filter, qos=QOS)
         except aiomqtt.MqttError as exc:
             log.warning("mqtt.subscribe_failed", link=self.name, topic=topic_filter, reason=str(exc))
+        _raise_if_cancel_swallowed()
 
     async def run_loop(self) -> None:
         """Connect, subscribe, dispatch messages; on any broker error wait a capped random delay, again."""
@@ -172,8 +181,10 @@ class MqttLink:
         while True:
             try:
                 async with client:
+                    _raise_if_cancel_swallowed()  # the CONNACK is waited for the same way
                     for topic_filter in dict.fromkeys(f for f, _ in self._handlers):
                         await client.subscribe(topic_filter, qos=QOS)
+                        _raise_if_cancel_swallowed()
                     self._client = client
                     self._connected.set()
                     self.connects += 1
@@ -205,17 +216,80 @@ class MqttLink:
             finally:
                 self._connected.clear()
 
-    async def _dispatch(self, message: aiomqtt.Message) -> None:
-        """Hand a message to every handler whose filter matches its topic."""
-        for topic_filter, handler in self._handlers:
-            if not message.topic.matches(topic_filter):
+    def _inbox_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's incoming queue (its `queue_type`), with plain handlers called on arrival.
+
+        aiomqtt's message iterator makes a task and an `asyncio.wait` per message; 10,000
+        speakers acking at once made that a tenth of warnd's CPU. Plain (non-async) handlers,
+        such as the device hub's, only queue the message for their own loop, so they are called
+        as the message arrives; messages for coroutine handlers (CAP feeds, handled in order)
+        still go through the queue to `run_loop`.
+        """
+        link = self
+
+        class Inbox(asyncio.Queue):  # type: ignore[type-arg]
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                if link._deliver_now(item):
+                    super().put_nowait(item)
+
+        return Inbox
+
+    def _matching(self, message: aiomqtt.Message) -> list[tuple[Handler, bool]]:
+        """The handlers whose filter matches the message's topic."""
+        levels = str(message.topic).split("/")
+        return [(h, is_async) for f, h, is_async in self._routes if _matches(levels, f)]
+
+    def _deliver_now(self, message: aiomqtt.Message) -> bool:
+        """Call the plain handlers of a message; True if coroutine handlers are still to run."""
+        pending = False
+        for handler, is_async in self._matching(message):
+            if is_async:
+                pending = True
                 continue
+            try:
+                result = handler(message)
+                if inspect.isawaitable(result):  # a plain callable that returned a coroutine
+                    task = asyncio.ensure_future(result)
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            except Exception:
+                log.exception("mqtt.handler_failed", link=self.name, topic=str(message.topic))
+        return pending
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        """Run, in order, the coroutine handlers whose filter matches a queued message."""
+        for handler, is_async in self._matching(message):
+            if not is_async:
+                continue  # already called on arrival
             try:
                 result = handler(message)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
                 log.exception("mqtt.handler_failed", link=self.name, topic=str(message.topic))
+
+
+def _raise_if_cancel_swallowed() -> None:
+    """Raise the cancellation that aiomqtt's wait for a broker reply may have swallowed.
+
+    Python 3.11's `asyncio.wait_for`, which aiomqtt awaits PUBACK and SUBACK with, returns the
+    reply instead of raising when the task is cancelled just as the reply arrives. The task then
+    runs on as if never cancelled: a stopping daemon or simulator waits for it forever. The
+    request is still counted by `Task.cancelling()`, so it is honoured here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _matches(topic: list[str], topic_filter: list[str]) -> bool:
+    """Whether topic levels match filter levels (`+` one level, `#` the rest)."""
+    for i, level in enumerate(topic_filter):
+        if level == "#":
+            return True
+        if i >= len(topic) or (level != "+" and level != topic[i]):
+            return False
+    return len(topic) == len(topic_filter)
 
 
 def mqtt_link(ctx: AdapterContext) -> MqttLink:

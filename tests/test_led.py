@@ -16,7 +16,7 @@ import pytest
 from adapters.led import LedAdapter, layout, ranked, wrap
 from tests.support.harness import Harness, warning_body
 from tests.support.live import close_live, live_harness
-from tests.support.mqtt import Broker
+from tests.support.mqtt import Broker, stop_client_task
 
 BOARD = "led-330502101201-1"
 
@@ -55,9 +55,7 @@ class Board:
     async def __aexit__(self, *exc: object) -> None:
         """Stop listening."""
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_client_task(self._task)
 
     async def wait_for(self, n: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         """The commands, once at least n have arrived (real broker I/O, not pipeline time)."""

@@ -1,0 +1,97 @@
+"""The shared MQTT link against a real Mosquitto: routing by topic filter, plain and coroutine handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from adapters.mqtt import MqttLink, _matches
+from tests.support.mqtt import Broker
+from warnd.config import MqttSettings
+
+
+def test_topic_filters_follow_mqtt_wildcards() -> None:
+    """`+` is one level, `#` the rest including the parent level; nothing else is a wildcard."""
+
+    def m(topic: str, topic_filter: str) -> bool:
+        return _matches(topic.split("/"), topic_filter.split("/"))
+
+    assert m("warnd/v1/device/spk-1/ack", "warnd/v1/device/+/ack")
+    assert not m("warnd/v1/device/spk-1/status", "warnd/v1/device/+/ack")
+    assert m("cap/a/b", "cap/#") and m("cap", "cap/#") and m("x/y", "#")
+    assert not m("a/b", "a/b/c") and not m("a/b/c", "a/b") and not m("a/b", "+")
+    assert m("a/", "a/+")
+
+
+async def test_plain_and_coroutine_handlers_and_shared_subscriptions(broker: Broker) -> None:
+    """Plain handlers get messages as they arrive, coroutine handlers in order; $share filters match."""
+    link = MqttLink(MqttSettings(url=broker.url, client_id="link-test"), clean_session=True, name="test")
+    plain: list[str] = []
+    ordered: list[bytes] = []
+    shared: list[str] = []
+
+    async def slow(message: aiomqtt.Message) -> None:
+        await asyncio.sleep(0.01 if message.payload == b"1" else 0)  # the first is slowest
+        ordered.append(bytes(message.payload))  # type: ignore[arg-type]
+
+    link.subscribe("t/plain/+", lambda m: plain.append(str(m.topic)))
+    link.subscribe("t/ordered", slow)
+    link.subscribe("$share/g/t/shared/#", lambda m: shared.append(str(m.topic)))
+    task = asyncio.create_task(link.run_loop())
+    try:
+        await link.wait_connected(10)
+        async with aiomqtt.Client(broker.host, broker.port, identifier="link-test-pub") as pub:
+            await pub.publish("t/plain/a", b"x", qos=1)
+            for i in range(1, 6):
+                await pub.publish("t/ordered", str(i).encode(), qos=1)
+            await pub.publish("t/shared/a/b", b"x", qos=1)
+            await pub.publish("t/other", b"x", qos=1)
+
+            async def done() -> Any:
+                return plain and len(ordered) == 5 and shared
+
+            for _ in range(200):
+                if await done():
+                    break
+                await asyncio.sleep(0.02)
+        assert plain == ["t/plain/a"]
+        assert ordered == [b"1", b"2", b"3", b"4", b"5"]
+        assert shared == ["t/shared/a/b"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_cancel_that_arrives_with_the_puback_still_cancels(broker: Broker) -> None:
+    """Python 3.11's wait_for drops a cancel that comes with the reply; the link raises it anyway.
+
+    A task cancelled at that moment ran on as if never cancelled, so stopping it (a test's
+    board, a simulator going offline, the daemon's shutdown) could wait forever.
+    """
+    link = MqttLink(MqttSettings(url=broker.url, client_id="link-cancel"), clean_session=True, name="test")
+    run = asyncio.create_task(link.run_loop())
+    try:
+        await link.wait_connected(10)
+        for _ in range(20):
+            pub = asyncio.create_task(link.publish("t/cancel", b"x"))
+            # aiomqtt waits for the PUBACK in an inner task (asyncio.wait_for on Event.wait()).
+            inner: list[asyncio.Task[Any]] = []
+            while not inner and not pub.done():
+                await asyncio.sleep(0)
+                inner = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Event.wait"]
+            if pub.done() or inner[0].done():
+                await pub
+                continue
+            # Cancel once the PUBACK is in: wait_for has been woken but pub has not run yet.
+            inner[0].add_done_callback(lambda _: pub.cancel())
+            with pytest.raises(asyncio.CancelledError):
+                await pub
+            break
+        else:
+            pytest.fail("never caught a publish waiting for its PUBACK")
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)

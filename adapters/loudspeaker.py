@@ -120,7 +120,8 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
         """Share the link and the device hub; the audio cache lives under state_dir/audio."""
         super().__init__(ctx)
         self.audio = AudioCache(ctx.settings.state_dir / "audio", ctx.settings.tts)
-        self._memo: dict[tuple[str, str, str], AudioFile | None] = {}
+        # Renders by (text, level, audio kind), started by prepare() or the first send.
+        self._memo: dict[tuple[str, str, str], asyncio.Task[AudioFile | None]] = {}
 
     def routes(self) -> list[Any]:
         """`/audio/{sha256}.mp3`, without a token: terminals fetch and verify by sha256."""
@@ -130,23 +131,52 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
             Route("HEAD", "/audio/{name}", handler, None, "Size and ETag of a rendered warning MP3"),
         ]
 
+    async def aclose(self) -> None:
+        """Stop renders still running (a shutdown right after a step was planned)."""
+        pending = [t for t in self._memo.values() if not t.done()]
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await super().aclose()
+
+    def prepare(self, warning: dict[str, Any], kind: str) -> None:
+        """Start rendering the step's audio now, while its deliveries are still being written."""
+        if kind != "expire":
+            text, audio_kind = spoken(warning, kind)
+            self._render(text, warning["level"], audio_kind, warning.get("id", ""))
+
     async def _audio(self, message: Message, text: str, audio_kind: str) -> AudioFile | None:
         """The MP3 for a command; None for a silent stop, or when rendering fails (text is still sent)."""
         if message.delivery.kind == "expire":
             return None
-        key = (text, message.warning["level"], audio_kind)
-        if key in self._memo:
-            return self._memo[key]
+        task = self._render(text, message.warning["level"], audio_kind, message.delivery.warning_id)
+        # Shielded: a send that times out leaves the render to finish for the retry.
+        return await asyncio.shield(task)
+
+    def _render(
+        self, text: str, level: str, audio_kind: str, warning_id: str
+    ) -> asyncio.Task[AudioFile | None]:
+        """The render of (text, level, kind): the one already started, or a new one."""
+        key = (text, level, audio_kind)
+        task = self._memo.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() or task.result() is None)):
+            if len(self._memo) >= AUDIO_MEMO:
+                self._memo = {k: t for k, t in self._memo.items() if not t.done()}
+            task = self._memo[key] = asyncio.get_running_loop().create_task(
+                self._render_once(text, level, audio_kind, warning_id), name=f"warnd.audio.{warning_id}"
+            )
+            # Started by prepare() and perhaps never awaited: say here what went wrong.
+            task.add_done_callback(_log_crash)
+        return task
+
+    async def _render_once(self, text: str, level: str, audio_kind: str, warning_id: str) -> AudioFile | None:
+        """Render; on failure log and return None (terminals with their own TTS still speak `text`)."""
         try:
-            audio = await self.audio.render(text, message.warning["level"], kind=audio_kind)
+            return await self.audio.render(text, level, kind=audio_kind)
         except AudioError as exc:
-            # Terminals with their own TTS can still speak `text`; a warning is never held back.
-            log.warning("audio.render_failed", warning_id=message.delivery.warning_id, reason=str(exc))
+            # A warning is never held back for its audio.
+            log.warning("audio.render_failed", warning_id=warning_id, reason=str(exc))
             return None
-        if len(self._memo) >= AUDIO_MEMO:
-            self._memo.clear()
-        self._memo[key] = audio
-        return audio
 
     async def send_batch(self, messages: Sequence[Message]) -> list[Receipt | BaseException]:
         """Group by msg_id; publish once per whole village, per device otherwise."""
@@ -191,6 +221,12 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
             for i in indexes:
                 out[i] = result if isinstance(result, BaseException) else Receipt("sent")
         return out
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    """A render that raised more than an AudioError (which it logs itself)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("audio.render_crashed", task=task.get_name(), error=repr(exc)[:300])
 
 
 def _encode(cmd: dict[str, Any]) -> bytes:

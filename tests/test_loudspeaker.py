@@ -22,7 +22,7 @@ from pydub import AudioSegment
 
 from adapters.loudspeaker import LoudspeakerAdapter, spoken, village_topic
 from tests.support.county import village_code, write_directory
-from tests.support.harness import TOKENS, warning_body
+from tests.support.harness import Driven, warning_body
 from tests.support.harness import test_settings as make_settings
 from tests.support.mqtt import Broker
 from warnd.adapter import Message
@@ -52,7 +52,7 @@ async def until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str
         await asyncio.sleep(0.05)
 
 
-class Rig:
+class Rig(Driven):
     """warnd with the loudspeaker adapter on a real broker, plus simulated speakers."""
 
     def __init__(self, tmp_path: Path, broker: Broker, *, villages: int = 2, speakers: int = 3) -> None:
@@ -108,7 +108,7 @@ class Rig:
     async def wait_up(self) -> None:
         """warnd and every running speaker connected, and warnd has seen them online."""
         await until(lambda: self.link.connected and self.sim.connected(), what="connections")
-        online = set(self.sim._running) - {"*"}
+        online = set(self.sim._running)
 
         async def seen() -> bool:
             rows = {r["id"]: r["online"] for r in await self.store.devices()}
@@ -124,31 +124,6 @@ class Rig:
         await self.sim.aclose()
         await self.client.close()
         await self.store.close()
-
-    async def run_until_idle(self) -> None:
-        """Fire due jobs and send due deliveries until nothing is due at the fake now."""
-        for _ in range(100):
-            fired = await self.daemon.scheduler.run_once()
-            sent = await self.daemon.dispatcher.run_once()
-            if not fired and not sent:
-                return
-        raise AssertionError("pipeline did not become idle")
-
-    def headers(self, role: str = "operator") -> dict[str, str]:
-        """Authorization header for a role."""
-        return {"Authorization": f"Bearer {TOKENS[role]}"}
-
-    async def issue(self, body: dict[str, Any]) -> str:
-        """POST a warning; its id."""
-        resp = await self.client.post("/api/v1/warnings", json=body, headers=self.headers())
-        assert resp.status == 202, await resp.text()
-        return (await resp.json())["id"]
-
-    async def get(self, warning_id: str) -> dict[str, Any]:
-        """GET a warning."""
-        resp = await self.client.get(f"/api/v1/warnings/{warning_id}", headers=self.headers("viewer"))
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
 
     async def coverage(self, warning_id: str) -> dict[str, int]:
         """The warning's loudspeaker coverage."""
@@ -222,6 +197,54 @@ async def test_red_warning_is_played_and_confirmed_by_every_speaker(rig: Rig) ->
     assert unauth.status == 401
 
 
+async def test_logs_say_one_line_per_village_command_not_per_speaker(
+    rig: Rig, log_events: list[dict[str, Any]]
+) -> None:
+    """A village command is one `delivery.sent` line naming its receivers; acks are grouped alike.
+
+    10,000 speakers logged one line each would trip journald's rate limit and lose other lines.
+    """
+    wid = await rig.issue(warning_body(area={"codes": VILLAGES}))
+    await rig.run_until_idle()
+    await rig.wait_acknowledged(wid, 6)
+
+    def played_logged() -> int:
+        return sum(
+            e.get("receivers", 1)
+            for e in log_events
+            if e["event"] == "ack.received" and e["status"] == "played"
+        )
+
+    await until(
+        lambda: played_logged() == 6,
+        what="played acks logged",
+    )
+    sent = [e for e in log_events if e["event"] == "delivery.sent" and e["warning_id"] == wid]
+    assert sorted(e["village"] for e in sent) == sorted(VILLAGES)
+    assert all(e["receivers"] == 3 and e["channel"] == "loudspeaker" and e["msg_id"] for e in sent)
+    played = [e for e in log_events if e["event"] == "ack.received" and e["status"] == "played"]
+    assert {e["msg_id"] for e in played} == {e["msg_id"] for e in sent}
+    # Grouped only within one batch of acks: never more lines than speakers, never a lost count.
+    assert len(played) <= 6
+
+
+async def test_audio_is_rendered_while_the_step_is_written_not_after_the_first_claim(
+    rig: Rig, log_events: list[dict[str, Any]]
+) -> None:
+    """Planning a step starts its render: by the dispatcher's first claim the MP3 is on its way."""
+    wid = await rig.issue(warning_body(area={"codes": VILLAGES}))
+    assert await rig.daemon.scheduler.run_once() == 1  # the step is planned; nothing is sent yet
+    await until(lambda: any(e["event"] == "audio.rendered" for e in log_events), what="audio rendered")
+    rows = await rig.store.deliveries_for(wid)
+    assert {r["state"] for r in rows if r["channel"] == "loudspeaker"} == {"pending"}
+    # The send uses that render: one render for the warning, and the commands carry it.
+    await rig.run_until_idle()
+    await rig.wait_acknowledged(wid, 6)
+    assert sum(e["event"] == "audio.rendered" for e in log_events) == 1
+    shas = {s.played[0]["audio"]["sha256"] for s in rig.sim.speakers.values()}
+    assert shas == {next(e for e in log_events if e["event"] == "audio.rendered")["sha256"]}
+
+
 async def test_broker_outage_after_accept_delivers_exactly_once(rig: Rig) -> None:
     """Broker down after the 202, back 10 s later: every speaker still plays it, once per msg_id."""
     wid = await rig.issue(warning_body(area={"codes": VILLAGES}))
@@ -263,8 +286,12 @@ async def test_cancel_stops_the_same_speakers_with_the_all_clear(rig: Rig) -> No
         assert stop["text"].startswith("解除预警")
         assert stop["audio"]["sha256"] != warning_audio
     # Every stop is confirmed; coverage counts the warning, not the all-clear.
-    await until(lambda: all(rig.sim.speakers[s].final.get(rig.sim.speakers[s].stops[0]["msg_id"]) == "played"
-                            for s in reached), what="all-clear played")
+    await until(
+        lambda: all(
+            rig.sim.speakers[s].final.get(rig.sim.speakers[s].stops[0]["msg_id"]) == "played" for s in reached
+        ),
+        what="all-clear played",
+    )
     assert (await rig.coverage(wid))["expected"] == 3
 
 
@@ -315,14 +342,36 @@ async def test_partial_village_goes_per_device(rig: Rig, broker: Broker) -> None
     code = VILLAGES[1]
     targets = [f"spk-{code}-1", f"spk-{code}-2"]
     msgs = [
-        Message(Delivery(i, "m-partial", "W-partial", "issue", "warning", "loudspeaker", t, code, None, None,
-                         False, 1), warning)
+        Message(
+            Delivery(
+                i, "m-partial", "W-partial", "issue", "warning", "loudspeaker", t, code, None, None, False, 1
+            ),
+            warning,
+        )
         for i, t in enumerate(targets)
     ]
     receipts = await rig.adapter.send_batch(msgs)
     assert [r.state for r in receipts] == ["sent", "sent"]  # type: ignore[union-attr]
-    whole = [Message(Delivery(9 + i, "m-whole", "W-partial", "issue", "warning", "loudspeaker",
-                              f"spk-{code}-{i + 1}", code, None, None, False, 1), warning) for i in range(3)]
+    whole = [
+        Message(
+            Delivery(
+                9 + i,
+                "m-whole",
+                "W-partial",
+                "issue",
+                "warning",
+                "loudspeaker",
+                f"spk-{code}-{i + 1}",
+                code,
+                None,
+                None,
+                False,
+                1,
+            ),
+            warning,
+        )
+        for i in range(3)
+    ]
     await rig.adapter.send_batch(whole)
     await until(lambda: len(seen) >= 3, what="commands")
     watcher.cancel()
@@ -354,8 +403,14 @@ async def test_bad_acks_are_logged_and_dropped(
             qos=1,
         )
     names = lambda: [e["event"] for e in log_events]  # noqa: E731
-    await until(lambda: names().count("ack.malformed") == 2 and "ack.unmatched" in names()
-                and "ack.unknown_device" in names(), what="log events")
+    await until(
+        lambda: (
+            names().count("ack.malformed") == 2
+            and "ack.unmatched" in names()
+            and "ack.unknown_device" in names()
+        ),
+        what="log events",
+    )
     await rig.run_until_idle()
     await rig.wait_acknowledged(wid, 3)
 

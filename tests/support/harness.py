@@ -44,7 +44,41 @@ def test_settings(tmp_path: Path, directory: Path, **overrides: Any) -> Settings
     return Settings(**data)
 
 
-class Harness:
+class Driven:
+    """What tests do to an in-process daemon (`self.daemon`) and its API client (`self.client`)."""
+
+    daemon: Daemon
+    client: TestClient
+
+    async def run_until_idle(self, max_rounds: int = 1000) -> int:
+        """Fire due jobs and send due deliveries until nothing is due at the fake now."""
+        total = 0
+        for _ in range(max_rounds):
+            fired = await self.daemon.scheduler.run_once()
+            sent = await self.daemon.dispatcher.run_once()
+            total += fired + sent
+            if not fired and not sent:
+                return total
+        raise AssertionError("pipeline did not become idle")
+
+    def headers(self, role: str = "operator") -> dict[str, str]:
+        """Authorization header for a role."""
+        return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+    async def issue(self, body: dict[str, Any], role: str = "operator", **kw: Any) -> str:
+        """POST a warning and return its id (asserting 202)."""
+        resp = await self.client.post("/api/v1/warnings", json=body, headers=self.headers(role), **kw)
+        assert resp.status == 202, await resp.text()
+        return (await resp.json())["id"]
+
+    async def get(self, warning_id: str) -> dict[str, Any]:
+        """GET a warning."""
+        resp = await self.client.get(f"/api/v1/warnings/{warning_id}", headers=self.headers("viewer"))
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+class Harness(Driven):
     """warnd's pipeline in this process: drive it with `run_until_idle()` and the fake clock.
 
     Args:
@@ -82,9 +116,7 @@ class Harness:
     async def start(self) -> Harness:
         """Open the store, build the daemon and an API client."""
         await self.store.open()
-        self.daemon = Daemon(
-            self.settings, self.store, Directory.load(self.directory_path), clock=self.clock
-        )
+        self.daemon = Daemon(self.settings, self.store, Directory.load(self.directory_path), clock=self.clock)
         for ch in self.channels:
             self.daemon.add_adapter(RecordingAdapter(self.daemon.adapter_context(), ch, script=self.script))
         for factory in self.adapter_factories:
@@ -105,33 +137,6 @@ class Harness:
     def adapter(self, channel: str) -> RecordingAdapter:
         """The recording adapter of a channel."""
         return self.daemon.adapters[channel]  # type: ignore[return-value]
-
-    async def run_until_idle(self, max_rounds: int = 1000) -> int:
-        """Fire due jobs and send due deliveries until nothing is due at the fake now."""
-        total = 0
-        for _ in range(max_rounds):
-            fired = await self.daemon.scheduler.run_once()
-            sent = await self.daemon.dispatcher.run_once()
-            total += fired + sent
-            if not fired and not sent:
-                return total
-        raise AssertionError("pipeline did not become idle")
-
-    def headers(self, role: str = "operator") -> dict[str, str]:
-        """Authorization header for a role."""
-        return {"Authorization": f"Bearer {TOKENS[role]}"}
-
-    async def issue(self, body: dict[str, Any], role: str = "operator", **kw: Any) -> str:
-        """POST a warning and return its id (asserting 202)."""
-        resp = await self.client.post("/api/v1/warnings", json=body, headers=self.headers(role), **kw)
-        assert resp.status == 202, await resp.text()
-        return (await resp.json())["id"]
-
-    async def get(self, warning_id: str) -> dict[str, Any]:
-        """GET a warning."""
-        resp = await self.client.get(f"/api/v1/warnings/{warning_id}", headers=self.headers("viewer"))
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
 
 
 def warning_body(**overrides: Any) -> dict[str, Any]:

@@ -76,7 +76,13 @@ class RecordingAdapter(Adapter):
 
 
 def read_records(path: Path) -> list[dict[str, str]]:
-    """The records a (possibly killed) daemon's recording adapters wrote."""
+    """The records a (possibly killed) daemon's recording adapters wrote.
+
+    Only whole lines: the daemon may be writing the last one while we read (or was killed
+    halfway through it, in which case that send was never reported as done).
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1].decode("utf-8")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]

@@ -4,7 +4,7 @@ Each speaker subscribes to its village topic and its own command topic, keeps a 
 status with a last will saying offline, downloads the audio and checks its sha256, acks
 `received`, `playing`, `played` (or `failed`), ignores a msg_id it has already handled,
 refuses to play after `not_after`, and stops on `stop`. `warnctl simulate-speakers` runs it;
-tests run it in-process; the benchmark runs a lightweight variant (one connection per process).
+tests run it in-process. The benchmark's load peer is `bench/swarm.py`.
 """
 
 from __future__ import annotations
@@ -182,8 +182,6 @@ class SpeakerSimulator:
         now: clock for not_after and ack times (default: wall clock).
         fail_rate: share of plays that fail.
         delay_ms: time between received and played.
-        shared_connection: one MQTT connection for all speakers (benchmarks: thousands of
-            speakers without thousands of sockets; no per-device status or last will).
         reconnect_max_s: cap of the reconnect delay.
         seed: for fail_rate.
     """
@@ -196,17 +194,14 @@ class SpeakerSimulator:
         now: Callable[[], datetime] | None = None,
         fail_rate: float = 0.0,
         delay_ms: float = 0.0,
-        shared_connection: bool = False,
         reconnect_max_s: float = 2.0,
         seed: int | None = None,
     ) -> None:
         """Set the speakers up; `run()` connects them."""
         self.settings = MqttSettings(url=broker_url, reconnect_max_s=reconnect_max_s)
         self.now = now or (lambda: datetime.now(UTC))
-        self.shared = shared_connection
         self.closed = False
         self._http: aiohttp.ClientSession | None = None
-        self._audio: dict[str, bytes] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._links: dict[str, MqttLink] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -228,11 +223,11 @@ class SpeakerSimulator:
             self.by_village.setdefault(s.village, []).append(s)
 
     def _publisher(self, device_id: str) -> Publish:
-        """How a speaker publishes: on its own link, or on the shared one."""
+        """How a speaker publishes: on its own link."""
 
         async def publish(topic: str, payload: bytes, retain: bool) -> None:
             """Publish, waiting out a short broker outage rather than losing the ack."""
-            link = self._links["*" if self.shared else device_id]
+            link = self._links[device_id]
             for _ in range(600):
                 if self.closed:
                     return
@@ -247,17 +242,12 @@ class SpeakerSimulator:
         return publish
 
     async def _fetch(self, url: str) -> bytes:
-        """Download audio (shared-connection speakers share one copy per URL)."""
-        if self.shared and url in self._audio:
-            return self._audio[url]
+        """Download audio."""
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S))
         async with self._http.get(url) as resp:
             resp.raise_for_status()
-            data = await resp.read()
-        if self.shared:
-            self._audio[url] = data
-        return data
+            return await resp.read()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         """Run a command's handling beside the receive loop."""
@@ -298,32 +288,11 @@ class SpeakerSimulator:
 
         return handler
 
-    def _shared_link(self) -> MqttLink:
-        """One link for every speaker; commands are routed by topic."""
-        client_id = f"warnd-sim-{id(self):x}"
-        link = MqttLink(self.settings, client_id=client_id, clean_session=True, name="sim.shared")
-
-        def on_message(message: aiomqtt.Message) -> None:
-            """Route a village or device command to its speakers."""
-            parts = str(message.topic).split("/")
-            payload = bytes(message.payload)  # type: ignore[arg-type]
-            if parts[2] == "village":
-                targets = self.by_village.get(parts[3], [])
-            else:
-                one = self.speakers.get(parts[3])
-                targets = [one] if one else []
-            for s in targets:
-                self._spawn(s.handle(payload))
-
-        link.subscribe(f"{TOPIC_ROOT}/village/+/speaker", on_message)
-        link.subscribe(f"{TOPIC_ROOT}/device/+/cmd", on_message)
-        return link
-
-    def go_online(self, device_id: str = "*") -> None:
-        """Connect a speaker (or the shared link), resuming its persistent session."""
+    def go_online(self, device_id: str) -> None:
+        """Connect a speaker, resuming its persistent session."""
         if device_id in self._running:
             return
-        link = self._shared_link() if device_id == "*" else self._link_for(device_id)
+        link = self._link_for(device_id)
         self._links[device_id] = link
         self._running[device_id] = asyncio.ensure_future(link.run_loop())
 
@@ -339,12 +308,9 @@ class SpeakerSimulator:
             await task
 
     def start(self) -> None:
-        """Connect every speaker (or the shared link)."""
-        if self.shared:
-            self.go_online("*")
-        else:
-            for device_id in self.speakers:
-                self.go_online(device_id)
+        """Connect every speaker."""
+        for device_id in self.speakers:
+            self.go_online(device_id)
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         """Until every running link is connected."""

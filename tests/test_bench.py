@@ -1,0 +1,38 @@
+"""The benchmarks still run: each at a tiny size, end to end, in its own process.
+
+Their numbers are not judged here (a benchmark is not a timed test); that they produce them is.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args: str) -> str:
+    """`python -m bench.NAME …` from the repository root; its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+    )
+    # Exit 1 means a target was missed, which at this size says nothing; 2+ is a crash.
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_loudspeaker_fanout_runs_and_every_speaker_plays() -> None:
+    """12 speakers through warnd and through the bare loop, with the swarm peer acking `played`."""
+    out = run_bench("bench.loudspeaker_fanout", "--villages", "4", "--speakers", "3")
+    assert "speakers:                 12 (4 villages × 3), acking played" in out
+    assert "warnd 202 → last played:" in out
+    assert "bare aiomqtt publish+ack:" in out
+    assert out.strip().splitlines()[-1] in ("OK", "MISSED")
+
+
+def test_loudspeaker_fanout_with_progress_acks() -> None:
+    """The three-ack variant (received, playing, played) also completes."""
+    out = run_bench("bench.loudspeaker_fanout", "--villages", "2", "--speakers", "2", "--progress-acks")
+    assert "acking received, playing, played" in out
+    assert "warnd 202 → last played:" in out

@@ -86,7 +86,7 @@ async def test_a_cancel_that_arrives_with_the_puback_still_cancels(broker: Broke
                 await pub
                 continue
             # Cancel once the PUBACK is in: wait_for has been woken but pub has not run yet.
-            inner[0].add_done_callback(lambda _: pub.cancel())
+            inner[0].add_done_callback(lambda _, pub=pub: pub.cancel())
             with pytest.raises(asyncio.CancelledError):
                 await pub
             break

@@ -176,10 +176,12 @@ async def test_429_with_retry_after_sends_each_once_within_the_rate(tmp_path: Pa
 async def test_permanent_errors_are_dead_at_once_with_the_reason(tmp_path: Path) -> None:
     """21211 invalid number and 21610 unsubscribed: dead after one attempt, reason given, no retry."""
     async with twilio_harness(tmp_path, [SmsAdapter]) as (h, fake):
-        fake.script([
-            Answer(400, code=21211, message="The 'To' number +8613900000000 is not valid."),
-            Answer(400, code=21610, message="Attempt to send to unsubscribed recipient"),
-        ])
+        fake.script(
+            [
+                Answer(400, code=21211, message="The 'To' number +8613900000000 is not valid."),
+                Answer(400, code=21610, message="Attempt to send to unsubscribed recipient"),
+            ]
+        )
         wid = await h.issue(warning_body())
         await h.run_until_idle()
         rows = await deliveries(h, wid, "sms")

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from warnd.adapter import Adapter, AdapterContext, AuthError
+from warnd.api.auth import TokenBook
 from warnd.clock import Clock, SystemClock, Wakeup
 from warnd.config import ConfigError, Settings, load_settings
 from warnd.directory import Directory
@@ -57,6 +58,8 @@ class Daemon:
     ) -> None:
         """Wire the pipeline stages together."""
         self.settings = settings
+        # API tokens: the HTTP app checks requests against this book; reload replaces its contents.
+        self.tokens = TokenBook(settings.auth.tokens)
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.config_path = config_path
@@ -146,7 +149,11 @@ class Daemon:
         return checks
 
     def reload(self) -> None:
-        """Re-read directory and policy (SIGHUP); work in flight is untouched, a bad file changes nothing."""
+        """Re-read directory, policy and API tokens (SIGHUP); work in flight is untouched.
+
+        A file with errors changes nothing. Tokens include the `api_token_hashes` credential,
+        so a leaked token is revoked by removing it and reloading, without a restart.
+        """
         self.notifier.reloading()
         try:
             fresh = load_settings(self.config_path)
@@ -158,8 +165,15 @@ class Daemon:
             # Success or not, warnd keeps serving: `systemctl reload` must not hang waiting.
             self.notifier.ready()
         self.settings.policy = fresh.policy
+        self.settings.auth = fresh.auth
+        self.tokens.replace(fresh.auth.tokens)
         self._directory = directory
-        log.info("config.reloaded", villages=len(directory.villages), people=len(directory.people))
+        log.info(
+            "config.reloaded",
+            villages=len(directory.villages),
+            people=len(directory.people),
+            tokens=len(self.tokens),
+        )
 
     async def watchdog_loop(self, notifier: Notifier) -> None:
         """Ping systemd's watchdog only while the store can be written: a hung daemon gets restarted.

@@ -10,7 +10,6 @@ from aiohttp import web
 from warnd import devices
 from warnd.api import audit, warnings
 from warnd.api import report as report_api
-from warnd.api.auth import TokenBook
 from warnd.api.errors import error_middleware, error_response
 from warnd.api.openapi import openapi
 from warnd.api.routes import TOKENS, Route, auth_middleware
@@ -95,7 +94,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         ],
     )
     app[DAEMON] = daemon
-    app[TOKENS] = TokenBook(daemon.settings.auth.tokens)
+    app[TOKENS] = daemon.tokens
     # A path with text after a parameter (/warnings/{id}.cap) goes before the bare parameter
     # (/warnings/{id}) that would otherwise match it; the rest keep their order.
     for r in sorted(routes, key=lambda r: "}." not in r.path):

@@ -42,9 +42,19 @@ class TokenBook:
 
     def __init__(self, tokens: Sequence[TokenSettings]) -> None:
         """Keep name, role and stored hash for each token."""
-        self._tokens = [(t.name, t.role, t.hash) for t in tokens]
+        self._tokens: list[tuple[str, str, str]] = []
         # sha256(presented) → principal, for tokens already verified: PBKDF2 runs once per token.
         self._verified: dict[bytes, Principal] = {}
+        self.replace(tokens)
+
+    def replace(self, tokens: Sequence[TokenSettings]) -> None:
+        """Take a new set of tokens (reload): a removed token or a changed role counts at once."""
+        self._tokens = [(t.name, t.role, t.hash) for t in tokens]
+        self._verified = {}
+
+    def __len__(self) -> int:
+        """How many tokens are configured."""
+        return len(self._tokens)
 
     def lookup(self, presented: str) -> Principal | None:
         """The principal a presented token belongs to; every entry is checked, none short-circuits."""

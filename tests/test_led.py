@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from adapters.led import LedAdapter, layout, ranked, wrap
 from tests.support.harness import Harness, warning_body
 from tests.support.live import close_live, live_harness
 from tests.support.mqtt import Broker, stop_client_task
+from tests.support.process import ROOT
+from warnd.simulator import SimBoard
 
 BOARD = "led-330502101201-1"
 
@@ -230,3 +234,89 @@ def test_ranked_most_severe_then_newest() -> None:
         {"id": "y-new", "level": "yellow", "created_at": "2026-07-01T01:00:00.000000Z"},
     ]
     assert [w["id"] for w in ranked(ws)] == ["r", "y-new", "y-old"]
+
+
+async def test_warnctl_simulates_the_villages_boards_too(led: Harness, broker: Broker) -> None:
+    """`warnctl simulate-speakers` brings up a village's LED board: it shows, acks, and clears."""
+    h = led
+    argv = ["simulate-speakers", "--broker", broker.url, "--directory", str(h.settings.directory.path)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "warnd.ctl",
+        *argv,
+        "--village",
+        "330502101201",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+
+        async def board_state() -> str | None:
+            resp = await h.client.get("/api/v1/devices", headers=h.headers("viewer"))
+            return {d["id"]: d["state"] for d in (await resp.json())["devices"]}.get(BOARD)
+
+        await until_async(lambda: board_state(), "online", 20)
+        # The simulator judges not_after by the wall clock: this warning is still in force then.
+        wid = await h.issue(warning_body(expires="2099-01-01T00:00:00+00:00"))
+        await h.run_until_idle()
+
+        async def states(kind: str) -> list[str]:
+            return [r["state"] for r in await led_rows(h, wid) if r["kind"] == kind]
+
+        await until_async(lambda: states("warning"), ["acknowledged"])
+        resp = await h.client.post(f"/api/v1/warnings/{wid}/cancel", json={}, headers=h.headers())
+        assert resp.status == 202
+        await h.run_until_idle()
+        await until_async(lambda: states("cancel"), ["acknowledged"])  # the board said `cleared`
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert "villages 330502101201; speakers: 2, LED boards: 1" in err.decode()
+
+
+async def until_async(probe: Callable[[], Any], want: Any, timeout_s: float = 5.0) -> None:
+    """Wait until an async probe returns `want` (broker I/O in another process)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    got = None
+    while asyncio.get_running_loop().time() < deadline:
+        got = await probe()
+        if got == want:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"wanted {want!r}, still {got!r}")
+
+
+async def test_simulated_board_shows_clears_and_refuses_stale_displays() -> None:
+    """Display → `shown`, clear → `cleared`, past not_after → `failed`, a repeat is only re-confirmed."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish(topic: str, payload: bytes, retain: bool) -> None:
+        sent.append((topic, json.loads(payload)))
+
+    now = datetime(2026, 7, 1, tzinfo=UTC)
+    board = SimBoard(BOARD, "330502101201", publish=publish, now=lambda: now)
+    ack = f"warnd/v1/device/{BOARD}/ack"
+
+    def cmd(msg_id: str, kind: str, not_after: str = "2026-07-02T00:00:00+00:00") -> bytes:
+        body = {"msg_id": msg_id, "kind": kind, "warning_id": "W1", "ack_topic": ack, "not_after": not_after}
+        return json.dumps(body).encode()
+
+    await board.handle(cmd("m1", "display"))
+    assert board.showing is not None and board.showing["msg_id"] == "m1"
+    await board.handle(cmd("m0", "display", not_after="2026-06-30T23:59:59+00:00"))
+    assert board.showing["msg_id"] == "m1"  # the stale one never showed
+    await board.handle(cmd("m2", "clear"))
+    assert board.showing is None
+    await board.handle(cmd("m1", "display"))  # redelivered: confirmed again, not shown again
+    assert board.showing is None
+    await board.handle(b"not json")
+    assert [(t, a["msg_id"], a["status"]) for t, a in sent] == [
+        (ack, "m1", "shown"),
+        (ack, "m0", "failed"),
+        (ack, "m2", "cleared"),
+        (ack, "m1", "shown"),
+    ]
+    assert "not_after" in sent[1][1]["detail"]
+    assert board.commands["m1"] == 2

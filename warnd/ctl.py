@@ -137,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("update", help="update a warning from a JSON file of changed fields")
     p.add_argument("id")
     p.add_argument("--file", required=True)
-    p = sub.add_parser("simulate-speakers", help="simulated village loudspeakers that play and confirm")
+    p = sub.add_parser(
+        "simulate-speakers",
+        help="simulated village loudspeakers (and LED boards) that play or show and confirm",
+    )
     p.add_argument("--village", nargs="+", required=True, metavar="CODE", help="villages to simulate")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
     p.add_argument("--directory", default="config/directory.toml", help="directory.toml naming the speakers")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of plays that fail (0–1)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="time from received to played")
+    p.add_argument("--no-led", action="store_true", help="leave the villages' LED boards to real hardware")
     args = parser.parse_args(argv)
     if args.command == "simulate-speakers":
         return _simulate(args)
@@ -160,18 +164,25 @@ def _simulate(args: argparse.Namespace) -> int:
     import contextlib
 
     from warnd import log
-    from warnd.simulator import simulate, speakers_of
+    from warnd.simulator import devices_of, simulate
 
     try:
-        speakers = speakers_of(args.directory, args.village)
+        speakers, boards = devices_of(args.directory, args.village)
     except Exception as exc:
         print(f"warnctl: {exc}", file=sys.stderr)
         return 1
+    if args.no_led:
+        boards = {}
     log.configure("info")
-    villages = len(args.village)
-    print(f"simulating {len(speakers)} speakers of {villages} villages on {args.broker}", file=sys.stderr)
+    print(
+        f"simulating on {args.broker}: villages {' '.join(args.village)};"
+        f" speakers: {len(speakers)}, LED boards: {len(boards)}",
+        file=sys.stderr,
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(simulate(args.broker, speakers, fail_rate=args.fail_rate, delay_ms=args.delay_ms))
+        asyncio.run(
+            simulate(args.broker, speakers, boards=boards, fail_rate=args.fail_rate, delay_ms=args.delay_ms)
+        )
     return 0
 
 

@@ -3,8 +3,10 @@
 Each speaker subscribes to its village topic and its own command topic, keeps a retained
 status with a last will saying offline, downloads the audio and checks its sha256, acks
 `received`, `playing`, `played` (or `failed`), ignores a msg_id it has already handled,
-refuses to play after `not_after`, and stops on `stop`. `warnctl simulate-speakers` runs it;
-tests run it in-process. The benchmark's load peer is `bench/swarm.py`.
+refuses to play after `not_after`, and stops on `stop`. A simulated LED board shows a
+`display` (acks `shown`), blanks on `clear` (acks `cleared`) and refuses a stale display.
+`warnctl simulate-speakers` runs them; tests run them in-process. The benchmark's load peer
+is `bench/swarm.py`.
 """
 
 from __future__ import annotations
@@ -128,11 +130,7 @@ class SimSpeaker:
 
     def _expired(self, cmd: dict[str, Any]) -> bool:
         """Whether the command's not_after has passed."""
-        try:
-            limit = datetime.fromisoformat(cmd["not_after"])
-        except (KeyError, TypeError, ValueError):
-            return False
-        return self.now() > limit
+        return _expired(cmd, self.now())
 
     async def _play(self, cmd: dict[str, Any], ack_topic: str) -> None:
         """Fetch and check the audio, then play it (or fail)."""
@@ -173,12 +171,67 @@ class SimSpeaker:
             await self.ack(ack_topic, cmd["msg_id"], "cancelled")
 
 
+class SimBoard:
+    """One LED board's behaviour: show what it is told, confirm, never show a stale warning.
+
+    Args:
+        device_id: its id in the directory.
+        village: its village code.
+        publish: sends (topic, payload, retain) to the broker.
+        now: its clock, for not_after.
+    """
+
+    def __init__(
+        self, device_id: str, village: str, *, publish: Publish, now: Callable[[], datetime]
+    ) -> None:
+        """A blank board."""
+        self.id, self.village, self.publish, self.now = device_id, village, publish, now
+        self.commands: Counter[str] = Counter()  # msg_id → commands received (duplicates included)
+        self.final: dict[str, str] = {}  # msg_id → status acked
+        self.showing: dict[str, Any] | None = None  # the display command on the board, if any
+        self.closed = False
+
+    async def handle(self, payload: bytes) -> None:
+        """One command from the board's topic."""
+        try:
+            cmd = json.loads(payload)
+            msg_id, kind = cmd["msg_id"], cmd["kind"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("sim.bad_command", target=self.id, body_len=len(payload))
+            return
+        self.commands[msg_id] += 1
+        ack_topic = str(cmd.get("ack_topic") or device_topic(self.id, "ack"))
+        status, detail = self.final.get(msg_id), ""
+        if status is None:  # a repeat is only re-confirmed: the board may show something newer now
+            if kind == "display" and _expired(cmd, self.now()):
+                status, detail = "failed", f"not_after {cmd.get('not_after')} has passed"
+            elif kind == "display":
+                self.showing, status = cmd, "shown"
+            elif kind == "clear":
+                self.showing, status = None, "cleared"
+            else:
+                status, detail = "failed", f"unknown command kind {kind!r}"
+            self.final[msg_id] = status
+        body = {"msg_id": msg_id, "status": status, "at": _iso(self.now()), "detail": detail}
+        await self.publish(ack_topic, json.dumps(body, ensure_ascii=False).encode(), False)
+
+
+def _expired(cmd: dict[str, Any], now: datetime) -> bool:
+    """Whether a command's not_after has passed (a command without one never expires)."""
+    try:
+        limit = datetime.fromisoformat(cmd["not_after"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return now > limit
+
+
 class SpeakerSimulator:
-    """Many simulated speakers against one broker.
+    """Many simulated speakers (and LED boards) against one broker.
 
     Args:
         broker_url: mqtt://host:port.
         speakers: device id → village code.
+        boards: LED board id → village code.
         now: clock for not_after and ack times (default: wall clock).
         fail_rate: share of plays that fail.
         delay_ms: time between received and played.
@@ -191,6 +244,7 @@ class SpeakerSimulator:
         broker_url: str,
         speakers: Mapping[str, str],
         *,
+        boards: Mapping[str, str] | None = None,
         now: Callable[[], datetime] | None = None,
         fail_rate: float = 0.0,
         delay_ms: float = 0.0,
@@ -221,6 +275,11 @@ class SpeakerSimulator:
         self.by_village: dict[str, list[SimSpeaker]] = {}
         for s in self.speakers.values():
             self.by_village.setdefault(s.village, []).append(s)
+        self.boards = {
+            device_id: SimBoard(device_id, village, publish=self._publisher(device_id), now=self.now)
+            for device_id, village in (boards or {}).items()
+        }
+        self._devices: dict[str, SimSpeaker | SimBoard] = {**self.speakers, **self.boards}
 
     def _publisher(self, device_id: str) -> Publish:
         """How a speaker publishes: on its own link."""
@@ -256,14 +315,14 @@ class SpeakerSimulator:
         task.add_done_callback(self._tasks.discard)
 
     def _link_for(self, device_id: str) -> MqttLink:
-        """A speaker's own link: persistent session, retained status, last will offline."""
-        speaker = self.speakers[device_id]
+        """A device's own link: persistent session, retained status, last will offline."""
+        device = self._devices[device_id]
         status_topic = device_topic(device_id, "status")
         will = aiomqtt.Will(status_topic, json.dumps({"online": False}).encode(), qos=1, retain=True)
 
         async def on_connect() -> None:
             """Say online (retained) on every connect."""
-            body = {"online": True, "village": speaker.village, "model": "warnd-sim", "at": _iso(self.now())}
+            body = {"online": True, "village": device.village, "model": "warnd-sim", "at": _iso(self.now())}
             await link.publish(status_topic, json.dumps(body).encode(), retain=True)
 
         link = MqttLink(
@@ -274,17 +333,18 @@ class SpeakerSimulator:
             on_connect=on_connect,
             name=f"sim.{device_id}",
         )
-        handler = self._handler(speaker)
-        link.subscribe(f"{TOPIC_ROOT}/village/{speaker.village}/speaker", handler)
+        handler = self._handler(device)
+        if isinstance(device, SimSpeaker):  # a board takes commands on its own topic only
+            link.subscribe(f"{TOPIC_ROOT}/village/{device.village}/speaker", handler)
         link.subscribe(device_topic(device_id, "cmd"), handler)
         return link
 
-    def _handler(self, speaker: SimSpeaker) -> Callable[[aiomqtt.Message], None]:
-        """A message handler that hands the command to one speaker."""
+    def _handler(self, device: SimSpeaker | SimBoard) -> Callable[[aiomqtt.Message], None]:
+        """A message handler that hands the command to one device."""
 
         def handler(message: aiomqtt.Message) -> None:
             """Handle the command in its own task."""
-            self._spawn(speaker.handle(bytes(message.payload)))  # type: ignore[arg-type]
+            self._spawn(device.handle(bytes(message.payload)))  # type: ignore[arg-type]
 
         return handler
 
@@ -299,7 +359,7 @@ class SpeakerSimulator:
     async def go_offline(self, device_id: str) -> None:
         """Take a speaker off the air: say offline (retained), then disconnect cleanly."""
         link = self._links[device_id]
-        body = {"online": False, "village": self.speakers[device_id].village, "at": _iso(self.now())}
+        body = {"online": False, "village": self._devices[device_id].village, "at": _iso(self.now())}
         with contextlib.suppress(Exception):
             await link.publish(device_topic(device_id, "status"), json.dumps(body).encode(), retain=True)
         task = self._running.pop(device_id)
@@ -308,8 +368,8 @@ class SpeakerSimulator:
             await task
 
     def start(self) -> None:
-        """Connect every speaker."""
-        for device_id in self.speakers:
+        """Connect every speaker and board."""
+        for device_id in self._devices:
             self.go_online(device_id)
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
@@ -325,8 +385,8 @@ class SpeakerSimulator:
     async def aclose(self) -> None:
         """Disconnect everything."""
         self.closed = True
-        for s in self.speakers.values():
-            s.closed = True
+        for d in self._devices.values():
+            d.closed = True
         for task in self._running.values():
             task.cancel()
         for task in list(self._running.values()) + list(self._tasks):
@@ -346,25 +406,32 @@ class SpeakerSimulator:
             await self.aclose()
 
 
-def speakers_of(directory_path: str, villages: list[str]) -> dict[str, str]:
-    """device id → village for the given villages' speakers in directory.toml."""
+def devices_of(directory_path: str, villages: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(speakers, LED boards) of the given villages in directory.toml, each device id → village."""
     from pathlib import Path
 
     from warnd.directory import Directory
 
     directory = Directory.load(Path(directory_path))
-    out: dict[str, str] = {}
+    speakers: dict[str, str] = {}
+    boards: dict[str, str] = {}
     for code in villages:
         village = directory.villages.get(code)
         if village is None:
             raise ValueError(f"village {code} is not in {directory_path}")
-        out.update(dict.fromkeys(village.speakers, code))
-    return out
+        speakers.update(dict.fromkeys(village.speakers, code))
+        boards.update(dict.fromkeys(village.led_boards, code))
+    return speakers, boards
 
 
 async def simulate(
-    broker_url: str, speakers: dict[str, str], *, fail_rate: float = 0.0, delay_ms: float = 0.0
+    broker_url: str,
+    speakers: dict[str, str],
+    *,
+    boards: dict[str, str] | None = None,
+    fail_rate: float = 0.0,
+    delay_ms: float = 0.0,
 ) -> None:
-    """`warnctl simulate-speakers`: run the speakers until interrupted."""
-    sim = SpeakerSimulator(broker_url, speakers, fail_rate=fail_rate, delay_ms=delay_ms)
+    """`warnctl simulate-speakers`: run the speakers (and boards) until interrupted."""
+    sim = SpeakerSimulator(broker_url, speakers, boards=boards, fail_rate=fail_rate, delay_ms=delay_ms)
     await sim.run()

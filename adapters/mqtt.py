@@ -104,7 +104,8 @@ class MqttLink:
 
     async def wait_connected(self, timeout_s: float) -> None:
         """Wait until connected (tests, tools); TimeoutError otherwise."""
-        await asyncio.wait_for(self._connected.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self._connected.wait()
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Call handler for every message matching topic_filter, from now on and after every reconnect."""
@@ -135,11 +136,13 @@ class MqttLink:
         client = self._client
         if client is None or not self.connected:
             raise TransientError("broker unavailable")
+        before = _cancels()
         try:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S)
         except aiomqtt.MqttError as exc:
+            _raise_if_cancelled_since(before)
             raise TransientError(f"broker: {exc}") from None
-        _raise_if_cancel_swallowed()
+        _raise_if_cancelled_since(before)
 
     def _client_for(self) -> aiomqtt.Client:
         """The aiomqtt client, made once: reusing it lets paho resend unacknowledged QoS-1 messages."""
@@ -168,23 +171,26 @@ class MqttLink:
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
         """One QoS-1 subscription; a failure shows up as a disconnect in the run loop."""
+        before = _cancels()
         try:
             await client.subscribe(topic_filter, qos=QOS)
         except aiomqtt.MqttError as exc:
             log.warning("mqtt.subscribe_failed", link=self.name, topic=topic_filter, reason=str(exc))
-        _raise_if_cancel_swallowed()
+        _raise_if_cancelled_since(before)
 
     async def run_loop(self) -> None:
         """Connect, subscribe, dispatch messages; on any broker error wait a capped random delay, again."""
         client = self._client_for()
         attempt = 0
+        # Connecting, subscribing and disconnecting all wait for the broker's reply the same way.
+        before = _cancels()
         while True:
             try:
                 async with client:
-                    _raise_if_cancel_swallowed()  # the CONNACK is waited for the same way
+                    _raise_if_cancelled_since(before)
                     for topic_filter in dict.fromkeys(f for f, _ in self._handlers):
                         await client.subscribe(topic_filter, qos=QOS)
-                        _raise_if_cancel_swallowed()
+                        _raise_if_cancelled_since(before)
                     self._client = client
                     self._connected.set()
                     self.connects += 1
@@ -197,7 +203,8 @@ class MqttLink:
                         await self.on_connect()
                     async for message in client.messages:
                         await self._dispatch(message)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, TransientError) as exc:  # TransientError: on_connect's publish
+                _raise_if_cancelled_since(before)
                 was_connected = self.connected
                 self._connected.clear()
                 attempt += 1
@@ -269,16 +276,22 @@ class MqttLink:
                 log.exception("mqtt.handler_failed", link=self.name, topic=str(message.topic))
 
 
-def _raise_if_cancel_swallowed() -> None:
-    """Raise the cancellation that aiomqtt's wait for a broker reply may have swallowed.
-
-    Python 3.11's `asyncio.wait_for`, which aiomqtt awaits PUBACK and SUBACK with, returns the
-    reply instead of raising when the task is cancelled just as the reply arrives. The task then
-    runs on as if never cancelled: a stopping daemon or simulator waits for it forever. The
-    request is still counted by `Task.cancelling()`, so it is honoured here.
-    """
+def _cancels() -> int:
+    """Cancellation requests of the current task not yet taken back (`Task.cancelling()`)."""
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    return task.cancelling() if task is not None else 0
+
+
+def _raise_if_cancelled_since(before: int) -> None:
+    """Raise a cancellation requested since `before` that aiomqtt's wait for the broker swallowed.
+
+    Python 3.11's `asyncio.wait_for`, which aiomqtt awaits CONNACK, SUBACK, PUBACK and the
+    disconnect with, returns the reply instead of raising when the task is cancelled just as the
+    reply arrives. The task then runs on as if never cancelled: a stopping daemon or simulator
+    waits for it forever. The request is still counted by `Task.cancelling()`; comparing with
+    the count from before the wait leaves alone a cancel that was caught and kept on purpose.
+    """
+    if _cancels() > before:
         raise asyncio.CancelledError
 
 

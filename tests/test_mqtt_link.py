@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiomqtt
@@ -92,6 +93,29 @@ async def test_a_cancel_that_arrives_with_the_puback_still_cancels(broker: Broke
             break
         else:
             pytest.fail("never caught a publish waiting for its PUBACK")
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_a_cancel_kept_on_purpose_does_not_fail_later_publishes(broker: Broker) -> None:
+    """Code that catches a cancel and carries on (a speaker told to stop) can still publish."""
+    link = MqttLink(MqttSettings(url=broker.url, client_id="link-kept"), clean_session=True, name="test")
+    run = asyncio.create_task(link.run_loop())
+    try:
+        await link.wait_connected(10)
+
+        async def stopped_then_reports() -> int:
+            with contextlib.suppress(asyncio.CancelledError):  # handled here, without uncancel()
+                await asyncio.sleep(10)
+            for _ in range(3):
+                await link.publish("t/kept", b"x")
+            return 3
+
+        task = asyncio.create_task(stopped_then_reports())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        assert await task == 3
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)

@@ -164,7 +164,9 @@ class Adapter(abc.ABC):
         """Send a batch and account for every message: the one place outcomes are made."""
         started = time.perf_counter()
         try:
-            results = await asyncio.wait_for(self.send_batch(messages), timeout_s)
+            # In this task (asyncio.timeout, not wait_for): a shutdown's cancel reaches the send.
+            async with asyncio.timeout(timeout_s):
+                results = await self.send_batch(messages)
         except TimeoutError:
             results = [TransientError(f"no answer within {timeout_s:g} s")] * len(messages)
         except (AuthError, PermanentError, TransientError) as exc:

@@ -90,9 +90,12 @@ class Wakeup:
 
     async def wait(self, event: asyncio.Event, timeout_s: float) -> None:
         """Wait on a registered event for at most timeout_s, then unregister it."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that comes in the
+        # same loop turn as the event, and the scheduler would then run on through a shutdown.
         try:
             if timeout_s > 0:
-                await asyncio.wait_for(event.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await event.wait()
         except TimeoutError:
             pass
         finally:

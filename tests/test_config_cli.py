@@ -93,6 +93,19 @@ def test_check_config_unreadable_files(tmp_path: Path, content: str, key: str) -
     assert key in result.stderr and "Traceback" not in result.stderr
 
 
+def test_check_config_files_it_cannot_decode_or_open(tmp_path: Path) -> None:
+    """A config saved in GBK and a directory path that is a folder: named, not tracebacks."""
+    path = tmp_path / "w.toml"
+    path.write_bytes('[http]\nhost = "乡镇"\n'.encode("gbk"))
+    result = _cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert "(file): not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+    path.write_text(f'[directory]\npath = "{tmp_path}"\n', encoding="utf-8")
+    result = _cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert "directory.path: cannot be read" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_check_config_finds_directory_mistakes(tmp_path: Path) -> None:
     """A person pointing at an unknown village, and a bad phone, are named by key."""
     directory = write_directory(

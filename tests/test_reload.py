@@ -92,6 +92,11 @@ def test_reload_revokes_and_adds_tokens_and_takes_the_new_directory(tmp_path: Pa
         assert "dispatch" in json.dumps(line["problems"])
         assert _call(d, ROTATED) == 200
         assert _call(d, TOKENS["operator"]) == 401
+        # Saved in another encoding: refused with a reason, not a traceback out of the signal handler.
+        config.write_bytes(text.encode("utf-8").replace(b"viewer-2", "观察员".encode("gbk")))
+        line = json.loads(_reload(d, log, "config.reload_failed"))
+        assert "not UTF-8" in json.dumps(line["problems"], ensure_ascii=False)
+        assert _call(d, ROTATED) == 200
         assert d.terminate() == 0
     finally:
         if d.proc is not None and d.proc.poll() is None:

@@ -502,6 +502,12 @@ def load_settings(path: Path | None) -> Settings:
             raise ConfigError(path, [("(file)", f"{path} does not exist")]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(path, [("(file)", f"not valid TOML: {exc}")]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                path, [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+            ) from None
+        except OSError as exc:
+            raise ConfigError(path, [("(file)", f"cannot be read: {exc.strerror or exc}")]) from None
     cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
     try:
         settings = cls()

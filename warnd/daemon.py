@@ -140,7 +140,8 @@ class Daemon:
         """Checks for /readyz: the store answers, every adapter can send."""
         checks: dict[str, dict[str, Any]] = {}
         try:
-            await asyncio.wait_for(self.store.ping(), 2)
+            async with asyncio.timeout(2):
+                await self.store.ping()
             checks["store"] = {"ok": True}
         except Exception as exc:
             checks["store"] = {"ok": False, "detail": type(exc).__name__}
@@ -151,8 +152,9 @@ class Daemon:
     def reload(self) -> None:
         """Re-read directory, policy and API tokens (SIGHUP); work in flight is untouched.
 
-        A file with errors changes nothing. Tokens include the `api_token_hashes` credential,
-        so a leaked token is revoked by removing it and reloading, without a restart.
+        A file with errors changes nothing. A leaked token in `[[auth.tokens]]` is revoked by
+        removing it and reloading; the `api_token_hashes` credential is re-read too, but systemd
+        copies credentials only when the service starts, so a change there needs a restart.
         """
         self.notifier.reloading()
         try:

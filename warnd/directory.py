@@ -148,6 +148,12 @@ class Directory:
             raise ConfigError(path, [("directory.path", f"{path} does not exist")]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(path, [("(file)", f"not valid TOML: {exc}")]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                path, [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+            ) from None
+        except OSError as exc:
+            raise ConfigError(path, [("directory.path", f"cannot be read: {exc.strerror or exc}")]) from None
         try:
             return cls(DirectoryFile.model_validate(raw))
         except ValidationError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -258,18 +259,27 @@ async def test_warnctl_simulates_the_villages_boards_too(led: Harness, broker: B
             return {d["id"]: d["state"] for d in (await resp.json())["devices"]}.get(BOARD)
 
         await until_async(lambda: board_state(), "online", 20)
-        # The simulator judges not_after by the wall clock: this warning is still in force then.
-        wid = await h.issue(warning_body(expires="2099-01-01T00:00:00+00:00"))
+        # The simulator judges not_after by the wall clock: warnd's clock must agree with it.
+        h.clock.set(datetime.now(UTC))
+        wid = await h.issue(warning_body())
         await h.run_until_idle()
 
-        async def states(kind: str) -> list[str]:
-            return [r["state"] for r in await led_rows(h, wid) if r["kind"] == kind]
+        async def acks(kind: str) -> list[tuple[str, str]]:
+            """(status, detail) of the board's acks on this warning's `kind` deliveries, from the database."""
+            with contextlib.closing(sqlite3.connect(h.settings.state_dir / "warnd.db")) as db:
+                rows = db.execute(
+                    "SELECT a.status, a.detail FROM acks a JOIN deliveries d ON d.id = a.delivery_id"
+                    " WHERE d.warning_id = ? AND d.channel = 'led' AND d.kind = ? ORDER BY a.id",
+                    (wid, kind),
+                ).fetchall()
+            return [(status, json.loads(detail).get("detail", "")) for status, detail in rows]
 
-        await until_async(lambda: states("warning"), ["acknowledged"])
+        await until_async(lambda: acks("warning"), [("shown", "")])
         resp = await h.client.post(f"/api/v1/warnings/{wid}/cancel", json={}, headers=h.headers())
         assert resp.status == 202
         await h.run_until_idle()
-        await until_async(lambda: states("cancel"), ["acknowledged"])  # the board said `cleared`
+        await until_async(lambda: acks("cancel"), [("shown", "cleared")])
+        assert [r["state"] for r in await led_rows(h, wid)] == ["acknowledged", "acknowledged"]
     finally:
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 15)
@@ -288,8 +298,8 @@ async def until_async(probe: Callable[[], Any], want: Any, timeout_s: float = 5.
     raise AssertionError(f"wanted {want!r}, still {got!r}")
 
 
-async def test_simulated_board_shows_clears_and_refuses_stale_displays() -> None:
-    """Display → `shown`, clear → `cleared`, past not_after → `failed`, a repeat is only re-confirmed."""
+async def test_simulated_board_shows_clears_and_refuses_stale_commands() -> None:
+    """Display and clear are acked `shown`; past not_after → `failed`; a repeat is only re-confirmed."""
     sent: list[tuple[str, dict[str, Any]]] = []
 
     async def publish(topic: str, payload: bytes, retain: bool) -> None:
@@ -303,20 +313,24 @@ async def test_simulated_board_shows_clears_and_refuses_stale_displays() -> None
         body = {"msg_id": msg_id, "kind": kind, "warning_id": "W1", "ack_topic": ack, "not_after": not_after}
         return json.dumps(body).encode()
 
+    stale = "2026-06-30T23:59:59+00:00"
     await board.handle(cmd("m1", "display"))
     assert board.showing is not None and board.showing["msg_id"] == "m1"
-    await board.handle(cmd("m0", "display", not_after="2026-06-30T23:59:59+00:00"))
-    assert board.showing["msg_id"] == "m1"  # the stale one never showed
+    await board.handle(cmd("m0", "display", not_after=stale))
+    await board.handle(cmd("m3", "clear", not_after=stale))
+    assert board.showing["msg_id"] == "m1"  # neither stale command acted
     await board.handle(cmd("m2", "clear"))
     assert board.showing is None
     await board.handle(cmd("m1", "display"))  # redelivered: confirmed again, not shown again
     assert board.showing is None
+    await board.handle(cmd("m4", "play"))
     await board.handle(b"not json")
-    assert [(t, a["msg_id"], a["status"]) for t, a in sent] == [
-        (ack, "m1", "shown"),
-        (ack, "m0", "failed"),
-        (ack, "m2", "cleared"),
-        (ack, "m1", "shown"),
+    assert [(t, a["msg_id"], a["status"], a["detail"]) for t, a in sent] == [
+        (ack, "m1", "shown", ""),
+        (ack, "m0", "failed", f"not_after {stale} has passed"),
+        (ack, "m3", "failed", f"not_after {stale} has passed"),
+        (ack, "m2", "shown", "cleared"),
+        (ack, "m1", "shown", ""),
+        (ack, "m4", "failed", "unknown command kind 'play'"),
     ]
-    assert "not_after" in sent[1][1]["detail"]
     assert board.commands["m1"] == 2

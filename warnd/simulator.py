@@ -4,7 +4,7 @@ Each speaker subscribes to its village topic and its own command topic, keeps a 
 status with a last will saying offline, downloads the audio and checks its sha256, acks
 `received`, `playing`, `played` (or `failed`), ignores a msg_id it has already handled,
 refuses to play after `not_after`, and stops on `stop`. A simulated LED board shows a
-`display` (acks `shown`), blanks on `clear` (acks `cleared`) and refuses a stale display.
+`display`, blanks on `clear` (acking `shown` for both) and refuses a stale command.
 `warnctl simulate-speakers` runs them; tests run them in-process. The benchmark's load peer
 is `bench/swarm.py`.
 """
@@ -124,6 +124,8 @@ class SimSpeaker:
         except asyncio.CancelledError:
             if self.closed or cmd.get("warning_id") not in self.stopped_warnings:
                 raise  # the simulator is shutting down, not a stop command
+            if task is not None:
+                task.uncancel()  # the stop's cancel is handled here, not passed on
             await self.ack(ack_topic, msg_id, "cancelled", "stopped")
         finally:
             self._playing.pop(cmd.get("warning_id", ""), None)
@@ -172,7 +174,10 @@ class SimSpeaker:
 
 
 class SimBoard:
-    """One LED board's behaviour: show what it is told, confirm, never show a stale warning.
+    """One LED board's behaviour: show what it is told, confirm, never act on a stale command.
+
+    Both `display` and `clear` are confirmed `shown` (the contract's success status for a board;
+    the detail says `cleared` for a clear); a command past its `not_after` is `failed`.
 
     Args:
         device_id: its id in the directory.
@@ -187,7 +192,7 @@ class SimBoard:
         """A blank board."""
         self.id, self.village, self.publish, self.now = device_id, village, publish, now
         self.commands: Counter[str] = Counter()  # msg_id → commands received (duplicates included)
-        self.final: dict[str, str] = {}  # msg_id → status acked
+        self.final: dict[str, tuple[str, str]] = {}  # msg_id → (status, detail) acked
         self.showing: dict[str, Any] | None = None  # the display command on the board, if any
         self.closed = False
 
@@ -201,17 +206,16 @@ class SimBoard:
             return
         self.commands[msg_id] += 1
         ack_topic = str(cmd.get("ack_topic") or device_topic(self.id, "ack"))
-        status, detail = self.final.get(msg_id), ""
-        if status is None:  # a repeat is only re-confirmed: the board may show something newer now
-            if kind == "display" and _expired(cmd, self.now()):
-                status, detail = "failed", f"not_after {cmd.get('not_after')} has passed"
+        if msg_id not in self.final:  # a repeat is only re-confirmed: the board may show something newer
+            if kind not in ("display", "clear"):
+                self.final[msg_id] = ("failed", f"unknown command kind {kind!r}")
+            elif _expired(cmd, self.now()):
+                self.final[msg_id] = ("failed", f"not_after {cmd.get('not_after')} has passed")
             elif kind == "display":
-                self.showing, status = cmd, "shown"
-            elif kind == "clear":
-                self.showing, status = None, "cleared"
+                self.showing, self.final[msg_id] = cmd, ("shown", "")
             else:
-                status, detail = "failed", f"unknown command kind {kind!r}"
-            self.final[msg_id] = status
+                self.showing, self.final[msg_id] = None, ("shown", "cleared")
+        status, detail = self.final[msg_id]
         body = {"msg_id": msg_id, "status": status, "at": _iso(self.now()), "detail": detail}
         await self.publish(ack_topic, json.dumps(body, ensure_ascii=False).encode(), False)
 

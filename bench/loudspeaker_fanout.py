@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.loudspeaker_fanout [--villages 1000] [--speakers 10] [--progress-acks]
 
 Starts a Mosquitto on a free port, a lightweight speaker peer in another process
-(`bench.swarm`: paho-mqtt, one connection for all speakers, each audio URL downloaded and
+(`bench._swarm`: paho-mqtt, one connection for all speakers, each audio URL downloaded and
 checked once), and warnd in this process with only the loudspeaker channel. Reports, from one run:
 
 - warnd: time from the 202 of `POST /api/v1/warnings` to the last `played` ack recorded
@@ -65,8 +65,8 @@ def write_directory(path: Path, villages: int, speakers: int) -> dict[str, str]:
 def start_peer(
     broker: Broker, mode: str, mapping_file: Path | None = None, progress_acks: bool = False
 ) -> subprocess.Popen[str]:
-    """bench.swarm in another process (`speakers` for warnd, `echo` for the bare loop), once subscribed."""
-    args = [sys.executable, "-m", "bench.swarm", mode, broker.url]
+    """bench._swarm in another process (`speakers` for warnd, `echo` for the bare loop), once subscribed."""
+    args = [sys.executable, "-m", "bench._swarm", mode, broker.url]
     if mapping_file is not None:
         args.append(str(mapping_file))
     if progress_acks:
@@ -75,7 +75,7 @@ def start_peer(
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if line.strip() != "ready":
-        raise RuntimeError(f"bench.swarm {mode} did not start: {line!r}")
+        raise RuntimeError(f"bench._swarm {mode} did not start: {line!r}")
     return proc
 
 

@@ -9,16 +9,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def benchmarks() -> list[str]:
+    """The benchmarks: bench/*.py but this file; helpers such as the load peer start with `_`."""
+    return [
+        script.stem
+        for script in sorted(HERE.glob("*.py"))
+        if script.name != "run_all.py" and not script.name.startswith("_")
+    ]
+
+
 def main() -> int:
-    """Run each bench/*.py (but this file) as `python -m bench.<name>`; fail if any fails."""
+    """Run each benchmark as `python -m bench.<name>`; fail if any fails."""
     failed = []
-    for script in sorted(HERE.glob("*.py")):
-        if script.name in ("run_all.py", "__init__.py") or script.name.startswith("_"):
-            continue
-        print(f"== {script.stem}", flush=True)
-        result = subprocess.run([sys.executable, "-m", f"bench.{script.stem}"], cwd=HERE.parent, check=False)
+    for name in benchmarks():
+        print(f"== {name}", flush=True)
+        result = subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=HERE.parent, check=False)
         if result.returncode != 0:
-            failed.append(script.stem)
+            failed.append(name)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

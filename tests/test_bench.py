@@ -36,3 +36,20 @@ def test_loudspeaker_fanout_with_progress_acks() -> None:
     out = run_bench("bench.loudspeaker_fanout", "--villages", "2", "--speakers", "2", "--progress-acks")
     assert "acking received, playing, played" in out
     assert "warnd 202 → last played:" in out
+
+
+def test_make_bench_runs_only_benchmarks_and_each_takes_its_defaults() -> None:
+    """`make bench` runs each listed module without arguments: helpers must not be listed."""
+    from bench.run_all import benchmarks
+
+    names = benchmarks()
+    assert "loudspeaker_fanout" in names and "sms_rate" in names
+    for name in names:
+        proc = subprocess.run(
+            [sys.executable, "-m", f"bench.{name}", "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, (name, proc.stderr)

@@ -1,7 +1,7 @@
 """The benchmark's lightweight peer: thousands of loudspeakers (or a bare echo) on one MQTT connection.
 
-    python -m bench.swarm speakers mqtt://HOST:PORT MAPPING.json [--progress-acks]
-    python -m bench.swarm echo mqtt://HOST:PORT
+    python -m bench._swarm speakers mqtt://HOST:PORT MAPPING.json [--progress-acks]
+    python -m bench._swarm echo mqtt://HOST:PORT
 
 Ten thousand real terminals each have their own CPU; one process standing in for all of them
 must cost as little per speaker as it can, or the benchmark measures the simulator instead of

@@ -194,15 +194,17 @@ class MqttLink:
                     self._client = client
                     self._connected.set()
                     self.connects += 1
-                    attempt = 0
                     self._last_error = None
                     log.info(
                         "mqtt.connected", link=self.name, url=self.settings.url, client_id=self.client_id
                     )
                     if self.on_connect is not None:
                         await self.on_connect()
+                        _raise_if_cancelled_since(before)
+                    attempt = 0  # only now: a connect whose on_connect keeps failing backs off
                     async for message in client.messages:
                         await self._dispatch(message)
+                        _raise_if_cancelled_since(before)
             except (aiomqtt.MqttError, TransientError) as exc:  # TransientError: on_connect's publish
                 _raise_if_cancelled_since(before)
                 was_connected = self.connected

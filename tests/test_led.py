@@ -325,6 +325,7 @@ async def test_simulated_board_shows_clears_and_refuses_stale_commands() -> None
     assert board.showing is None
     await board.handle(cmd("m4", "play"))
     await board.handle(b"not json")
+    await board.handle(cmd("m3", "clear"))  # warnd's retry of the stale clear, with a fresh not_after
     assert [(t, a["msg_id"], a["status"], a["detail"]) for t, a in sent] == [
         (ack, "m1", "shown", ""),
         (ack, "m0", "failed", f"not_after {stale} has passed"),
@@ -332,5 +333,6 @@ async def test_simulated_board_shows_clears_and_refuses_stale_commands() -> None
         (ack, "m2", "shown", "cleared"),
         (ack, "m1", "shown", ""),
         (ack, "m4", "failed", "unknown command kind 'play'"),
+        (ack, "m3", "shown", "cleared"),
     ]
     assert board.commands["m1"] == 2

@@ -124,6 +124,11 @@ def test_unknown_or_bad_credentials_are_named(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(ConfigError) as exc:
         load_settings(_config(tmp_path, ""))
     assert exc.value.problems[0][0] == "auth.tokens[0].hash"
+    # A CREDENTIALS_DIRECTORY that is not a readable directory is named too.
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds / "warnd_api_token_hashes"))
+    with pytest.raises(ConfigError) as exc:
+        load_settings(_config(tmp_path, ""))
+    assert exc.value.problems[0][0] == "$CREDENTIALS_DIRECTORY"
 
 
 def test_no_credentials_directory_reads_nothing(tmp_path: Path) -> None:

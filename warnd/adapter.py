@@ -165,6 +165,8 @@ class Adapter(abc.ABC):
         started = time.perf_counter()
         try:
             # In this task (asyncio.timeout, not wait_for): a shutdown's cancel reaches the send.
+            # (Python 3.11.2's timeout mistakes its own expiry for a cancel when the task already
+            # holds one it has not raised; no dispatcher code keeps a cancel, so none does.)
             async with asyncio.timeout(timeout_s):
                 results = await self.send_batch(messages)
         except TimeoutError:

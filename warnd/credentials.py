@@ -52,7 +52,13 @@ def read_credentials(settings_cls: type[BaseSettings], directory: Path) -> dict[
     values: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
     sections = _sections(settings_cls)
-    for path in sorted(directory.iterdir()):
+    try:
+        paths = sorted(directory.iterdir())
+    except OSError as exc:
+        raise ConfigError(
+            directory, [("$CREDENTIALS_DIRECTORY", f"cannot be read: {exc.strerror or exc}")]
+        ) from None
+    for path in paths:
         name = path.name
         if not name.startswith(PREFIX) or not path.is_file():
             continue
@@ -119,7 +125,7 @@ class CredentialsSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         """The credentials' settings, or nothing when systemd passed none."""
         raw = self.environ.get("CREDENTIALS_DIRECTORY")
-        if not raw or not Path(raw).is_dir():
+        if not raw:
             return {}
         values = read_credentials(self.settings_cls, Path(raw))
         extra = values.get("auth", {}).get("tokens")

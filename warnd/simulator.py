@@ -6,7 +6,7 @@ status with a last will saying offline, downloads the audio and checks its sha25
 refuses to play after `not_after`, and stops on `stop`. A simulated LED board shows a
 `display`, blanks on `clear` (acking `shown` for both) and refuses a stale command.
 `warnctl simulate-speakers` runs them; tests run them in-process. The benchmark's load peer
-is `bench/swarm.py`.
+is `bench/_swarm.py`.
 """
 
 from __future__ import annotations
@@ -206,16 +206,17 @@ class SimBoard:
             return
         self.commands[msg_id] += 1
         ack_topic = str(cmd.get("ack_topic") or device_topic(self.id, "ack"))
-        if msg_id not in self.final:  # a repeat is only re-confirmed: the board may show something newer
-            if kind not in ("display", "clear"):
-                self.final[msg_id] = ("failed", f"unknown command kind {kind!r}")
-            elif _expired(cmd, self.now()):
-                self.final[msg_id] = ("failed", f"not_after {cmd.get('not_after')} has passed")
-            elif kind == "display":
-                self.showing, self.final[msg_id] = cmd, ("shown", "")
-            else:
-                self.showing, self.final[msg_id] = None, ("shown", "cleared")
-        status, detail = self.final[msg_id]
+        # A command shown once is only re-confirmed when repeated (the board may show something
+        # newer by now); a refused one is judged again, since warnd retries it with a fresh not_after.
+        if msg_id in self.final:
+            status, detail = self.final[msg_id]
+        elif kind not in ("display", "clear"):
+            status, detail = "failed", f"unknown command kind {kind!r}"
+        elif _expired(cmd, self.now()):
+            status, detail = "failed", f"not_after {cmd.get('not_after')} has passed"
+        else:
+            status, detail = self.final[msg_id] = ("shown", "" if kind == "display" else "cleared")
+            self.showing = cmd if kind == "display" else None
         body = {"msg_id": msg_id, "status": status, "at": _iso(self.now()), "detail": detail}
         await self.publish(ack_topic, json.dumps(body, ensure_ascii=False).encode(), False)
 

@@ -6,8 +6,6 @@ import hashlib
 import json
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +23,7 @@ def _call(
     d: DaemonProcess, token: str, method: str = "GET", path: str = "/api/v1/warnings", body: Any = None
 ) -> int:
     """Status of one API request made with this token."""
-    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
-    req = urllib.request.Request(d.url + path, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return d.call(method, path, body, token=token)[0]
 
 
 def _reload(d: DaemonProcess, log: Path, event: str) -> str:

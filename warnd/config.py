@@ -492,22 +492,28 @@ def _dotted(loc: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
+def read_toml(path: Path, path_key: str = "(file)") -> dict[str, Any]:
+    """A TOML file's tables; ConfigError if it is missing, unreadable or not UTF-8 TOML.
+
+    `path_key` names the setting that points at the file, for problems of the path itself.
+    """
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, [(path_key, f"{path} does not exist")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [("(file)", f"not valid TOML: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+    except OSError as exc:
+        raise ConfigError(path, [(path_key, f"cannot be read: {exc.strerror or exc}")]) from None
+
+
 def load_settings(path: Path | None) -> Settings:
     """Read the TOML file (if any) under the environment; raise ConfigError naming each bad key."""
     if path is not None:
-        try:
-            with path.open("rb") as fh:
-                tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(path, [("(file)", f"{path} does not exist")]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(path, [("(file)", f"not valid TOML: {exc}")]) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                path, [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
-            ) from None
-        except OSError as exc:
-            raise ConfigError(path, [("(file)", f"cannot be read: {exc.strerror or exc}")]) from None
+        read_toml(path)  # file-level problems first, named as such
     cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
     try:
         settings = cls()

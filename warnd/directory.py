@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import tomllib
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import shapely
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from warnd.config import ROLES, ConfigError, Role, _dotted
+from warnd.config import ROLES, ConfigError, Role, _dotted, read_toml
 from warnd.model import ADMIN_CODE, Area
 
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG): circles are a few km, the error is metres
@@ -141,19 +140,7 @@ class Directory:
     @classmethod
     def load(cls, path: Path) -> Directory:
         """Read directory.toml; raise ConfigError naming each bad key."""
-        try:
-            with path.open("rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(path, [("directory.path", f"{path} does not exist")]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(path, [("(file)", f"not valid TOML: {exc}")]) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                path, [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
-            ) from None
-        except OSError as exc:
-            raise ConfigError(path, [("directory.path", f"cannot be read: {exc.strerror or exc}")]) from None
+        raw = read_toml(path, "directory.path")
         try:
             return cls(DirectoryFile.model_validate(raw))
         except ValidationError as exc:

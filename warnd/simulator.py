@@ -91,14 +91,11 @@ class SimSpeaker:
 
     async def handle(self, payload: bytes) -> None:
         """One command from the village or device topic."""
-        try:
-            cmd = json.loads(payload)
-            msg_id, kind = cmd["msg_id"], cmd["kind"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("sim.bad_command", target=self.id, body_len=len(payload))
+        parsed = _command(self.id, payload)
+        if parsed is None:
             return
+        cmd, msg_id, kind, ack_topic = parsed
         self.commands[msg_id] += 1
-        ack_topic = str(cmd.get("ack_topic") or device_topic(self.id, "ack")).replace("{device_id}", self.id)
         if msg_id in self.final:
             # At-least-once delivery: a repeat is never played again, only re-confirmed.
             if self.final[msg_id] is not None:
@@ -198,14 +195,11 @@ class SimBoard:
 
     async def handle(self, payload: bytes) -> None:
         """One command from the board's topic."""
-        try:
-            cmd = json.loads(payload)
-            msg_id, kind = cmd["msg_id"], cmd["kind"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("sim.bad_command", target=self.id, body_len=len(payload))
+        parsed = _command(self.id, payload)
+        if parsed is None:
             return
+        cmd, msg_id, kind, ack_topic = parsed
         self.commands[msg_id] += 1
-        ack_topic = str(cmd.get("ack_topic") or device_topic(self.id, "ack"))
         # A command shown once is only re-confirmed when repeated (the board may show something
         # newer by now); a refused one is judged again, since warnd retries it with a fresh not_after.
         if msg_id in self.final:
@@ -219,6 +213,18 @@ class SimBoard:
             self.showing = cmd if kind == "display" else None
         body = {"msg_id": msg_id, "status": status, "at": _iso(self.now()), "detail": detail}
         await self.publish(ack_topic, json.dumps(body, ensure_ascii=False).encode(), False)
+
+
+def _command(device_id: str, payload: bytes) -> tuple[dict[str, Any], str, str, str] | None:
+    """(command, msg_id, kind, ack topic) of a command payload; None (logged) if it is not one."""
+    try:
+        cmd = json.loads(payload)
+        msg_id, kind = cmd["msg_id"], cmd["kind"]
+    except (ValueError, KeyError, TypeError):
+        log.warning("sim.bad_command", target=device_id, body_len=len(payload))
+        return None
+    ack_topic = str(cmd.get("ack_topic") or device_topic(device_id, "ack")).replace("{device_id}", device_id)
+    return cmd, msg_id, kind, ack_topic
 
 
 def _expired(cmd: dict[str, Any], now: datetime) -> bool:

@@ -90,11 +90,13 @@ class DaemonProcess:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout_s)
 
-    def call(self, method: str, path: str, body: Any = None, role: str = "operator") -> tuple[int, Any]:
-        """One API request."""
+    def call(
+        self, method: str, path: str, body: Any = None, role: str = "operator", token: str | None = None
+    ) -> tuple[int, Any]:
+        """One API request, with the role's test token or the given one."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {TOKENS[role]}")
+        req.add_header("Authorization", f"Bearer {token or TOKENS[role]}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:

@@ -86,8 +86,7 @@ class SimSpeaker:
     async def ack(self, topic: str, msg_id: str, status: str, detail: str = "") -> None:
         """Publish one ack."""
         self.final[msg_id] = status
-        body = {"msg_id": msg_id, "status": status, "at": _iso(self.now()), "detail": detail}
-        await self.publish(topic, json.dumps(body, ensure_ascii=False).encode(), False)
+        await self.publish(topic, _ack(msg_id, status, self.now(), detail), False)
 
     async def handle(self, payload: bytes) -> None:
         """One command from the village or device topic."""
@@ -211,8 +210,13 @@ class SimBoard:
         else:
             status, detail = self.final[msg_id] = ("shown", "" if kind == "display" else "cleared")
             self.showing = cmd if kind == "display" else None
-        body = {"msg_id": msg_id, "status": status, "at": _iso(self.now()), "detail": detail}
-        await self.publish(ack_topic, json.dumps(body, ensure_ascii=False).encode(), False)
+        await self.publish(ack_topic, _ack(msg_id, status, self.now(), detail), False)
+
+
+def _ack(msg_id: str, status: str, at: datetime, detail: str) -> bytes:
+    """An ack payload as the MQTT contract has it."""
+    body = {"msg_id": msg_id, "status": status, "at": _iso(at), "detail": detail}
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def _command(device_id: str, payload: bytes) -> tuple[dict[str, Any], str, str, str] | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import structlog
 
 from adapters.mqtt import MqttDeviceAdapter
+from warnd import messages
 from warnd.adapter import AdapterContext, Limits, Message, Receipt, TransientError, truncate
 from warnd.api.routes import Route
 from warnd.audio import MAX_TEXT_CHARS, AudioCache, AudioError, AudioFile, audio_routes
@@ -41,25 +42,23 @@ def village_topic(code: str) -> str:
     return f"{TOPIC_ROOT}/village/{code}/speaker"
 
 
-def spoken(warning: dict[str, Any], kind: str) -> tuple[str, str]:
-    """What a speaker says for a delivery kind, and the audio kind (tones) it is rendered with.
+def spoken(
+    warning: dict[str, Any], kind: str, context: dict[str, Any] | None, settings: Any, directory: Any
+) -> tuple[str, str]:
+    """What the speakers say for a delivery (its message kind's spoken form), and the audio kind.
 
-    A drill starts with 演练 and has the drill tones; an update starts with 预警更新; a cancel
-    is the all-clear (解除预警) with its steady tone.
+    The audio kind picks the tones: the all-clear's steady tone, a drill's own, else the level's.
     """
-    level = Level(warning["level"])
-    drill = warning.get("status", "actual") != "actual"
-    head = "演练，演练。" if drill else ""
-    name = f"{warning.get('event', '')}{level.chinese}预警"
-    headline = warning.get("headline", "").rstrip("。") + "。"
-    if kind == "cancel":
-        text = f"{head}解除预警。现在解除{name}。{headline}"
-        return truncate(text, MAX_TEXT_CHARS), "all_clear"
-    if kind == "update":
-        head += "预警更新。"
-    instruction = warning.get("instruction", "")
-    text = f"{head}{name}。{headline}{instruction}"
-    return truncate(text, MAX_TEXT_CHARS), "drill" if drill else "warning"
+    message_kind = messages.kind_of(kind, context)
+    values = messages.values_for(
+        warning, message_kind, context, settings=settings, directory=directory, channel="loudspeaker"
+    )
+    text = messages.render(message_kind, values, settings.messages).speech
+    if message_kind == "all_clear":
+        audio_kind = "all_clear"
+    else:
+        audio_kind = "drill" if warning.get("status", "actual") != "actual" else "warning"
+    return truncate(text, MAX_TEXT_CHARS), audio_kind
 
 
 def not_after(warning: dict[str, Any], kind: str, now: datetime, max_age_min: float) -> str:
@@ -139,10 +138,10 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
         await asyncio.gather(*pending, return_exceptions=True)
         await super().aclose()
 
-    def prepare(self, warning: dict[str, Any], kind: str) -> None:
+    def prepare(self, warning: dict[str, Any], kind: str, context: dict[str, Any] | None = None) -> None:
         """Start rendering the step's audio now, while its deliveries are still being written."""
         if kind != "expire":
-            text, audio_kind = spoken(warning, kind)
+            text, audio_kind = spoken(warning, kind, context, self.ctx.settings, self.ctx.directory())
             self._render(text, warning["level"], audio_kind, warning.get("id", ""))
 
     async def _audio(self, message: Message, text: str, audio_kind: str) -> AudioFile | None:
@@ -192,7 +191,9 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
         publishes: list[tuple[str, bytes, list[int]]] = []
         for indexes in groups.values():
             first = messages[indexes[0]]
-            text, audio_kind = spoken(first.warning, first.delivery.kind)
+            text, audio_kind = spoken(
+                first.warning, first.delivery.kind, first.delivery.context, settings, directory
+            )
             audio = await self._audio(first, text, audio_kind)
             village = directory.villages.get(first.delivery.village or "")
             targets = {messages[i].delivery.target for i in indexes}

@@ -25,11 +25,10 @@ from adapters.twilio_common import (
     twilio_configured,
     twiml,
 )
-from warnd import inbound
+from warnd import inbound, messages
 from warnd.adapter import Message, PermanentError, Receipt, TransientError
 from warnd.api.routes import Route
 from warnd.phone import mask_phone
-from warnd.smstext import compose_sms
 
 if TYPE_CHECKING:
     from warnd.config import Settings
@@ -50,19 +49,16 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def sms_text(message: Message, max_segments: int) -> str:
-    """The text of one delivery, within max_segments SMS segments."""
-    w, d = message.warning, message.delivery
-    return compose_sms(
-        level=w.get("level", "red"),
-        event=w.get("event", ""),
-        headline=w.get("headline", ""),
-        description=w.get("description", ""),
-        instruction=w.get("instruction", ""),
-        ack_required=d.ack_required,
-        drill=message.drill,
+def sms_text(message: Message, settings: Settings, directory: Any, max_segments: int) -> str:
+    """The text of one delivery (its kind's template), within max_segments SMS segments."""
+    kind, values = messages.for_message(message, settings, directory)
+    return messages.compose_sms(
+        kind,
+        values,
+        settings.messages,
+        signature=settings.sms.signature,
+        ack=message.delivery.ack_required,
         max_segments=max_segments,
-        kind=d.kind if d.kind in ("warning", "update", "cancel") else "warning",
     )
 
 
@@ -100,7 +96,7 @@ class SmsAdapter(TwilioAdapter):
         """Send one SMS; the status callback (or polling) reports whether it arrived."""
         d = message.delivery
         to = phone_of(d)
-        body = sms_text(message, self.tw.max_segments)
+        body = sms_text(message, self.ctx.settings, self.ctx.directory(), self.tw.max_segments)
         params: dict[str, Any] = {"to": to, "body": body, **self._sender_params()}
         if self.public_base:
             params["status_callback"] = f"{self.public_base}/hooks/twilio/status?{query(d.msg_id, d.target)}"

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from adapters.twilio_common import FORBIDDEN, TwilioAdapter, phone_of, query, twilio_configured, twiml
-from warnd import inbound
+from warnd import inbound, messages
 from warnd.adapter import Message, Receipt
 from warnd.api.routes import Route
 from warnd.phone import mask_phone
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("warnd.adapters.voice")
 
-_LEVELS = {"red": "红色", "orange": "橙色", "yellow": "黄色", "blue": "蓝色"}
-_KIND = {"warning": "", "update": "预警更新。", "cancel": "解除预警。"}
 # Seconds Twilio waits for the key after the prompt: long enough for an elderly official to find
 # the key, short enough that a call nobody listens to ends soon.
 _GATHER_TIMEOUT_S = 10
@@ -37,22 +35,18 @@ _UNANSWERED = {"busy", "no-answer", "failed", "canceled"}
 POLLING_NOTE = "answered; a key press cannot be seen without [twilio] public_base_url (polling mode)"
 
 
-def script(message: Message) -> str:
-    """What the call says: level, headline, what to do (the description is left to the SMS)."""
-    w, d = message.warning, message.delivery
-    drill = "演练，演练。" if message.drill else ""
-    level = _LEVELS.get(w.get("level", ""), "")
-    head = f"{drill}{_KIND.get(d.kind, '')}{w.get('event', '')}{level}预警。"
-    parts = [head, w.get("headline", "").strip(), w.get("instruction", "").strip()]
-    return "。".join(p.rstrip("。") for p in parts if p) + "。"
+def script(message: Message, settings: Settings, directory: Any) -> str:
+    """What the call says: the message kind's spoken form (the description is left to the SMS)."""
+    kind, values = messages.for_message(message, settings, directory)
+    return messages.render(kind, values, settings.messages).speech
 
 
-def call_twiml(message: Message, gather_url: str | None) -> str:
-    """TwiML: the script said twice, inside a one-key <Gather> when there is a URL to post it to."""
-    say = f'<Say language="cmn-CN">{escape(script(message))}</Say>'
+def call_twiml(message: Message, text: str, gather_url: str | None) -> str:
+    """TwiML: the text said twice, inside a one-key <Gather> when there is a URL to post it to."""
+    say = f'<Say language="cmn-CN">{escape(text)}</Say>'
     if gather_url is None or not message.delivery.ack_required:
         return f'<Response>{say}<Pause length="1"/>{say}</Response>'
-    prompt = '<Say language="cmn-CN">收到请按1。</Say>'
+    prompt = f'<Say language="cmn-CN">{messages.CALL_ACK_PROMPT}</Say>'
     # actionOnEmptyResult: no key is reported too, so "nobody pressed" is known at once.
     gather = (
         f'<Gather numDigits="1" timeout="{_GATHER_TIMEOUT_S}" method="POST" actionOnEmptyResult="true"'
@@ -88,7 +82,11 @@ class VoiceAdapter(TwilioAdapter):
         params: dict[str, Any] = {
             "to": to,
             "from_": self.tw.from_number,
-            "twiml": call_twiml(message, f"{base}/hooks/twilio/voice/gather?{q}" if base else None),
+            "twiml": call_twiml(
+                message,
+                script(message, self.ctx.settings, self.ctx.directory()),
+                f"{base}/hooks/twilio/voice/gather?{q}" if base else None,
+            ),
         }
         if base:
             params["status_callback"] = f"{base}/hooks/twilio/voice/status?{q}"

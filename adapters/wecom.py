@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import structlog
 
+from warnd import messages
 from warnd.acklink import AckLinks, AckSigner, link, load_secret
 from warnd.adapter import (
     Adapter,
@@ -38,7 +39,6 @@ from warnd.adapter import (
     TransientError,
 )
 from warnd.clock import SystemClock
-from warnd.model import Level
 from warnd.store import from_ts
 
 if TYPE_CHECKING:
@@ -85,7 +85,6 @@ CREDENTIAL_ERRORS = {ERR_INVALID_SECRET, ERR_INVALID_CORPID}
 LEVEL_SQUARE = {"red": "🟥", "orange": "🟧", "yellow": "🟨", "blue": "🟦"}
 # WeCom markdown knows three font colours: warning (orange-red), info (green), comment (grey).
 LEVEL_FONT = {"red": "warning", "orange": "warning", "yellow": "warning", "blue": "comment"}
-KIND_PREFIX = {"cancel": "【解除】", "update": "【更新】"}
 
 
 class FrequencyError(TransientError):
@@ -286,25 +285,22 @@ class WecomAdapter(Adapter):
             raise err
 
     def _markdown(self, m: Message, key_env: str) -> str:
-        """A warning as a robot's markdown section: colour, headline, area, what to do, time."""
+        """A message as a robot's markdown section: coloured title, its kind's text, time."""
         w = m.warning
-        level = w.get("level", "blue")
-        head = _title(w, m.delivery.kind, square=True)
-        font = LEVEL_FONT.get(level, "comment")
-        lines = [f"### {head}", f'**<font color="{font}">{_md(w.get("headline", ""))}</font>**']
-        area = self._area(w, key_env)
-        if area:
-            lines.append(f"> 区域：{_md(area)}")
-        if m.delivery.kind == "cancel":
-            lines.append("> 预警已解除，请按当地安排恢复正常生产生活。")
-        elif w.get("instruction"):
-            lines.append(f"> 措施：{_md(w['instruction'])}")
+        kind, values = messages.for_message(m, self.ctx.settings, self.ctx.directory())
+        values["area"] = self._area(w, key_env)  # the villages of this robot's group
+        r = messages.render(kind, values, self.ctx.settings.messages)
+        font = LEVEL_FONT.get(w.get("level", "blue"), "comment")
+        mark = "✅" if kind == "all_clear" else LEVEL_SQUARE.get(w.get("level", ""), "")
+        first, *rest = r.text.splitlines() or [""]
+        lines = [f"### {mark} {_md(r.title)}", f'**<font color="{font}">{_md(first)}</font>**']
+        lines.extend(f"> {_md(line)}" for line in rest)
         created = from_ts(w.get("created_at"))
-        if created is not None:
+        if created is not None and kind != "all_clear":
             lines.append(
                 f'> <font color="comment">发布时间：{created.astimezone(self.zone):%Y-%m-%d %H:%M}</font>'
             )
-        if w.get("expires") and m.delivery.kind != "cancel":
+        if w.get("expires") and kind != "all_clear":
             expires = datetime.fromisoformat(w["expires"]).astimezone(self.zone)
             lines.append(f'> <font color="comment">有效至：{expires:%m-%d %H:%M}</font>')
         return cut_bytes("\n".join(lines), SECTION_MAX_BYTES)
@@ -367,20 +363,20 @@ class WecomAdapter(Adapter):
         raise TransientError("access token refused after refresh")  # pragma: no cover - loop returns
 
     def _card(self, m: Message) -> dict[str, str]:
-        """The textcard: title, time + headline + what to do, and the signed ack link."""
-        w = m.warning
+        """The textcard: title, time, the message kind's text, and the signed ack link."""
         d = m.delivery
-        created = from_ts(w.get("created_at"))
-        when = f"{created.astimezone(self.zone):%Y-%m-%d %H:%M}" if created else ""
-        what = "预警已解除。" if d.kind == "cancel" else (w.get("instruction") or "")
+        kind, values = messages.for_message(m, self.ctx.settings, self.ctx.directory())
+        r = messages.render(kind, values, self.ctx.settings.messages)
+        now = self.clock.now()
+        first, *rest = r.text.splitlines() or [""]
         description = (
-            f'<div class="gray">{_esc(when)}</div>'
-            f'<div class="highlight">{_esc(w.get("headline", ""))}</div>'
-            f'<div class="normal">{_esc(cut_bytes(what, 300))}</div>'
+            f'<div class="gray">{_esc(f"{now.astimezone(self.zone):%Y-%m-%d %H:%M}")}</div>'
+            f'<div class="highlight">{_esc(first)}</div>'
+            f'<div class="normal">{_esc(cut_bytes(chr(10).join(rest), 300))}</div>'
         )
-        token = self.signer.sign(d.id, d.target, self.clock.now())
+        token = self.signer.sign(d.id, d.target, now)
         return {
-            "title": cut_bytes(_title(w, d.kind, square=False), CARD_TITLE_MAX_BYTES),
+            "title": cut_bytes(r.title, CARD_TITLE_MAX_BYTES),
             "description": cut_bytes(description, CARD_DESCRIPTION_MAX_BYTES),
             "url": link(self.ctx.settings.http.public_url, token),
             "btntxt": "收到",
@@ -445,19 +441,6 @@ class WecomAdapter(Adapter):
         if not isinstance(data, dict):
             raise TransientError("wecom answered something that is not a JSON object")
         return data
-
-
-def _title(w: dict[str, Any], kind: str, *, square: bool) -> str:
-    """`【演练】【解除】🟥 暴雨红色预警（I级）`."""
-    level = w.get("level", "blue")
-    try:
-        lv = Level(level)
-        name = f"{w.get('event', '')}{lv.chinese}预警（{lv.roman}级）"
-    except ValueError:
-        name = f"{w.get('event', '')}预警"
-    prefix = ("【演练】" if w.get("status", "actual") != "actual" else "") + KIND_PREFIX.get(kind, "")
-    mark = ("✅ " if kind == "cancel" else LEVEL_SQUARE.get(level, "") + " ") if square else ""
-    return f"{prefix}{mark}{name}"
 
 
 def _md(text: str) -> str:

@@ -151,9 +151,12 @@ async def test_unconfirmed_official_escalates_sms_voice_superior(
             (t0 + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             (t0 + timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         ]
-        # The escalated calls are deliveries like any other: ack-required, in coverage.
-        calls = [d for d in await h.store.deliveries_for(wid) if d["channel"] == "voice"]
-        assert all(d["ack_required"] and d["kind"] == "warning" for d in calls)
+        # The escalated calls are deliveries like any other, in coverage. off-1 is asked to
+        # confirm; its superior off-0, who already confirmed the warning, is told who has not.
+        calls = {d["target"]: d for d in await h.store.deliveries_for(wid) if d["channel"] == "voice"}
+        assert all(d["kind"] == "warning" for d in calls.values())
+        assert calls["off-1"]["ack_required"]
+        assert not calls["off-0"]["ack_required"]
     finally:
         await h.close()
 

@@ -283,7 +283,8 @@ async def test_cancel_stops_the_same_speakers_with_the_all_clear(rig: Rig) -> No
         (stop,) = rig.sim.speakers[s].stops
         assert stop["kind"] == "stop"
         assert stop["warning_id"] == wid
-        assert stop["text"].startswith("解除预警")
+        assert "现在解除暴雨红色预警" in stop["text"]
+        assert "立即转移" not in stop["text"]  # never the lifted warning's instruction
         assert stop["audio"]["sha256"] != warning_audio
     # Every stop is confirmed; coverage counts the warning, not the all-clear.
     await until(
@@ -415,23 +416,34 @@ async def test_bad_acks_are_logged_and_dropped(
     await rig.wait_acknowledged(wid, 3)
 
 
-def test_spoken_text_per_kind() -> None:
-    """Level in Chinese, headline, instruction; 演练 for drills; 预警更新; 解除预警 with its own tone."""
+def test_spoken_text_per_kind(tmp_path: Path) -> None:
+    """Each kind's spoken form: the public addressed, 演练 for drills, 更新, and the all-clear's own tone."""
+    settings = make_settings(tmp_path, tmp_path)
     w = {**warning_body(), "status": "actual"}
-    text, kind = spoken(w, "warning")
-    assert text.startswith("暴雨红色预警。")
-    assert w["instruction"] in text
+
+    def say(warning: dict[str, Any], kind: str, context: dict[str, Any] | None = None) -> tuple[str, str]:
+        """What the speakers say."""
+        return spoken(warning, kind, context, settings, None)
+
+    text, kind = say(w, "warning")
+    assert text.startswith("各位群众请注意。")
+    assert "暴雨红色预警" in text
+    assert w["instruction"].rstrip("。") in text
     assert kind == "warning"
-    text, kind = spoken({**w, "status": "exercise"}, "warning")
-    assert text.startswith("演练")
+    text, kind = say({**w, "status": "exercise"}, "warning")
+    assert text.startswith("演练，演练。")
+    assert text.endswith("演练，演练。")
     assert kind == "drill"
-    text, kind = spoken(w, "update")
-    assert text.startswith("预警更新")
+    text, kind = say(w, "update")
+    assert "预警内容有更新" in text
     assert kind == "warning"
-    text, kind = spoken(w, "cancel")
-    assert text.startswith("解除预警")
+    text, kind = say(w, "warning", {"message": "upgrade", "old_level": "orange"})
+    assert "由橙色升级为红色预警" in text
+    text, kind = say(w, "cancel", {"message": "all_clear", "reason": "雨势减弱"})
+    assert "现在解除暴雨红色预警" in text
+    assert "解除原因：雨势减弱。" in text
     assert kind == "all_clear"
-    assert w["instruction"] not in text
+    assert w["instruction"].rstrip("。") not in text
 
 
 def _peak_hz(seg: AudioSegment) -> float:
@@ -445,8 +457,9 @@ async def test_rendered_warnings_are_real_speech_with_level_tones(tmp_path: Path
     """The MP3 decodes, lasts tone + speech, is not silence; red and blue open with different tones."""
     cache = AudioCache(tmp_path / "audio", make_settings(tmp_path, tmp_path).tts)
     w = {**warning_body(), "status": "actual"}
-    red = await cache.render(spoken(w, "warning")[0], "red")
-    blue = await cache.render(spoken({**w, "level": "blue"}, "warning")[0], "blue")
+    settings = make_settings(tmp_path, tmp_path)
+    red = await cache.render(spoken(w, "warning", None, settings, None)[0], "red")
+    blue = await cache.render(spoken({**w, "level": "blue"}, "warning", None, settings, None)[0], "blue")
     segs = {}
     for name, f in (("red", red), ("blue", blue)):
         seg = decode(f.path.read_bytes())

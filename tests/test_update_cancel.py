@@ -3,6 +3,7 @@ all-clear reaches exactly those who received the warning, expiry stops devices o
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -99,12 +100,19 @@ async def test_higher_level_sends_at_once(harness: Harness) -> None:
     h.clock.advance(hours=3)
     await h.run_until_idle()
     assert {r["step"] for r in all_sent(h)} == {"T-48h"}
+    reached = {(r["channel"], r["target"]) for r in all_sent(h)}
     before = mark(h)
     await post(h, wid, "update", {"level": "red"})
     await h.run_until_idle()
     issued = [r for r in since(h, before) if r["step"] == "issue"]
     assert {r["channel"] for r in issued} == set(CHANNELS)
     assert {r["target"] for r in issued if r["channel"] == "voice"} == {"off-0"}
+    # One message per receiver, and it says "upgraded": no 「预警更新」 on top of the new level.
+    after = since(h, before)
+    per_receiver = Counter((r["channel"], r["target"]) for r in after)
+    assert set(per_receiver.values()) == {1}, per_receiver
+    assert {r["message"] for r in issued} == {"upgrade"}
+    assert reached <= set(per_receiver)  # those reached before hear of the upgrade too
     w = await h.get(wid)
     assert w["level"] == "red"
     assert [s for s, _ in steps_at(w)] == ["T-24h", "T-12h", "T-6h", "T-3h", "T-1h", "onset"]
@@ -140,6 +148,7 @@ async def test_cancel_at_t_minus_6h_clears_exactly_those_reached(tmp_path: Path)
         assert [d for d in rows if d["state"] in ("pending", "failed", "sending")] == []
         clears = since(h, before)
         assert {r["kind"] for r in clears} == {"cancel"}
+        assert {r["message"] for r in clears} == {"all_clear"}
         assert sorted((r["channel"], r["target"]) for r in clears) == sorted(reached)
         h.clock.advance(hours=60)
         await h.run_until_idle()

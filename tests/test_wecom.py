@@ -112,7 +112,7 @@ async def test_two_robots_thirty_warnings_in_a_minute_nothing_lost(
         first = next(c for c in fake.robot_calls if c.key == KEYS["WARND_TEST_ROBOT_A"])
         assert "区域：村1" in first.content
         assert "村2" not in first.content
-        assert "措施：请立即转移" in first.content
+        assert "应对：请立即转移" in first.content
         assert "🟥" in first.content
         # No key or secret ever reaches a log line or a stored error.
         dumped = json.dumps(log_events, ensure_ascii=False, default=str)
@@ -214,7 +214,7 @@ async def test_card_is_a_textcard_with_a_signed_link(
         (call,) = fake.app_calls
         card = call.body["textcard"]
         assert call.touser == "official0"
-        assert card["title"] == "暴雨橙色预警（II级）"
+        assert card["title"] == "暴雨橙色预警"
         assert "塘甸镇气象台发布暴雨红色预警" in card["description"]
         assert "请立即转移" in card["description"]
         assert card["btntxt"] == "收到"

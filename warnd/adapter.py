@@ -134,8 +134,8 @@ class Adapter(abc.ABC):
         """Named coroutines this channel runs alongside the dispatcher; none by default."""
         return []
 
-    def prepare(self, warning: dict[str, Any], kind: str) -> None:
-        """A step with `kind` deliveries of this warning on this channel was planned, not yet written.
+    def prepare(self, warning: dict[str, Any], kind: str, context: dict[str, Any] | None = None) -> None:
+        """A step with `kind` deliveries (of message `context`) on this channel was planned, not yet written.
 
         Start, without waiting for it, what sending will need (the loudspeaker channel renders its
         audio while the step's deliveries are written). Nothing by default.

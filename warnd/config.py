@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from warnd.audio import AudioSettings
+from warnd.messages import MessageSettings
 from warnd.model import Level
 
 DEFAULT_CONFIG = Path("/etc/warnd/warnd.toml")
@@ -242,6 +243,25 @@ class TwilioSettings(_Section):
     poll_interval_s: float = Field(default=15.0, gt=0)
 
 
+class SmsSettings(_Section):
+    """What every SMS carries, whichever provider sends it."""
+
+    # The registered signature (签名) Chinese carriers require, shown as 【…】 at the start of
+    # every SMS and spoken as the office's name ("这里是…"). Providers approve 2–12 characters.
+    signature: str = Field(default="", max_length=12)
+
+    @field_validator("signature")
+    @classmethod
+    def _bare(cls, value: str) -> str:
+        """The name alone: warnd adds the brackets."""
+        value = value.strip()
+        if any(c in value for c in "【】[]\n"):
+            raise ValueError("give the name alone, without 【】: warnd adds them")
+        if value and len(value) < 2:
+            raise ValueError("a registered signature has 2–12 characters")
+        return value
+
+
 class EscalationStep(_Section):
     """One step of 叫应: after this long unconfirmed, try this channel or this person."""
 
@@ -440,6 +460,8 @@ class Settings(BaseSettings):
     feed: list[FeedSettings] = Field(default_factory=list)
     hydro: HydroSettings = Field(default_factory=HydroSettings)
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
+    sms: SmsSettings = Field(default_factory=SmsSettings)
+    messages: MessageSettings = Field(default_factory=MessageSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     tts: AudioSettings = Field(default_factory=AudioSettings)

@@ -102,6 +102,35 @@ def _print_warning(w: dict[str, Any]) -> None:
         )
 
 
+_KIND_NAMES = {
+    "issue": "发布 issue",
+    "reminder": "提醒 reminder",
+    "update": "更新 update",
+    "upgrade": "升级 upgrade",
+    "downgrade": "降级 downgrade",
+    "all_clear": "解除 all-clear",
+    "escalation_self": "叫应本人 escalation to self",
+    "escalation_superior": "叫应上级 escalation to superior",
+}
+
+
+def _print_preview(body: dict[str, Any]) -> None:
+    """Villages, schedule, and every message kind's text per channel, as they will be sent."""
+    villages = body.get("villages", [])
+    print(f"villages ({len(villages)}): " + "、".join(v["name"] for v in villages))
+    print("schedule:")
+    for s in body.get("schedule", []):
+        targets = ", ".join(f"{c} {n}" for c, n in s.get("targets", {}).items()) or "nobody"
+        unavailable = s.get("unavailable_channels")
+        missing = f"  (unavailable: {', '.join(unavailable)})" if unavailable else ""
+        print(f"  {s['at']}  {s['step']:<8} {targets}{missing}")
+    for kind, texts in body.get("messages", {}).items():
+        print(f"\n=== {_KIND_NAMES.get(kind, kind)} ===")
+        for channel, text in texts.items():
+            print(f"--- {channel}")
+            print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `warnctl` command."""
     parser = argparse.ArgumentParser(prog="warnctl", description="operate warnd over its HTTP API")
@@ -125,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--expires")
         p.add_argument("--status", default="actual", choices=["actual", "exercise", "test"])
         p.add_argument("--idempotency-key")
+        if name == "preview":
+            p.add_argument("--json", action="store_true", help="the API's answer as JSON")
     p = sub.add_parser("list", help="list warnings")
     p.add_argument("--state", choices=["active", "updated", "cancelled", "expired"])
     p = sub.add_parser("show", help="show a warning with its coverage")
@@ -133,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("id")
     p = sub.add_parser("cancel", help="cancel a warning (all-clear)")
     p.add_argument("id")
-    p.add_argument("--reason", default="")
+    p.add_argument("--reason", default="", help="why it is lifted: said in the all-clear")
+    p.add_argument(
+        "--advice", default="", help="what people should do now (default: [messages] all_clear_advice)"
+    )
     p = sub.add_parser("update", help="update a warning from a JSON file of changed fields")
     p.add_argument("id")
     p.add_argument("--file", required=True)
@@ -196,7 +230,10 @@ def _dispatch(args: argparse.Namespace, token: str | None) -> int:
         print(body["id"] if body.get("created", True) else f"{body['id']} (already accepted)")
     elif args.command == "preview":
         body = _check(*request(url, "POST", "/api/v1/warnings/preview", warning_from_args(args), token))
-        print(json.dumps(body, ensure_ascii=False, indent=2))
+        if args.json:
+            print(json.dumps(body, ensure_ascii=False, indent=2))
+        else:
+            _print_preview(body)
     elif args.command == "list":
         query = f"?state={args.state}" if args.state else ""
         body = _check(*request(url, "GET", f"/api/v1/warnings{query}", token=token))
@@ -210,7 +247,8 @@ def _dispatch(args: argparse.Namespace, token: str | None) -> int:
             error = d["last_error"] or ""
             print(f"{d['channel']:<12} {d['target']:<24} {d['state']:<12} {d['step']:<8} {error}")
     elif args.command == "cancel":
-        _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/cancel", {"reason": args.reason}, token))
+        cancel = {"reason": args.reason, "advice": args.advice}
+        _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/cancel", cancel, token))
         print(f"{args.id} cancelled")
     elif args.command == "update":
         try:

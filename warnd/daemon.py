@@ -90,13 +90,19 @@ class Daemon:
         """Named loops adapters need (an MQTT receive loop, a poller)."""
         return [*self.feeds.loops(), *(item for a in self.adapters.values() for item in a.background())]
 
-    def prepare(self, warning: dict[str, Any], channels: Iterable[str], kind: str) -> None:
+    def prepare(
+        self,
+        warning: dict[str, Any],
+        channels: Iterable[str],
+        kind: str,
+        context: dict[str, Any] | None = None,
+    ) -> None:
         """Let the running adapters of a step's channels get ready while it is planned."""
         for channel in channels:
             adapter = self.adapters.get(channel)
             if adapter is not None and adapter.disabled_reason is None:
                 try:
-                    adapter.prepare(warning, kind)
+                    adapter.prepare(warning, kind, context)
                 except Exception:
                     # Only a head start: the send does the same work if this fails.
                     log.exception("adapter.prepare_failed", channel=channel, warning_id=warning.get("id"))

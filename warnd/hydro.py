@@ -294,8 +294,12 @@ class HydroMonitor:
             )
         elif d.action == "cancel":
             assert state.warning_id is not None
-            await intake.cancel(state.warning_id, actor=actor, reason=f"{st.name}: {d.reason}")
-            log.info("hydro.cancelled", station=st.id, warning_id=state.warning_id)
+            # The all-clear's reason is read by villagers: in their words, not the decision's.
+            below = st.warning_stage - st.hysteresis_m
+            held = f"并保持{st.clear_after_min:g}分钟" if st.clear_after_min else ""
+            reason = f"{st.name}水位已回落到{below:.2f}米以下{held}"
+            await intake.cancel(state.warning_id, actor=actor, reason=reason)
+            log.info("hydro.cancelled", station=st.id, warning_id=state.warning_id, reason=d.reason)
             state = StationState()
         elif d.action in ("arm", "disarm"):
             state = StationState(state.warning_id, state.level, d.below_since)

@@ -20,6 +20,7 @@ from warnd.planner import (
     fired_steps,
     holds_repeats,
     level_policy,
+    reached_classes,
     repeat_job,
     step_jobs,
     steps_for,
@@ -202,17 +203,27 @@ class Intake:
         upgraded = Level(new["level"]).rank < Level(old["level"]).rank
         # Steps already sent are not sent again; past steps that never fired go out now;
         # the rest move with the (possibly new) onset.
-        fired = fired_steps(await self.store.jobs_for(warning_id))
+        old_jobs = await self.store.jobs_for(warning_id)
+        fired = fired_steps(old_jobs)
         steps = steps_for(new, policy, now, fired)
         lp = level_policy(new, policy)
+        rank_change = Level(new["level"]).rank - Level(old["level"]).rank
+        message = "upgrade" if upgraded else "downgrade" if rank_change > 0 else "update"
+        context = {"message": message, "old_level": old["level"]}
         if upgraded:
             # A higher level goes out at once, in full, to the new level's channels.
             covers = tuple(c for s in steps if s.name == "issue" for c in s.covers)
             steps = [s for s in steps if s.name != "issue"]
             roles = tuple(sorted({r for rs in lp.roles.values() for r in rs}))
             steps.insert(0, Step("issue", now, tuple(lp.channels), roles, covers))
-        jobs = step_jobs(new, steps, now)
-        jobs.append(_announce_job(new, "update", now))
+        jobs = step_jobs(
+            new, steps, now, reached=reached_classes(old_jobs), first=context if upgraded else None
+        )
+        announce = _announce_job(new, "update", now, context)
+        if upgraded:
+            # Whoever the upgrade's own step reaches hears the new level from it, once.
+            announce["payload"]["except"] = {"key": jobs[0]["key"], "payload": jobs[0]["payload"]}
+        jobs.append(announce)
         if lp.repeat_min and await self.store.last_due(warning_id, "loudspeaker") is not None:
             # Speakers already sounded: the new version keeps repeating at the new level's interval.
             due = now + timedelta(minutes=lp.repeat_min)
@@ -246,24 +257,29 @@ class Intake:
         self.wake.set()
         return new
 
-    async def cancel(self, warning_id: str, *, actor: Actor, reason: str = "") -> None:
-        """Stop everything pending and send the all-clear (解除预警) to everyone reached."""
+    async def cancel(self, warning_id: str, *, actor: Actor, reason: str = "", advice: str = "") -> None:
+        """Stop everything pending and send the all-clear (解除预警) to everyone reached.
+
+        The all-clear says what is lifted, `reason` and what to do now (`advice`, else the
+        configured default) — never the lifted warning's instruction.
+        """
         now = self.clock.now()
         w = await self._in_force(warning_id)
+        context = {"message": "all_clear", "reason": reason, "advice": advice, "at": iso(now)}
         await self.store.change_warning(
             warning_id,
             {"state": State.CANCELLED.value},
             now=now,
             cancel_jobs=True,
             cancel_deliveries=True,
-            audit=_audit(now, actor, "cancel", warning_id, {"reason": reason}),
-            jobs=[_announce_job(w, "cancel", now)],
+            audit=_audit(now, actor, "cancel", warning_id, {"reason": reason, "advice": advice}),
+            jobs=[_announce_job(w, "cancel", now, context)],
         )
         log.info("warning.cancelled", warning_id=warning_id)
         self.wake.set()
 
 
-def _announce_job(w: dict[str, Any], kind: str, now: Any) -> dict[str, Any]:
+def _announce_job(w: dict[str, Any], kind: str, now: Any, context: dict[str, Any]) -> dict[str, Any]:
     """A job that tells everyone already reached about an update or the all-clear."""
     version = w.get("version", 1)
     return {
@@ -272,7 +288,7 @@ def _announce_job(w: dict[str, Any], kind: str, now: Any) -> dict[str, Any]:
         "kind": "announce",
         "due_at": ts(now),
         "created_at": ts(now),
-        "payload": {"step": kind, "kind": kind, "version": version},
+        "payload": {"step": kind, "kind": kind, "version": version, "context": context},
     }
 
 

@@ -226,11 +226,17 @@ class UpdateIn(BaseModel):
 
 
 class CancelIn(BaseModel):
-    """An operator's cancel (解除预警), with an optional reason for the record."""
+    """An operator's cancel (解除预警): why, and what people should do now.
+
+    Args:
+        reason: why the warning is lifted; said in the all-clear and kept in the audit log.
+        advice: what people should do now (已转移人员何时返回 …); default `[messages] all_clear_advice`.
+    """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     reason: str = Field(default="", max_length=500)
+    advice: str = Field(default="", max_length=300)
 
 
 DeliveryState = Literal[

@@ -16,6 +16,8 @@ from warnd.model import Level
 from warnd.store import NewDelivery, ts
 
 PERSON_CHANNELS = ("sms", "voice", "wechat")
+DEVICE_CHANNELS = ("loudspeaker", "led")
+REMINDER = {"message": "reminder"}
 
 
 @dataclass(frozen=True)
@@ -92,29 +94,70 @@ def fired_steps(jobs: list[dict[str, Any]]) -> set[str]:
     return out
 
 
+def receiver_classes(channels: Collection[str], roles: Collection[str]) -> list[str]:
+    """Who a step reaches, as classes: "loudspeaker", "led" and "sms:official", "wechat:grid_worker" …"""
+    out = []
+    for c in channels:
+        out.extend([c] if c in DEVICE_CHANNELS else [f"{c}:{r}" for r in roles])
+    return out
+
+
+def reached_classes(jobs: list[dict[str, Any]]) -> set[str]:
+    """The receiver classes a warning's done steps already reached."""
+    out: set[str] = set()
+    for j in jobs:
+        if j["kind"] == "step" and j.get("state") == "done":
+            p = j["payload"]
+            out.update(receiver_classes(p["channels"], p.get("roles") or ()))
+    return out
+
+
 def step_jobs(
-    warning: dict[str, Any], steps: list[Step], now: datetime, *, kind: str = "warning"
+    warning: dict[str, Any],
+    steps: list[Step],
+    now: datetime,
+    *,
+    kind: str = "warning",
+    reached: Collection[str] = (),
+    first: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Job rows for steps (and the warning's expiry)."""
+    """Job rows for steps (and the warning's expiry).
+
+    Each step's payload says which receiver classes hear the warning for the first time there
+    (`new`: they get the issue message, everyone else a reminder). `reached` are classes an
+    earlier version already told; `first` replaces the first step's message (an upgrade: everyone
+    it reaches is told of the new level, {"message": "upgrade", "old_level": …}).
+    """
     version = warning.get("version", 1)
-    jobs = [
-        {
-            "key": f"{warning['id']}:v{version}:{s.name}",
-            "warning_id": warning["id"],
-            "kind": "step",
-            "due_at": ts(s.at),
-            "created_at": ts(now),
-            "payload": {
-                "step": s.name,
-                "channels": list(s.channels),
-                "roles": list(s.roles),
-                "kind": kind,
-                "version": version,
-                "covers": list(s.covers),
-            },
-        }
-        for s in steps
-    ]
+    seen = set(reached)
+    jobs = []
+    for i, s in enumerate(steps):
+        classes = receiver_classes(s.channels, s.roles)
+        message: dict[str, Any] = {"message": "issue"}
+        if i == 0 and first is not None:
+            message, new = dict(first), classes
+        else:
+            new = [c for c in classes if c not in seen]
+        seen.update(classes)
+        jobs.append(
+            {
+                "key": f"{warning['id']}:v{version}:{s.name}",
+                "warning_id": warning["id"],
+                "kind": "step",
+                "due_at": ts(s.at),
+                "created_at": ts(now),
+                "payload": {
+                    "step": s.name,
+                    "channels": list(s.channels),
+                    "roles": list(s.roles),
+                    "kind": kind,
+                    "version": version,
+                    "covers": list(s.covers),
+                    "context": message,
+                    "new": new,
+                },
+            }
+        )
     expires = parse_iso(warning.get("expires"))
     if expires is not None:
         jobs.append(
@@ -216,6 +259,14 @@ def step_deliveries(
     codes = [v.code for v in villages]
     out: list[NewDelivery] = []
     wid = warning["id"]
+    # Receivers told for the first time get the step's message (issue, upgrade); the rest a
+    # reminder. A payload from before messages had kinds tells everyone afresh.
+    first_ctx = payload.get("context") or {"message": "issue"}
+    new = payload.get("new")
+
+    def context(cls: str) -> dict[str, Any]:
+        """The message context for a receiver class."""
+        return first_ctx if new is None or cls in new else REMINDER
 
     def due(channel: str) -> datetime:
         """Hold daytime-only channels (blue loudspeakers) until quiet hours end."""
@@ -230,14 +281,32 @@ def step_deliveries(
             for v in villages:
                 mid = msg_id(job_key, channel, v.code)
                 out.extend(
-                    NewDelivery(mid, wid, step, kind, channel, spk, due(channel), village=v.code)
+                    NewDelivery(
+                        mid,
+                        wid,
+                        step,
+                        kind,
+                        channel,
+                        spk,
+                        due(channel),
+                        village=v.code,
+                        context=context(channel),
+                    )
                     for spk in v.speakers
                 )
         elif channel == "led":
             for v in villages:
                 out.extend(
                     NewDelivery(
-                        msg_id(job_key, channel, b), wid, step, kind, channel, b, due(channel), village=v.code
+                        msg_id(job_key, channel, b),
+                        wid,
+                        step,
+                        kind,
+                        channel,
+                        b,
+                        due(channel),
+                        village=v.code,
+                        context=context(channel),
                     )
                     for b in v.led_boards
                 )
@@ -264,6 +333,7 @@ def step_deliveries(
                         person_id=p.id,
                         address=address,
                         ack_required=kind == "warning" and p.role in lp.ack_roles,
+                        context=context(f"{channel}:{p.role}"),
                     )
                 )
             if channel == "wechat":
@@ -279,6 +349,8 @@ def step_deliveries(
                             channel,
                             f"robot:{r.key_env}",
                             due(channel),
+                            # A work group hears every step: tell it anew only where officials are.
+                            context=context(f"{channel}:official"),
                         )
                     )
     return out

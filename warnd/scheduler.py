@@ -10,6 +10,7 @@ restart can neither lose nor double a link of the chain.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,8 @@ from warnd.directory import Directory, Person
 from warnd.escalation import Action, Confirmation, Watched, decide, next_due
 from warnd.model import State
 from warnd.planner import (
+    DEVICE_CHANNELS,
+    REMINDER,
     compact,
     end_of_quiet,
     holds_repeats,
@@ -35,8 +38,6 @@ from warnd.store import Job, NewDelivery, Store, from_ts, ts
 
 log = structlog.get_logger("warnd.scheduler")
 
-# Device channels get a stop/clear on expiry; people are not told a warning simply ran out.
-DEVICE_CHANNELS = ("loudspeaker", "led")
 IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
 # Two loudspeaker plays closer than this are one play: a step and a repeat due together.
 SAME_PLAY_S = 1.0
@@ -68,7 +69,7 @@ class Scheduler:
         channels: Callable[[], set[str]],
         clock: Clock,
         wake: Wakeup,
-        prepare: Callable[[dict[str, Any], Iterable[str], str], None] | None = None,
+        prepare: Callable[[dict[str, Any], Iterable[str], str, dict[str, Any] | None], None] | None = None,
     ) -> None:
         """Keep the collaborators."""
         self.store, self.directory, self.policy = store, directory, policy
@@ -208,7 +209,14 @@ class Scheduler:
         elif "loudspeaker" not in self.channels():
             due, reason = now + interval, "loudspeaker channel unavailable"
         else:
-            payload = {"step": f"repeat-{n}", "channels": ["loudspeaker"], "roles": [], "kind": "warning"}
+            payload = {
+                "step": f"repeat-{n}",
+                "channels": ["loudspeaker"],
+                "roles": [],
+                "kind": "warning",
+                "context": REMINDER,
+                "new": [],
+            }
             deliveries = step_deliveries(warning, job.key, payload, self.directory(), policy, now)
             due, reason, n = now + interval, "", n + 1
         if hold:
@@ -295,8 +303,21 @@ class Scheduler:
                 skipped = "a drill reaches only test people"
         deliveries: list[NewDelivery] = []
         if skipped is None and target is not None:
+            unconfirmed = directory.people.get(p["person_id"])
+            context: dict[str, Any] = {
+                "message": "escalation_self",
+                "person_id": p["person_id"],
+                "role": unconfirmed.role if unconfirmed is not None else "",
+                "sent_at": ts(watched.sent_at or watched.created_at),
+            }
+            ack = True
             if step.to == "superior":
                 reached.append(target.id)
+                context["message"] = "escalation_superior"
+                context["phone"] = unconfirmed.phone if unconfirmed is not None else ""
+                # A superior who already confirmed the warning is told who has not, not asked again.
+                own = await self.store.person_deliveries(warning["id"], [target.id])
+                ack = not any(r["state"] == "acknowledged" for r in own)
             deliveries.append(
                 NewDelivery(
                     msg_id(job.key, step.channel, target.id),
@@ -308,7 +329,8 @@ class Scheduler:
                     now,
                     person_id=target.id,
                     address=address,
-                    ack_required=True,
+                    ack_required=ack,
+                    context=context,
                 )
             )
         lp = level_policy(warning, self.policy())
@@ -373,11 +395,13 @@ class Scheduler:
         """Let the channels of planned deliveries get ready while the deliveries are written."""
         if self.prepare is None:
             return
-        by_kind: dict[str, set[str]] = {}
+        by_kind: dict[str, tuple[str, dict[str, Any] | None, set[str]]] = {}
         for d in deliveries:
-            by_kind.setdefault(d.kind, set()).add(d.channel)
-        for kind, channels in by_kind.items():
-            self.prepare(warning, sorted(channels), kind)
+            # Escalations differ per person; what is rendered ahead (audio) is per message kind.
+            key = json.dumps([d.kind, d.context], sort_keys=True)
+            by_kind.setdefault(key, (d.kind, d.context, set()))[2].add(d.channel)
+        for kind, context, channels in by_kind.values():
+            self.prepare(warning, sorted(channels), kind, context)
 
     async def _announce(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
         """Tell everyone reached of an update or the all-clear, once sends in flight have landed."""
@@ -397,6 +421,15 @@ class Scheduler:
             blog.info("announce.waiting", in_flight=in_flight, retry_in_s=ANNOUNCE_WAIT_S)
             return await self.store.fire_job(job, [], jobs=[nxt], now=now)
         deliveries = await self._to_reached(warning, job, job.payload["kind"], None, now)
+        told = job.payload.get("except")
+        if told is not None:
+            # An upgrade's own step tells these receivers of the new level in full: one message
+            # (and one play on each speaker) each, not that step and an update seconds apart.
+            planned = step_deliveries(
+                warning, told["key"], told["payload"], self.directory(), self.policy(), now
+            )
+            skip = {(d.channel, d.target) for d in planned}
+            deliveries = [d for d in deliveries if (d.channel, d.target) not in skip]
         self._prepare(warning, deliveries)
         ok = await self.store.fire_job(job, deliveries, now=now)
         if ok:
@@ -409,6 +442,7 @@ class Scheduler:
         """The warning ran out: stop speakers, clear boards, cancel what is still pending."""
         if warning["state"] not in IN_FORCE or warning["version"] != job.payload.get("version"):
             return await self.store.fire_job(job, [], now=now)
+        # Device channels get a stop/clear on expiry; people are not told a warning simply ran out.
         deliveries = await self._to_reached(warning, job, "expire", DEVICE_CHANNELS, now)
         ok = await self.store.fire_job(
             job,
@@ -450,6 +484,7 @@ class Scheduler:
                     village=r["village"],
                     person_id=r["person_id"],
                     address=r["address"],
+                    context=job.payload.get("context"),
                 )
             )
         return out

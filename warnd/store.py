@@ -82,6 +82,8 @@ class NewDelivery:
     person_id: str | None = None
     address: str | None = None
     ack_required: bool = False
+    # The message kind and its facts (warnd.messages): {"message": "upgrade", "old_level": …}.
+    context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Delivery:
     attempts: int
     state: str = "sending"
     last_error: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -605,15 +608,17 @@ class Store:
                 d.address,
                 int(d.ack_required),
                 due[d.due_at],
+                json.dumps(d.context, ensure_ascii=False) if d.context else None,
             ]
             for d in deliveries
         ]
         # One statement over a JSON array: a county-wide step is 10,000 rows, not 10,000 steps.
         await self.db.execute(
             "INSERT OR IGNORE INTO deliveries (msg_id, warning_id, step, kind, channel, target,"
-            " village, person_id, address, ack_required, due_at, created_at, updated_at)"
+            " village, person_id, address, ack_required, due_at, context, created_at, updated_at)"
             " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,"
-            " value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, ?, ? FROM json_each(?)",
+            " value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, ?, ?"
+            " FROM json_each(?)",
             (stamp, stamp, json.dumps(rows)),
         )
 
@@ -683,6 +688,7 @@ class Store:
                 ack_required=bool(r["ack_required"]),
                 attempts=r["attempts"],
                 last_error=r["last_error"],
+                context=json.loads(r["context"]) if r.get("context") else {},
             )
             for r in rows
         ]

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
+from warnd import messages
 from warnd.adapter import Adapter, AdapterContext, Limits, Message, PermanentError, Receipt, TransientError
 
 
@@ -61,6 +62,7 @@ class RecordingAdapter(Adapter):
             "channel": d.channel,
             "warning_id": d.warning_id,
             "headline": message.warning.get("headline", ""),
+            "message": messages.kind_of(d.kind, d.context),
         }
         self.sent.append(record)
         if self.path is not None:

@@ -9,11 +9,12 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from pydantic import BaseModel
 
+from warnd import messages
 from warnd.api.routes import Route, principal
 from warnd.devices import coverage_with_offline
 from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
-from warnd.planner import schedule_view, step_deliveries, step_jobs, steps_for
+from warnd.planner import level_policy, schedule_view, step_deliveries, step_jobs, steps_for
 from warnd.report import escalations
 from warnd.store import from_ts, new_warning_id
 
@@ -134,10 +135,13 @@ async def preview(request: web.Request) -> web.Response:
             }
         )
     directory = d.directory()
+    channels = level_policy(row, d.settings.policy).channels
     return web.json_response(
         {
             "villages": [{"code": c, "name": directory.villages[c].name} for c in villages],
             "schedule": out_steps,
+            # What each kind of message this warning can lead to says, per channel, as sent.
+            "messages": messages.preview(row, d.settings, directory, channels, now=now),
         },
         dumps=json_dumps,
     )
@@ -238,7 +242,9 @@ async def cancel(request: web.Request) -> web.Response:
     body = CancelIn()
     if request.can_read_body:
         body = await read_json(request, CancelIn)
-    await d.intake.cancel(request.match_info["id"], actor=actor(request), reason=body.reason)
+    await d.intake.cancel(
+        request.match_info["id"], actor=actor(request), reason=body.reason, advice=body.advice
+    )
     return web.json_response({"id": request.match_info["id"], "state": "cancelled"}, status=202)
 
 

@@ -18,6 +18,7 @@ from warnd.planner import (
     Step,
     end_of_quiet,
     fired_steps,
+    hold_at_night,
     holds_repeats,
     level_policy,
     repeat_job,
@@ -206,11 +207,13 @@ class Intake:
         steps = steps_for(new, policy, now, fired)
         lp = level_policy(new, policy)
         if upgraded:
-            # A higher level goes out at once, in full, to the new level's channels.
-            covers = tuple(c for s in steps if s.name == "issue" for c in s.covers)
+            # A higher level goes out at once, in full, to the new level's channels (its
+            # loudspeakers at night as hold_at_night says for any step).
+            covers = tuple(dict.fromkeys(c for s in steps if s.name == "issue" for c in s.covers))
             steps = [s for s in steps if s.name != "issue"]
             roles = tuple(sorted({r for rs in lp.roles.values() for r in rs}))
-            steps.insert(0, Step("issue", now, tuple(lp.channels), roles, covers))
+            issue = Step("issue", now, tuple(lp.channels), roles, covers)
+            steps = hold_at_night(new, policy, [issue, *steps])
         jobs = step_jobs(new, steps, now)
         jobs.append(_announce_job(new, "update", now))
         if lp.repeat_min and await self.store.last_due(warning_id, "loudspeaker") is not None:

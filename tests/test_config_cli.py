@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -192,3 +194,38 @@ def test_warnctl_issue_list_show_cancel_against_a_real_daemon(tmp_path: Path) ->
     log = (tmp_path / "w.log").read_text(encoding="utf-8")
     events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
     assert "warnd.started" in events and "warning.accepted" in events and "warnd.stopped" in events
+
+
+def test_warnctl_marks_an_exercise_unmistakably(tmp_path: Path) -> None:
+    """An exercise or test warning carries 【演练】 in `warnctl list` and `show`; a real one does not."""
+    port = free_port()
+    config = write_config(tmp_path, write_directory(tmp_path / "d.toml", villages=1), port)
+    d = DaemonProcess(["-m", "warnd.cli", "run", "--config", str(config)], port, tmp_path / "w.log").start()
+    env = {"WARND_URL": d.url, "WARND_TOKEN": TOKENS["operator"]}
+    try:
+        # 13:00 Beijing the day after tomorrow: its T-12h step (01:00) is ahead, whenever this runs.
+        beijing = datetime.now(ZoneInfo("Asia/Shanghai"))
+        onset = (beijing + timedelta(days=2)).replace(hour=13, minute=0, second=0, microsecond=0)
+        ids = {}
+        for status in ("actual", "exercise", "test"):
+            flags = ["--event", "山洪", "--level", "orange", "--code", "330502101201", "--status", status]
+            flags += ["--onset", onset.isoformat()]
+            r = _ctl("issue", "--headline", f"山洪橙色预警 {status}", *flags, env=env)
+            assert r.returncode == 0, r.stderr
+            ids[status] = r.stdout.strip()
+        lines = {
+            w: line for line in _ctl("list", env=env).stdout.splitlines() for w in ids.values() if w in line
+        }
+        assert "演练" not in lines[ids["actual"]]
+        assert "【演练 exercise】" in lines[ids["exercise"]]
+        assert "【演练 test】" in lines[ids["test"]]
+        shown = _ctl("show", ids["exercise"], env=env).stdout.splitlines()
+        assert shown[0].startswith("【演练 exercise】") and ids["exercise"] in shown[0]
+        assert "不发给公众" in shown[1]
+        shown = _ctl("show", ids["actual"], env=env).stdout
+        assert "演练" not in shown
+        # The T-12h loudspeaker play waits for the end of quiet hours, and says so.
+        assert "T-12h at " + (onset - timedelta(hours=7)).isoformat() + "  loudspeaker" in shown
+        assert "held: quiet hours" in shown
+    finally:
+        assert d.terminate() == 0

@@ -117,10 +117,14 @@ async def test_report_as_csv_by_query_or_accept_header(tmp_path: Path) -> None:
         r1 = await get_report(h, wid, params={"format": "csv"})
         r2 = await get_report(h, wid, headers={"Accept": "text/csv"})
         assert r1.status == 200
-        assert r1.content_type == "text/csv"
-        text = await r1.text()
-        assert text == await r2.text()
-        rows = list(csv.DictReader(io.StringIO(text)))
+        assert r1.headers["Content-Type"] == "text/csv; charset=utf-8"
+        raw = await r1.read()
+        assert raw == await r2.read()
+        # A UTF-8 byte order mark, or Excel on a Chinese Windows reads the names as GBK mojibake.
+        assert raw.startswith(b"\xef\xbb\xbf")
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))
+        assert reader.fieldnames is not None and reader.fieldnames[0] == "section"
+        rows = list(reader)
         total = next(r for r in rows if r["section"] == "total" and r["channel"] == "loudspeaker")
         assert (total["expected"], total["sent"], total["acknowledged"], total["failed"]) == (
             "4",

@@ -84,17 +84,25 @@ def warning_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+def drill_mark(w: dict[str, Any]) -> str:
+    """【演练 exercise】 / 【演练 test】 for a drill, so no one takes it for a real warning; "" otherwise."""
+    status = w.get("status") or "actual"
+    return "" if status == "actual" else f"【演练 {status}】"
+
+
 def _print_warning(w: dict[str, Any]) -> None:
     """A warning for a duty officer's terminal."""
-    print(f"{w['id']}  [{w['level']}] {w['event']}  {w['state']}  v{w.get('version', 1)}")
+    mark = drill_mark(w)
+    print(f"{mark}{w['id']}  [{w['level']}] {w['event']}  {w['state']}  v{w.get('version', 1)}")
+    if mark:
+        print("  演练：只发往测试村和测试人员，不发给公众")
     print(f"  {w['headline']}")
     if w.get("instruction"):
         print(f"  要求: {w['instruction']}")
     print(f"  villages: {len(w.get('villages', []))}  created: {w.get('created_at')}")
     for step in w.get("schedule", []):
-        print(
-            f"  step {step['step']:>7} at {step['at']}  {','.join(step['channels'])}  ({step.get('state')})"
-        )
+        state = f"({step.get('state')})" + (f"  held: {step['held']}" if step.get("held") else "")
+        print(f"  step {step['step']:>7} at {step['at']}  {','.join(step['channels'])}  {state}")
     for channel, c in sorted(w.get("coverage", {}).items()):
         print(
             f"  {channel:<12} expected {c['expected']:>5}  sent {c['sent']:>5}  delivered "
@@ -238,7 +246,8 @@ def _dispatch(args: argparse.Namespace, token: str | None) -> int:
         query = f"?state={args.state}" if args.state else ""
         body = _check(*request(url, "GET", f"/api/v1/warnings{query}", token=token))
         for w in body["warnings"]:
-            print(f"{w['id']}  {w['state']:<9} [{w['level']:<6}] {w['event']}  {w['headline']}")
+            mark = drill_mark(w)
+            print(f"{w['id']}  {w['state']:<9} [{w['level']:<6}] {mark}{w['event']}  {w['headline']}")
     elif args.command == "show":
         _print_warning(_check(*request(url, "GET", f"/api/v1/warnings/{args.id}", token=token)))
     elif args.command == "deliveries":

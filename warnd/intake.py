@@ -18,6 +18,7 @@ from warnd.planner import (
     Step,
     end_of_quiet,
     fired_steps,
+    hold_at_night,
     holds_repeats,
     level_policy,
     reached_classes,
@@ -211,18 +212,25 @@ class Intake:
         message = "upgrade" if upgraded else "downgrade" if rank_change > 0 else "update"
         context = {"message": message, "old_level": old["level"]}
         if upgraded:
-            # A higher level goes out at once, in full, to the new level's channels.
-            covers = tuple(c for s in steps if s.name == "issue" for c in s.covers)
+            # A higher level goes out at once, in full, to the new level's channels (its
+            # loudspeakers at night as hold_at_night says for any step).
+            covers = tuple(dict.fromkeys(c for s in steps if s.name == "issue" for c in s.covers))
             steps = [s for s in steps if s.name != "issue"]
             roles = tuple(sorted({r for rs in lp.roles.values() for r in rs}))
-            steps.insert(0, Step("issue", now, tuple(lp.channels), roles, covers))
+            issue = Step("issue", now, tuple(lp.channels), roles, covers)
+            steps = hold_at_night(new, policy, [issue, *steps])
         jobs = step_jobs(
             new, steps, now, reached=reached_classes(old_jobs), first=context if upgraded else None
         )
         announce = _announce_job(new, "update", now, context)
         if upgraded:
-            # Whoever the upgrade's own step reaches hears the new level from it, once.
-            announce["payload"]["except"] = {"key": jobs[0]["key"], "payload": jobs[0]["payload"]}
+            # Whoever the upgrade's own step (or its part held to the morning) reaches hears
+            # the new level from it, once.
+            announce["payload"]["except"] = [
+                {"key": j["key"], "payload": j["payload"]}
+                for j in jobs
+                if j["kind"] == "step" and j["payload"]["step"] == "issue"
+            ]
         jobs.append(announce)
         if lp.repeat_min and await self.store.last_due(warning_id, "loudspeaker") is not None:
             # Speakers already sounded: the new version keeps repeating at the new level's interval.

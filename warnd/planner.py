@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,8 +28,11 @@ class Step:
     at: datetime
     channels: tuple[str, ...]
     roles: tuple[str, ...]
-    # The policy steps an immediate "issue" step stands in for (they were already past).
+    # The policy steps this step stands in for: past ones an immediate "issue" sends now, or
+    # night-time plays merged into this one (see hold_at_night).
     covers: tuple[str, ...] = ()
+    # Why this part of a step waits past its policy time ("quiet hours"); "" when it does not.
+    held: str = ""
 
 
 def msg_id(job_key: str, channel: str, group: str) -> str:
@@ -52,14 +55,16 @@ def steps_for(
 ) -> list[Step]:
     """The pre-warning schedule: steps relative to onset; those already past collapse into one now.
 
-    `fired` names steps an earlier version of the warning already sent (an update): they are
-    not sent again, and a past step that never fired still goes out now.
+    `fired` names what an earlier version of the warning already sent, as "step/channel" (see
+    fired_steps): that is not sent again, and a past step that never fired still goes out now.
+    Night-time loudspeaker plays are then held as hold_at_night says.
     """
     lp = level_policy(warning, policy)
     onset = parse_iso(warning.get("onset"))
     all_roles = tuple(sorted({r for roles in lp.roles.values() for r in roles}))
     if onset is None:
-        return [] if fired else [Step("issue", now, tuple(lp.channels), all_roles)]
+        channels = tuple(c for c in lp.channels if f"issue/{c}" not in fired)
+        return hold_at_night(warning, policy, [Step("issue", now, channels, all_roles)] if channels else [])
     past_channels: set[str] = set()
     past_roles: set[str] = set()
     covers: list[str] = []
@@ -67,8 +72,8 @@ def steps_for(
     for sp in sorted(policy.steps, key=lambda s: -s.hours_before):
         at = onset - timedelta(hours=sp.hours_before)
         name = step_name(sp.hours_before)
-        channels = tuple(c for c in lp.channels if c in sp.channels)
-        if not channels or name in fired:
+        channels = tuple(c for c in lp.channels if c in sp.channels and f"{name}/{c}" not in fired)
+        if not channels:
             continue
         if at <= now:
             past_channels.update(channels)
@@ -81,16 +86,71 @@ def steps_for(
         # Whatever the schedule would already have said goes out now, once.
         chans = tuple(c for c in lp.channels if c in past_channels) or tuple(lp.channels)
         steps.append(Step("issue", now, chans, tuple(sorted(past_roles)) or all_roles, tuple(covers)))
-    return steps + future
+    return hold_at_night(warning, policy, steps + future)
+
+
+def hold_at_night(warning: dict[str, Any], policy: PolicySettings, steps: list[Step]) -> list[Step]:
+    """Move the loudspeaker part of steps due in quiet hours to the morning, where the level asks it.
+
+    The rule, with the duty officer in mind:
+    - A level that honours quiet hours (`quiet_hours`, never red) plays a step due at night on
+      the loudspeakers at the end of quiet hours, unless the onset comes first (the morning at or
+      after the onset): a play held past the hazard is no warning. This goes for the immediate
+      "issue" step too: an orange warning accepted at 02:00 for a rainstorm at 06:00 sounds at
+      02:00; one for a rainstorm at 13:00 sounds at 06:00. Without an onset the hazard is now and
+      the issue sounds at once.
+    - Channels the level sends only in daytime (`daytime_only`, blue loudspeakers) wait for the
+      morning whatever the onset.
+    - Only those channels wait: SMS, calls and WeCom to officials and LED boards go at the step's
+      time, so the people on duty know at once.
+    - A held play that lands at or after the next play of the same channel is merged into that
+      play (which then covers it): one play, not two minutes apart.
+    """
+    lp = level_policy(warning, policy)
+    onset = parse_iso(warning.get("onset"))
+    quiet = holds_repeats(warning, policy)
+    split: list[Step] = []
+    for s in steps:
+        morning = end_of_quiet(s.at, policy)
+        before_onset = onset is not None and morning < onset
+        held = [
+            c for c in s.channels if c in lp.daytime_only or (c == "loudspeaker" and quiet and before_onset)
+        ]
+        if morning == s.at or not held:
+            split.append(s)
+            continue
+        rest = tuple(c for c in s.channels if c not in held)
+        if rest:
+            split.append(replace(s, channels=rest))
+        split.append(replace(s, at=morning, channels=tuple(held), held="quiet hours"))
+    # From the last step back, so a play merged into a later one is merged into where that went.
+    kept: list[Step] = []
+    next_play: dict[str, int] = {}  # channel → index in `kept` of its next send
+    for s in reversed(split):
+        if s.held:
+            into = {c: next_play[c] for c in s.channels if c in next_play and kept[next_play[c]].at <= s.at}
+            for k in set(into.values()):
+                kept[k] = replace(kept[k], covers=tuple(dict.fromkeys((*kept[k].covers, s.name, *s.covers))))
+            s = replace(s, channels=tuple(c for c in s.channels if c not in into))
+            if not s.channels:
+                continue
+        kept.append(s)
+        next_play.update(dict.fromkeys(s.channels, len(kept) - 1))
+    return sorted(reversed(kept), key=lambda s: s.at)
 
 
 def fired_steps(jobs: list[dict[str, Any]]) -> set[str]:
-    """Names of the policy steps a warning's done step jobs sent (an "issue" counts for those it covers)."""
+    """What a warning's done step jobs sent, as "step/channel" (a step counts for those it covers).
+
+    Per channel, because a step's loudspeaker part may be held to the morning after its other
+    channels went: an update in between must still play it.
+    """
     out: set[str] = set()
     for j in jobs:
         if j["kind"] == "step" and j.get("state") == "done":
-            out.add(j["payload"]["step"])
-            out.update(j["payload"].get("covers", ()))
+            p = j["payload"]
+            for name in (p["step"], *p.get("covers", ())):
+                out.update(f"{name}/{c}" for c in p["channels"])
     return out
 
 
@@ -131,17 +191,19 @@ def step_jobs(
     version = warning.get("version", 1)
     seen = set(reached)
     jobs = []
-    for i, s in enumerate(steps):
+    for s in steps:
         classes = receiver_classes(s.channels, s.roles)
         message: dict[str, Any] = {"message": "issue"}
-        if i == 0 and first is not None:
+        if first is not None and s.name == steps[0].name:
+            # The first step and its part held to the morning.
             message, new = dict(first), classes
         else:
             new = [c for c in classes if c not in seen]
         seen.update(classes)
         jobs.append(
             {
-                "key": f"{warning['id']}:v{version}:{s.name}",
+                # The held part of a step is a job of its own, after the rest of the step.
+                "key": f"{warning['id']}:v{version}:{s.name}" + (":held" if s.held else ""),
                 "warning_id": warning["id"],
                 "kind": "step",
                 "due_at": ts(s.at),
@@ -153,6 +215,7 @@ def step_jobs(
                     "kind": kind,
                     "version": version,
                     "covers": list(s.covers),
+                    "held": s.held,
                     "context": message,
                     "new": new,
                 },
@@ -194,12 +257,16 @@ def repeat_job(
 
 
 def holds_repeats(warning: dict[str, Any], policy: PolicySettings) -> bool:
-    """Whether quiet hours hold this warning's repeats: if its level allows it, and never for red."""
+    """Whether quiet hours hold this warning's repeats and night plays: if its level allows, never red."""
     return level_policy(warning, policy).quiet_hours and warning["level"] != Level.RED.value
 
 
 def schedule_view(jobs: list[dict[str, Any]], tz: str = "Asia/Shanghai") -> list[dict[str, Any]]:
-    """Jobs as the API shows a schedule: [{"at", "step", "channels", "state"}]."""
+    """Jobs as the API shows a schedule: [{"at", "step", "channels", "state", "held"}].
+
+    The preview and `GET /api/v1/warnings/{id}` both show this, so what they show is the
+    time the scheduler keeps; `held` says why a step waits past its policy time (or is null).
+    """
     zone = ZoneInfo(tz)
     out = []
     for j in jobs:
@@ -212,6 +279,7 @@ def schedule_view(jobs: list[dict[str, Any]], tz: str = "Asia/Shanghai") -> list
                 "step": j["payload"]["step"],
                 "channels": j["payload"]["channels"],
                 "state": j.get("state", "pending"),
+                "held": j["payload"].get("held") or None,
             }
         )
     return out

@@ -421,14 +421,16 @@ class Scheduler:
             blog.info("announce.waiting", in_flight=in_flight, retry_in_s=ANNOUNCE_WAIT_S)
             return await self.store.fire_job(job, [], jobs=[nxt], now=now)
         deliveries = await self._to_reached(warning, job, job.payload["kind"], None, now)
-        told = job.payload.get("except")
-        if told is not None:
+        told = job.payload.get("except") or ()
+        if told:
             # An upgrade's own step tells these receivers of the new level in full: one message
             # (and one play on each speaker) each, not that step and an update seconds apart.
-            planned = step_deliveries(
-                warning, told["key"], told["payload"], self.directory(), self.policy(), now
-            )
-            skip = {(d.channel, d.target) for d in planned}
+            directory, policy = self.directory(), self.policy()
+            skip = {
+                (d.channel, d.target)
+                for t in told
+                for d in step_deliveries(warning, t["key"], t["payload"], directory, policy, now)
+            }
             deliveries = [d for d in deliveries if (d.channel, d.target) not in skip]
         self._prepare(warning, deliveries)
         ok = await self.store.fire_job(job, deliveries, now=now)

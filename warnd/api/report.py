@@ -31,7 +31,8 @@ async def show_report(request: web.Request) -> web.Response:
     rep = await report(d.store, w, d.directory(), d.settings.policy.timezone, d.clock.now())
     if wants_csv(request):
         return web.Response(
-            text=to_csv(rep),
+            # With a byte order mark: Excel on a Chinese Windows reads BOM-less CSV as GBK.
+            body=to_csv(rep).encode("utf-8-sig"),
             content_type="text/csv",
             charset="utf-8",
             headers={"Content-Disposition": f'attachment; filename="{w["id"]}-report.csv"'},

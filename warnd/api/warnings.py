@@ -114,11 +114,11 @@ async def preview(request: web.Request) -> web.Response:
         "villages": villages,
         "version": 1,
     }
-    steps = steps_for(row, d.settings.policy, now)
-    jobs = step_jobs(row, steps, now)
+    jobs = [j for j in step_jobs(row, steps_for(row, d.settings.policy, now), now) if j["kind"] == "step"]
     available = d.dispatcher.channels()
     out_steps = []
-    for job in (j for j in jobs if j["kind"] == "step"):
+    # The same view as a stored warning's schedule: the times shown are the times the send keeps.
+    for job, view in zip(jobs, schedule_view(jobs, d.settings.policy.timezone), strict=True):
         payload = {**job["payload"], "channels": [c for c in job["payload"]["channels"] if c in available]}
         deliveries = step_deliveries(row, job["key"], payload, d.directory(), d.settings.policy, now)
         per_channel: dict[str, int] = {}
@@ -126,9 +126,7 @@ async def preview(request: web.Request) -> web.Response:
             per_channel[dv.channel] = per_channel.get(dv.channel, 0) + 1
         out_steps.append(
             {
-                "at": local_time(job["due_at"], d.settings.policy.timezone),
-                "step": job["payload"]["step"],
-                "channels": job["payload"]["channels"],
+                **view,
                 "unavailable_channels": [c for c in job["payload"]["channels"] if c not in available],
                 "targets": per_channel,
                 "ack_required": sum(dv.ack_required for dv in deliveries),

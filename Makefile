@@ -41,6 +41,7 @@ run: deps venv
 
 # pytest exits 5 when it collected no tests: make treats that as the failure it is.
 test: deps venv
+	$(VENV)/bin/ruff check warnd adapters tests bench
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: deps venv

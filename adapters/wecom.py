@@ -185,7 +185,7 @@ class WecomAdapter(Adapter):
     def routes(self) -> list[Any]:
         """The ack-link page and its 「收到」 button."""
         links = AckLinks(
-            self.signer, self.ctx.store, self.ctx.feedback, self.clock, self.ctx.settings.policy.timezone
+            self.signer, self.ctx.store, self.ctx.feedback, self.clock, self.ctx.settings, self.ctx.directory
         )
         return links.routes()
 

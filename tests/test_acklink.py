@@ -107,6 +107,34 @@ async def test_three_of_five_press_and_exactly_those_are_acknowledged(
         await close_live(h)
 
 
+async def test_all_clear_card_and_page_say_lifted_never_the_old_instruction(
+    tmp_path: Path, fake: FakeWecom
+) -> None:
+    """The all-clear's card and the page behind its link say what was lifted and why, not 'evacuate'."""
+    h = await start(tmp_path, fake)
+    try:
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        sent = len(fake.app_calls)
+        resp = await h.client.post(
+            f"/api/v1/warnings/{wid}/cancel", json={"reason": "雨势减弱"}, headers=h.headers()
+        )
+        assert resp.status == 202
+        await h.run_until_idle()
+        cards = [c for c in fake.app_calls[sent:] if c.errcode == 0]
+        assert len(cards) == 5
+        for call in cards:
+            card = call.body["textcard"]
+            assert card["title"] == "解除暴雨红色预警"
+            assert "雨势减弱" in card["description"]
+            assert "请立即转移" not in card["description"]
+            page = await (await h.client.get(urlsplit(card["url"]).path)).text()
+            assert "解除暴雨红色预警" in page and "雨势减弱" in page
+            assert "请立即转移" not in page
+    finally:
+        await close_live(h)
+
+
 async def test_tampered_and_expired_links_are_refused_and_change_nothing(
     tmp_path: Path, fake: FakeWecom
 ) -> None:

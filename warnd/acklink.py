@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from aiohttp import web
 
-from warnd.model import Level
+from warnd import messages
 from warnd.store import from_ts
 
 if TYPE_CHECKING:
@@ -196,13 +196,17 @@ class AckLinks:
         store: reads the delivery and its warning.
         feedback: records the acknowledgement.
         clock: the daemon's clock (expiry).
-        timezone: how times are shown.
+        settings: warnd's settings (time zone, message templates).
+        directory: returns the current directory (names in messages).
     """
 
-    def __init__(self, signer: AckSigner, store: Any, feedback: Any, clock: Any, timezone: str) -> None:
+    def __init__(
+        self, signer: AckSigner, store: Any, feedback: Any, clock: Any, settings: Any, directory: Any
+    ) -> None:
         """Keep the collaborators."""
         self.signer, self.store, self.feedback, self.clock = signer, store, feedback, clock
-        self.zone = ZoneInfo(timezone)
+        self.settings, self.directory = settings, directory
+        self.zone = ZoneInfo(settings.policy.timezone)
 
     async def _resolve(self, token: str) -> tuple[AckClaim, dict[str, Any], dict[str, Any]]:
         """Token → (claim, delivery, warning); the delivery must belong to the claimed person."""
@@ -214,28 +218,24 @@ class AckLinks:
         return claim, delivery, warning
 
     def _warning_html(self, w: dict[str, Any], delivery: dict[str, Any]) -> tuple[str, str]:
-        """The warning's colour and its description block."""
-        level = w.get("level", "blue")
-        colour = LEVEL_HEX.get(level, "#777")
-        try:
-            lv = Level(level)
-            label = f"{lv.chinese}预警（{lv.roman}级）"
-        except ValueError:
-            label = "预警"
-        prefix = {"cancel": "【解除】", "update": "【更新】"}.get(delivery["kind"], "")
-        if w.get("status", "actual") != "actual":
-            prefix = "【演练】" + prefix
+        """The warning's colour and the message this link came with (its kind's title and text)."""
+        colour = LEVEL_HEX.get(w.get("level", "blue"), "#777")
+        context = json.loads(delivery["context"]) if delivery.get("context") else {}
+        kind = messages.kind_of(delivery["kind"], context)
+        values = messages.values_for(
+            w, kind, context, settings=self.settings, directory=self.directory(), channel="wechat",
+            recipient_id=delivery.get("person_id"),
+        )  # fmt: skip
+        r = messages.render(kind, values, self.settings.messages)
+        first, *rest = r.text.splitlines() or [""]
         created = from_ts(w.get("created_at"))
         when = created.astimezone(self.zone).strftime("%Y-%m-%d %H:%M") if created else ""
         parts = [
-            f'<p class="level">{html.escape(prefix + label)} · {html.escape(w.get("event", ""))}</p>',
-            f"<h1>{html.escape(w.get('headline', ''))}</h1>",
+            f'<p class="level">{html.escape(r.title)}</p>',
+            f"<h1>{html.escape(first)}</h1>",
+            *(f"<p>{html.escape(line)}</p>" for line in rest),
+            f'<p class="gray">发布时间：{when}</p>',
         ]
-        if w.get("instruction"):
-            parts.append(f"<p><b>应对措施：</b>{html.escape(w['instruction'])}</p>")
-        if w.get("description"):
-            parts.append(f"<p>{html.escape(w['description'])}</p>")
-        parts.append(f'<p class="gray">发布时间：{when}</p>')
         return colour, "\n".join(parts)
 
     async def show(self, request: web.Request) -> web.Response:

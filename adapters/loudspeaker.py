@@ -82,7 +82,7 @@ def command(
     now: datetime,
     max_age_min: float,
 ) -> dict[str, Any]:
-    """The JSON command of DESIGN.md's MQTT contract for one delivery (or a village's shared one)."""
+    """The JSON command of docs/mqtt.md's MQTT contract for one delivery (or a village's shared one)."""
     d, w = message.delivery, message.warning
     level = Level(w["level"])
     stop = d.kind in ("cancel", "expire")

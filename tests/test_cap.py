@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.data import DATA, read
 from warnd import cap
 from warnd.cap import (
     CapError,
@@ -18,15 +18,6 @@ from warnd.cap import (
     to_warning_fields,
     validate_cap_xsd,
 )
-
-# CI clones the repo with shared/ beside it; the documents are never copied into the repo.
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
-
-
-def read(name: str) -> bytes:
-    """The bytes of a test document, by its path under testdata/."""
-    return (TESTDATA / name).read_bytes()
-
 
 # A 12379-style message (our own): an English block first, so choosing zh-CN has to look past
 # it; severity Severe (orange) but the sender's colour parameter says red, so the parameter
@@ -366,7 +357,7 @@ def test_real_document_facts(name: str) -> None:
 def test_enough_real_documents_are_covered() -> None:
     assert len(REAL) >= 15
     for name in REAL:
-        assert (TESTDATA / name).is_file(), name
+        assert (DATA / name).is_file(), name
 
 
 def test_real_times_are_timezone_aware() -> None:
@@ -730,7 +721,7 @@ MALFORMED = {
 
 
 def test_every_malformed_file_is_listed() -> None:
-    on_disk = {p.name for p in (TESTDATA / "malformed").iterdir()}
+    on_disk = {p.name for p in (DATA / "malformed").iterdir()}
     assert on_disk == set(MALFORMED)
 
 

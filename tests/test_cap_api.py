@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.feeds import feed, feed_harness, push_headers, read, villages_toml
+from tests.support.data import read
+from tests.support.feeds import feed, feed_harness, push_headers, villages_toml
 from tests.support.harness import Harness, warning_body
 from warnd.cap import parse_cap, to_warning_fields, validate_cap_xsd
 

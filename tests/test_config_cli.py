@@ -44,7 +44,7 @@ def _ctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_example_config_is_valid_and_carries_the_level_table() -> None:
-    """config/warnd.toml passes check-config and spells out DESIGN.md's defaults."""
+    """config/warnd.toml passes check-config and spells out the defaults (docs/architecture.md)."""
     result = _cli("check-config", "--config", "config/warnd.toml")
     assert result.returncode == 0, result.stderr
     assert "5 villages" in result.stdout

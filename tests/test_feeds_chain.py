@@ -46,7 +46,7 @@ def cap(
 
 
 ALERT = cap(ALERT_ID, "Alert", "2026-07-01T08:00:00+08:00")
-# The references' sent time is a second off the original's, as 12379 writes them (DOMAIN.md).
+# The references' sent time is a second off the original's, as 12379 writes them (docs/architecture.md).
 UPDATE = cap(
     UPDATE_ID,
     "Update",

@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.support.feeds import feed, feed_harness, inside_points, read, villages_toml
+from tests.support.data import read
+from tests.support.feeds import feed, feed_harness, inside_points, villages_toml
 from tests.support.harness import Harness
 from warnd.cap import parse_cap
 from warnd.feeds.poll import backoff_s, index_links

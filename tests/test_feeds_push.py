@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.data import DATA, read
 from tests.support.feeds import (
-    TESTDATA,
     feed,
     feed_harness,
     inside_points,
     push_headers,
-    read,
     villages_toml,
 )
 from tests.support.harness import Harness
@@ -350,7 +349,7 @@ async def test_cap_on_the_warnings_endpoint(tmp_path: Path) -> None:
 
 def test_testdata_is_there() -> None:
     for name in [*ALERTS, *DUPLICATES, WRAPPER, UPDATE, *UNMATCHED]:
-        assert (TESTDATA / name).is_file(), name
+        assert (DATA / name).is_file(), name
 
 
 async def test_strict_xsd_and_configured_geocode_names(tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ class CapReference:
         sender: the referenced message's sender.
         identifier: the referenced message's identifier.
         sent: the referenced message's sent time; may differ by a second from the original's
-            (see DOMAIN.md), so match on sender and identifier.
+            (12379 does; docs/architecture.md), so match on sender and identifier.
     """
 
     sender: str
@@ -883,7 +883,7 @@ def to_warning_fields(
     prefer_languages: Sequence[str] = ("zh-CN", "zh"),
     geocode_names: Sequence[str] = DEFAULT_GEOCODE_NAMES,
 ) -> dict[str, Any]:
-    """Map a CAP alert onto warnd's warning fields (DESIGN.md's operator JSON, plus CAP extras).
+    """Map a CAP alert onto warnd's warning fields (docs/architecture.md's operator JSON, plus CAP extras).
 
     The info block is chosen by language (see choose_info); the others' texts go to
     ``languages`` so nothing is lost. The area is the union of every info block's areas (blocks
@@ -982,7 +982,7 @@ def to_cap_xml(
     sender_default: str = "warnd@localhost",
     now: datetime | None = None,
 ) -> bytes:
-    """A warning (DESIGN.md's GET /api/v1/warnings/{id} shape) as a CAP 1.2 document, UTF-8.
+    """A warning (docs/architecture.md's GET /api/v1/warnings/{id} shape) as a CAP 1.2 document, UTF-8.
 
     One zh-CN info: severity from the level, a 预警颜色 parameter carrying the colour so a reader
     maps the level back exactly, urgency Expected when onset is after ``now`` (default: the

@@ -308,7 +308,7 @@ _CHAIN = [
 
 
 def _default_levels() -> dict[Level, LevelPolicy]:
-    """DESIGN.md's level table."""
+    """The default level table (docs/architecture.md)."""
     return {
         Level.RED: LevelPolicy(
             channels=["loudspeaker", "sms", "voice", "wechat", "led"],
@@ -352,7 +352,7 @@ def _default_steps() -> list[StepPolicy]:
 
 
 class PolicySettings(_Section):
-    """The township's warning policy; omitted keys take DESIGN.md's defaults."""
+    """The township's warning policy; omitted keys take the defaults in docs/architecture.md."""
 
     levels: dict[Level, LevelPolicy] = Field(default_factory=_default_levels)
     # Per event type (暴雨, 台风 …) overrides of a level's policy.
@@ -442,7 +442,7 @@ class LedSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """Everything warnd reads at start. Keys are a contract: see DESIGN.md."""
+    """Everything warnd reads at start. Keys are a contract: see docs/architecture.md."""
 
     model_config = SettingsConfigDict(
         env_prefix="WARND_",

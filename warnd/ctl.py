@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("issue", "preview"):
         p = sub.add_parser(name, help=f"{name} a warning from --file or flags")
-        p.add_argument("--file", help="JSON body as in DESIGN.md")
+        p.add_argument("--file", help="JSON body as in docs/architecture.md")
         p.add_argument("--event")
         p.add_argument("--level", choices=["red", "orange", "yellow", "blue"])
         p.add_argument("--headline")

@@ -150,7 +150,7 @@ class Area(BaseModel):
 
 
 class WarningIn(BaseModel):
-    """A warning as an operator submits it (DESIGN.md's JSON contract).
+    """A warning as an operator submits it (docs/architecture.md's JSON contract).
 
     Args:
         event: hazard type in the operator's words, e.g. 暴雨, 台风.
@@ -246,7 +246,7 @@ OPEN_STATES = ("pending", "failed")
 
 
 def warning_json(row: dict[str, Any]) -> dict[str, Any]:
-    """The content fields of a stored warning, in DESIGN.md's JSON contract order."""
+    """The content fields of a stored warning, in docs/architecture.md's JSON contract order."""
     keys = (
         "event",
         "level",

@@ -4,7 +4,7 @@ Two stored forms are accepted:
 
 - `pbkdf2_sha256$<iterations>$<salt>$<hash>` (salt and hash in unpadded URL-safe base64):
   what `warnd hash-token` prints. The salt makes two installations' hashes of one token differ.
-- `sha256:<64 hex digits>`: the unsalted form DESIGN.md first described, still accepted so
+- `sha256:<64 hex digits>`: the unsalted form warnd first used, still accepted so
   existing configs keep working. Safe only for high-entropy tokens like the ones warnd makes.
 
 Dependency-free so that config validation can use it.
@@ -46,7 +46,7 @@ def hash_token(token: str, *, iterations: int = DEFAULT_ITERATIONS, salt: bytes 
 
 
 def legacy_hash(token: str) -> str:
-    """The unsalted `sha256:<hex>` form (DESIGN.md's first form; still accepted)."""
+    """The unsalted `sha256:<hex>` form (warnd's first form; still accepted)."""
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 

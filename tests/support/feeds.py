@@ -11,14 +11,7 @@ from tests.support.harness import Harness
 from warnd.cap import parse_cap_many
 from warnd.tokenhash import hash_token
 
-# CI clones the repo with shared/ beside it; the documents are never copied into the repo.
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
 PUSH_TOKEN = "push-feed-token"
-
-
-def read(name: str) -> bytes:
-    """A test document's bytes, by its path under testdata/."""
-    return (TESTDATA / name).read_bytes()
 
 
 def feed(name: str, kind: str, **extra: Any) -> dict[str, Any]:

@@ -165,8 +165,14 @@ class Intake:
             raise InputError("not_in_force", f"warning {warning_id} is {w['state']}", "state", status=409)
         return w
 
-    async def update(self, warning_id: str, u: UpdateIn, *, actor: Actor) -> dict[str, Any]:
-        """Replace content, reschedule what has not fired, announce the change (预警更新)."""
+    async def update(
+        self, warning_id: str, u: UpdateIn, *, actor: Actor, message: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Replace content, reschedule what has not fired, announce the change (预警更新).
+
+        `message` is the upstream CAP Update's {sender, identifier, sent}, kept in the audit event
+        so that the CAP export of this version is that message.
+        """
         now = self.clock.now()
         old = await self._in_force(warning_id)
         changes: dict[str, Any] = {}
@@ -238,6 +244,7 @@ class Intake:
                     "fields": sorted(k for k in changes if k not in ("version", "state", "villages")),
                     "version": new["version"],
                     "upgraded": upgraded,
+                    **({"cap": message} if message else {}),
                 },
             ),
             jobs=jobs,
@@ -246,8 +253,13 @@ class Intake:
         self.wake.set()
         return new
 
-    async def cancel(self, warning_id: str, *, actor: Actor, reason: str = "") -> None:
-        """Stop everything pending and send the all-clear (解除预警) to everyone reached."""
+    async def cancel(
+        self, warning_id: str, *, actor: Actor, reason: str = "", message: dict[str, str] | None = None
+    ) -> None:
+        """Stop everything pending and send the all-clear (解除预警) to everyone reached.
+
+        `message` is the upstream CAP Cancel's {sender, identifier, sent}, as for `update`.
+        """
         now = self.clock.now()
         w = await self._in_force(warning_id)
         await self.store.change_warning(
@@ -256,7 +268,9 @@ class Intake:
             now=now,
             cancel_jobs=True,
             cancel_deliveries=True,
-            audit=_audit(now, actor, "cancel", warning_id, {"reason": reason}),
+            audit=_audit(
+                now, actor, "cancel", warning_id, {"reason": reason, **({"cap": message} if message else {})}
+            ),
             jobs=[_announce_job(w, "cancel", now)],
         )
         log.info("warning.cancelled", warning_id=warning_id)

@@ -270,11 +270,12 @@ class CapIngest:
             # A late Update for a warning already cancelled or expired changes nothing.
             return await self._record(row, "stale", wid, f"warning_{target['state']}", created=True)
         reason = f"CAP {msg_type} {alert.identifier}"
+        message = {"sender": alert.sender, "identifier": alert.identifier, "sent": fields["sent"]}
         if msg_type == "cancel":
-            await self.daemon.intake.cancel(wid, actor=actor, reason=reason)
+            await self.daemon.intake.cancel(wid, actor=actor, reason=reason, message=message)
             return await self._record(row, "cancelled", wid, None, created=True)
         update, flag = self.update_in(fields, target)
-        await self.daemon.intake.update(wid, update, actor=actor)
+        await self.daemon.intake.update(wid, update, actor=actor, message=message)
         return await self._record(row, "updated", wid, flag, created=True)
 
     def update_in(self, fields: dict[str, Any], target: dict[str, Any]) -> tuple[UpdateIn, str | None]:

@@ -35,13 +35,29 @@ install-check-root:
 
 # The venv is made once; `pip install` of the checkout upgrades warnd in place on every run.
 # .pyc files are compiled now: the service runs with a read-only /opt.
+# Under DESTDIR the venv is built at its staged path, which Python writes into the console
+# scripts' shebangs, the activate scripts, pyvenv.cfg and every .pyc; a package would then run
+# /tmp/stage/opt/warnd/venv/bin/python. So (as dh-virtualenv does) the text files are rewritten
+# to name $(WARND_VENV), and the .pyc files are compiled with that path (-s strips DESTDIR,
+# -p / puts the root back); -f because ensurepip's pip was already compiled at the stage.
+# pip runs as `python -m pip`: after the rewrite the staged bin/pip's shebang names the final
+# place, and a re-run must still work.
+STAGED_VENV := $(abspath $(DESTDIR)$(WARND_VENV))
+VENV_PY := "$(STAGED_VENV)/bin/python"
+
 install-venv:
-	@if [ ! -x "$(DESTDIR)$(WARND_VENV)/bin/python" ]; then \
-	  echo "creating $(DESTDIR)$(WARND_VENV)"; \
-	  $(PYTHON) -m venv "$(DESTDIR)$(WARND_VENV)"; \
-	  "$(DESTDIR)$(WARND_VENV)/bin/pip" install --quiet --upgrade pip; \
+	@if [ ! -x $(VENV_PY) ]; then \
+	  echo "creating $(STAGED_VENV)"; \
+	  $(PYTHON) -m venv "$(STAGED_VENV)"; \
+	  $(VENV_PY) -m pip install --quiet --upgrade pip; \
 	fi
-	"$(DESTDIR)$(WARND_VENV)/bin/pip" install --quiet --upgrade --compile .
+	$(VENV_PY) -m pip install --quiet --upgrade --no-compile .
+ifeq ($(strip $(DESTDIR)),)
+	$(VENV_PY) -m compileall -q "$(WARND_VENV)/lib"
+else
+	grep -rlIF -e "$(STAGED_VENV)" "$(STAGED_VENV)" | xargs -r sed -i -e "s|$(STAGED_VENV)|$(WARND_VENV)|g"
+	$(VENV_PY) -m compileall -q -f -s "$(abspath $(DESTDIR))" -p / "$(STAGED_VENV)/lib"
+endif
 	install -d "$(DESTDIR)/usr/local/bin"
 	ln -sfn "$(WARND_VENV)/bin/warnd" "$(DESTDIR)/usr/local/bin/warnd"
 	ln -sfn "$(WARND_VENV)/bin/warnctl" "$(DESTDIR)/usr/local/bin/warnctl"

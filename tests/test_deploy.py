@@ -1,7 +1,8 @@
-"""The sysadmin's files: alert rules name real metrics; `make install`'s config step can be re-run."""
+"""The sysadmin's files: alert rules name real metrics; `make install` stages cleanly and can be re-run."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -59,3 +60,64 @@ def test_install_config_writes_once_and_keeps_edits(tmp_path: Path) -> None:
     config.write_text(config.read_text(encoding="utf-8") + "\n# edited by the sysadmin\n", encoding="utf-8")
     assert "keeping" in make()
     assert config.read_text(encoding="utf-8").endswith("# edited by the sysadmin\n")
+
+
+
+# One real venv with every dependency from the package index: ~30 s with pip's cache, minutes without.
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_install_destdir_stages_a_venv_that_runs_from_its_prefix(tmp_path: Path) -> None:
+    """`make install DESTDIR=…` as a packager runs it: no staged file names the stage; moved, it runs."""
+    stage = tmp_path / "stage"
+    prefix = tmp_path / "final" / "opt" / "warnd"
+    done = subprocess.run(
+        ["make", "install", f"DESTDIR={stage}", f"WARND_PREFIX={prefix}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=880,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (stage / prefix.relative_to("/") / "venv/bin/warnctl").exists()
+    needle = str(stage).encode()
+    leaks = []
+    for dirpath, dirs, files in os.walk(stage):
+        for name in dirs + files:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                data = os.readlink(path).encode()
+            elif path.is_file():
+                data = path.read_bytes()
+            else:
+                continue
+            if needle in data:
+                leaks.append(str(path.relative_to(stage)))
+    assert leaks == [], f"{len(leaks)} staged files name the staging dir, e.g. {leaks[:10]}"
+    assert os.readlink(stage / "usr/local/bin/warnctl") == str(prefix / "venv/bin/warnctl")
+
+    # What the package manager does: the staged tree lands at its final place and the stage is gone.
+    prefix.parent.mkdir(parents=True)
+    (stage / prefix.relative_to("/")).rename(prefix)
+    shutil.rmtree(stage)
+
+    def run(*argv: str) -> str:
+        """Run a program of the installed venv with a bare PATH; its stdout."""
+        ran = subprocess.run(
+            [str(prefix / "venv/bin" / argv[0]), *argv[1:]],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        return ran.stdout
+
+    assert "usage:" in run("warnctl", "--help")
+    assert "usage:" in run("warnd", "--help")
+    where = run("python", "-c", "import sys, warnd; print(sys.prefix, warnd.__file__)")
+    venv_prefix, warnd_file = where.split()
+    assert venv_prefix == str(prefix / "venv")
+    assert warnd_file.startswith(str(prefix / "venv/lib/"))

@@ -159,3 +159,66 @@ async def test_operator_cancel_then_new_rise_raises_a_new_warning(hydro: Harness
     body = await (await post(hydro, [(60, 5.15)])).json()
     assert body["results"][0]["action"] == "raise"
     assert len(await warnings(hydro)) == 2
+
+
+async def actions_of(h: Harness, series: list[tuple[float, float]]) -> list[str]:
+    """POST readings one at a time, the pipeline run after each; the action each one took."""
+    actions = []
+    for m, v in series:
+        resp = await post(h, [(m, v)])
+        (result,) = (await resp.json())["results"]
+        assert result["accepted"], result
+        actions.append(result["action"])
+        await h.run_until_idle()
+    return actions
+
+
+async def test_noisy_step_does_not_upgrade(hydro: Harness) -> None:
+    """A 5 cm step 87 s after the last reading is 2 m/h between two points, not a rise of 2 m/h."""
+    flat = [(0, 5.10), (5, 5.11), (10, 5.10), (15, 5.09), (20, 5.10), (25, 5.10)]
+    step = (25 + 87 / 60, 5.15)
+    assert await actions_of(hydro, [*flat, step]) == ["raise", "none", "none", "none", "none", "none", "none"]
+    (w,) = await warnings(hydro)
+    assert (w["level"], w["version"]) == ("yellow", 1)
+
+
+async def test_noisy_step_right_after_the_first_reading_does_not_upgrade(hydro: Harness) -> None:
+    """With no history, two readings 87 s apart are too short a span to tell a rate."""
+    assert await actions_of(hydro, [(0, 5.10), (87 / 60, 5.15)]) == ["raise", "none"]
+    (w,) = await warnings(hydro)
+    assert w["level"] == "yellow"
+
+
+async def test_sustained_rise_upgrades_once_it_spans_the_minimum(tmp_path: Path) -> None:
+    """0.6 m/h over 5-minute readings (±1 cm of gauge noise) upgrades at 0.5 m/h when 20 minutes span."""
+    h = await Harness(tmp_path, settings={"hydro": {"station": [station(rise_rate_m_per_h=0.5)]}}).start()
+    try:
+        h.clock.set(T0)
+        noise = [0.0, 0.01, -0.01, 0.0, 0.01, -0.01, 0.0]
+        series = [(5 * k, round(5.05 + 0.05 * k + noise[k], 3)) for k in range(7)]
+        actions = await actions_of(h, series)
+        assert actions == ["raise", "none", "none", "none", "upgrade", "none", "none"]
+        (w,) = await warnings(h)
+        assert w["level"] == "orange"
+    finally:
+        await h.close()
+
+
+async def test_falling_water_never_upgrades(hydro: Harness) -> None:
+    """A fast fall (1.2 m/h) is no rise: the warning stays yellow until the level clears the line."""
+    series = [(5 * k, round(5.9 - 0.1 * k, 2)) for k in range(12)]  # 5.9 … 4.8
+    actions = await actions_of(hydro, series)
+    assert actions == ["raise"] + ["none"] * 10 + ["arm"]
+    (w,) = await warnings(hydro)
+    assert (w["level"], w["version"]) == ("yellow", 1)
+
+
+async def test_rate_does_not_reach_across_a_gap(hydro: Harness) -> None:
+    """After 70 minutes without readings, the rate waits for 20 minutes of new ones, then counts."""
+    before = [(5 * k, 4.6) for k in range(7)]  # flat until minute 30, then nothing until 100
+    after = [(100, 5.10), (101 + 27 / 60, 5.15), (105, 5.20), (110, 5.30), (115, 5.40), (120, 5.50)]
+    actions = await actions_of(hydro, before + after)
+    assert actions[:7] == ["none"] * 7
+    assert actions[7:] == ["raise", "none", "none", "none", "none", "upgrade"]
+    (w,) = await warnings(hydro)
+    assert w["level"] == "orange"

@@ -988,9 +988,10 @@ def to_cap_xml(
     maps the level back exactly, urgency Expected when onset is after ``now`` (default: the
     warning's created_at) and Immediate otherwise, certainty Likely, category Met unless the
     warning names its categories. One area: 行政区划代码 geocodes, polygons (closed if the
-    warning's ring was open) and circles. A cancelled warning becomes msgType Cancel referencing
-    the original message; ``msg_type`` "update" needs ``references``. Raises ValueError for a
-    warning that cannot be written as valid CAP.
+    warning's ring was open) and circles. ``msg_type`` "update" or "cancel" needs ``references``
+    (every earlier message of the chain) and ``sent`` (when this message was made). A warning in
+    state cancelled given without them becomes msgType Cancel referencing its ``sent`` message
+    only. Raises ValueError for a warning that cannot be written as valid CAP.
     """
     created_at = _as_datetime(w.get("created_at"), "created_at")
     original_sent = _as_datetime(w.get("sent"), "sent") or created_at
@@ -1015,7 +1016,7 @@ def to_cap_xml(
     references = [_reference_from(r) for r in w.get("references") or ()]
     msg_type = (w.get("msg_type") or "alert").capitalize()
     sent = original_sent or now
-    if w.get("state") == "cancelled":
+    if w.get("state") == "cancelled" and msg_type != "Cancel":
         # The cancel is a new message about the original: it names it in references and carries
         # its own identifier, sent when the cancel is written.
         original = CapReference(sender, identifier, original_sent or now)

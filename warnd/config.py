@@ -185,7 +185,9 @@ class HydroStation(_Section):
         villages: 12-digit codes of the villages a flood here reaches.
         warning_stage: 警戒水位, m.
         guarantee_stage: 保证水位, m.
-        rise_rate_m_per_h: a rise at least this fast raises rise_level.
+        rise_rate_m_per_h: a rise at least this fast raises rise_level; the rate is the
+            least-squares slope of the readings of the last rise_window_min minutes, once they
+            span rise_min_span_min.
     """
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
@@ -197,6 +199,16 @@ class HydroStation(_Section):
     warning_level: Level = Level.YELLOW
     guarantee_level: Level = Level.ORANGE
     rise_level: Level = Level.ORANGE
+    # An hour, as rise rates are told (m/h), plus 10 minutes' slack: a station reporting hourly
+    # (报汛 in flood season) still has its previous report inside even when its clock drifts; a
+    # station reporting every 5 minutes fits ~14 readings, which averages gauge noise out. Longer
+    # answers later to a rise that has just begun; shorter loses hourly stations.
+    rise_window_min: float = Field(default=70, gt=0)
+    # A rate over a short span is noise over a small number: gauges read to ±1–2 cm and waves move
+    # them by a few more, so a 5 cm step in 87 s reads as 2 m/h. Over 20 minutes a 5 cm error is
+    # 0.15 m/h, under any rise threshold worth setting (0.3–1 m/h), while a real 0.5 m/h rise has
+    # moved 17 cm.
+    rise_min_span_min: float = Field(default=20, gt=0)
     # Below the stage by this much before the fall counts: a level hovering at the line is noise.
     hysteresis_m: float = Field(default=0.1, ge=0)
     # How long the level must stay below before the warning is cancelled (解除).
@@ -209,9 +221,11 @@ class HydroStation(_Section):
 
     @model_validator(mode="after")
     def _stages_ordered(self) -> HydroStation:
-        """The guarantee stage lies above the warning stage."""
+        """The guarantee stage lies above the warning stage; the rise rate's span fits its window."""
         if self.guarantee_stage <= self.warning_stage:
             raise ValueError("guarantee_stage must be above warning_stage")
+        if self.rise_min_span_min > self.rise_window_min:
+            raise ValueError("rise_min_span_min must not be longer than rise_window_min")
         return self
 
 

@@ -12,7 +12,10 @@ state machine (`decide`, pure):
 - at or above `warning_stage` → a `warning_level` warning for the station's villages;
 - at or above `guarantee_stage`, or rising at `rise_rate_m_per_h` or faster while at or above
   the warning stage → upgraded to `guarantee_level` / `rise_level` (never downgraded while in
-  force: a falling river is still a flood);
+  force: a falling river is still a flood). The rise rate is the least-squares slope of the
+  accepted readings of the last `rise_window_min` minutes, and only once they span
+  `rise_min_span_min`: one noisy step between two close readings is not a rise, and a rate
+  never reaches across a gap longer than the window;
 - below `warning_stage - hysteresis_m` for `clear_after_min` of readings' time → cancelled.
   A reading back above that line restarts the wait, so a level hovering at the stage neither
   cancels nor raises again.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -117,12 +121,23 @@ def check_reading(
     return None
 
 
-def rise_rate(reading: Reading, last: tuple[datetime, float] | None) -> float | None:
-    """Metres per hour since the last accepted reading (None for a station's first reading)."""
-    if last is None:
+def rise_rate(points: Sequence[tuple[datetime, float]], min_span: timedelta) -> float | None:
+    """Metres per hour: the least-squares slope of (time, level) points (pure).
+
+    None when the points span less than `min_span`: over a short span a step of gauge noise is
+    a steep rate. The caller passes the readings of the station's window.
+    """
+    if not points:
         return None
-    hours = (reading.at - last[0]).total_seconds() / 3600
-    return (reading.level_m - last[1]) / hours if hours > 0 else None
+    first = min(at for at, _ in points)
+    span = max(at for at, _ in points) - first
+    if span < min_span or span <= timedelta(0):
+        return None
+    hours = [(at - first).total_seconds() / 3600 for at, _ in points]
+    levels = [level for _, level in points]
+    mean_h, mean_level = sum(hours) / len(hours), sum(levels) / len(levels)
+    spread = sum((h - mean_h) ** 2 for h in hours)
+    return sum((h - mean_h) * (v - mean_level) for h, v in zip(hours, levels, strict=True)) / spread
 
 
 def decide(
@@ -185,6 +200,15 @@ class HydroMonitor:
             (station,),
         )
         return (from_ts(row["at"]), row["level_m"]) if row else None  # type: ignore[return-value]
+
+    async def _window(self, st: HydroStation, at: datetime) -> list[tuple[datetime, float]]:
+        """The station's accepted readings of the rise window ending at `at`, oldest first."""
+        rows = await self.daemon.store._all(
+            "SELECT at, level_m FROM hydro_readings WHERE station = ? AND accepted = 1"
+            " AND at >= ? AND at <= ? ORDER BY at",
+            (st.id, ts(at - timedelta(minutes=st.rise_window_min)), ts(at)),
+        )
+        return [(from_ts(r["at"]), r["level_m"]) for r in rows]  # type: ignore[misc]
 
     async def _state(self, station: str) -> StationState:
         """The station's state; a warning an operator cancelled meanwhile is no longer in force."""
@@ -266,7 +290,9 @@ class HydroMonitor:
                     )
                     results.append(_result(reading, reason))
                     continue
-                decision = await self._act(st, reading, rise_rate(reading, last), actor)
+                window = await self._window(st, reading.at)
+                rate = rise_rate(window, timedelta(minutes=st.rise_min_span_min))
+                decision = await self._act(st, reading, rate, actor)
                 results.append({**_result(reading, None), "action": decision.action})
         return results
 

@@ -167,8 +167,14 @@ class Intake:
             raise InputError("not_in_force", f"warning {warning_id} is {w['state']}", "state", status=409)
         return w
 
-    async def update(self, warning_id: str, u: UpdateIn, *, actor: Actor) -> dict[str, Any]:
-        """Replace content, reschedule what has not fired, announce the change (预警更新)."""
+    async def update(
+        self, warning_id: str, u: UpdateIn, *, actor: Actor, message: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Replace content, reschedule what has not fired, announce the change (预警更新).
+
+        `message` is the upstream CAP Update's {sender, identifier, sent}, kept in the audit event
+        so that the CAP export of this version is that message.
+        """
         now = self.clock.now()
         old = await self._in_force(warning_id)
         changes: dict[str, Any] = {}
@@ -209,8 +215,8 @@ class Intake:
         steps = steps_for(new, policy, now, fired)
         lp = level_policy(new, policy)
         rank_change = Level(new["level"]).rank - Level(old["level"]).rank
-        message = "upgrade" if upgraded else "downgrade" if rank_change > 0 else "update"
-        context = {"message": message, "old_level": old["level"]}
+        told = "upgrade" if upgraded else "downgrade" if rank_change > 0 else "update"
+        context = {"message": told, "old_level": old["level"]}
         if upgraded:
             # A higher level goes out at once, in full, to the new level's channels (its
             # loudspeakers at night as hold_at_night says for any step).
@@ -257,6 +263,7 @@ class Intake:
                     "fields": sorted(k for k in changes if k not in ("version", "state", "villages")),
                     "version": new["version"],
                     "upgraded": upgraded,
+                    **({"cap": message} if message else {}),
                 },
             ),
             jobs=jobs,
@@ -265,11 +272,20 @@ class Intake:
         self.wake.set()
         return new
 
-    async def cancel(self, warning_id: str, *, actor: Actor, reason: str = "", advice: str = "") -> None:
+    async def cancel(
+        self,
+        warning_id: str,
+        *,
+        actor: Actor,
+        reason: str = "",
+        advice: str = "",
+        message: dict[str, str] | None = None,
+    ) -> None:
         """Stop everything pending and send the all-clear (解除预警) to everyone reached.
 
         The all-clear says what is lifted, `reason` and what to do now (`advice`, else the
-        configured default) — never the lifted warning's instruction.
+        configured default) — never the lifted warning's instruction. `message` is the upstream
+        CAP Cancel's {sender, identifier, sent}, as for `update`.
         """
         now = self.clock.now()
         w = await self._in_force(warning_id)
@@ -280,7 +296,13 @@ class Intake:
             now=now,
             cancel_jobs=True,
             cancel_deliveries=True,
-            audit=_audit(now, actor, "cancel", warning_id, {"reason": reason, "advice": advice}),
+            audit=_audit(
+                now,
+                actor,
+                "cancel",
+                warning_id,
+                {"reason": reason, "advice": advice, **({"cap": message} if message else {})},
+            ),
             jobs=[_announce_job(w, "cancel", now, context)],
         )
         log.info("warning.cancelled", warning_id=warning_id)

@@ -524,6 +524,17 @@ class Store:
             r["detail"] = json.loads(r["detail"])
         return rows
 
+    async def version_events(self, warning_id: str) -> list[dict[str, Any]]:
+        """A warning's update and cancel audit events, oldest first: the messages it went through."""
+        rows = await self._all(
+            "SELECT at, action, detail FROM audit WHERE warning_id = ? AND action IN ('update', 'cancel')"
+            " ORDER BY id",
+            (warning_id,),
+        )
+        for r in rows:
+            r["detail"] = json.loads(r["detail"])
+        return rows
+
     # -- jobs ---------------------------------------------------------------------------------
 
     async def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -134,7 +135,10 @@ class Feeds:
         w = await d.store.get_warning(wid)
         if w is None:
             raise InputError("not_found", f"no warning {wid}", "id", status=404)
-        xml = to_cap_xml(await self.cap_view(w), sender_default=self.default_sender())
+        view = await self.cap_view(w)
+        # Urgency is judged when this message (the alert, an update, the cancel) was sent.
+        now = datetime.fromisoformat(view["sent"])
+        xml = to_cap_xml(view, sender_default=self.default_sender(), now=now)
         validate_cap_xsd(xml)
         return web.Response(body=xml, content_type="application/cap+xml", charset="utf-8")
 
@@ -144,23 +148,48 @@ class Feeds:
         return f"warnd@{host}"
 
     async def cap_view(self, w: dict[str, Any]) -> dict[str, Any]:
-        """A stored warning with what the CAP writer needs: store times as ISO, the original sent."""
-        created = from_ts(w["created_at"])
-        view: dict[str, Any] = {**w, "created_at": created, "msg_type": "alert"}
+        """A stored warning as the CAP writer needs it: the latest message of its chain.
+
+        The chain is the warning's first message, one message per update, then the cancel, if
+        any; the warning exports as the latest: an Alert, an Update referencing every earlier
+        message, or a Cancel referencing all of them (CAP 1.2 §3.2.1 references). A message that
+        came from upstream keeps its own sender, identifier and sent (kept in its audit event).
+        One that warnd made is sent when it was made, in the township's zone, and is identified
+        `{identifier}_v{version}` (an update) or `{identifier}_cancel`: derived, not stored, so
+        every export and every later reference names a version the same way.
+        """
+        tz = ZoneInfo(self.daemon.settings.policy.timezone)
+
+        def local(text: str) -> str:
+            """A store time as CAP's sent: the township's offset, whole seconds."""
+            return from_ts(text).astimezone(tz).isoformat(timespec="seconds")  # type: ignore[union-attr]
+
         sender = w.get("sender") or self.default_sender()
         identifier = w.get("identifier") or f"warnd-{w['id']}"
         doc = await self.records.document(sender, identifier)
-        sent = doc["sent"] if doc and doc["sent"] else created.isoformat()
-        view.update(sender=sender, identifier=identifier, sent=sent)
-        if w["state"] == "updated":
-            # The current content, as an Update of the original message.
-            view.update(
-                msg_type="update",
-                identifier=f"{identifier}_v{w['version']}",
-                sent=from_ts(w["updated_at"]).isoformat(),  # type: ignore[union-attr]
-                references=[{"sender": sender, "identifier": identifier, "sent": sent}],
-            )
-        return view
+        sent = doc["sent"] if doc and doc["sent"] else local(w["created_at"])
+        chain = [{"sender": sender, "identifier": identifier, "sent": sent}]
+        cancel: dict[str, str] | None = None
+        for event in await self.daemon.store.version_events(w["id"]):
+            is_update = event["action"] == "update"
+            suffix = f"v{event['detail'].get('version', len(chain) + 1)}" if is_update else "cancel"
+            made = {"sender": sender, "identifier": f"{identifier}_{suffix}", "sent": local(event["at"])}
+            message = event["detail"].get("cap") or made
+            if is_update:
+                chain.append(message)
+            else:
+                cancel = message
+        if cancel is not None:
+            msg_type, current, references = "cancel", cancel, chain
+        else:
+            msg_type, current, references = ("update" if len(chain) > 1 else "alert"), chain[-1], chain[:-1]
+        return {
+            **w,
+            "created_at": from_ts(w["created_at"]),
+            "msg_type": msg_type,
+            **current,
+            "references": references,
+        }
 
     def routes(self) -> list[Route]:
         """The feeds' and hydrology's endpoints."""

@@ -269,14 +269,15 @@ class CapIngest:
         if target["state"] not in IN_FORCE:
             # A late Update for a warning already cancelled or expired changes nothing.
             return await self._record(row, "stale", wid, f"warning_{target['state']}", created=True)
+        message = {"sender": alert.sender, "identifier": alert.identifier, "sent": fields["sent"]}
         if msg_type == "cancel":
             # The reason reaches villagers in the all-clear: the issuer's own words when it gave
             # any (12379 cancels say who lifted what, when), never a CAP identifier.
             reason = str(fields.get("description") or "").strip() or "发布单位已解除该预警"
-            await self.daemon.intake.cancel(wid, actor=actor, reason=reason)
+            await self.daemon.intake.cancel(wid, actor=actor, reason=reason, message=message)
             return await self._record(row, "cancelled", wid, None, created=True)
         update, flag = self.update_in(fields, target)
-        await self.daemon.intake.update(wid, update, actor=actor)
+        await self.daemon.intake.update(wid, update, actor=actor, message=message)
         return await self._record(row, "updated", wid, flag, created=True)
 
     def update_in(self, fields: dict[str, Any], target: dict[str, Any]) -> tuple[UpdateIn, str | None]:

@@ -35,6 +35,15 @@ log = structlog.get_logger("warnd.adapters.loudspeaker")
 VILLAGE_ACK_TOPIC = f"{TOPIC_ROOT}/device/{{device_id}}/ack"
 # Renders kept in memory per process: a warning's play, update and all-clear, for a few warnings.
 AUDIO_MEMO = 64
+# What /audio answers, as the OpenAPI document states it (an unknown name is the JSON 404).
+AUDIO_RESPONSES: dict[int, Any] = {
+    200: "the MP3",
+    206: "a byte range of it (Range)",
+    304: "not modified (If-None-Match)",
+    404: "no such file (or not a sha256 name)",
+    412: "If-Match names another file",
+    416: "range not satisfiable",
+}
 
 
 def village_topic(code: str) -> str:
@@ -126,8 +135,22 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
         """`/audio/{sha256}.mp3`, without a token: terminals fetch and verify by sha256."""
         handler = audio_routes(self.audio)[0].handler
         return [
-            Route("GET", "/audio/{name}", handler, None, "A rendered warning MP3, by content sha256"),
-            Route("HEAD", "/audio/{name}", handler, None, "Size and ETag of a rendered warning MP3"),
+            Route(
+                "GET",
+                "/audio/{name}",
+                handler,
+                None,
+                "A rendered warning MP3, by content sha256",
+                responses=AUDIO_RESPONSES,
+            ),
+            Route(
+                "HEAD",
+                "/audio/{name}",
+                handler,
+                None,
+                "Size and ETag of a rendered warning MP3",
+                responses=AUDIO_RESPONSES,
+            ),
         ]
 
     async def aclose(self) -> None:

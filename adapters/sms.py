@@ -18,6 +18,8 @@ from aiohttp import web
 
 from adapters.twilio_common import (
     FORBIDDEN,
+    FORM,
+    HOOK_RESPONSES,
     TwilioAdapter,
     delivery_failure,
     phone_of,
@@ -163,10 +165,12 @@ class SmsAdapter(TwilioAdapter):
         """Twilio's webhooks (signature-checked, no token) and the operator's view of replies."""
         return [
             Route("POST", "/hooks/twilio/status", self.status_hook, None,
-                  "Twilio SMS status callback (X-Twilio-Signature)", responses={403: "bad signature"}),
+                  "Twilio SMS status callback (X-Twilio-Signature)", body_types=(FORM,),
+                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
             Route("POST", "/hooks/twilio/inbound", self.inbound_hook, None,
-                  "Twilio incoming SMS (X-Twilio-Signature)", responses={403: "bad signature"}),
-            Route("GET", "/api/v1/replies", self.replies_view, "viewer", "SMS replies, newest first"),
+                  "Twilio incoming SMS (X-Twilio-Signature)", body_types=(FORM,), responses=HOOK_RESPONSES),
+            Route("GET", "/api/v1/replies", self.replies_view, "viewer", "SMS replies, newest first",
+                  query={"warning_id": "only replies about this warning"}),
             Route("GET", "/api/v1/warnings/{id}/replies", self.replies_view, "viewer",
                   "SMS replies about a warning: confirmations and feedback text"),
         ]  # fmt: skip

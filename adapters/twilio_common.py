@@ -48,6 +48,16 @@ CREDENTIAL_NAME = "warnd_twilio_auth_token"
 # and Twilio's clock, so warnd itself never causes a 429 (bench/sms_rate.py measures both).
 RATE_MARGIN = 0.02
 FORBIDDEN = "forbidden: X-Twilio-Signature does not match"
+# Twilio posts its webhooks as url-encoded forms, and signs the form's fields.
+FORM = "application/x-www-form-urlencoded"
+# A webhook's answers as the OpenAPI document states them: the refusal is plain text, not JSON.
+HOOK_RESPONSES: dict[int, Any] = {
+    200: "taken",
+    403: {
+        "description": "unsigned, forged or not a form",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+}
 
 # The SDK logs request URLs, and a list request's query carries phone numbers: keep it quiet.
 _SDK_LOG = logging.getLogger("warnd.twilio.sdk")
@@ -386,8 +396,17 @@ class TwilioAdapter(Adapter):
         return f"{base}{request.rel_url.path_qs}" if base else str(request.url)
 
     async def verified_form(self, request: web.Request) -> dict[str, str] | None:
-        """The form of a correctly signed webhook, or None for an unsigned or forged one."""
-        form = {k: str(v) for k, v in (await request.post()).items()}
+        """The form of a correctly signed webhook, or None for an unsigned, forged or unreadable one."""
+        # Twilio posts url-encoded forms only; anything else (multipart without a boundary, a body
+        # not in its declared charset) cannot carry a signature we could check.
+        if request.content_type != FORM:
+            log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="not a form")
+            return None
+        try:
+            form = {k: str(v) for k, v in (await request.post()).items()}
+        except (ValueError, LookupError):
+            log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="unreadable form")
+            return None
         signature = request.headers.get("X-Twilio-Signature", "")
         if not signature or not self._token:
             log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="unsigned")

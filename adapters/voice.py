@@ -16,7 +16,16 @@ from xml.sax.saxutils import escape, quoteattr
 import structlog
 from aiohttp import web
 
-from adapters.twilio_common import FORBIDDEN, TwilioAdapter, phone_of, query, twilio_configured, twiml
+from adapters.twilio_common import (
+    FORBIDDEN,
+    FORM,
+    HOOK_RESPONSES,
+    TwilioAdapter,
+    phone_of,
+    query,
+    twilio_configured,
+    twiml,
+)
 from warnd import inbound, messages
 from warnd.adapter import Message, Receipt
 from warnd.api.routes import Route
@@ -159,10 +168,11 @@ class VoiceAdapter(TwilioAdapter):
         """Twilio's call webhooks: signature-checked, no token."""
         return [
             Route("POST", "/hooks/twilio/voice/status", self.status_hook, None,
-                  "Twilio call status callback (X-Twilio-Signature)", responses={403: "bad signature"}),
+                  "Twilio call status callback (X-Twilio-Signature)", body_types=(FORM,),
+                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
             Route("POST", "/hooks/twilio/voice/gather", self.gather_hook, None,
-                  "Twilio <Gather> action: the key pressed (X-Twilio-Signature)",
-                  responses={403: "bad signature"}),
+                  "Twilio <Gather> action: the key pressed (X-Twilio-Signature)", body_types=(FORM,),
+                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
         ]  # fmt: skip
 
     async def poll_once(self) -> int:

@@ -123,7 +123,8 @@ class AckSigner:
     def verify(self, token: str, now: datetime) -> AckClaim:
         """The claim of a genuine, unexpired token; AckLinkError(403 or 410) otherwise."""
         body, dot, mac = token.partition(".")
-        if not dot or not body or not mac:
+        # A token is base64url and a dot: anything else (é, 中) was altered, and cannot be MAC'd.
+        if not dot or not body or not mac or not token.isascii():
             raise AckLinkError(403, "malformed")
         # Constant time: a timing side channel must not reveal how much of a forged MAC is right.
         if not hmac.compare_digest(self._mac(body).encode(), mac.encode()):
@@ -175,6 +176,14 @@ def _page(title: str, body: str, colour: str = "#777", status: int = 200) -> web
         charset="utf-8",
         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
     )
+
+
+def _page_doc(text: str) -> dict[str, Any]:
+    """An answer that is a page, as the OpenAPI document states it."""
+    return {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+_REFUSALS: dict[int, str | dict[str, Any]] = {403: _page_doc("altered link"), 410: _page_doc("expired link")}
 
 
 def _refused(err: AckLinkError) -> web.Response:
@@ -280,7 +289,7 @@ class AckLinks:
                 self.show,
                 None,
                 "Ack link page (signed token)",
-                responses={200: "page", 403: "altered link", 410: "expired link"},
+                responses={200: "page", **_REFUSALS},
             ),
             Route(
                 "POST",
@@ -288,6 +297,6 @@ class AckLinks:
                 self.confirm,
                 None,
                 "Acknowledge through an ack link",
-                responses={200: "acknowledged", 403: "altered link", 410: "expired link"},
+                responses={200: "acknowledged", **_REFUSALS},
             ),
         ]

@@ -104,11 +104,25 @@ _CAP_ID = re.compile(r"[^\s,<&]+")
 # CAP 1.2 wants exactly YYYY-MM-DDThh:mm:ss±hh:mm. Feeds also send "Z" and fractions of a second;
 # both are unambiguous, so the reader takes them (validate=True holds documents to the schema).
 _DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
+# CAP archives go back to the 2000s; year 1 or 9999 is a typo or a probe, and would overflow
+# the conversions to UTC done with these times downstream.
+_EARLIEST_YEAR, _LATEST_YEAR = 1970, 2100
 # Plain decimals only: float() would also take "nan", "inf" and "1_0".
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 _POINT = re.compile(rf"({_NUMBER}),({_NUMBER})")
 _DECIMAL = re.compile(_NUMBER)
 _INTEGER = re.compile(r"\+?\d+")
+# Upstream systems in China send GB2312, GBK, GB18030 or Big5, which expat cannot decode (it takes
+# only single-byte encodings beyond UTF-8 and UTF-16): Python decodes them. GB2312 and GBK are
+# subsets of GB18030 and senders label one as another, so the family is read as GB18030; Big5 is
+# read as its Hong Kong superset.
+# Keys are names without "-" or "_" (Big5-HKSCS, big5_hkscs), lower case.
+_PYTHON_DECODED = {
+    "gb2312": "gb18030", "gbk": "gb18030", "gb18030": "gb18030", "cp936": "gb18030",
+    "euccn": "gb18030", "big5": "big5hkscs", "big5hkscs": "big5hkscs",
+}  # fmt: skip
+_DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z][A-Za-z0-9._-]*)["']""")
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 # Characters XML 1.0 cannot carry at all; the writer drops them rather than emit broken XML.
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -357,10 +371,35 @@ class _DepthLimitedBuilder:
         return self._builder.close()
 
 
+def document_encoding(data: bytes) -> str:
+    """The Python codec that reads a document: by its byte-order mark, else its XML declaration."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return codec
+    match = _DECLARED_ENCODING.match(data[:200])
+    if match is None:
+        return "utf-8"
+    declared = match.group(1).decode("ascii")
+    return _PYTHON_DECODED.get(re.sub("[-_]", "", declared.lower()), declared)
+
+
+def _xml_input(data: bytes) -> bytes | str:
+    """What to feed expat: the bytes, or the text when only Python can decode the encoding."""
+    codec = document_encoding(data)
+    if codec not in _PYTHON_DECODED.values():
+        return data  # expat reads UTF-8/16 and single-byte encodings itself
+    try:
+        # Fed as text, expat takes it as UTF-8 whatever the declaration says.
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise CapError(f"byte {exc.start} is not valid in the declared encoding", "encoding") from None
+
+
 def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> ET.Element:
-    """Parse untrusted XML safely into an element tree, or raise CapError 400/413."""
+    """Parse untrusted XML safely into an element tree, or raise CapError 400/413 (422 encoding)."""
     if len(data) > max_bytes:
         raise CapError(f"document is {len(data)} bytes; the limit is {max_bytes}", "/", 413)
+    text = _xml_input(data)
     parser = DefusedXMLParser(
         target=_DepthLimitedBuilder(max_depth),
         forbid_dtd=True,
@@ -370,7 +409,7 @@ def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_D
     # "from None" everywhere below: the defusedxml exceptions carry system ids (file:///etc/…)
     # that have no business in logs or API answers.
     try:
-        parser.feed(data)
+        parser.feed(text)
         return parser.close()
     except DTDForbidden:
         raise CapError("document type declarations (DTD) are refused", "/", 400) from None
@@ -382,6 +421,12 @@ def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_D
         raise CapError(f"elements nest deeper than {max_depth} levels", exc.path, 400) from None
     except ParseError as exc:
         raise CapError(f"not well-formed XML: {exc}", "/", 400) from None
+    except (LookupError, ValueError):
+        # Unknown to Python (LookupError), or multi-byte and not one of _PYTHON_DECODED (expat's
+        # ValueError): the defused refusals above are ValueErrors too, so this comes last.
+        raise CapError(
+            f"encoding {document_encoding(data)!r} cannot be read; send UTF-8, GB18030 or Big5", "encoding"
+        ) from None
 
 
 def _split_tag(tag: str) -> tuple[str, str]:
@@ -571,9 +616,12 @@ def _parse_datetime(value: str, path: str) -> datetime:
     if not _DATETIME.fullmatch(value):
         raise CapError(f"{value!r} is not a date-time with a UTC offset like 2026-07-01T08:00:00+08:00", path)
     try:
-        return datetime.fromisoformat(value)
+        when = datetime.fromisoformat(value)
     except ValueError:
         raise CapError(f"{value!r} is not a valid date-time", path) from None
+    if not _EARLIEST_YEAR <= when.year <= _LATEST_YEAR:
+        raise CapError(f"{value!r} is not in the years {_EARLIEST_YEAR}–{_LATEST_YEAR}", path)
+    return when
 
 
 def _read_pair(elem: ET.Element, path: str, namespace: str, version: str) -> ValuePair:

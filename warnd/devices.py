@@ -10,13 +10,13 @@ first: acks go to the feedback stage, statuses to the `devices` table, shown at
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from warnd import jsonsafe
 from warnd.feedback import AckReport
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class DeviceHub:
         kinds, now = self.directory().device_kind, self.clock.now()
         for device_id, leaf, payload in batch:
             if leaf == "ack" and device_id in kinds:
-                report = self._ack_report(device_id, _json_object(payload), len(payload), now)
+                report = self._ack_report(device_id, payload, now)
                 if report is not None:
                     acks.append(report)
             else:
@@ -140,28 +140,26 @@ class DeviceHub:
         if device_id not in self.directory().device_kind:
             log.info(f"{leaf}.unknown_device", target=device_id, body_len=len(payload))
             return
-        data = _json_object(payload)
         if leaf == "ack":
-            await self._ack(device_id, data, len(payload))
+            await self._ack(device_id, payload)
         else:
-            await self._status(device_id, data, len(payload))
+            await self._status(device_id, _json_object(payload), len(payload))
 
-    async def _ack(self, device_id: str, data: dict[str, Any] | None, size: int) -> None:
+    async def _ack(self, device_id: str, payload: bytes) -> None:
         """Hand one ack to feedback; malformed ones are logged and dropped."""
-        report = self._ack_report(device_id, data, size, self.clock.now())
+        report = self._ack_report(device_id, payload, self.clock.now())
         if report is not None:
             await self.feedback.ack_many([report])
 
-    def _ack_report(
-        self, device_id: str, data: dict[str, Any] | None, size: int, now: datetime
-    ) -> AckReport | None:
+    def _ack_report(self, device_id: str, payload: bytes, now: datetime) -> AckReport | None:
         """A device's ack as feedback takes it, or None (logged) when malformed."""
-        if data is None or not isinstance(data.get("msg_id"), str) or not isinstance(data.get("status"), str):
-            log.warning("ack.malformed", target=device_id, body_len=size)
+        try:
+            report = parse_ack(device_id, payload)
+        except MalformedAckError:
+            log.warning("ack.malformed", target=device_id, body_len=len(payload))
             return None
         self._seen[device_id] = now
-        detail = {k: data[k] for k in ("at", "detail") if data.get(k) is not None}
-        return AckReport("mqtt", data["status"], data["msg_id"], device_id, None, detail)
+        return report
 
     async def _status(self, device_id: str, data: dict[str, Any] | None, size: int) -> None:
         """Record a status (or last will); log only changes of online/offline."""
@@ -175,13 +173,26 @@ class DeviceHub:
             log.info("device.online" if online else "device.offline", target=device_id)
 
 
+class MalformedAckError(ValueError):
+    """A payload on an ack topic that is not an ack."""
+
+
+def parse_ack(device_id: str, payload: bytes) -> AckReport:
+    """A device's ack payload as feedback takes it; MalformedAckError for anything else (pure)."""
+    data = _json_object(payload)
+    if data is None or not isinstance(data.get("msg_id"), str) or not isinstance(data.get("status"), str):
+        raise MalformedAckError(f"not an ack: {len(payload)} bytes")
+    detail = {k: data[k] for k in ("at", "detail") if data.get(k) is not None}
+    return AckReport("mqtt", data["status"], data["msg_id"], device_id, None, detail)
+
+
 def _json_object(payload: bytes) -> dict[str, Any] | None:
     """The payload as a JSON object, or None."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         return None
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        data = jsonsafe.loads(payload)
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -252,5 +263,6 @@ def routes() -> list[Any]:
             list_devices,
             "viewer",
             "Loudspeakers and LED boards: online/offline and last seen (?state=, ?village=)",
+            query={"state": "online, offline or unknown", "village": "a village code"},
         )
     ]

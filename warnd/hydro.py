@@ -29,14 +29,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
+from warnd import jsonsafe
 from warnd.api.routes import Route, principal
 from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import Area, Level, UpdateIn, WarningIn, require_offset
@@ -62,13 +63,30 @@ class Reading(BaseModel):
 
     station: str = Field(min_length=1, max_length=64)
     at: datetime
-    level_m: float
+    # Strict: `true` is not a water level.
+    level_m: float = Field(strict=True)
 
     @field_validator("at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         """A reading's time needs its offset."""
         return require_offset(value)  # type: ignore[return-value]
+
+
+class Readings(BaseModel):
+    """Readings in their wrapper: `{"readings": [...]}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    readings: list[Reading] = Field(min_length=1, max_length=MAX_READINGS)
+
+
+class ReadingsIn(RootModel[Readings | Reading | Annotated[list[Reading], Field(min_length=1)]]):
+    """The body of `POST /api/v1/hydro/readings` as documented: wrapped, one reading, or a list.
+
+    `parse_readings` reads it (answering each fault with the field it is in); this model is the
+    OpenAPI document's statement of the same shapes.
+    """
 
 
 @dataclass(frozen=True)
@@ -371,8 +389,8 @@ class HydroMonitor:
                 "unsupported_media_type", "Content-Type must be application/json", "Content-Type", 415
             )
         try:
-            data = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = jsonsafe.loads(await request.read())
+        except ValueError as exc:
             raise InputError("bad_json", f"body is not valid JSON: {exc}", "body", status=400) from None
         readings = parse_readings(data)
         who = principal(request)
@@ -415,7 +433,7 @@ class HydroMonitor:
                     session.get(settings.poll_url or "") as resp,
                 ):
                     resp.raise_for_status()
-                    data = json.loads(await resp.content.read(4 * 1024 * 1024))
+                    data = jsonsafe.loads(await resp.content.read(4 * 1024 * 1024))
                 await self.submit(parse_readings(data), actor)
                 failures = 0
             except (aiohttp.ClientError, TimeoutError, ValueError, InputError) as exc:
@@ -433,6 +451,7 @@ class HydroMonitor:
                 self.handle_post,
                 "operator",
                 "Water-level readings (one or many)",
+                body=ReadingsIn,
                 responses={200: "per-reading results"},
             ),
             Route(
@@ -450,6 +469,9 @@ class HydroMonitor:
 def parse_readings(data: Any) -> list[Reading]:
     """Readings from a JSON body: one object, a list, or {"readings": [...]}; InputError 422 if bad."""
     items = data.get("readings", [data]) if isinstance(data, dict) else data
+    if isinstance(data, dict) and "readings" in data and len(data) > 1:
+        extra = next(k for k in data if k != "readings")
+        raise InputError("invalid", "a readings wrapper holds nothing but readings", extra, 422)
     if not isinstance(items, list) or not items:
         raise InputError("invalid", "give a reading or a non-empty list of readings", "readings", 422)
     if len(items) > MAX_READINGS:

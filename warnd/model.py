@@ -85,18 +85,39 @@ class State(enum.StrEnum):
     EXPIRED = "expired"
 
 
-# 6-digit county (GB/T 2260), 9-digit township, 12-digit village statistical codes.
-ADMIN_CODE = re.compile(r"^\d{6}(\d{3}(\d{3})?)?$")
+# 6-digit county (GB/T 2260), 9-digit township, 12-digit village statistical codes; ASCII digits
+# only (a bare \d would also take ١٢٣٤٥٦).
+ADMIN_CODE = re.compile(r"^[0-9]{6}([0-9]{3}([0-9]{3})?)?$")
+
+
+# The years a warning (or a gauge reading) can be about. A time outside them is a typo (0026
+# for 2026) or a probe, and year 1 or 9999 would overflow the arithmetic around it (onset - 48 h
+# in the planner, the conversion to UTC in the store).
+EARLIEST_YEAR, LATEST_YEAR = 2000, 2100
 
 
 def require_offset(value: datetime | None) -> datetime | None:
-    """Refuse naive times: a township server's clock zone is no guess to build on."""
+    """Refuse naive times (a township server's clock zone is no guess to build on) and absurd years."""
     if value is not None and value.utcoffset() is None:
         raise ValueError("time needs a UTC offset, e.g. 2026-07-01T08:00:00+08:00")
+    if value is not None and not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"time must lie in the years {EARLIEST_YEAR}–{LATEST_YEAR}")
     return value
 
 
-LatLon = Annotated[list[float], Field(min_length=2, max_length=2)]
+LatLon = Annotated[
+    list[Annotated[float, Field(strict=True)]],
+    Field(
+        min_length=2,
+        max_length=2,
+        json_schema_extra={
+            "prefixItems": [
+                {"type": "number", "minimum": -90, "maximum": 90},
+                {"type": "number", "minimum": -180, "maximum": 180},
+            ]
+        },
+    ),
+]
 
 
 class Circle(BaseModel):
@@ -104,20 +125,40 @@ class Circle(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
+    # Strict: JSON `true` is not a coordinate (lax float would take it as 1.0).
+    lat: float = Field(ge=-90, le=90, strict=True)
+    lon: float = Field(ge=-180, le=180, strict=True)
     # Real alerts (USGS earthquakes, tsunami centres) send radius 0: a point, matched with a
     # small tolerance by the directory (POINT_TOLERANCE_KM).
-    radius_km: float = Field(ge=0, le=1000)
+    radius_km: float = Field(ge=0, le=1000, strict=True)
 
 
 class Area(BaseModel):
     """Where a warning applies: admin codes, polygons of [lat, lon] and circles."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The document says what _not_empty checks: at least one of the three lists has an item.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"minItems": 1}}}
+                for name in ("codes", "polygons", "circles")
+            ]
+        },
+    )
 
-    codes: list[str] = Field(default_factory=list, max_length=10_000)
-    polygons: list[list[LatLon]] = Field(default_factory=list, max_length=100)
+    # The validators below check codes and rings with messages an operator can act on; the
+    # document states the same rules.
+    codes: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        json_schema_extra=lambda s: s["items"].update(pattern=ADMIN_CODE.pattern),  # type: ignore[index,union-attr]
+    )
+    polygons: list[list[LatLon]] = Field(
+        default_factory=list,
+        max_length=100,
+        json_schema_extra=lambda s: s["items"].update(minItems=3),  # type: ignore[index,union-attr]
+    )
     circles: list[Circle] = Field(default_factory=list, max_length=100)
 
     @field_validator("codes")

@@ -19,7 +19,12 @@ from warnd.directory import Directory
 from warnd.store import Store
 
 CHANNELS = ("loudspeaker", "sms", "voice", "wechat", "led")
-TOKENS = {"viewer": "viewer-token", "operator": "operator-token", "admin": "admin-token"}
+TOKENS = {
+    "viewer": "viewer-token",
+    "operator": "operator-token",
+    "approver": "approver-token",
+    "admin": "admin-token",
+}
 
 
 def test_settings(tmp_path: Path, directory: Path, **overrides: Any) -> Settings:
@@ -112,6 +117,7 @@ class Harness(Driven):
         self.store = Store(self.settings.state_dir / "warnd.db")
         self.daemon: Daemon
         self.client: TestClient
+        self._extra_clients: list[TestClient] = []
 
     async def start(self) -> Harness:
         """Open the store, build the daemon and an API client."""
@@ -127,8 +133,27 @@ class Harness(Driven):
         await self.client.start_server()
         return self
 
+    async def serve_every_route(self) -> TestClient:
+        """A second server for this daemon that also serves every configured adapter's routes.
+
+        The recording adapters serve no webhooks; the real adapters whose config is complete
+        (Twilio's) are constructed, not started, to put theirs in the app as `warnd run` would.
+        """
+        from adapters import registry
+
+        ctx = self.daemon.adapter_context()
+        extra = [r for cls in registry().values() if cls.configured(self.settings) for r in cls(ctx).routes()]
+        client = TestClient(
+            TestServer(make_app(self.daemon, [*self.daemon.extra_routes(), *extra]), host="127.0.0.1")
+        )
+        await client.start_server()
+        self._extra_clients.append(client)
+        return client
+
     async def close(self) -> None:
         """Close the client, the adapters and the store."""
+        for extra in self._extra_clients:
+            await extra.close()
         await self.client.close()
         for adapter in self.daemon.adapters.values():
             await adapter.aclose()

@@ -59,7 +59,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
             readyz,
             None,
             "Readiness: store, broker, adapters",
-            responses={200: "ready", 503: "not ready"},
+            responses={200: "ready", 503: {"description": "not ready: the checks say which part"}},
         ),
         Route(
             "GET",
@@ -82,13 +82,14 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
 
     # Appended before the document is made, so that it describes itself too.
     routes.append(Route("GET", "/api/v1/openapi.json", openapi_json, None, "This document"))
-    document = openapi(routes, __version__)
+    limiters = rate_limiters(daemon.settings.http)
+    document = openapi(routes, __version__, limited=tuple(limiters))
     max_bytes = daemon.settings.http.max_body_bytes
     app = web.Application(
         client_max_size=max_bytes,
         middlewares=[
             error_middleware,
-            rate_limit_middleware(rate_limiters(daemon.settings.http)),
+            rate_limit_middleware(limiters),
             _size_middleware(max_bytes),
             auth_middleware({(r.method, r.path): r.role for r in routes}),
         ],

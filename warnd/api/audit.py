@@ -51,5 +51,9 @@ ROUTES = [
         audit,
         "approver",
         "Audit log of operator actions (?warning_id=, ?limit=)",
+        query={
+            "warning_id": "only this warning's events, oldest first",
+            "limit": {"description": f"1–{MAX_LIMIT} (default 200)", "pattern": "^(1000|[1-9][0-9]{0,2})$"},
+        },
     ),
 ]

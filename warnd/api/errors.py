@@ -60,7 +60,16 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return error_response(exc.status, code, exc.text or exc.reason, None)
+        response = error_response(exc.status, code, exc.text or exc.reason, None)
+        if "Allow" in exc.headers:
+            # A 405 says which methods the resource takes (RFC 9110 §15.5.6).
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except ConnectionResetError:
+        # The client went away mid-request (while its body was read or our answer written):
+        # nothing is wrong here and nobody will read an answer.
+        log.info("api.client_gone", path=request.path, method=request.method)
+        return error_response(400, "client_gone", "the client closed the connection", None)
     except Exception:
         log.exception("api.error", path=request.path, method=request.method)
         return error_response(500, "internal", "internal error; see the daemon log", None)

@@ -47,5 +47,6 @@ ROUTES = [
         show_report,
         "viewer",
         "Coverage report of a warning (JSON, or CSV by Accept: text/csv or ?format=csv)",
+        query={"format": {"description": "default: by the Accept header", "enum": ["csv", "json"]}},
     ),
 ]

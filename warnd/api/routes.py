@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from warnd.api.auth import Principal, TokenBook
 
@@ -24,8 +25,14 @@ class Route:
         handler: the coroutine serving it.
         role: least role needed; None means no token (health, webhooks that sign their own way).
         summary: one line for the OpenAPI document.
-        body: name of the request body schema, if any.
-        responses: extra status codes and what they mean.
+        body: the JSON request body's model (or its name in warnd.api.openapi.SCHEMAS), if any.
+        body_types: media types the body may come in; CAP XML types are documented as CAP.
+        body_required: False when the handler also takes no body at all.
+        query: query parameters the handler reads: what each means, or its JSON schema (with a
+            description) when it takes only some strings.
+        responses: the route's own status codes and what they mean (its errors beyond those every
+            route of its kind answers: see warnd.api.openapi); an error given as text is the
+            JSON error shape, one given as an OpenAPI response object (a page) is that.
     """
 
     method: str
@@ -33,8 +40,11 @@ class Route:
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     role: str | None
     summary: str
-    body: str | None = None
-    responses: dict[int, str] = field(default_factory=dict)
+    body: str | type[BaseModel] | None = None
+    body_types: tuple[str, ...] = ("application/json",)
+    body_required: bool = True
+    query: dict[str, str | dict[str, Any]] = field(default_factory=dict)
+    responses: dict[int, str | dict[str, Any]] = field(default_factory=dict)
 
 
 def principal(request: web.Request) -> Principal:

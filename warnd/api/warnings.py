@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from pydantic import BaseModel
 
-from warnd import messages
+from warnd import jsonsafe, messages
 from warnd.api.routes import Route, principal
 from warnd.devices import coverage_with_offline
 from warnd.intake import IN_FORCE, Actor, InputError
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from warnd.daemon import Daemon
 
 JSON_TYPES = ("application/json",)
+# What `?state=` takes on the list (active: in force, i.e. active or updated).
+STATES = ("active", "updated", "cancelled", "expired")
 CAP_TYPES = ("application/cap+xml", "application/xml", "text/xml")
 
 
@@ -53,8 +55,8 @@ async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
         )
     raw = await request.read()
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = jsonsafe.loads(raw)
+    except ValueError as exc:
         raise InputError("bad_json", f"body is not valid JSON: {exc}", "body", status=400) from None
     if not isinstance(data, dict):
         raise InputError("bad_json", "body must be a JSON object", "body", status=400)
@@ -149,9 +151,8 @@ async def list_(request: web.Request) -> web.Response:
     """Warnings, newest first; `?state=active` means in force (active or updated)."""
     d = daemon(request)
     state = request.query.get("state")
-    allowed = ("active", "updated", "cancelled", "expired")
-    if state is not None and state not in allowed:
-        raise InputError("invalid", f"state must be one of {', '.join(allowed)}", "state", 400)
+    if state is not None and state not in STATES:
+        raise InputError("invalid", f"state must be one of {', '.join(STATES)}", "state", 400)
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
@@ -254,6 +255,7 @@ ROUTES = [
         "operator",
         "Issue a warning (JSON or CAP XML)",
         body="WarningIn",
+        body_types=(*JSON_TYPES, *CAP_TYPES),
         responses={202: "accepted", 200: "duplicate of an accepted warning"},
     ),
     Route(
@@ -264,7 +266,20 @@ ROUTES = [
         "Preview targets, channels and schedule without sending",
         body="WarningIn",
     ),
-    Route("GET", "/api/v1/warnings", list_, "viewer", "List warnings (?state=active|cancelled|expired)"),
+    Route(
+        "GET",
+        "/api/v1/warnings",
+        list_,
+        "viewer",
+        "List warnings (?state=active|cancelled|expired)",
+        query={
+            "state": {"description": "active means in force (active or updated)", "enum": list(STATES)},
+            "limit": {
+                "description": "1–1000, newest first (default 100)",
+                "pattern": "^(1000|[1-9][0-9]{0,2})$",
+            },
+        },
+    ),
     Route("GET", "/api/v1/warnings/{id}", show, "viewer", "A warning with its schedule and coverage"),
     Route("GET", "/api/v1/warnings/{id}/deliveries", deliveries, "viewer", "A warning's deliveries"),
     Route(
@@ -274,7 +289,7 @@ ROUTES = [
         "operator",
         "Update a warning in force",
         body="UpdateIn",
-        responses={202: "updated"},
+        responses={202: "updated", 409: "the warning is no longer in force"},
     ),
     Route(
         "POST",
@@ -283,6 +298,7 @@ ROUTES = [
         "operator",
         "Cancel a warning (all-clear)",
         body="CancelIn",
-        responses={202: "cancelled"},
+        body_required=False,
+        responses={202: "cancelled", 409: "the warning is no longer in force"},
     ),
 ]

@@ -26,7 +26,7 @@ from warnd.api.routes import Route
 from warnd.cap import CapError, to_cap_xml, validate_cap_xsd
 from warnd.feeds.ingest import CapIngest, IngestResult
 from warnd.feeds.poll import Poller
-from warnd.feeds.push import PushEndpoint, cap_error_response, results_response
+from warnd.feeds.push import CAP_TYPES, PushEndpoint, cap_error_response, results_response
 from warnd.feeds.records import FeedRecords
 from warnd.hydro import HydroMonitor
 from warnd.intake import Actor, InputError
@@ -200,11 +200,12 @@ class Feeds:
                 self.push.handle,
                 None,
                 "Push a CAP document (the feed's own bearer token; optional X-Warnd-Signature)",
+                body_types=(*CAP_TYPES, "application/octet-stream"),
                 responses={
                     202: "taken",
                     200: "duplicate",
                     401: "bad feed token or signature",
-                    413: "too large",
+                    503: "the feed's signature secret is not set",
                 },
             ),
             Route("GET", "/api/v1/feeds", self.list_feeds, "viewer", "Feed health and messages to look at"),

@@ -16,14 +16,20 @@ What is stored but not acted on, and flagged for the operator (GET /api/v1/feeds
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import ValidationError
 
-from warnd.cap import DEFAULT_GEOCODE_NAMES, CapAlert, CapError, parse_cap_many, to_warning_fields
+from warnd.cap import (
+    DEFAULT_GEOCODE_NAMES,
+    CapAlert,
+    CapError,
+    document_encoding,
+    parse_cap_many,
+    to_warning_fields,
+)
 from warnd.intake import IN_FORCE, Actor
 from warnd.model import Area, Level, Status, UpdateIn, WarningIn
 from warnd.store import ts
@@ -47,7 +53,6 @@ _CAP_PATH = {
     "expires": "/alert/info/expires",
     "status": "/alert/status",
 }
-_ENCODING = re.compile(rb"""^<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)["']""")
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,8 @@ class IngestResult:
 
 def document_text(data: bytes) -> str:
     """The document as text for the record, in the encoding it declares (UTF-8 by default)."""
-    match = _ENCODING.match(data[:200])
-    encoding = match.group(1).decode() if match else "utf-8"
     try:
-        return data.decode(encoding)
+        return data.decode(document_encoding(data))
     except (LookupError, UnicodeDecodeError):
         return data.decode("utf-8", errors="replace")
 

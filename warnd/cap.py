@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -1185,8 +1186,10 @@ def _num(value: float) -> str:
     """A coordinate as plain decimal text that reads back to the same float."""
     text = repr(float(value))
     if "e" in text or "E" in text:
-        # repr switches to exponent form below 1e-4; CAP wants plain decimals.
-        text = f"{value:.12f}".rstrip("0").rstrip(".")
+        # repr switches to exponent form below 1e-4; CAP wants plain decimals. The digits of
+        # repr, laid out without an exponent, read back to the same float (a fixed 12 places
+        # did not: 5.960464477539063e-08 came back as 5.9605e-08).
+        text = format(Decimal(text), "f")
     return text
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.support.county import write_directory
@@ -133,19 +134,21 @@ class Harness(Driven):
         await self.client.start_server()
         return self
 
-    async def serve_every_route(self) -> TestClient:
-        """A second server for this daemon that also serves every configured adapter's routes.
+    def every_route_app(self) -> web.Application:
+        """This daemon's app with every configured adapter's routes too, as `warnd run` serves it.
 
         The recording adapters serve no webhooks; the real adapters whose config is complete
-        (Twilio's) are constructed, not started, to put theirs in the app as `warnd run` would.
+        (Twilio's) are constructed, not started, to put theirs in the app.
         """
         from adapters import registry
 
         ctx = self.daemon.adapter_context()
         extra = [r for cls in registry().values() if cls.configured(self.settings) for r in cls(ctx).routes()]
-        client = TestClient(
-            TestServer(make_app(self.daemon, [*self.daemon.extra_routes(), *extra]), host="127.0.0.1")
-        )
+        return make_app(self.daemon, [*self.daemon.extra_routes(), *extra])
+
+    async def serve_every_route(self) -> TestClient:
+        """A second server for this daemon, serving `every_route_app()`."""
+        client = TestClient(TestServer(self.every_route_app(), host="127.0.0.1"))
         await client.start_server()
         self._extra_clients.append(client)
         return client

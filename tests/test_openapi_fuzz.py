@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
@@ -202,3 +203,17 @@ def test_live_api_matches_its_openapi_document(
     # Every operation ran, and the fuzzed ones more than once (hypothesis stops early on a small
     # input space, like a route without parameters, so no exact count is promised).
     assert cases >= len(operations) + fuzzed, line
+
+
+def test_every_served_route_is_in_the_document(live: LiveWarnd) -> None:
+    """What the live daemon routes (feeds, hydro, ack links, Twilio, audio) is all documented."""
+    document = requests.get(f"{live.url}/api/v1/openapi.json", timeout=30).json()
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    served = {
+        (route.method, resource.canonical)
+        for resource in live.runner.app.router.resources()
+        for route in resource
+        if route.method not in ("HEAD", "OPTIONS", "*") or (route.method, resource.canonical) in documented
+    }
+    assert served, "the live daemon routes nothing"
+    assert served <= documented, served - documented

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -305,6 +307,21 @@ class CancelIn(BaseModel):
 
     _crlf = field_validator("reason", mode="before")(crlf_to_lf)
     _multi_line = field_validator("reason")(multi_line)
+
+
+def fingerprint(w: WarningIn) -> str:
+    """sha256 hex of a warning in one canonical form: what an Idempotency-Key was used for.
+
+    The validated model, not the request bytes: key order, JSON whitespace, surrounding blanks,
+    CRLF, defaults spelled out or left out and a time's offset (08:00+08:00 is 00:00Z) change
+    nothing; any change of content does.
+    """
+    data = w.model_dump(mode="json")
+    for key in ("onset", "expires"):
+        value = getattr(w, key)
+        data[key] = value.astimezone(UTC).isoformat() if value is not None else None
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 DeliveryState = Literal[

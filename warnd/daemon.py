@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -15,11 +16,12 @@ from aiohttp import web
 from warnd.adapter import Adapter, AdapterContext, AuthError
 from warnd.api.auth import TokenBook
 from warnd.clock import Clock, SystemClock, Wakeup
-from warnd.config import ConfigError, Settings, load_settings
+from warnd.config import ConfigError, Settings, load_settings, mqtt_client_id
 from warnd.directory import Directory
 from warnd.dispatcher import Dispatcher
 from warnd.feedback import Feedback
 from warnd.feeds import Feeds
+from warnd.instancelock import instance_lock
 from warnd.intake import Intake
 from warnd.metrics import Metrics
 from warnd.scheduler import Scheduler
@@ -58,6 +60,9 @@ class Daemon:
     ) -> None:
         """Wire the pipeline stages together."""
         self.settings = settings
+        if settings.mqtt.client_id is None:
+            # Before the MQTT links are made (the feeds' link below, the adapters' later).
+            settings.mqtt.client_id = mqtt_client_id(socket.gethostname(), directory.villages)
         # API tokens: the HTTP app checks requests against this book; reload replaces its contents.
         self.tokens = TokenBook(settings.auth.tokens)
         self.store = store
@@ -242,6 +247,8 @@ async def run(
     notifier = Notifier.from_env()
     directory = Directory.load(settings.directory.path)
     async with AsyncExitStack() as stack:
+        # Before the store: a second warnd on this state directory exits here (AlreadyRunning).
+        stack.enter_context(instance_lock(settings.state_dir))
         store = await Store(settings.state_dir / "warnd.db").open()
         stack.push_async_callback(store.close)
         recovered = await store.recover()

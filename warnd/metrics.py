@@ -137,6 +137,11 @@ class Metrics:
             ["channel", "status"],
             registry=r,
         )
+        self.reload_failures = Counter(
+            "warnd_config_reload_failures",
+            "Reloads (SIGHUP) refused because warnd.toml or the directory has errors; the old config stays",
+            registry=r,
+        )
         self.state = StoreCollector()
         r.register(self.state)
 

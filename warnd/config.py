@@ -167,6 +167,10 @@ class FeedSettings(_Section):
     url: str | None = None
     topic: str | None = None
     interval_s: float = Field(default=60, ge=1)
+    # How often a push or MQTT feed is known to speak (a heartbeat, regular bulletins): its
+    # silence for three such intervals is then an alert (WarndFeedStale). Unset, a quiet feed is
+    # simply quiet. Poll feeds are expected every interval_s unless this says otherwise.
+    expected_interval_s: float | None = Field(default=None, gt=0)
     # Backoff while a polled upstream fails doubles from interval_s up to this (one hour).
     max_backoff_s: float = Field(default=3600, ge=1)
     # Environment variable holding the HMAC-SHA256 secret of a push feed's X-Warnd-Signature.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def run(path_arg: str | None) -> int:
     """Run the daemon in the foreground until SIGTERM."""
     from warnd import log
     from warnd.daemon import run as run_daemon
+    from warnd.instancelock import AlreadyRunning
 
     try:
         path, settings = _load(path_arg)
@@ -75,6 +77,10 @@ def run(path_arg: str | None) -> int:
     except ConfigError as exc:
         print(f"warnd: cannot start: {exc}", file=sys.stderr)
         return 2
+    except AlreadyRunning as exc:
+        print(f"warnd: {exc}", file=sys.stderr)
+        # EX_TEMPFAIL: the other one may stop; under systemd, Restart=on-failure tries again.
+        return os.EX_TEMPFAIL
     except KeyboardInterrupt:
         return 130
     return 0

@@ -51,6 +51,15 @@ class StoreError(Exception):
     """The store cannot do what was asked."""
 
 
+class IdempotencyConflict(StoreError):
+    """An Idempotency-Key already used for a different warning; `warning_id` is that warning."""
+
+    def __init__(self, warning_id: str) -> None:
+        """Keep the id of the warning the key belongs to."""
+        super().__init__(f"Idempotency-Key already used for {warning_id}")
+        self.warning_id = warning_id
+
+
 class SchemaTooNew(StoreError):
     """The database was written by a newer warnd: refusing it beats corrupting it."""
 
@@ -365,10 +374,13 @@ class Store:
         audit: dict[str, Any],
         jobs: Sequence[dict[str, Any]],
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> AcceptResult:
         """Store a new warning with its audit event and jobs in one transaction, or find its twin.
 
         The same Idempotency-Key, or the same (sender, identifier), answers with the existing id.
+        A key already stored with another `fingerprint` raises IdempotencyConflict; a row stored
+        before fingerprints were kept (NULL) answers with its id, as it always did.
         """
         db = self.db
         await self._begin()
@@ -376,7 +388,8 @@ class Store:
             existing = None
             if idempotency_key:
                 existing = await self._one(
-                    "SELECT id FROM warnings WHERE idempotency_key = ?", (idempotency_key,)
+                    "SELECT id, idempotency_fingerprint FROM warnings WHERE idempotency_key = ?",
+                    (idempotency_key,),
                 )
             if existing is None and row.get("sender") and row.get("identifier"):
                 existing = await self._one(
@@ -384,9 +397,16 @@ class Store:
                     (row["sender"], row["identifier"]),
                 )
             if existing is not None:
+                stored = existing.get("idempotency_fingerprint")
+                if stored is not None and fingerprint is not None and stored != fingerprint:
+                    raise IdempotencyConflict(existing["id"])  # noqa: TRY301 - rolled back below
                 await self._end("COMMIT")
                 return AcceptResult(existing["id"], created=False)
-            cols = {**row, "idempotency_key": idempotency_key}
+            cols = {
+                **row,
+                "idempotency_key": idempotency_key,
+                "idempotency_fingerprint": fingerprint if idempotency_key else None,
+            }
             await db.execute(
                 f"INSERT INTO warnings ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",  # noqa: S608 - column names are ours
                 list(cols.values()),

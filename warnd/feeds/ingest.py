@@ -46,6 +46,8 @@ _CAP_PATH = {
     "onset": "/alert/info/onset",
     "expires": "/alert/info/expires",
     "status": "/alert/status",
+    "sender": "/alert/sender",
+    "identifier": "/alert/identifier",
 }
 _ENCODING = re.compile(rb"""^<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)["']""")
 

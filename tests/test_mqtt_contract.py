@@ -306,23 +306,27 @@ async def test_every_led_command_warnd_publishes_validates(
 ) -> None:
     """Display, display with pages (rotation), display again after a cancel, clear at expiry."""
     h, sim = led_rig
+
+    async def step(n: int) -> None:
+        """Send what is due; wait until the board has acked n commands (it judges not_after by h.clock)."""
+        await h.run_until_idle()
+        await until(lambda: len(tap.on("ack")) == n, what=f"{n} board acks")
+
     async with Tap(broker) as tap:
         sim.start()
         await sim.wait_connected()
         yellow_expires = (h.clock.now() + timedelta(hours=2)).isoformat()
         await h.issue(warning_body(level="yellow", headline="暴雨黄色预警", expires=yellow_expires))
-        await h.run_until_idle()
+        await step(1)
         h.settings.led.rotate = True  # boards show every warning in force in turn from now on
         h.clock.advance(60)
         red = await h.issue(warning_body(level="red", headline="暴雨红色预警"))
-        await h.run_until_idle()
+        await step(2)
         resp = await h.client.post(f"/api/v1/warnings/{red}/cancel", json={}, headers=h.headers())
         assert resp.status == 202
-        await h.run_until_idle()
-        h.clock.advance(hours=3)
-        await h.run_until_idle()
-        await until(lambda: len(tap.commands()) == 4, what="four board commands")
-        await until(lambda: len(tap.on("ack")) == 4, what="four acks")
+        await step(3)
+        h.clock.advance(hours=3)  # past the yellow's expiry
+        await step(4)
 
     commands = tap.commands()
     assert_valid("command", commands)

@@ -49,6 +49,10 @@ def spoken(
 
     The audio kind picks the tones: the all-clear's steady tone, a drill's own, else the level's.
     """
+    if kind == "expire":
+        # A silent stop: a terminal that speaks `text` itself says the warning ended, nothing more.
+        name = f"{warning.get('event', '')}{Level(warning['level']).chinese}预警"
+        return f"{name}有效期已过，预警结束。", "all_clear"
     message_kind = messages.kind_of(kind, context)
     values = messages.values_for(
         warning, message_kind, context, settings=settings, directory=directory, channel="loudspeaker"

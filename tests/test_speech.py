@@ -1,12 +1,31 @@
-"""warnd.speech: numbers read as a Chinese reader says them, pinyin espeak-ng speaks as Mandarin."""
+"""warnd.speech: numbers read as a Chinese reader says them, pinyin espeak-ng speaks as Mandarin.
+
+The phoneme tests run the real espeak-ng on what warnd feeds it and read its transcript (-x).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from pydub import AudioSegment
+from pypinyin.contrib.tone_convert import to_tone3
+from pypinyin.pinyin_dict import pinyin_dict
 
+from tests.support.phonemes import assert_mandarin, espeak_transcript, needs_espeak
+from warnd.audio import TONE_GAP_MS, AudioCache, AudioError, AudioSettings, alert_tone
 from warnd.speech import pinyin_for_espeak, spoken_text
+
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (apt install ffmpeg)"
+)
 
 # Realistic loudspeaker texts of every kind warnd speaks, with numbers, times, Latin letters
 # and the punctuation of real notices.
@@ -256,3 +275,138 @@ def test_symbols_are_dropped_not_spelled() -> None:
     assert pinyin_for_espeak("请注意@#&*") == "qing3 zhu4 yi4"
     assert pinyin_for_espeak("请兙注意") == "qing3 zhu4 yi4"  # a character pypinyin cannot read
     assert pinyin_for_espeak("！！！…") == ""
+
+
+# --- what espeak-ng really says ---------------------------------------------------------------
+
+
+
+@needs_espeak
+@pytest.mark.parametrize("kind", MESSAGES)
+def test_every_kind_of_message_is_spoken_as_mandarin(kind: str) -> None:
+    """No English language switch and a Mandarin tone for every syllable, numbers and LED too."""
+    transcript = assert_mandarin(MESSAGES[kind])
+    assert "(en)" not in transcript
+
+
+@needs_espeak
+def test_the_plain_cmn_voice_would_have_spoken_english() -> None:
+    """The check can fail: espeak-ng's cmn voice reads these characters through English rules."""
+    assert "(en)" in espeak_transcript("暴雨红色预警", voice="cmn", pinyin=False)
+    with pytest.raises(AssertionError, match="switched language"):
+        assert_mandarin("暴雨红色预警", voice="cmn")
+
+
+@needs_espeak
+def test_a_known_sentence_has_the_expected_mandarin_phonemes() -> None:
+    """Tones as espeak-ng's contours (half-third 21 before a non-third), initials by word."""
+    transcript = assert_mandarin("暴雨红色预警")
+    assert re.findall(r"[1-5]+", transcript) == ["51", "21", "35", "51", "51", "214"]
+    # 银行 is hang (velar fricative X), not xing (S;); 重庆 is ch (ts.h), not zh (ts.).
+    bank = assert_mandarin("银行")
+    assert re.search(r"X'?a35N", bank) and "S;" not in bank
+    assert re.search(r"S;'?i35N", assert_mandarin("行人"))
+    city = assert_mandarin("重庆")
+    assert re.search(r"ts\.h'?ong35", city)
+    # 3-3 sandhi is espeak-ng's: xiao3 yu3 comes out rising, then dipping.
+    assert re.findall(r"[1-5]+", assert_mandarin("小雨")) == ["35", "214"]
+
+
+@needs_espeak
+def test_every_syllable_pypinyin_can_produce_is_mandarin_to_espeak() -> None:
+    """All ~1,500 toned syllables in pypinyin's dictionary, and the letter names, in one run."""
+    syllables = {to_tone3(p, neutral_tone_with_five=True) for v in pinyin_dict.values() for p in v.split(",")}
+    letters = pinyin_for_espeak("abcdefghijklmnopqrstuvwxyz").split()
+    spoken = ", ".join(sorted(syllables) + letters)
+    transcript = espeak_transcript(spoken, pinyin=False)
+    assert not re.search(r"\([a-z-]+\)", transcript)
+    assert len(syllables) > 1000
+
+
+# --- the audio renderer -----------------------------------------------------------------------
+
+
+def espeak_ms(pinyin: str, wav: Path) -> int:
+    """How long espeak-ng's cmn-latn-pinyin voice takes to say pinyin at 150 wpm, in ms."""
+    argv = ["espeak-ng", "-v", "cmn-latn-pinyin", "-s", "150", "-w", str(wav), "--", pinyin]
+    subprocess.run(argv, check=True)
+    return len(AudioSegment.from_wav(wav))
+
+
+# An espeak-ng first on PATH that records its argv and runs the real one.
+RECORDING_ESPEAK = """#!{python}
+import json, os, sys
+with open({log!r}, "a", encoding="utf-8") as f:
+    f.write(json.dumps(sys.argv[1:], ensure_ascii=False) + "\\n")
+os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+"""
+
+
+@needs_espeak
+@needs_ffmpeg
+async def test_rendered_warning_is_espeak_speaking_the_pinyin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The built-in engine gets the pinyin and the pinyin voice; the MP3 is that speech, not silence."""
+    real, log = shutil.which("espeak-ng"), tmp_path / "argv.jsonl"
+    wrapper = tmp_path / "bin" / "espeak-ng"
+    wrapper.parent.mkdir()
+    wrapper.write_text(RECORDING_ESPEAK.format(python=sys.executable, log=str(log), real=real))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+
+    text = MESSAGES["issue"]
+    audio = await AudioCache(tmp_path / "audio", AudioSettings()).render(text, "red", repeat=1)
+
+    (argv,) = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert argv[argv.index("-v") + 1] == "cmn-latn-pinyin"
+    assert argv[-2:] == ["--", pinyin_for_espeak(text)]
+    seg = AudioSegment.from_file(audio.path, format="mp3")
+    speech = seg[len(alert_tone("red")) + TONE_GAP_MS :]
+    assert speech.dBFS > -30
+    speech_ms = espeak_ms(pinyin_for_espeak(text), tmp_path / "ref.wav")
+    assert audio.duration_s * 1000 == pytest.approx(len(alert_tone("red")) + TONE_GAP_MS + speech_ms, abs=100)
+    # Plausible Mandarin: between 2 and 6 syllables a second.
+    syllables = len(re.findall(r"[a-z]+[1-5]", pinyin_for_espeak(text)))
+    assert syllables / 6 < speech_ms / 1000 < syllables / 2
+
+
+@needs_espeak
+@needs_ffmpeg
+async def test_the_old_cmn_setting_speaks_mandarin_too(tmp_path: Path) -> None:
+    """voice = "cmn" (an older config) is the pinyin voice: the same file as the default."""
+    assert AudioSettings(voice="cmn").voice == "cmn-latn-pinyin"
+    assert AudioSettings(voice="zh+f3").voice == "cmn-latn-pinyin+f3"
+    assert AudioSettings(voice="yue").voice == "yue"
+    default = await AudioCache(tmp_path / "a", AudioSettings()).render("请注意", "blue", repeat=1)
+    old = await AudioCache(tmp_path / "b", AudioSettings(voice="cmn")).render("请注意", "blue", repeat=1)
+    assert old.sha256 == default.sha256
+
+
+@needs_espeak
+async def test_text_with_nothing_to_say_is_an_error(tmp_path: Path) -> None:
+    """Only symbols: the renderer says so instead of encoding silence."""
+    cache = AudioCache(tmp_path / "audio", AudioSettings())
+    with pytest.raises(AudioError, match="nothing"):
+        await cache.render("！！！", "red")
+
+
+# A stand-in external engine: records the text it was given, writes half a second of tone.
+RECORDING_ENGINE = r"""
+import math, struct, sys, wave
+out, log, text = sys.argv[1:4]
+open(log, "w", encoding="utf-8").write(text)
+with wave.open(out, "wb") as w:
+    w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000)
+    w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 5))) for i in range(8000)))
+"""
+
+
+@needs_ffmpeg
+async def test_an_external_engine_gets_chinese_with_numbers_as_words(tmp_path: Path) -> None:
+    """A `[tts] command` engine reads characters, so it gets spoken_text, not pinyin."""
+    script, log = tmp_path / "engine.py", tmp_path / "text.txt"
+    script.write_text(RECORDING_ENGINE, encoding="utf-8")
+    settings = AudioSettings(command=f"{shlex.join([sys.executable, str(script)])} {{output}} {log} {{text}}")
+    await AudioCache(tmp_path / "audio", settings).render("水位4.55米，08:30转移", "orange", repeat=1)
+    assert log.read_text(encoding="utf-8") == "水位四点五五米，八点三十分转移"

@@ -34,15 +34,17 @@ from pydub.exceptions import CouldntDecodeError
 from pydub.generators import Sine, Square
 
 from warnd.model import Level
+from warnd.speech import pinyin_for_espeak, spoken_text
 
 log = structlog.get_logger("warnd.audio")
 
 # What a file announces: a warning in force, an exercise (演练), or its lifting (解除).
 KINDS: tuple[str, ...] = ("warning", "drill", "all_clear")
 
-# Bump whenever tones, composition or encoding change: it is part of every cache key, so old
-# renders are simply not found again instead of being served with yesterday's sound.
-FORMAT_VERSION = 1
+# Bump whenever tones, composition, encoding or the way warnd.speech reads text change: it is
+# part of every cache key, so old renders are simply not found again instead of being served
+# with yesterday's sound. 2: numbers as words, espeak-ng fed pinyin (cmn-latn-pinyin).
+FORMAT_VERSION = 2
 # A message spoken more than ten times in a row stops being listened to and ties the speaker up;
 # periodic re-broadcasts are the scheduler's job, not one long file.
 MAX_REPEAT = 10
@@ -78,6 +80,11 @@ STALE_TMP_S = 3600
 # Looked up on PATH, where Debian's ffmpeg and espeak-ng packages put them.
 FFMPEG = "ffmpeg"
 ESPEAK = "espeak-ng"
+# espeak-ng's names for its Mandarin voice that reads Latin as English ("cmn", and "zh", "zh-cmn"
+# which select it): with them nothing warnd can feed espeak-ng comes out as Mandarin.
+ESPEAK_LATIN_AS_ENGLISH = frozenset({"cmn", "zh", "zh-cmn"})
+# The same voice reading Latin as tone-numbered pinyin, which pinyin_for_espeak writes.
+ESPEAK_PINYIN_VOICE = "cmn-latn-pinyin"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PLACEHOLDER = re.compile(r"\{(text|output|text_file)\}")
@@ -96,7 +103,13 @@ class AudioSettings(BaseModel):
             ``{text}``, ``{output}`` and ``{text_file}`` are substituted, so the text is always
             one argument. Without ``{text}`` or ``{text_file}`` the text goes to stdin.
             None uses the built-in espeak-ng.
-        voice: espeak-ng voice.
+        voice: espeak-ng voice for the built-in engine, which is always fed tone-numbered pinyin
+            (`warnd.speech.pinyin_for_espeak`): the Chinese-character reading of espeak-ng's
+            ``cmn`` voice goes through English letter rules. ``cmn``, ``zh`` and ``zh-cmn`` (with
+            any ``+variant``) are taken as ``cmn-latn-pinyin``, the same voice reading pinyin, so
+            an older config keeps speaking Mandarin; any other voice gets the pinyin as it is.
+            An external ``command`` engine ignores it and gets Chinese characters with numbers
+            written as words (`warnd.speech.spoken_text`).
         speed_wpm: espeak-ng speed in words per minute.
         repeat: times the message is spoken in one file.
         pause_ms: silence between repeats.
@@ -109,8 +122,8 @@ class AudioSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: str | None = None
-    # espeak-ng's Mandarin voice; the only Chinese voice it ships.
-    voice: str = Field(default="cmn", pattern=r"^[A-Za-z0-9_+-]+$")
+    # espeak-ng's Mandarin voice reading pinyin: the only input it speaks wholly as Mandarin.
+    voice: str = Field(default=ESPEAK_PINYIN_VOICE, pattern=r"^[A-Za-z0-9_+-]+$")
     # A little slower than espeak-ng's 175 default: older villagers on a loudspeaker with echo.
     speed_wpm: int = Field(default=150, ge=80, le=450)
     # Twice, as broadcasters do: the first time catches attention, the second is understood.
@@ -142,6 +155,15 @@ class AudioSettings(BaseModel):
             raise ValueError("must name a program")
         if not any("{output}" in arg for arg in argv):
             raise ValueError("must contain {output}, where the engine writes its WAV")
+        return value
+
+    @field_validator("voice")
+    @classmethod
+    def _pinyin_voice(cls, value: str) -> str:
+        """The Latin-as-English Mandarin voice becomes its pinyin twin, keeping a +variant."""
+        name, plus, variant = value.partition("+")
+        if name.lower() in ESPEAK_LATIN_AS_ENGLISH:
+            return f"{ESPEAK_PINYIN_VOICE}{plus}{variant}"
         return value
 
     @field_validator("sample_rate_hz")
@@ -305,11 +327,15 @@ async def _synthesize(text: str, settings: AudioSettings, workdir: Path) -> Path
     stdin: bytes | None = None
     if settings.command is None:
         engine = ESPEAK
+        text = pinyin_for_espeak(text)
+        if not text:
+            raise AudioError("nothing in the text can be spoken")
         # "--" so a text starting with "-" is spoken, not parsed as an option.
         argv = [ESPEAK, "-v", settings.voice, "-s", str(settings.speed_wpm), "-w", str(output), "--", text]
     else:
         template = shlex.split(settings.command)
         engine = f"TTS engine {Path(template[0]).name!r}"
+        text = spoken_text(text)
         text_file = workdir / "text.txt"
         if any("{text_file}" in arg for arg in template):
             await asyncio.to_thread(text_file.write_text, text, encoding="utf-8")

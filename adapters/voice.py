@@ -21,6 +21,7 @@ from warnd import inbound, messages
 from warnd.adapter import Message, Receipt
 from warnd.api.routes import Route
 from warnd.phone import mask_phone
+from warnd.speech import spoken_text
 
 if TYPE_CHECKING:
     from warnd.config import Settings
@@ -36,9 +37,9 @@ POLLING_NOTE = "answered; a key press cannot be seen without [twilio] public_bas
 
 
 def script(message: Message, settings: Settings, directory: Any) -> str:
-    """What the call says: the message kind's spoken form (the description is left to the SMS)."""
+    """What the call says: the kind's spoken form, numbers and times as words (the details go by SMS)."""
     kind, values = messages.for_message(message, settings, directory)
-    return messages.render(kind, values, settings.messages).speech
+    return spoken_text(messages.render(kind, values, settings.messages).speech)
 
 
 def call_twiml(message: Message, text: str, gather_url: str | None) -> str:

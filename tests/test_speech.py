@@ -410,3 +410,12 @@ async def test_an_external_engine_gets_chinese_with_numbers_as_words(tmp_path: P
     settings = AudioSettings(command=f"{shlex.join([sys.executable, str(script)])} {{output}} {log} {{text}}")
     await AudioCache(tmp_path / "audio", settings).render("水位4.55米，08:30转移", "orange", repeat=1)
     assert log.read_text(encoding="utf-8") == "水位四点五五米，八点三十分转移"
+
+
+def test_township_pronunciations_override_place_names() -> None:
+    """塘甸 is tang2 dian4 where the township says so; elsewhere pypinyin's reading stands."""
+    assert pinyin_for_espeak("塘甸镇通知", {"塘甸": "tang2 dian4"}).startswith("tang2 dian4 zhen4")
+    assert pinyin_for_espeak("塘甸镇", {"塘甸": "tang2 dian4", "塘甸镇": "tang2 dian4 zhen1"}) == (
+        "tang2 dian4 zhen1"  # the longest phrase wins
+    )
+    assert pinyin_for_espeak("塘甸镇") != pinyin_for_espeak("塘甸镇", {"塘甸": "tang2 dian4"})

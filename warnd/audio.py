@@ -117,6 +117,8 @@ class AudioSettings(BaseModel):
         bitrate: MP3 bitrate as ffmpeg spells it.
         sample_rate_hz: sample rate of the MP3.
         timeout_s: limit for each engine and encoder run.
+        pronunciations: phrases read otherwise than pypinyin reads them (place and person names),
+            as tone-numbered pinyin, one syllable a character: ``塘甸 = "tang2 dian4"``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -140,6 +142,21 @@ class AudioSettings(BaseModel):
     sample_rate_hz: int = 22050
     # espeak-ng renders a minute of speech in well under a second; a minute means a hung engine.
     timeout_s: float = Field(default=60.0, gt=0, le=600)
+    pronunciations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("pronunciations")
+    @classmethod
+    def _syllable_a_character(cls, value: dict[str, str]) -> dict[str, str]:
+        """Each phrase is Chinese characters, spelled as that many tone-numbered syllables."""
+        for phrase, spelled in value.items():
+            syllables = spelled.split()
+            if not re.fullmatch(r"[\u3400-\u9fff]+", phrase):
+                raise ValueError(f"{phrase!r}: a phrase is Chinese characters only")
+            if len(syllables) != len(phrase) or not all(re.fullmatch(r"[a-zü]+[1-5]", x) for x in syllables):
+                raise ValueError(
+                    f"{phrase!r} = {spelled!r}: one tone-numbered syllable a character (tang2 dian4)"
+                )
+        return {p: " ".join(s.split()) for p, s in value.items()}
 
     @field_validator("command")
     @classmethod
@@ -327,7 +344,7 @@ async def _synthesize(text: str, settings: AudioSettings, workdir: Path) -> Path
     stdin: bytes | None = None
     if settings.command is None:
         engine = ESPEAK
-        text = pinyin_for_espeak(text)
+        text = pinyin_for_espeak(text, settings.pronunciations)
         if not text:
             raise AudioError("nothing in the text can be spoken")
         # "--" so a text starting with "-" is spoken, not parsed as an option.
@@ -560,6 +577,7 @@ class AudioCache:
             "kind": kind,
             "repeat": repeat,
             "voice": s.voice,
+            "pronunciations": s.pronunciations,
             "speed_wpm": s.speed_wpm,
             "command": s.command,
             "pause_ms": s.pause_ms,

@@ -55,7 +55,7 @@ characters through English letter rules). Checked against espeak-ng 1.51 with `-
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pypinyin import Style, lazy_pinyin
 
@@ -338,8 +338,31 @@ def _han_syllables(han: str) -> list[str]:
     return [s for s in _sandhi(han, syllables) if s]
 
 
-def pinyin_for_espeak(text: str) -> str:
-    """spoken_text(text) as tone-numbered pinyin for espeak-ng's cmn-latn-pinyin voice."""
+def _with_pronunciations(han: str, pronunciations: Mapping[str, str]) -> list[str]:
+    """Syllables of a run of characters, phrases the township spelled out read as it says."""
+    if not pronunciations:
+        return _han_syllables(han)
+    phrases = sorted((p for p in pronunciations if p in han), key=len, reverse=True)
+    out: list[str] = []
+    i = start = 0
+    while i < len(han):
+        phrase = next((p for p in phrases if han.startswith(p, i)), None)
+        if phrase is None:
+            i += 1
+            continue
+        out.extend(_han_syllables(han[start:i]) if i > start else [])
+        out.extend(pronunciations[phrase].split())
+        i = start = i + len(phrase)
+    out.extend(_han_syllables(han[start:]) if start < len(han) else [])
+    return out
+
+
+def pinyin_for_espeak(text: str, pronunciations: Mapping[str, str] | None = None) -> str:
+    """spoken_text(text) as tone-numbered pinyin for espeak-ng's cmn-latn-pinyin voice.
+
+    `pronunciations` maps phrases (place and person names pypinyin reads wrongly: 塘甸 is
+    tang2 dian4) to their syllables; the longest phrase wins where two overlap.
+    """
     words: list[str] = []
 
     def pause(mark: str) -> None:
@@ -354,7 +377,7 @@ def pinyin_for_espeak(text: str) -> str:
 
     for m in _TOKEN.finditer(spoken_text(text)):
         if m["han"]:
-            words.extend(_han_syllables(m["han"]))
+            words.extend(_with_pronunciations(m["han"], pronunciations or {}))
         elif m["latin"]:
             words.extend(_LETTERS[c] for c in m["latin"].lower())
         elif m["other"] in _PAUSES:

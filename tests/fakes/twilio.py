@@ -208,6 +208,7 @@ class FakeTwilio:
         self.too_fast = 0
         self._callbacks: dict[str, tuple[str, set[str]]] = {}
         self._script: deque[Answer] = deque()
+        self._list_script: deque[Answer] = deque()
         self._rate: tuple[float, float, float] | None = None  # per_s, tokens, last refill
         self._burst = 1.0
         self._runner: web.AppRunner | None = None
@@ -254,6 +255,10 @@ class FakeTwilio:
     def script(self, answers: list[Answer]) -> None:
         """Queue answers for the next create requests, in order; then normal handling resumes."""
         self._script.extend(answers)
+
+    def script_lists(self, answers: list[Answer]) -> None:
+        """Queue answers for the next list requests (GET Messages.json or Calls.json), in order."""
+        self._list_script.extend(answers)
 
     def limit_rate(self, per_s: float, burst: float = 1.0) -> None:
         """Answer 429 (20429) to creates beyond per_s per second (real monotonic time).
@@ -500,6 +505,10 @@ class FakeTwilio:
 
         async def read(request: web.Request) -> web.Response:
             """Answer one page, newest first, with next_page_uri while more remain."""
+            if self._list_script:
+                answer = self._list_script.popleft()
+                if not 200 <= answer.status < 300:
+                    return self._error(answer.status, answer.code, answer.message, answer.retry_after_s)
             q = request.query
             items = list(reversed(store.values()))  # dicts keep insertion order: newest last
             for param, field in equal.items():

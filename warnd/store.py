@@ -114,6 +114,9 @@ class Delivery:
     state: str = "sending"
     last_error: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    # A crash left an earlier send of it in doubt: it may have reached the provider at or after
+    # this time, so it is looked up there before it is sent again (Adapter.reconcile).
+    maybe_sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -656,7 +659,11 @@ class Store:
     # -- deliveries ---------------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Put deliveries a crash left `sending` back to `pending`; returns how many."""
+        """Put deliveries a crash left `sending` back to `pending`, their send in doubt; returns how many.
+
+        The send may have reached the provider before the crash: `maybe_sent_at` keeps the
+        earliest claim it could date from, so the adapter looks it up before sending it again.
+        """
         db = self.db
         await self._begin()
         # A warning cancelled or expired while its sends were in flight is not sent after the crash
@@ -666,7 +673,11 @@ class Store:
             " AND kind IN ('warning', 'update') AND warning_id IN"
             " (SELECT id FROM warnings WHERE state IN ('cancelled', 'expired'))"
         )
-        cur = await db.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'sending'")
+        # updated_at: a row claimed before schema 10 has no claimed_at; its claim set updated_at.
+        cur = await db.execute(
+            "UPDATE deliveries SET state = 'pending',"
+            " maybe_sent_at = COALESCE(maybe_sent_at, claimed_at, updated_at) WHERE state = 'sending'"
+        )
         await self._end("COMMIT")
         return cur.rowcount
 
@@ -691,9 +702,9 @@ class Store:
             if ids == "[]":
                 return []
             con.execute(
-                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?"
-                " WHERE id IN (SELECT value FROM json_each(?))",
-                (stamp, ids),
+                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?,"
+                " claimed_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (stamp, stamp, ids),
             )
             return _rows(
                 con,
@@ -720,6 +731,7 @@ class Store:
                 attempts=r["attempts"],
                 last_error=r["last_error"],
                 context=json.loads(r["context"]) if r.get("context") else {},
+                maybe_sent_at=from_ts(r["maybe_sent_at"]),
             )
             for r in rows
         ]
@@ -732,13 +744,15 @@ class Store:
         groups: dict[tuple[Any, ...], list[int]] = {}
         for o, retry_at in outcomes:
             sent = stamp if o.state in ("sent", "delivered", "acknowledged") else None
-            key = (o.state, o.error, o.provider_ref, sent, ts(retry_at) if retry_at else None, stamp)
+            # A send that is known to have happened ends any doubt about an earlier one.
+            key = (o.state, o.error, o.provider_ref, sent, ts(retry_at) if retry_at else None, stamp, sent)
             groups.setdefault(key, []).append(o.delivery_id)
         await self._run(
             lambda con: _update_by_ids(
                 con,
                 "state = ?, last_error = ?, provider_ref = COALESCE(?, provider_ref),"
-                " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?",
+                " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?,"
+                " maybe_sent_at = IIF(? IS NULL, maybe_sent_at, NULL)",
                 groups,
                 # `+state`: look rows up by id, not by the (state, due_at) index.
                 also="+state = 'sending'",
@@ -757,6 +771,19 @@ class Store:
             (channel,),
         )
         return from_ts(row["t"]) if row and row["t"] else None
+
+    async def provider_refs_taken(self, refs: Sequence[str]) -> set[str]:
+        """Which of these provider ids (Twilio SIDs) a delivery already holds.
+
+        A lookup of a send in doubt must not take a message that is another delivery's.
+        """
+        if not refs:
+            return set()
+        rows = await self._all(
+            "SELECT provider_ref FROM deliveries WHERE provider_ref IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(refs)),),
+        )
+        return {r["provider_ref"] for r in rows}
 
     async def get_delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """One delivery row by id (an ack link names its delivery)."""

@@ -98,11 +98,15 @@ class SmsAdapter(TwilioAdapter):
             return {"messaging_service_sid": self.tw.messaging_service_sid}
         return {"from_": self.tw.from_number or ""}
 
+    def body(self, message: Message) -> str:
+        """The text this delivery is sent with (and recognised by at Twilio after a crash)."""
+        return sms_text(message, self.ctx.settings, self.ctx.directory(), self.tw.max_segments)
+
     async def send(self, message: Message) -> Receipt:
         """Send one SMS; the status callback (or polling) reports whether it arrived."""
         d = message.delivery
         to = phone_of(d)
-        body = sms_text(message, self.ctx.settings, self.ctx.directory(), self.tw.max_segments)
+        body = self.body(message)
         params: dict[str, Any] = {"to": to, "body": body, **self._sender_params()}
         if self.public_base:
             params["status_callback"] = f"{self.public_base}/hooks/twilio/status?{query(d.msg_id, d.target)}"
@@ -124,7 +128,7 @@ class SmsAdapter(TwilioAdapter):
         """
         d = message.delivery
         to = phone_of(d)
-        body = sms_text(message, self.tw.max_segments)
+        body = self.body(message)
         service = self.tw.messaging_service_sid
         # Messages.json filters by To and From only: a messaging service's messages are told by
         # their MessagingServiceSid, since the number Twilio picked for them is not known here.

@@ -305,7 +305,11 @@ class Intake:
                 actor,
                 "cancel",
                 warning_id,
-                {"reason": reason, "advice": advice, **({"cap": message} if message else {})},
+                {
+                    "reason": reason,
+                    **({"advice": advice} if advice else {}),
+                    **({"cap": message} if message else {}),
+                },
             ),
             jobs=[_announce_job(w, "cancel", now, context)],
         )

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from warnd.model import Level
 from warnd.smstext import longest_fitting, sms_segments
+from warnd.speech import spoken_text
 
 KINDS: tuple[str, ...] = (
     "issue",
@@ -572,7 +573,8 @@ def channel_text(
             max_segments=settings.twilio.max_segments,
         )
     if channel == "voice":
-        return r.speech + (CALL_ACK_PROMPT if ack else "")
+        # The call speaks numbers and times as words (what Twilio is given to say).
+        return spoken_text(r.speech) + (CALL_ACK_PROMPT if ack else "")
     if channel == "loudspeaker":
         return r.speech
     return f"{r.title}\n{r.text}"

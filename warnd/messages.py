@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,16 +38,6 @@ from warnd.model import Level
 from warnd.smstext import longest_fitting, sms_segments
 from warnd.speech import spoken_text
 
-KINDS: tuple[str, ...] = (
-    "issue",
-    "reminder",
-    "update",
-    "upgrade",
-    "downgrade",
-    "all_clear",
-    "escalation_self",
-    "escalation_superior",
-)
 Kind = Literal[
     "issue",
     "reminder",
@@ -58,6 +48,7 @@ Kind = Literal[
     "escalation_self",
     "escalation_superior",
 ]
+KINDS: tuple[str, ...] = get_args(Kind)
 FORMS = ("title", "text", "speech")
 
 # Everything a template may say. A placeholder outside this list is a config error.

@@ -185,7 +185,7 @@ def test_escalation_to_superior_names_who_has_not_confirmed(settings: Any, direc
         text = messages.channel_text("escalation_superior", values, settings, channel, ack=True)
         assert person.name in text
         assert superior.name in text
-        assert "7月1日03:12" in text
+        assert ("7月1日03:12" if channel == "sms" else "七月一日三点十二分") in text
         assert "暴雨红色预警" in text
         assert "未确认" in text
     assert (person.phone or "").removeprefix("+86") in text or channel == "voice"

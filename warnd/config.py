@@ -51,6 +51,11 @@ class HttpSettings(_Section):
     # address: generous, but enough to stop guessing links by brute force.
     ack_rate_limit_per_s: float = Field(default=5.0, ge=0)
     ack_rate_limit_burst: int = Field(default=100, ge=1)
+    # Failed bearer-token checks (none, unknown, wrong) per client address, counted apart from
+    # the limits above and before any slow hash: someone who mistypes has 10 tries, then one
+    # every 10 s; a guesser gets 429. A configured token always gets in. 0 turns it off.
+    auth_failures_per_min: float = Field(default=6.0, ge=0)
+    auth_failure_burst: int = Field(default=10, ge=1)
     # When set (a `warnd hash-token` hash), /metrics wants this bearer token; else it is open.
     metrics_token_hash: str | None = None
 
@@ -144,7 +149,7 @@ class TokenSettings(_Section):
     @field_validator("hash")
     @classmethod
     def _hash_form(cls, value: str) -> str:
-        """`pbkdf2_sha256$…` as `warnd hash-token` prints it, or the older `sha256:<hex>`."""
+        """`sha256:<hex>` as `warnd hash-token` prints it, or the older `pbkdf2_sha256$…`."""
         from warnd.tokenhash import hash_form_problem
 
         problem = hash_form_problem(value)

@@ -156,6 +156,22 @@ class Metrics:
             "Reloads (SIGHUP) refused because warnd.toml or the directory has errors; the old config stays",
             registry=r,
         )
+        self.auth_failures = Counter(
+            "warnd_auth_failures",
+            "Bearer-token checks that failed (API, feed pushes, /metrics): missing, unknown, mismatch",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_throttled = Counter(
+            "warnd_auth_throttled",
+            "Requests answered 429 because their address failed token checks too often",
+            registry=r,
+        )
+        self.auth_slow_hashes = Counter(
+            "warnd_auth_slow_hashes",
+            "PBKDF2 computations for presented tokens (only hashes in the old form need any)",
+            registry=r,
+        )
         self.state = StoreCollector()
         r.register(self.state)
 
@@ -311,15 +327,18 @@ class StoreCollector(Collector):
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """The Prometheus text exposition (a bearer token only if `[http] metrics_token_hash` is set)."""
-    from warnd.api.errors import error_response
+    from warnd.api.auth import Refusal, refusal_response
+    from warnd.api.routes import GATE
     from warnd.daemon import DAEMON
-    from warnd.tokenhash import verify_token
 
     d = request.app[DAEMON]
     wanted = d.settings.http.metrics_token_hash
     if wanted is not None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not verify_token(token.strip(), wanted):
-            return error_response(401, "unauthorized", "/metrics needs its bearer token", "Authorization")
+        gate = request.app[GATE]
+        who = await gate.check(
+            request.remote, request.headers.get("Authorization", ""), gate.book_for("metrics", wanted)
+        )
+        if isinstance(who, Refusal):
+            return refusal_response(who, "unauthorized", "/metrics needs its bearer token", "Authorization")
     await d.metrics.refresh(d.store, d.adapters, d.clock.now(), d.directory(), d.settings.feed)
     return web.Response(body=d.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

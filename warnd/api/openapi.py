@@ -60,6 +60,7 @@ def openapi(routes: Sequence[Route], version: str) -> dict[str, Any]:
             op["security"] = [{"bearer": []}]
             op["responses"]["401"] = {"description": "no or unknown token"}
             op["responses"]["403"] = {"description": f"needs role {r.role}"}
+            op["responses"]["429"] = {"description": "too many failed token checks from this address"}
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",

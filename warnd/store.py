@@ -7,7 +7,6 @@ import contextlib
 import contextvars
 import errno
 import json
-import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -19,6 +18,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
+
+from warnd.diskspace import disk_problem
 
 log = structlog.get_logger("warnd.store")
 
@@ -99,10 +100,6 @@ _UNAVAILABLE_ERRNO = {
     errno.EROFS: "read-only",
     errno.EIO: "disk I/O error",
 }
-# Below this much free space /readyz says the disk is full even when a small write still fits in
-# the WAL SQLite already has: a warning's MP3 alone is hundreds of KB, the next step's
-# deliveries need new pages, and the operator should hear of it before a warning is refused.
-MIN_FREE_BYTES = 1024 * 1024
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
@@ -112,21 +109,6 @@ def unavailable_reason(exc: BaseException) -> str | None:
         return _UNAVAILABLE_SQLITE.get(code & 0xFF) if isinstance(code, int) else None
     if isinstance(exc, OSError):
         return _UNAVAILABLE_ERRNO.get(exc.errno)  # type: ignore[arg-type]
-    return None
-
-
-def disk_problem(directory: Path) -> str | None:
-    """What is wrong with the file system holding the database (read-only, full), or None."""
-    try:
-        st = os.statvfs(directory)
-    except OSError as exc:
-        return f"cannot look at {directory}: {exc.strerror}"
-    if st.f_flag & os.ST_RDONLY:
-        return "not writable: read-only file system"
-    # root may use the blocks ext4 keeps back for it; anyone else may not.
-    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
-    if free < MIN_FREE_BYTES:
-        return f"not writable: disk full ({free // 1024} KiB free)"
     return None
 
 

@@ -70,11 +70,10 @@ async def test_recover_puts_sending_back_to_pending(tmp_path: Path) -> None:
             audit={"at": "x", "actor": "t", "action": "issue"},
             jobs=[],
         )
-        await store._begin()
-        await store._insert_deliveries(
-            [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", now) for i in range(3)], now
-        )
-        await store._end("COMMIT")
+        async with store.transaction():
+            await store._insert_deliveries(
+                [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", now) for i in range(3)], now
+            )
         claimed = await store.claim(now, 10, ["sms"])
         assert len(claimed) == 3
         assert await store.claim(now, 10, ["sms"]) == []  # nothing left to claim while sending
@@ -228,11 +227,10 @@ async def test_a_send_in_doubt_stays_in_doubt_until_one_succeeds(tmp_path: Path)
                    "headline": "h", "area": "{}", "villages": "[]", "state": "active", "created_at": "x",
                    "updated_at": "x"}  # fmt: skip
         await store.accept(warning, audit={"at": "x", "actor": "t", "action": "issue"}, jobs=[])
-        await store._begin()
-        await store._insert_deliveries(
-            [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", t0) for i in range(2)], t0
-        )
-        await store._end("COMMIT")
+        async with store.transaction():
+            await store._insert_deliveries(
+                [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", t0) for i in range(2)], t0
+            )
         first = await store.claim(t0, 10, ["sms"])
         assert [d.maybe_sent_at for d in first] == [None, None]  # a first claim doubts nothing
         await store.recover()

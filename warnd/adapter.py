@@ -101,6 +101,8 @@ class AdapterContext:
     # The store (read-only use: what is in force, a delivery by id) and the daemon's clock.
     store: Any = None
     clock: Any = None
+    # warnd.metrics.Metrics, for what only an adapter sees (audio that could not be rendered).
+    metrics: Any = None
 
 
 class Adapter(abc.ABC):

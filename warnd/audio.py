@@ -33,6 +33,7 @@ from pydub import AudioSegment
 from pydub.exceptions import CouldntDecodeError
 from pydub.generators import Sine, Square
 
+from warnd.diskspace import disk_problem
 from warnd.model import Level
 from warnd.speech import pinyin_for_espeak, spoken_text
 
@@ -347,8 +348,12 @@ async def _synthesize(text: str, settings: AudioSettings, workdir: Path) -> Path
         text = pinyin_for_espeak(text, settings.pronunciations)
         if not text:
             raise AudioError("nothing in the text can be spoken")
-        # "--" so a text starting with "-" is spoken, not parsed as an option.
-        argv = [ESPEAK, "-v", settings.voice, "-s", str(settings.speed_wpm), "-w", str(output), "--", text]
+        # "--" so a text starting with "-" is spoken, not parsed as an option. The WAV comes on
+        # stdout and is written here: espeak-ng writing it itself exits 0 on a full disk with the
+        # speech cut short, which would go out to the villages as a cut-off warning.
+        argv = [ESPEAK, "-v", settings.voice, "-s", str(settings.speed_wpm), "--stdout", "--", text]
+        wav = await _run(argv, engine=engine, timeout_s=settings.timeout_s, capture_stdout=True)
+        await asyncio.to_thread(output.write_bytes, wav)  # OSError (ENOSPC) on a full disk
     else:
         template = shlex.split(settings.command)
         engine = f"TTS engine {Path(template[0]).name!r}"
@@ -360,7 +365,10 @@ async def _synthesize(text: str, settings: AudioSettings, workdir: Path) -> Path
         argv = [_substitute(arg, values) for arg in template]
         if not any(p in arg for arg in template for p in ("{text}", "{text_file}")):
             stdin = text.encode("utf-8")  # engines like piper read the text on stdin
-    await _run(argv, engine=engine, timeout_s=settings.timeout_s, stdin=stdin)
+        await _run(argv, engine=engine, timeout_s=settings.timeout_s, stdin=stdin)
+        # An engine may, like espeak-ng, exit 0 having written only what fitted on a full disk.
+        if (full := await asyncio.to_thread(disk_problem, workdir)) is not None:
+            raise AudioError(f"{engine} wrote the speech onto a full disk ({full}): it may be cut short")
     if not output.is_file() or output.stat().st_size == 0:
         raise AudioError(f"{engine} exited 0 but wrote no audio to {{output}}")
     return output

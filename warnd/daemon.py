@@ -129,6 +129,7 @@ class Daemon:
             feedback=self.feedback,
             store=self.store,
             clock=self.clock,
+            metrics=self.metrics,
             # Shared by all adapters: channels on one broker share its connection (extra["mqtt"]).
             extra=self.adapter_extra,
         )
@@ -148,12 +149,13 @@ class Daemon:
                 log.error("adapter.auth_failed", channel=name, reason=exc.reason)
 
     async def readiness(self) -> dict[str, dict[str, Any]]:
-        """Checks for /readyz: the store answers, every adapter can send."""
+        """Checks for /readyz: the store answers and can write, every adapter can send."""
         checks: dict[str, dict[str, Any]] = {}
         try:
             async with asyncio.timeout(2):
                 await self.store.ping()
-            checks["store"] = {"ok": True}
+                problem = await self.store.write_check()
+            checks["store"] = {"ok": True} if problem is None else {"ok": False, "detail": problem}
         except Exception as exc:
             checks["store"] = {"ok": False, "detail": type(exc).__name__}
         for name, adapter in self.adapters.items():
@@ -221,8 +223,10 @@ class Daemon:
     async def watchdog_loop(self, notifier: Notifier) -> None:
         """Ping systemd's watchdog only while the store can be written: a hung daemon gets restarted.
 
-        A slow check is waited for, never cancelled (a SQLite call cancelled half-way can leave
-        a transaction open); until it finishes there is simply no ping. Logged once per outage.
+        The check commits a write that reaches the disk (Store.ping_write), so a full or
+        read-only disk stops the pings as a hung one does. A slow check is waited for, never
+        cancelled (a SQLite call cancelled half-way can leave a transaction open); until it
+        finishes there is simply no ping. Logged once per outage.
         """
         interval = notifier.watchdog_interval_s
         if interval is None:
@@ -237,7 +241,7 @@ class Daemon:
                 if check.done():
                     error = check.exception()
                     check = None
-                    problem = type(error).__name__ if error is not None else None
+                    problem = None if error is None else getattr(error, "reason", type(error).__name__)
                 else:
                     problem = "store_slow"
                 if problem is None:

@@ -151,6 +151,11 @@ class Metrics:
             ["channel", "status"],
             registry=r,
         )
+        self.audio_fallbacks = Counter(
+            "warnd_audio_render_failures",
+            "Loudspeaker audio that could not be rendered (engine failed, disk full): sent as text only",
+            registry=r,
+        )
         self.reload_failures = Counter(
             "warnd_config_reload_failures",
             "Reloads (SIGHUP) refused because warnd.toml or the directory has errors; the old config stays",

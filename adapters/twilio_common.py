@@ -415,7 +415,10 @@ class TwilioAdapter(Adapter):
             # response) rather than TwilioRestException.
             raise _page_error(exc) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientError(f"twilio unreachable: {type(exc).__name__}") from None
+            # Only a connection that was never made proves nothing went out; a break after the
+            # request was written may come after Twilio queued the message or placed the call.
+            doubt = not isinstance(exc, aiohttp.ClientConnectorError)
+            raise TransientError(f"twilio unreachable: {type(exc).__name__}", maybe_sent=doubt) from None
 
     async def find_sent(
         self,

@@ -11,8 +11,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapters.sms import SmsAdapter
 from adapters.voice import VoiceAdapter
+from tests.fakes.outage import Mode, Outage
 from tests.fakes.twilio import Answer, FakeTwilio
 from tests.support.harness import Harness, warning_body
 from tests.support.twilio_harness import deliveries, twilio_harness
@@ -104,6 +107,33 @@ async def test_a_lookup_twilio_cannot_answer_is_retried_never_a_blind_send(
         assert {r["state"] for r in rows.values()} == {"sent"}
         assert len(fake.messages) == 11
         assert _reconciled(log_events) == {True: 11}
+
+
+@pytest.mark.parametrize("mode", ["timeout", "close"])
+async def test_a_send_whose_answer_was_lost_is_looked_up_before_it_is_sent_again(
+    tmp_path: Path, log_events: list[dict[str, Any]], mode: Mode
+) -> None:
+    """Twilio takes every SMS but, after the fourth, answers none in time (or drops the line): no repeats."""
+    async with twilio_harness(tmp_path, [SmsAdapter], webhooks=False, directory=DIRECTORY) as (h, fake):
+        _on_harness_clock(fake, h)
+        h.settings.dispatch.send_timeout_s = 0.5
+        outage = fake.outage(Outage(mode, 60, after=4, hold_s=1.0))
+        wid = await h.issue(warning_body(area=AREA))
+        await h.run_until_idle()
+        rows = await deliveries(h, wid, "sms")
+        assert len(fake.messages) == 11  # all at Twilio
+        assert {r["state"] for r in rows.values()} <= {"sent", "failed"}
+        doubtful = [r for r in rows.values() if r["state"] == "failed"]
+        assert len(doubtful) >= 7 and all(r["maybe_sent_at"] for r in doubtful)
+
+        outage.end()
+        h.clock.advance(60)  # past the retry
+        await h.run_until_idle()
+        rows = await deliveries(h, wid, "sms")
+        assert {r["state"] for r in rows.values()} == {"sent"}
+        assert len(fake.messages) == 11
+        assert sorted(m["to"] for m in fake.messages.values()) == sorted(r["address"] for r in rows.values())
+        assert _reconciled(log_events) == {True: len(doubtful)}
 
 
 async def test_a_message_another_delivery_holds_is_not_taken(tmp_path: Path) -> None:

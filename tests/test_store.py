@@ -213,7 +213,7 @@ async def _warning_with(store: Store, deliveries: list[tuple[str, str, str, str]
     )
     await store.db.executemany(
         "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at, created_at,"
-        " updated_at) VALUES (?, 'W1', 'issue', 'warning', ?, ?, ?, 'x', 'x')",
+        " updated_at) VALUES (?1, 'W1', 'issue', 'warning', ?2, ?3, ?4, ?4, ?4)",
         deliveries,
     )
 
@@ -244,3 +244,35 @@ async def test_a_send_in_doubt_stays_in_doubt_until_one_succeeds(tmp_path: Path)
         assert rows["p0"]["maybe_sent_at"] is None
         assert rows["p1"]["maybe_sent_at"] == ts(t0)  # a failure may have reached the provider too
         assert await store.provider_refs_taken(["SM1", "SM2"]) == {"SM1"}
+
+
+async def test_a_send_that_may_have_gone_out_is_in_doubt_from_its_claim(tmp_path: Path) -> None:
+    """A failure flagged maybe_sent (timed out, line dropped) dates its doubt from its claim; others not."""
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(minutes=1)
+    async with Store(tmp_path / "w.db") as store:
+        await _warning_with(store, [("m1", "sms", f"p{i}", ts(t0)) for i in range(3)])
+        claimed = await store.claim(t0, 10, ["sms"])
+        doubtful, refused, other = (d.id for d in claimed)
+        await store.record(
+            [
+                (Outcome(doubtful, "failed", error="no answer", maybe_sent=True), t1),
+                (Outcome(refused, "failed", error="HTTP 500"), t1),
+                (Outcome(other, "failed", error="no answer", maybe_sent=True), t1),
+            ],
+            t0,
+        )
+        again = {d.target: d for d in await store.claim(t1, 10, ["sms"])}
+        assert again["p0"].maybe_sent_at == t0 == again["p2"].maybe_sent_at
+        assert again["p1"].maybe_sent_at is None  # a refusal proves it was not sent
+        # A second doubtful attempt keeps the first doubt's time; a success ends it.
+        await store.record(
+            [
+                (Outcome(doubtful, "failed", error="no answer", maybe_sent=True), t1),
+                (Outcome(other, "sent", provider_ref="SM1", maybe_sent=True), None),
+            ],
+            t1,
+        )
+        rows = {r["target"]: r for r in await store.deliveries_for("W1")}
+        assert rows["p0"]["maybe_sent_at"] == ts(t0)
+        assert rows["p2"]["maybe_sent_at"] is None

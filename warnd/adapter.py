@@ -5,9 +5,11 @@ retries: time belongs to the scheduler. It raises TransientError (try again late
 PermanentError (never) or AuthError (the channel is misconfigured: disable it and tell the
 operator); the base class's `deliver` turns all of that into Outcomes.
 
-A delivery a crash left `sending` may have reached the far end already. Before sending it
-again, `deliver` asks the adapter's `reconcile`: a Receipt means it is there, and it is not sent
-twice; None means it was not sent (or the channel cannot tell), and it is sent again.
+A delivery a crash left `sending` may have reached the far end already, and so may one whose
+send timed out or lost its connection after the request went out (TransientError with
+`maybe_sent`): the far end may have taken it and only its answer was lost. Before sending such a
+delivery again, `deliver` asks the adapter's `reconcile`: a Receipt means it is there, and it is
+not sent twice; None means it was not sent (or the channel cannot tell), and it is sent again.
 """
 
 from __future__ import annotations
@@ -31,13 +33,18 @@ log = structlog.get_logger("warnd.adapter")
 
 
 class TransientError(Exception):
-    """A failure worth retrying: timeouts, 429, 5xx, a broker that is down."""
+    """A failure worth retrying: timeouts, 429, 5xx, a broker that is down.
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        """Keep the reason and the far end's earliest retry time."""
+    `maybe_sent`: the request may have reached the far end (no answer in time, the connection
+    dropped after it went out), so the retry looks it up first instead of sending it blind.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float | None = None, *, maybe_sent: bool = False) -> None:
+        """Keep the reason, the far end's earliest retry time, and whether the send is in doubt."""
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.maybe_sent = maybe_sent
 
 
 class PermanentError(Exception):
@@ -187,7 +194,8 @@ class Adapter(abc.ABC):
             async with asyncio.timeout(timeout_s):
                 results, looked_up = await self._reconcile_then_send(messages)
         except TimeoutError:
-            results = [TransientError(f"no answer within {timeout_s:g} s")] * len(messages)
+            # Whatever of the batch went out may be at the far end: the retry looks before it sends.
+            results = [TransientError(f"no answer within {timeout_s:g} s", maybe_sent=True)] * len(messages)
         except (AuthError, PermanentError, TransientError) as exc:
             results = [exc] * len(messages)
         except Exception as exc:
@@ -215,7 +223,9 @@ class Adapter(abc.ABC):
                 outcomes.append(Outcome(d.id, "dead", error=r.reason))
                 lines.add("warning", "delivery.dead", d, reason=r.reason)
             elif isinstance(r, TransientError):
-                outcomes.append(Outcome(d.id, "failed", error=r.reason, retry_after_s=r.retry_after_s))
+                failed = Outcome(d.id, "failed", error=r.reason, retry_after_s=r.retry_after_s,
+                                 maybe_sent=r.maybe_sent)  # fmt: skip
+                outcomes.append(failed)
                 # A retry is logged only when its error changes: a long outage is one line, not thousands.
                 if d.last_error != r.reason:
                     lines.add("warning", "delivery.failed", d, reason=r.reason, retry_after_s=r.retry_after_s)

@@ -165,6 +165,8 @@ class Delivery:
     # A crash left an earlier send of it in doubt: it may have reached the provider at or after
     # this time, so it is looked up there before it is sent again (Adapter.reconcile).
     maybe_sent_at: datetime | None = None
+    # When it was planned: the same on every attempt, so a resend can be the very same message.
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,8 @@ class Outcome:
         error: why it failed, for the operator; never a secret.
         retry_after_s: earliest retry the far end allows.
         provider_ref: the provider's id for later receipts (Twilio SID …).
+        maybe_sent: a failed send that may have reached the far end (timed out, connection lost
+            after the request went out): it is looked up before it is sent again.
     """
 
     delivery_id: int
@@ -184,6 +188,7 @@ class Outcome:
     error: str | None = None
     retry_after_s: float | None = None
     provider_ref: str | None = None
+    maybe_sent: bool = False
 
 
 @dataclass(frozen=True)
@@ -816,6 +821,7 @@ class Store:
                 last_error=r["last_error"],
                 context=json.loads(r["context"]) if r.get("context") else {},
                 maybe_sent_at=from_ts(r["maybe_sent_at"]),
+                created_at=from_ts(r["created_at"]),
             )
             for r in rows
         ]
@@ -828,15 +834,19 @@ class Store:
         groups: dict[tuple[Any, ...], list[int]] = {}
         for o, retry_at in outcomes:
             sent = stamp if o.state in ("sent", "delivered", "acknowledged") else None
-            # A send that is known to have happened ends any doubt about an earlier one.
-            key = (o.state, o.error, o.provider_ref, sent, ts(retry_at) if retry_at else None, stamp, sent)
+            # A send that is known to have happened ends any doubt about an earlier one; a send
+            # that may have happened is in doubt from this claim on (or an earlier doubt's time).
+            doubt = 1 if o.maybe_sent and sent is None else 0
+            retry = ts(retry_at) if retry_at else None
+            key = (o.state, o.error, o.provider_ref, sent, retry, stamp, sent, doubt)
             groups.setdefault(key, []).append(o.delivery_id)
         await self._run(
             lambda con: _update_by_ids(
                 con,
                 "state = ?, last_error = ?, provider_ref = COALESCE(?, provider_ref),"
                 " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?,"
-                " maybe_sent_at = IIF(? IS NULL, maybe_sent_at, NULL)",
+                " maybe_sent_at = CASE WHEN ? IS NOT NULL THEN NULL"
+                " WHEN ? THEN COALESCE(maybe_sent_at, claimed_at, updated_at) ELSE maybe_sent_at END",
                 groups,
                 # `+state`: look rows up by id, not by the (state, due_at) index.
                 also="+state = 'sending'",

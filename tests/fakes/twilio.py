@@ -56,6 +56,8 @@ import aiohttp
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
+from tests.fakes.outage import Outage
+
 API = "/2010-04-01"
 _E164 = r"\+[1-9]\d{6,14}"
 _DEFAULT_ERRORS = {
@@ -112,6 +114,7 @@ class Recorded:
         authorization: the Authorization header as sent, or None.
         form: form body fields (a repeated field keeps its last value).
         query: query parameters (likewise).
+        at: when it arrived (time.monotonic()).
     """
 
     method: str
@@ -119,6 +122,7 @@ class Recorded:
     authorization: str | None
     form: dict[str, str]
     query: dict[str, str]
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,8 @@ class FakeTwilio:
         self.calls: dict[str, dict[str, Any]] = {}
         self.gathered: dict[str, list[str]] = defaultdict(list)
         self.too_fast = 0
+        # A provider outage in progress or to come (tests/fakes/outage.py), set by outage().
+        self.fault: Outage | None = None
         self._callbacks: dict[str, tuple[str, set[str]]] = {}
         self._script: deque[Answer] = deque()
         self._list_script: deque[Answer] = deque()
@@ -260,6 +266,11 @@ class FakeTwilio:
         """Queue answers for the next list requests (GET Messages.json or Calls.json), in order."""
         self._list_script.extend(answers)
 
+    def outage(self, fault: Outage) -> Outage:
+        """Misbehave as `fault` says, from its `after`+1-th create on, on every API request."""
+        self.fault = fault
+        return fault
+
     def limit_rate(self, per_s: float, burst: float = 1.0) -> None:
         """Answer 429 (20429) to creates beyond per_s per second (real monotonic time).
 
@@ -270,6 +281,10 @@ class FakeTwilio:
         """
         self._burst = burst
         self._rate = (per_s, burst, time.monotonic())
+
+    def status_callback(self, sid: str) -> str | None:
+        """The StatusCallback URL a message or call was created with, if any."""
+        return self._callbacks.get(sid, (None, set()))[0]
 
     def inject_inbound(self, from_: str, to: str, body: str) -> dict[str, Any]:
         """Add an inbound message, as if a phone had texted the account's number."""
@@ -347,13 +362,25 @@ class FakeTwilio:
         auth = request.headers.get("Authorization")
         self.requests.append(
             Recorded(request.method, request.path, auth, {k: str(v) for k, v in form.items()},
-                     dict(request.query.items()))
+                     dict(request.query.items()), time.monotonic())
         )  # fmt: skip
         user, _, password = self._basic(auth)
         if not user or self._credentials.get(user) != password:
             return self._error(401)
         if request.match_info.get("account") != self.account_sid:
             return self._error(404)
+        fault = self.fault
+        if fault is not None:
+            # A create is for the receiver its status callback names (or its number).
+            who = str(form.get("StatusCallback") or form.get("To") or "") or None
+            fault.arrive(who, send=request.method == "POST")
+            if fault.active():
+                if refused := fault.refuse(who, self._error):
+                    return refused
+                if request.method == "POST":
+                    # The message or call is made; only its answer goes astray.
+                    return await fault.withhold(request, await handler(request))
+                return await fault.withhold(request, self._error(503))
         return await handler(request)
 
     @staticmethod

@@ -8,8 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # mosquitto: the broker loudspeakers and LED boards use (and tests start their own);
-# espeak-ng + ffmpeg: spoken warnings as MP3; systemd: systemd-analyze checks the unit.
-DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd
+# espeak-ng + ffmpeg: spoken warnings as MP3; systemd: systemd-analyze checks the unit;
+# libfaketime: tests/faults/test_clock.py steps a running warnd's wall clock.
+DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd libfaketime
 
 .PHONY: run test bench lint deps venv clean install
 

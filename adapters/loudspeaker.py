@@ -58,6 +58,10 @@ def spoken(
 
     The audio kind picks the tones: the all-clear's steady tone, a drill's own, else the level's.
     """
+    if kind == "expire":
+        # A silent stop: a terminal that speaks `text` itself says the warning ended, nothing more.
+        name = f"{warning.get('event', '')}{Level(warning['level']).chinese}预警"
+        return f"{name}有效期已过，预警结束。", "all_clear"
     message_kind = messages.kind_of(kind, context)
     values = messages.values_for(
         warning, message_kind, context, settings=settings, directory=directory, channel="loudspeaker"
@@ -130,6 +134,9 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
         self.audio = AudioCache(ctx.settings.state_dir / "audio", ctx.settings.tts)
         # Renders by (text, level, audio kind), started by prepare() or the first send.
         self._memo: dict[tuple[str, str, str], asyncio.Task[AudioFile | None]] = {}
+        # Whether the last render failed: a full disk fails every render until space comes
+        # back, and the operator needs one line about it, not one per command.
+        self._audio_failing = False
 
     def routes(self) -> list[Any]:
         """`/audio/{sha256}.mp3`, without a token: terminals fetch and verify by sha256."""
@@ -187,18 +194,39 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
             task = self._memo[key] = asyncio.get_running_loop().create_task(
                 self._render_once(text, level, audio_kind, warning_id), name=f"warnd.audio.{warning_id}"
             )
-            # Started by prepare() and perhaps never awaited: say here what went wrong.
-            task.add_done_callback(_log_crash)
         return task
 
     async def _render_once(self, text: str, level: str, audio_kind: str, warning_id: str) -> AudioFile | None:
-        """Render; on failure log and return None (terminals with their own TTS still speak `text`)."""
+        """Render; on any failure return None: the command goes out as text (audio null).
+
+        A warning is never held back for its audio: terminals with their own TTS still speak
+        `text`. A failed render is tried again by the next command that needs it.
+        """
         try:
-            return await self.audio.render(text, level, kind=audio_kind)
-        except AudioError as exc:
-            # A warning is never held back for its audio.
-            log.warning("audio.render_failed", warning_id=warning_id, reason=str(exc))
+            audio = await self.audio.render(text, level, kind=audio_kind)
+        except (AudioError, OSError) as exc:
+            # The engine failed, or the disk is full or read-only (ENOSPC, EROFS): the
+            # operator's to fix, said once until a render works again.
+            self._render_failed(warning_id, f"{type(exc).__name__}: {exc}", bug=False)
             return None
+        except Exception as exc:
+            self._render_failed(warning_id, repr(exc)[:300], bug=True)
+            return None
+        if self._audio_failing:
+            self._audio_failing = False
+            log.info("audio.render_recovered", warning_id=warning_id)
+        return audio
+
+    def _render_failed(self, warning_id: str, reason: str, *, bug: bool) -> None:
+        """Count a render that failed; log the first of a run of failures (every one if a bug)."""
+        metrics = self.ctx.metrics
+        if metrics is not None:
+            metrics.audio_fallbacks.inc()
+        if bug:
+            log.error("audio.render_crashed", warning_id=warning_id, error=reason)
+        elif not self._audio_failing:
+            log.warning("audio.render_failed", warning_id=warning_id, reason=reason, fallback="text")
+        self._audio_failing = True
 
     async def send_batch(self, messages: Sequence[Message]) -> list[Receipt | BaseException]:
         """Group by msg_id; publish once per whole village, per device otherwise."""
@@ -245,12 +273,6 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
             for i in indexes:
                 out[i] = result if isinstance(result, BaseException) else Receipt("sent")
         return out
-
-
-def _log_crash(task: asyncio.Task[Any]) -> None:
-    """A render that raised more than an AudioError (which it logs itself)."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("audio.render_crashed", task=task.get_name(), error=repr(exc)[:300])
 
 
 def _encode(cmd: dict[str, Any]) -> bytes:

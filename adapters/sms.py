@@ -3,6 +3,10 @@
 Webhooks (with `[twilio] public_base_url`): `POST /hooks/twilio/status` moves a delivery to
 delivered or failed; `POST /hooks/twilio/inbound` takes replies ("1" confirms). Both check
 X-Twilio-Signature. Without a public URL the adapter polls Messages.json instead.
+
+A message a crash left in doubt is looked up before it is sent again: one to the same number,
+from our sender, with exactly the text this delivery sends, created since its claim. No reference
+is added to the text to tell messages apart: a villager reads every character of it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ _FIRST_LOOKBACK = timedelta(hours=24)
 _OVERLAP = timedelta(minutes=10)
 # Receipts polled at once: Twilio allows ~100 concurrent REST requests per account.
 _POLL_CONCURRENCY = 8
+# Message statuses that mean it never reached the phone: such a message does not count as sent.
+_NOT_SENT = {"failed", "undelivered", "canceled"}
 
 
 def _dumps(obj: Any) -> str:
@@ -94,11 +100,15 @@ class SmsAdapter(TwilioAdapter):
             return {"messaging_service_sid": self.tw.messaging_service_sid}
         return {"from_": self.tw.from_number or ""}
 
+    def body(self, message: Message) -> str:
+        """The text this delivery is sent with (and recognised by at Twilio after a crash)."""
+        return sms_text(message, self.ctx.settings, self.ctx.directory(), self.tw.max_segments)
+
     async def send(self, message: Message) -> Receipt:
         """Send one SMS; the status callback (or polling) reports whether it arrived."""
         d = message.delivery
         to = phone_of(d)
-        body = sms_text(message, self.ctx.settings, self.ctx.directory(), self.tw.max_segments)
+        body = self.body(message)
         params: dict[str, Any] = {"to": to, "body": body, **self._sender_params()}
         if self.public_base:
             params["status_callback"] = f"{self.public_base}/hooks/twilio/status?{query(d.msg_id, d.target)}"
@@ -107,6 +117,41 @@ class SmsAdapter(TwilioAdapter):
         log.debug("sms.created", msg_id=d.msg_id, target=d.target, to=mask_phone(to), body_len=len(body),
                   sid=msg.sid)  # fmt: skip
         return Receipt("sent", provider_ref=msg.sid)
+
+    async def reconcile(self, message: Message) -> Receipt | None:
+        """Find at Twilio the message a crash left in doubt, or None when it was not sent.
+
+        Same number, same sender, the very text, created since the claim (less RECONCILE_SKEW).
+        Limits: a text warnd composes differently after the restart (the warning was updated,
+        or a newer warnd words it otherwise), or that Twilio stored rewritten (a messaging
+        service's Smart Encoding), is not recognised and is sent again; a second delivery with
+        the same text to the same person claimed in the same moment could take this one's
+        message for its own (the person then has the text once, not twice).
+        """
+        d = message.delivery
+        to = phone_of(d)
+        body = self.body(message)
+        service = self.tw.messaging_service_sid
+        # Messages.json filters by To and From only: a messaging service's messages are told by
+        # their MessagingServiceSid, since the number Twilio picked for them is not known here.
+        filters: dict[str, Any] = {"to": to} if service else {"to": to, "from_": self.tw.from_number}
+
+        def ours(m: Any) -> bool:
+            """This delivery's text, from our sender, not failed."""
+            return (
+                m.body == body
+                and m.direction != "inbound"
+                and m.status not in _NOT_SENT
+                and (not service or m.messaging_service_sid == service)
+            )
+
+        assert self.client is not None
+        m = await self.find_sent(self.client.messages.stream_async, d, match=ours,
+                                 sent_at=lambda m: m.date_sent, **filters)  # fmt: skip
+        if m is None:
+            return None
+        log.debug("sms.found", msg_id=d.msg_id, target=d.target, sid=m.sid, status=m.status)
+        return Receipt("delivered" if m.status in ("delivered", "read") else "sent", provider_ref=m.sid)
 
     async def answer(self, phone: str, text: str) -> None:
         """Send an automatic answer outside the outbox (polling mode: no TwiML to answer with)."""

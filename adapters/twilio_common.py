@@ -6,18 +6,25 @@ callbacks, inbound SMS and key presses to `/hooks/twilio/...`, each signed with 
 auth token (X-Twilio-Signature), which warnd checks against that public URL. Without it (an
 office behind NAT), warnd polls the REST API for message and call status and inbound replies;
 a key press in a call is then invisible, because Twilio keeps no REST record of gathered digits.
+
+A message or call a crash left in doubt is looked up in Twilio's lists before it is sent again
+(`find_sent`). Twilio's Message and Call resources show neither our msg_id nor the callback URL
+that carries it, so a send is recognised by what they do show: to whom, from whom, when and, for
+a message, its text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
+import json
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -26,7 +33,7 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 from aiohttp import web
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
@@ -58,6 +65,19 @@ HOOK_RESPONSES: dict[int, Any] = {
         "content": {"text/plain": {"schema": {"type": "string"}}},
     },
 }
+# A Twilio record dated up to this long before a delivery's claim may still be its send: an
+# office PC's clock can be minutes off Twilio's. No earlier send of the same text to the same
+# person is that close (pre-warning steps are an hour apart at least), and a record that another
+# delivery already holds is never taken (Store.provider_refs_taken).
+RECONCILE_SKEW = timedelta(minutes=10)
+# Records read per receiver when looking a send up, newest first: Twilio's default page, four
+# pages at most. Dozens of messages to one person within minutes do not happen; should 200 not
+# reach back to the claim, the send counts as not found and is made again (a repeat, never a loss).
+RECONCILE_PAGE = 50
+RECONCILE_MAX_RECORDS = 200
+# Lookups in flight per channel: Twilio allows ~100 concurrent REST requests per account, which
+# the sends and lookups of both channels share.
+RECONCILE_CONCURRENCY = 16
 
 # The SDK logs request URLs, and a list request's query carries phone numbers: keep it quiet.
 _SDK_LOG = logging.getLogger("warnd.twilio.sdk")
@@ -169,6 +189,20 @@ def classify(status: int, body: Any, retry_after_s: float | None = None) -> Exce
     if kind == "auth":
         return AuthError(reason)
     return PermanentError(reason)
+
+
+def _page_error(exc: TwilioException) -> Exception:
+    """What a failed list page means, classified like any other answer from Twilio."""
+    response = exc.args[1] if len(exc.args) > 1 else None
+    status = getattr(response, "status_code", None)
+    if not isinstance(status, int):
+        return TransientError("twilio: unexpected answer to a list request")
+    try:
+        body = json.loads(response.text)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        body = None
+    headers = {str(k): str(v) for k, v in (getattr(response, "headers", None) or {}).items()}
+    return classify(status, body, _retry_after_s(headers)) or TransientError(f"twilio {status}")
 
 
 def delivery_failure(error_code: str | int | None, status: str) -> tuple[str, str]:
@@ -333,6 +367,7 @@ class TwilioAdapter(Adapter):
         self.client: Client | None = None
         self._token: str | None = None
         self._limiters: dict[str, Spacer] = {}
+        self._lookups = asyncio.Semaphore(RECONCILE_CONCURRENCY)
 
     @property
     def tw(self) -> TwilioSettings:
@@ -385,8 +420,56 @@ class TwilioAdapter(Adapter):
             headers = _LAST_HEADERS.get({})
             err = classify(exc.status, {"code": exc.code, "message": exc.msg}, _retry_after_s(headers))
             raise err from None  # type: ignore[misc]
+        except TwilioException as exc:
+            # A list page that is not 200: the SDK raises TwilioException("Unable to fetch page",
+            # response) rather than TwilioRestException.
+            raise _page_error(exc) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientError(f"twilio unreachable: {type(exc).__name__}") from None
+            # Only a connection that was never made proves nothing went out; a break after the
+            # request was written may come after Twilio queued the message or placed the call.
+            doubt = not isinstance(exc, aiohttp.ClientConnectorError)
+            raise TransientError(f"twilio unreachable: {type(exc).__name__}", maybe_sent=doubt) from None
+
+    async def find_sent(
+        self,
+        stream: Callable[..., Awaitable[AsyncIterator[Any]]],
+        delivery: Delivery,
+        *,
+        match: Callable[[Any], bool],
+        sent_at: Callable[[Any], datetime | None],
+        **filters: Any,
+    ) -> Any | None:
+        """The newest Twilio record since the delivery's claim that `match`es and no delivery holds.
+
+        `stream` is the SDK's `messages.stream_async` or `calls.stream_async`, `filters` its To
+        and From. No DateSent or StartTime filter: Twilio compares those by day, and leaves out
+        what it has not sent or dialled yet, which is just what a crash leaves behind (created,
+        still queued). Records come newest first, so reading stops at the first one sent before
+        the window. Limit: Twilio does not document where it lists records not yet sent; one
+        listed beyond that point would be missed, and its delivery sent again.
+        """
+        assert delivery.maybe_sent_at is not None
+        since = delivery.maybe_sent_at - RECONCILE_SKEW
+
+        async def scan() -> list[Any]:
+            """Read newest first until the records are older than the window."""
+            found = []
+            records = await stream(page_size=RECONCILE_PAGE, limit=RECONCILE_MAX_RECORDS, **filters)
+            async with contextlib.aclosing(records):  # type: ignore[type-var]
+                async for r in records:
+                    at = sent_at(r)
+                    if at is not None and at < since:
+                        break
+                    if r.date_created is not None and r.date_created >= since and match(r):
+                        found.append(r)
+            return found
+
+        async with self._lookups:
+            candidates = await self.call(None, scan)
+        if not candidates:
+            return None
+        taken = await self.ctx.store.provider_refs_taken([r.sid for r in candidates])
+        return next((r for r in candidates if r.sid not in taken), None)
 
     # -- webhooks -------------------------------------------------------------------------
 

@@ -5,6 +5,9 @@ With `[twilio] public_base_url` the call's TwiML gathers one key and Twilio post
 attempt the policy may retry. Without a public URL the call cannot gather anything (Twilio has
 no REST resource for gathered digits): the call still speaks the warning, polling sees whether
 it was answered, and an answered call counts as delivered, never as confirmed.
+
+A call a crash left in doubt is looked up before it is placed again: warnd calls a person once
+per delivery, so a call to that number from ours since the claim is this delivery's call.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from warnd import inbound, messages
 from warnd.adapter import Message, Receipt
 from warnd.api.routes import Route
 from warnd.phone import mask_phone
+from warnd.speech import spoken_text
 
 if TYPE_CHECKING:
     from warnd.config import Settings
@@ -45,9 +49,9 @@ POLLING_NOTE = "answered; a key press cannot be seen without [twilio] public_bas
 
 
 def script(message: Message, settings: Settings, directory: Any) -> str:
-    """What the call says: the message kind's spoken form (the description is left to the SMS)."""
+    """What the call says: the kind's spoken form, numbers and times as words (the details go by SMS)."""
     kind, values = messages.for_message(message, settings, directory)
-    return messages.render(kind, values, settings.messages).speech
+    return spoken_text(messages.render(kind, values, settings.messages).speech)
 
 
 def call_twiml(message: Message, text: str, gather_url: str | None) -> str:
@@ -104,6 +108,24 @@ class VoiceAdapter(TwilioAdapter):
         call = await self.call(self.tw.from_number, self.client.calls.create_async, **params)
         log.debug("voice.created", msg_id=d.msg_id, target=d.target, to=mask_phone(to), sid=call.sid)
         return Receipt("sent", provider_ref=call.sid)
+
+    async def reconcile(self, message: Message) -> Receipt | None:
+        """Find at Twilio the call a crash left in doubt, or None when it was not placed.
+
+        A call that ended unanswered (busy, no answer, failed) does not count: it is placed again,
+        as the retry after such a call would. Limit: two voice deliveries to one person claimed
+        in the same moment (an escalation meeting a repeat) could both take the same call.
+        """
+        d = message.delivery
+        assert self.client is not None
+        c = await self.find_sent(
+            self.client.calls.stream_async, d, match=lambda c: c.status not in _UNANSWERED,
+            sent_at=lambda c: c.start_time, to=phone_of(d), from_=self.tw.from_number,
+        )  # fmt: skip
+        if c is None:
+            return None
+        log.debug("voice.found", msg_id=d.msg_id, target=d.target, sid=c.sid, status=c.status)
+        return Receipt("sent", provider_ref=c.sid)
 
     async def _call_status(self, sid: str, status: str, row: dict[str, Any], *, webhook: bool) -> bool:
         """Apply a call's final status; returns whether it was final."""

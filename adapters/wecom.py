@@ -8,7 +8,10 @@ receipt), so nothing is dropped and the robot is never pushed past its limit.
 
 Application messages (`cgi-bin/message/send`) go to people with a `wecom_user`: a `textcard`
 whose link is a signed ack link (warnd.acklink). The access token is cached until shortly before
-it expires and refreshed once when WeCom says it is stale (40014, 42001).
+it expires and refreshed once when WeCom says it is stale (40014, 42001). WeCom has no way to
+look a message up, so a card whose answer was lost (a timeout, a dropped connection, a crash) is
+sent again; it is sent with WeCom's duplicate check and is built only from what every attempt of
+its delivery shares (its text, the time it was planned, its ack link), so WeCom drops the repeat.
 
 Keys and the application secret never appear in errors or logs: URLs carrying them are built
 here and never put into an exception message.
@@ -20,7 +23,8 @@ import asyncio
 import os
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -63,6 +67,9 @@ FREQUENCY_BACKOFF_S = 60.0
 # Errcode -1 is "system busy": try again soon.
 BUSY_BACKOFF_S = 5.0
 HTTP_TIMEOUT_S = 15.0
+# enable_duplicate_check's window: WeCom's most, 4 hours. A retry comes within minutes, but a
+# delivery may wait out a long outage; a later resend of the same card would reach the person again.
+DUPLICATE_CHECK_S = 4 * 3600
 
 # -- WeCom errcodes, each mapped on purpose -------------------------------------------------------
 ERR_OK = 0
@@ -122,13 +129,31 @@ def errcode_error(errcode: int, errmsg: str, *, robot: bool) -> Exception | None
     return PermanentError(reason)
 
 
-def http_error(status: int) -> Exception | None:
-    """An HTTP status outside WeCom's own errcodes: 2xx ok, 429/5xx retry, other 4xx permanent."""
+def http_error(status: int, retry_after: str | None = None) -> Exception | None:
+    """An HTTP status outside WeCom's errcodes: 2xx ok, 429/5xx retry after Retry-After, other 4xx permanent.
+
+    WeCom itself answers 200 with an errcode; a 429 or 503 comes from a gateway in between, and
+    its Retry-After (delta-seconds or an HTTP date) is the earliest retry.
+    """
     if 200 <= status < 300:
         return None
     if status == 429 or status >= 500:
-        return TransientError(f"wecom HTTP {status}")
+        return TransientError(f"wecom HTTP {status}", _retry_after_s(retry_after))
     return PermanentError(f"wecom HTTP {status}")
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header, or None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
 
 
 class WecomAdapter(Adapter):
@@ -341,10 +366,10 @@ class WecomAdapter(Adapter):
             "msgtype": "textcard",
             "agentid": agent_id,
             "textcard": self._card(m),
-            # WeCom drops a card identical to one sent in the last 30 minutes: a retry after a lost
-            # answer does not reach the person twice.
+            # WeCom drops a message whose request JSON equals one it took within the interval: a
+            # resend after a lost answer (the card is the same on every attempt) is not received twice.
             "enable_duplicate_check": 1,
-            "duplicate_check_interval": 1800,
+            "duplicate_check_interval": DUPLICATE_CHECK_S,
         }
         token = await self._access_token()
         for attempt in (1, 2):
@@ -363,18 +388,22 @@ class WecomAdapter(Adapter):
         raise TransientError("access token refused after refresh")  # pragma: no cover - loop returns
 
     def _card(self, m: Message) -> dict[str, str]:
-        """The textcard: title, time, the message kind's text, and the signed ack link."""
+        """The textcard: title, time, the message kind's text, and the signed ack link.
+
+        Time and link date from when the delivery was planned, not from this attempt: every
+        attempt sends the same card, which WeCom's duplicate check needs to drop a repeat.
+        """
         d = m.delivery
         kind, values = messages.for_message(m, self.ctx.settings, self.ctx.directory())
         r = messages.render(kind, values, self.ctx.settings.messages)
-        now = self.clock.now()
+        planned = d.created_at or self.clock.now()
         first, *rest = r.text.splitlines() or [""]
         description = (
-            f'<div class="gray">{_esc(f"{now.astimezone(self.zone):%Y-%m-%d %H:%M}")}</div>'
+            f'<div class="gray">{_esc(f"{planned.astimezone(self.zone):%Y-%m-%d %H:%M}")}</div>'
             f'<div class="highlight">{_esc(first)}</div>'
             f'<div class="normal">{_esc(cut_bytes(chr(10).join(rest), 300))}</div>'
         )
-        token = self.signer.sign(d.id, d.target, now)
+        token = self.signer.sign(d.id, d.target, planned)
         return {
             "title": cut_bytes(r.title, CARD_TITLE_MAX_BYTES),
             "description": cut_bytes(description, CARD_DESCRIPTION_MAX_BYTES),
@@ -432,12 +461,14 @@ class WecomAdapter(Adapter):
             raise TransientError("wecom adapter not started")
         try:
             async with self._session.request(method, url, params=params, json=body) as resp:
-                err = http_error(resp.status)
+                err = http_error(resp.status, resp.headers.get("Retry-After"))
                 if err is not None:
                     raise err
                 data = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise TransientError(f"wecom unreachable: {type(exc).__name__}") from None
+            # Only a connection that was never made proves nothing went out.
+            doubt = body is not None and not isinstance(exc, aiohttp.ClientConnectorError)
+            raise TransientError(f"wecom unreachable: {type(exc).__name__}", maybe_sent=doubt) from None
         if not isinstance(data, dict):
             raise TransientError("wecom answered something that is not a JSON object")
         return data

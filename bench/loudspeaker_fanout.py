@@ -99,7 +99,7 @@ async def run_warnd(
         directory={"path": directory},
         mqtt={"url": broker.url},
         http={"port": port, "public_url": f"http://127.0.0.1:{port}"},
-        auth={"tokens": [{"name": "bench", "role": "operator", "hash": hash_token(TOKEN, iterations=1000)}]},
+        auth={"tokens": [{"name": "bench", "role": "operator", "hash": hash_token(TOKEN)}]},
     )
     # Logs at info, as in production, to a file rather than a terminal.
     log_file = (workdir / "warnd.log").open("w")

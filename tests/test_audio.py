@@ -31,6 +31,7 @@ from warnd.audio import (
     alert_tone,
     audio_routes,
 )
+from warnd.speech import pinyin_for_espeak, spoken_text
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt install espeak-ng)"
@@ -120,9 +121,10 @@ def decode(audio: AudioFile) -> AudioSegment:
 
 
 def espeak_ms(text: str, tmp_path: Path, speed_wpm: int = 150) -> int:
-    """How long espeak-ng's own rendering of text is, in ms."""
+    """How long espeak-ng's own rendering of text (as the pinyin warnd feeds it) is, in ms."""
     out = tmp_path / "espeak-ref.wav"
-    subprocess.run(["espeak-ng", "-v", "cmn", "-s", str(speed_wpm), "-w", str(out), "--", text], check=True)
+    argv = ["espeak-ng", "-v", AudioSettings().voice, "-s", str(speed_wpm), "-w", str(out), "--"]
+    subprocess.run([*argv, pinyin_for_espeak(text)], check=True)
     return len(AudioSegment.from_wav(out))
 
 
@@ -415,12 +417,12 @@ async def test_command_text_is_one_argument_and_no_shell_runs(tmp_path: Path, fa
     cache = fake_cache(tmp_path, fake)
     audio = await cache.render(text, "red")
     (run,) = fake.runs()
-    assert run["argv"][3] == text
+    assert run["argv"][3] == spoken_text(text)  # verbatim but for tmp_path's digits, as words
     assert len(run["argv"]) == 4
     assert run["argv"][2].endswith("speech.wav")
     assert not canary.exists()
     assert audio.duration_s * 1000 == pytest.approx(
-        len(alert_tone("red")) + TONE_GAP_MS + 2 * fake_speech_ms(text) + 1500, abs=5
+        len(alert_tone("red")) + TONE_GAP_MS + 2 * fake_speech_ms(spoken_text(text)) + 1500, abs=5
     )
 
 
@@ -469,7 +471,7 @@ def test_settings_are_validated(settings: dict, message: str) -> None:
 def test_settings_defaults() -> None:
     """The documented defaults: espeak-ng Mandarin, twice, -16 dBFS, 64k MP3 at 22.05 kHz."""
     s = AudioSettings()
-    assert (s.command, s.voice, s.speed_wpm, s.repeat, s.pause_ms) == (None, "cmn", 150, 2, 1500)
+    assert (s.command, s.voice, s.speed_wpm, s.repeat, s.pause_ms) == (None, "cmn-latn-pinyin", 150, 2, 1500)
     assert (s.target_dbfs, s.bitrate, s.sample_rate_hz, s.timeout_s) == (-16.0, "64k", 22050, 60)
 
 

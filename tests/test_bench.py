@@ -38,12 +38,22 @@ def test_loudspeaker_fanout_with_progress_acks() -> None:
     assert "warnd 202 → last played:" in out
 
 
+def test_token_attack_runs_and_no_guess_costs_a_slow_hash() -> None:
+    """4 speakers, quiet and under 20 guesses/s from 2 addresses."""
+    out = run_bench(
+        "bench.token_attack", "--villages", "2", "--speakers", "2", "--rate", "20", "--addresses", "2"
+    )
+    assert "speakers:                   4 (2 villages × 2), 5 PBKDF2 tokens" in out
+    assert "attack / quiet:" in out
+    assert "slow hashes run: 0" in out
+
+
 def test_make_bench_runs_only_benchmarks_and_each_takes_its_defaults() -> None:
     """`make bench` runs each listed module without arguments: helpers must not be listed."""
     from bench.run_all import benchmarks
 
     names = benchmarks()
-    assert "loudspeaker_fanout" in names and "sms_rate" in names
+    assert "loudspeaker_fanout" in names and "sms_rate" in names and "token_attack" in names
     for name in names:
         proc = subprocess.run(
             [sys.executable, "-m", f"bench.{name}", "--help"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.feeds import feed, feed_harness
 from tests.support.harness import Harness
 from warnd.config import load_settings
 
@@ -121,3 +122,122 @@ def test_install_destdir_stages_a_venv_that_runs_from_its_prefix(tmp_path: Path)
     venv_prefix, warnd_file = where.split()
     assert venv_prefix == str(prefix / "venv")
     assert warnd_file.startswith(str(prefix / "venv/lib/"))
+
+async def test_only_feeds_expected_to_speak_have_an_expected_interval(tmp_path: Path) -> None:
+    """Poll feeds and push/MQTT feeds with expected_interval_s get the series; quiet ones and `api` do not."""
+    feeds = [
+        feed("cma", "push"),
+        feed("beat", "push", expected_interval_s=600),
+        feed("county", "poll", url="http://127.0.0.1:9/cap.xml", interval_s=120),
+        feed("slow", "poll", url="http://127.0.0.1:9/slow.xml", expected_interval_s=7200),
+        feed("bridge", "mqtt", topic="cap/alerts"),
+    ]
+    h = await feed_harness(tmp_path, feeds)
+    try:
+        for name in ("cma", "beat", "county", "slow", "bridge", "api"):
+            await h.daemon.feeds.records.succeeded(name, h.clock.now())
+        text = await (await h.client.get("/metrics")).text()
+    finally:
+        await h.close()
+
+    def series(metric: str) -> dict[str, float]:
+        """feed → value of one metric family."""
+        found = re.findall(rf'^{metric}{{feed="([^"]+)"}} (\S+)$', text, flags=re.MULTILINE)
+        return {name: float(value) for name, value in found}
+
+    assert series("warnd_feed_expected_interval_seconds") == {"beat": 600, "county": 120, "slow": 7200}
+    assert set(series("warnd_feed_last_success_timestamp_seconds")) == {
+        "cma",
+        "beat",
+        "county",
+        "slow",
+        "bridge",
+        "api",
+    }
+
+
+def _rule(name: str) -> str:
+    """One alert rule's text from deploy/warnd-alerts.yml."""
+    text = ALERTS.read_text(encoding="utf-8")
+    assert f"- alert: {name}\n" in text, name
+    return text.split(f"- alert: {name}\n", 1)[1].split("- alert:", 1)[0]
+
+
+def test_feed_stale_alert_needs_an_expected_interval() -> None:
+    """The stale-feed rule compares silence with the expected interval: a feed without one never matches."""
+    rule = _rule("WarndFeedStale")
+    assert "warnd_feed_expected_interval_seconds" in rule
+    assert "1800" in rule  # the floor that keeps a short outage from paging at night
+
+
+# Four feeds of one warnd, from t=0 for two hours: last success stuck at t=1 s, except `fresh`.
+_FEED_SERIES = """
+      - series: 'warnd_feed_last_success_timestamp_seconds{job="warnd", instance="w:8080", feed="quiet"}'
+        values: '1x120'
+      - series: 'warnd_feed_last_success_timestamp_seconds{job="warnd", instance="w:8080", feed="county"}'
+        values: '1x120'
+      - series: 'warnd_feed_last_success_timestamp_seconds{job="warnd", instance="w:8080", feed="beat"}'
+        values: '1x120'
+      - series: 'warnd_feed_last_success_timestamp_seconds{job="warnd", instance="w:8080", feed="fresh"}'
+        values: '0+60x120'
+      - series: 'warnd_feed_expected_interval_seconds{job="warnd", instance="w:8080", feed="county"}'
+        values: '60x120'
+      - series: 'warnd_feed_expected_interval_seconds{job="warnd", instance="w:8080", feed="beat"}'
+        values: '1200x120'
+      - series: 'warnd_feed_expected_interval_seconds{job="warnd", instance="w:8080", feed="fresh"}'
+        values: '60x120'
+"""
+
+
+_FEED_STALE_DESCRIPTION = (
+    "Check the feed's URL and token, and the county network link; GET /api/v1/feeds shows last_error."
+)
+
+
+def _stale(feed_name: str, silence: str) -> str:
+    """An expected WarndFeedStale alert."""
+    return f"""
+          - exp_labels: {{severity: page, job: warnd, instance: "w:8080", feed: {feed_name}}}
+            exp_annotations:
+              summary: "warnd feed {feed_name} has not succeeded for {silence}"
+              description: "{_FEED_STALE_DESCRIPTION}"
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed"
+)
+def test_feed_stale_alert_with_promtool(tmp_path: Path) -> None:
+    """Quiet push feed: never. Stuck 1-min poll feed: after the 30-min floor. 20-min heartbeat: after 60."""
+    # Each of those fires `for: 5m` after its threshold; a feed that keeps succeeding never does.
+    tests = tmp_path / "feed_stale_test.yml"
+    tests.write_text(
+        f"""rule_files: ["{ALERTS}"]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:{_FEED_SERIES}
+    alert_rule_test:
+      - eval_time: 34m
+        alertname: WarndFeedStale
+        exp_alerts: []
+      - eval_time: 40m
+        alertname: WarndFeedStale
+        exp_alerts:{_stale("county", "39m 59s")}
+      - eval_time: 70m
+        alertname: WarndFeedStale
+        exp_alerts:{_stale("county", "1h 9m 59s")}{_stale("beat", "1h 9m 59s")}
+      - eval_time: 120m
+        alertname: WarndFeedStale
+        exp_alerts:{_stale("county", "1h 59m 59s")}{_stale("beat", "1h 59m 59s")}
+""",
+        encoding="utf-8",
+    )
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    done = subprocess.run(
+        ["promtool", "test", "rules", str(tests)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from tests.support.harness import test_settings as make_settings
+from tests.support.phonemes import assert_mandarin, needs_espeak
 from warnd import messages
 from warnd.config import ConfigError, load_settings
 from warnd.directory import Directory
 from warnd.smstext import sms_segments
+from warnd.speech import spoken_text
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 6, 30, 19, 12, tzinfo=UTC)  # 7月1日03:12 in Beijing
@@ -183,7 +185,7 @@ def test_escalation_to_superior_names_who_has_not_confirmed(settings: Any, direc
         text = messages.channel_text("escalation_superior", values, settings, channel, ack=True)
         assert person.name in text
         assert superior.name in text
-        assert "7月1日03:12" in text
+        assert ("7月1日03:12" if channel == "sms" else "七月一日三点十二分") in text
         assert "暴雨红色预警" in text
         assert "未确认" in text
     assert (person.phone or "").removeprefix("+86") in text or channel == "voice"
@@ -222,3 +224,35 @@ def test_bad_signature_is_a_config_error(tmp_path: Path, signature: str) -> None
     with pytest.raises(ConfigError) as err:
         load_settings(cfg)
     assert err.value.problems[0][0] == "sms.signature"
+
+
+@needs_espeak
+def test_every_spoken_message_is_mandarin_with_no_english_fallback(
+    settings: Any, directory: Directory
+) -> None:
+    """Every kind's loudspeaker and call text, real and drill, reads as Mandarin in espeak-ng."""
+    village = next(iter(directory.villages))
+    instruction = "请于08:30前撤离，拨打110求助"
+    w = {**WARNING, "villages": [village], "description": "雨大", "instruction": instruction}
+    checked = 0
+    for status in ("actual", "exercise"):
+        drill = {**w, "status": status}
+        out = messages.preview(drill, settings, directory, ["voice", "loudspeaker"], now=NOW)
+        for texts in out.values():
+            for text in texts.values():
+                assert_mandarin(text)  # on failure: the text, its pinyin and the transcript
+                checked += 1
+    assert checked == 2 * (2 * 5 + 2)  # 5 kinds of a red warning on both channels, escalations by call
+    # Numbers and times come out as a Chinese reader says them.
+    said = spoken_text("预计7月1日08:00开始影响，水位4.55米，风力12级，请拨打110")
+    assert said == "预计七月一日八点开始影响，水位四点五五米，风力十二级，请拨打幺幺零"
+
+
+def test_call_script_says_numbers_as_words(settings: Any, directory: Directory) -> None:
+    """The Twilio call speaks the onset as 七月一日八点, not digits."""
+    village = next(iter(directory.villages))
+    values = messages.values_for({**WARNING, "villages": [village]}, "issue", {}, settings=settings,
+                                 directory=directory, channel="voice")  # fmt: skip
+    text = spoken_text(messages.channel_text("issue", values, settings, "voice", ack=True))
+    assert "七月一日八点" in text
+    assert not any(c.isdigit() for c in text)

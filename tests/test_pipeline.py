@@ -176,9 +176,8 @@ async def test_recover_does_not_resend_a_warning_cancelled_meanwhile(harness: Ha
     await harness.daemon.scheduler.run_once()
     claimed = await harness.store.claim(harness.clock.now(), 100, ["sms"])  # a crash mid-send
     assert claimed
-    await harness.store._begin()
-    await harness.store.db.execute("UPDATE warnings SET state = 'cancelled' WHERE id = ?", (wid,))
-    await harness.store._end("COMMIT")
+    async with harness.store.transaction():
+        await harness.store.db.execute("UPDATE warnings SET state = 'cancelled' WHERE id = ?", (wid,))
     await harness.store.recover()
     states = {d["state"] for d in await harness.store.deliveries_for(wid) if d["channel"] == "sms"}
     assert states == {"cancelled"}

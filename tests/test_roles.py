@@ -27,17 +27,14 @@ METHODS = ("get", "post", "put", "patch", "delete")
 
 @pytest.fixture
 async def walker(tmp_path: Path) -> AsyncIterator[TestClient]:
-    """A daemon with a token per role, every configured adapter's routes, and no rate limit."""
+    """A daemon with a token per role, every configured adapter's routes, and no rate limits."""
     h = await Harness(
         tmp_path,
         settings={
             "auth": {
-                "tokens": [
-                    {"name": f"{r}-1", "role": r, "hash": hash_token(t, iterations=1000)}
-                    for r, t in TOKENS.items()
-                ]
+                "tokens": [{"name": f"{r}-1", "role": r, "hash": hash_token(t)} for r, t in TOKENS.items()]
             },
-            "http": {"port": 0, "rate_limit_per_s": 0, "ack_rate_limit_per_s": 0},
+            "http": {"port": 0, "rate_limit_per_s": 0, "ack_rate_limit_per_s": 0, "auth_failures_per_min": 0},
             "twilio": {"account_sid": "AC" + "0" * 32, "auth_token": "t" * 32, "from_number": "+15005550006"},
         },
     ).start()

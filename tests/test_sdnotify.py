@@ -222,3 +222,28 @@ def test_full_queue_does_not_block_or_raise(notify_socket):
     assert not all(results)
     assert [entry["event"] for entry in logs] == ["sdnotify.failed"]
     notifier.close()
+
+
+def test_ready_with_status_is_one_datagram(notify_socket):
+    """READY=1 and the status arrive together: never a finished reload beside a stale status."""
+    address, sock = notify_socket
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
+    assert notifier.ready("reload failed: /etc/warnd/warnd.toml: dispatch.grace_s: bad\nREADY=0")
+    assert (
+        _receive(sock)
+        == "READY=1\nSTATUS=reload failed: /etc/warnd/warnd.toml: dispatch.grace_s: bad READY=0"
+    )
+    _assert_nothing_sent(sock)
+    notifier.close()
+
+
+def test_a_long_status_is_cut_to_fit_one_notification(notify_socket):
+    """systemd drops a notification over 4096 bytes whole: a long status is cut so READY=1 still arrives."""
+    address, sock = notify_socket
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
+    assert notifier.ready("重载失败" * 2000)
+    message = _receive(sock)
+    assert message.startswith("READY=1\nSTATUS=重载失败")
+    assert message.endswith("…")
+    assert len(message.encode()) < 4096
+    notifier.close()

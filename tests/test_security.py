@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -13,62 +14,65 @@ import structlog
 from tests.support.harness import TOKENS, Harness, warning_body
 from warnd import cli
 from warnd import log as warnd_log
-from warnd.api.auth import TokenBook, hash_token, legacy_hash, verify_token
+from warnd.api.auth import Principal, TokenBook
 from warnd.config import ConfigError, Settings, TokenSettings, load_settings
 from warnd.credentials import CredentialsSource
 from warnd.log import mask_phones
 from warnd.ratelimit import RateLimiter
+from warnd.tokenhash import hash_token, pbkdf2_hash, verify_token
 
-# -- token hashes -------------------------------------------------------------------------------
+# -- token hashes (the gate in front of them: tests/test_auth.py) ----------------------------------
 
 
-def test_hash_token_is_salted_and_verifies() -> None:
-    """Two hashes of one token differ (salt); each verifies it and nothing else; legacy still works."""
-    a, b = hash_token("wd_secret", iterations=1000), hash_token("wd_secret", iterations=1000)
+def test_hash_forms_verify_their_token_and_nothing_else() -> None:
+    """The fast form and the old salted form each accept their token only; other forms nothing."""
+    fast = hash_token("wd_secret")
+    assert fast == "sha256:" + hashlib.sha256(b"wd_secret").hexdigest()
+    assert verify_token("wd_secret", fast)
+    assert not verify_token("wd_secreT", fast)
+    a, b = pbkdf2_hash("wd_secret", iterations=1000), pbkdf2_hash("wd_secret", iterations=1000)
     assert a != b
     assert a.startswith("pbkdf2_sha256$1000$")
     assert verify_token("wd_secret", a)
     assert verify_token("wd_secret", b)
     assert not verify_token("wd_secreT", a)
     assert not verify_token("", a)
-    legacy = legacy_hash("wd_secret")
-    assert verify_token("wd_secret", legacy)
-    assert not verify_token("wd_other", legacy)
     assert not verify_token("wd_secret", "md5:abc")
 
 
 def test_config_accepts_both_forms_and_names_a_bad_one() -> None:
-    """The validator takes the salted and the sha256 form; anything else is an error by key."""
-    TokenSettings(name="a", role="viewer", hash=hash_token("x", iterations=1000))
-    TokenSettings(name="a", role="viewer", hash=legacy_hash("x"))
-    with pytest.raises(ValueError, match="pbkdf2_sha256"):
+    """The validator takes the fast and the salted form; anything else is an error by key."""
+    TokenSettings(name="a", role="viewer", hash=hash_token("x"))
+    TokenSettings(name="a", role="viewer", hash=pbkdf2_hash("x", iterations=1000))
+    with pytest.raises(ValueError, match="sha256"):
         TokenSettings(name="a", role="viewer", hash="sha256:abc")
     with pytest.raises(ValueError, match="iterations"):
-        TokenSettings(name="a", role="viewer", hash=hash_token("x", iterations=10))
+        TokenSettings(name="a", role="viewer", hash=pbkdf2_hash("x", iterations=10))
 
 
 def test_token_book_finds_the_role() -> None:
-    """A presented token maps to its entry, the second lookup is served from the cache."""
+    """A presented token maps to its entry; an old-form entry is not found without its slow check."""
     book = TokenBook(
         [
-            TokenSettings(name="duty", role="operator", hash=hash_token("t-op", iterations=1000)),
-            TokenSettings(name="old", role="viewer", hash=legacy_hash("t-view")),
+            TokenSettings(name="duty", role="operator", hash=hash_token("t-op")),
+            TokenSettings(name="old", role="viewer", hash=pbkdf2_hash("t-view", iterations=1000)),
         ]
     )
     assert book.lookup("t-op") == book.lookup("t-op")
     assert book.lookup("t-op").name == "duty"  # type: ignore[union-attr]
-    assert book.lookup("t-view").role == "viewer"  # type: ignore[union-attr]
+    assert book.lookup("t-view") is None
+    assert book.verify_slowly("t-view") == Principal("old", "viewer")
     assert book.lookup("t-admin") is None
 
 
-def test_hash_token_command_prints_the_salted_form(capsys: pytest.CaptureFixture[str]) -> None:
-    """`warnd hash-token` prints a token and a salted hash of exactly that token."""
+def test_hash_token_command_prints_the_fast_form(capsys: pytest.CaptureFixture[str]) -> None:
+    """`warnd hash-token` prints a new-style token and the sha256 form of exactly that token."""
     assert cli.main(["hash-token"]) == 0
     out = capsys.readouterr().out
     token = out.split("token: ")[1].split()[0]
     stored = out.split('hash = "')[1].split('"')[0]
-    assert stored.startswith("pbkdf2_sha256$")
-    assert verify_token(token, stored)
+    assert token.startswith("wnd_") and len(token) == 4 + 43
+    assert stored == hash_token(token)
     TokenSettings(name="new", role="admin", hash=stored)
 
 
@@ -91,12 +95,12 @@ def test_credentials_fill_secrets_and_add_tokens(tmp_path: Path, monkeypatch: py
     (creds / "warnd_wecom_secret").write_text("wc-secret")
     (creds / "warnd_ack_link_secret").write_text("a" * 40)
     (creds / "warnd_api_token_hashes").write_text(
-        f'[[tokens]]\nname = "from-creds"\nrole = "admin"\nhash = "{hash_token("c", iterations=1000)}"\n'
+        f'[[tokens]]\nname = "from-creds"\nrole = "admin"\nhash = "{hash_token("c")}"\n'
     )
     path = _config(
         tmp_path,
         '[twilio]\nauth_token = "in-file"\n[[auth.tokens]]\nname = "from-file"\nrole = "viewer"\n'
-        f'hash = "{legacy_hash("f")}"\n',
+        f'hash = "{pbkdf2_hash("f", iterations=1000)}"\n',
     )
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     s = load_settings(path)
@@ -218,10 +222,10 @@ async def test_audit_log_names_who_did_what_from_where(tmp_path: Path) -> None:
                     {
                         "name": "duty",
                         "role": "operator",
-                        "hash": hash_token(TOKENS["operator"], iterations=1000),
+                        "hash": hash_token(TOKENS["operator"]),
                     },
-                    {"name": "chief", "role": "approver", "hash": hash_token(approver, iterations=1000)},
-                    {"name": "root", "role": "admin", "hash": hash_token(TOKENS["admin"], iterations=1000)},
+                    {"name": "chief", "role": "approver", "hash": hash_token(approver)},
+                    {"name": "root", "role": "admin", "hash": hash_token(TOKENS["admin"])},
                 ]
             }
         },

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from warnd.store import ACK_LOOKUP_SQL, TS_FORMAT, NewDelivery, SchemaTooNew, Store, _migrations, from_ts, ts
+from warnd.store import (
+    ACK_LOOKUP_SQL,
+    TS_FORMAT,
+    NewDelivery,
+    Outcome,
+    SchemaTooNew,
+    Store,
+    _migrations,
+    from_ts,
+    ts,
+)
 
 
 async def test_migrations_apply_once_and_record_versions(tmp_path: Path) -> None:
@@ -60,11 +70,10 @@ async def test_recover_puts_sending_back_to_pending(tmp_path: Path) -> None:
             audit={"at": "x", "actor": "t", "action": "issue"},
             jobs=[],
         )
-        await store._begin()
-        await store._insert_deliveries(
-            [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", now) for i in range(3)], now
-        )
-        await store._end("COMMIT")
+        async with store.transaction():
+            await store._insert_deliveries(
+                [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", now) for i in range(3)], now
+            )
         claimed = await store.claim(now, 10, ["sms"])
         assert len(claimed) == 3
         assert await store.claim(now, 10, ["sms"]) == []  # nothing left to claim while sending
@@ -72,6 +81,8 @@ async def test_recover_puts_sending_back_to_pending(tmp_path: Path) -> None:
         again = await store.claim(now, 10, ["sms"])
         assert [d.msg_id for d in again] == ["m1"] * 3
         assert [d.attempts for d in again] == [2, 2, 2]
+        # Their send is in doubt since the first claim: they are looked up before being sent again.
+        assert [d.maybe_sent_at for d in again] == [now] * 3
 
 
 async def test_ack_lookup_goes_through_the_unique_index(tmp_path: Path) -> None:
@@ -202,6 +213,66 @@ async def _warning_with(store: Store, deliveries: list[tuple[str, str, str, str]
     )
     await store.db.executemany(
         "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at, created_at,"
-        " updated_at) VALUES (?, 'W1', 'issue', 'warning', ?, ?, ?, 'x', 'x')",
+        " updated_at) VALUES (?1, 'W1', 'issue', 'warning', ?2, ?3, ?4, ?4, ?4)",
         deliveries,
     )
+
+
+async def test_a_send_in_doubt_stays_in_doubt_until_one_succeeds(tmp_path: Path) -> None:
+    """maybe_sent_at keeps the earliest claim across crashes and failures; a success clears it."""
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(minutes=1)
+    async with Store(tmp_path / "w.db") as store:
+        warning = {"id": "W1", "source": "api", "event": "暴雨", "level": "red", "status": "actual",
+                   "headline": "h", "area": "{}", "villages": "[]", "state": "active", "created_at": "x",
+                   "updated_at": "x"}  # fmt: skip
+        await store.accept(warning, audit={"at": "x", "actor": "t", "action": "issue"}, jobs=[])
+        async with store.transaction():
+            await store._insert_deliveries(
+                [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", t0) for i in range(2)], t0
+            )
+        first = await store.claim(t0, 10, ["sms"])
+        assert [d.maybe_sent_at for d in first] == [None, None]  # a first claim doubts nothing
+        await store.recover()
+        second = await store.claim(t1, 10, ["sms"])
+        await store.recover()  # a second crash: still in doubt since the first claim
+        third = await store.claim(t1, 10, ["sms"])
+        assert [d.maybe_sent_at for d in second] == [t0, t0] == [d.maybe_sent_at for d in third]
+        sent, failed = Outcome(third[0].id, "sent", provider_ref="SM1"), Outcome(third[1].id, "failed")
+        await store.record([(sent, None), (failed, t1)], t1)
+        rows = {r["target"]: r for r in await store.deliveries_for("W1")}
+        assert rows["p0"]["maybe_sent_at"] is None
+        assert rows["p1"]["maybe_sent_at"] == ts(t0)  # a failure may have reached the provider too
+        assert await store.provider_refs_taken(["SM1", "SM2"]) == {"SM1"}
+
+
+async def test_a_send_that_may_have_gone_out_is_in_doubt_from_its_claim(tmp_path: Path) -> None:
+    """A failure flagged maybe_sent (timed out, line dropped) dates its doubt from its claim; others not."""
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(minutes=1)
+    async with Store(tmp_path / "w.db") as store:
+        await _warning_with(store, [("m1", "sms", f"p{i}", ts(t0)) for i in range(3)])
+        claimed = await store.claim(t0, 10, ["sms"])
+        doubtful, refused, other = (d.id for d in claimed)
+        await store.record(
+            [
+                (Outcome(doubtful, "failed", error="no answer", maybe_sent=True), t1),
+                (Outcome(refused, "failed", error="HTTP 500"), t1),
+                (Outcome(other, "failed", error="no answer", maybe_sent=True), t1),
+            ],
+            t0,
+        )
+        again = {d.target: d for d in await store.claim(t1, 10, ["sms"])}
+        assert again["p0"].maybe_sent_at == t0 == again["p2"].maybe_sent_at
+        assert again["p1"].maybe_sent_at is None  # a refusal proves it was not sent
+        # A second doubtful attempt keeps the first doubt's time; a success ends it.
+        await store.record(
+            [
+                (Outcome(doubtful, "failed", error="no answer", maybe_sent=True), t1),
+                (Outcome(other, "sent", provider_ref="SM1", maybe_sent=True), None),
+            ],
+            t1,
+        )
+        rows = {r["target"]: r for r in await store.deliveries_for("W1")}
+        assert rows["p0"]["maybe_sent_at"] == ts(t0)
+        assert rows["p2"]["maybe_sent_at"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from adapters.wecom import WecomAdapter
+from tests.fakes.outage import Mode, Outage
 from tests.fakes.wecom import FakeWecom
 from tests.support.harness import Harness, warning_body
 from tests.support.live import close_live, live_harness
@@ -240,5 +242,40 @@ async def test_wrong_app_secret_is_dead_and_reported(
         assert rows["robot:WARND_TEST_ROBOT_A"]["state"] == "sent"
         assert any(e["event"] == "wecom.auth_failed" for e in log_events)
         assert SECRET not in json.dumps(log_events, ensure_ascii=False, default=str)
+    finally:
+        await close_live(h)
+
+
+@pytest.mark.parametrize("mode", ["close", "429"])
+async def test_a_card_sent_again_is_the_same_card_and_reaches_no_one_twice(
+    tmp_path: Path, fake: FakeWecom, monkeypatch: pytest.MonkeyPatch, mode: Mode
+) -> None:
+    """WeCom took the cards but the line dropped (or a gateway said 429, Retry-After 30): one card each.
+
+    The resend comes minutes later, yet it is the very card of the first attempt (time and ack
+    link date from when the delivery was planned), so WeCom's duplicate check drops it.
+    """
+    h = await start(tmp_path, fake, monkeypatch, officials=3)
+    try:
+        outage = fake.outage(Outage(mode, 3600, retry_after_s=30))
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        people = [r for r in await wechat_rows(h, wid) if not r["target"].startswith("robot:")]
+        assert len(people) == 3 and {r["state"] for r in people} == {"failed"}
+        outage.end()
+        if mode == "429":
+            asked = len(outage.seen)
+            fake.clock.advance(25)  # Retry-After said 30 s: not yet
+            await h.run_until_idle()
+            assert len(outage.seen) == asked
+        fake.clock.advance(300)
+        await h.run_until_idle()
+        people = [r for r in await wechat_rows(h, wid) if not r["target"].startswith("robot:")]
+        assert {r["state"] for r in people} == {"sent"}
+        cards = [c for c in fake.app_calls if c.errcode == 0]
+        received = Counter(c.touser for c in cards if c.received)
+        assert received == dict.fromkeys(("official0", "official1", "official2"), 1)
+        if mode == "close":
+            assert len(cards) == 6 and sum(c.duplicate for c in cards) == 3  # each sent twice, got once
     finally:
         await close_live(h)

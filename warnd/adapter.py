@@ -4,6 +4,12 @@ An adapter knows its wire protocol and nothing about policy. It never sleeps, lo
 retries: time belongs to the scheduler. It raises TransientError (try again later),
 PermanentError (never) or AuthError (the channel is misconfigured: disable it and tell the
 operator); the base class's `deliver` turns all of that into Outcomes.
+
+A delivery a crash left `sending` may have reached the far end already, and so may one whose
+send timed out or lost its connection after the request went out (TransientError with
+`maybe_sent`): the far end may have taken it and only its answer was lost. Before sending such a
+delivery again, `deliver` asks the adapter's `reconcile`: a Receipt means it is there, and it is
+not sent twice; None means it was not sent (or the channel cannot tell), and it is sent again.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, cast, final
 
 import structlog
 
@@ -27,13 +33,18 @@ log = structlog.get_logger("warnd.adapter")
 
 
 class TransientError(Exception):
-    """A failure worth retrying: timeouts, 429, 5xx, a broker that is down."""
+    """A failure worth retrying: timeouts, 429, 5xx, a broker that is down.
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        """Keep the reason and the far end's earliest retry time."""
+    `maybe_sent`: the request may have reached the far end (no answer in time, the connection
+    dropped after it went out), so the retry looks it up first instead of sending it blind.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float | None = None, *, maybe_sent: bool = False) -> None:
+        """Keep the reason, the far end's earliest retry time, and whether the send is in doubt."""
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.maybe_sent = maybe_sent
 
 
 class PermanentError(Exception):
@@ -97,6 +108,8 @@ class AdapterContext:
     # The store (read-only use: what is in force, a delivery by id) and the daemon's clock.
     store: Any = None
     clock: Any = None
+    # warnd.metrics.Metrics, for what only an adapter sees (audio that could not be rendered).
+    metrics: Any = None
 
 
 class Adapter(abc.ABC):
@@ -145,6 +158,16 @@ class Adapter(abc.ABC):
         """Whether the channel can send right now (for /readyz)."""
         return self.disabled_reason is None
 
+    async def reconcile(self, message: Message) -> Receipt | None:
+        """Look up a send a crash left in doubt (`delivery.maybe_sent_at`): its Receipt, or None to send.
+
+        Raise TransientError when the far end cannot say now: never send blindly what may be
+        there. The default (None: send again) suits channels whose receivers recognise a repeat:
+        an MQTT terminal drops a command whose msg_id it has already taken. A channel with no way
+        to look a message up (WeCom) also keeps the default, and may then repeat a message.
+        """
+        return None
+
     @abc.abstractmethod
     async def send(self, message: Message) -> Receipt:
         """Send one message; raise TransientError, PermanentError or AuthError on failure."""
@@ -163,14 +186,16 @@ class Adapter(abc.ABC):
     async def deliver(self, messages: Sequence[Message], *, timeout_s: float) -> list[Outcome]:
         """Send a batch and account for every message: the one place outcomes are made."""
         started = time.perf_counter()
+        looked_up: dict[int, bool] = {}
         try:
             # In this task (asyncio.timeout, not wait_for): a shutdown's cancel reaches the send.
             # (Python 3.11.2's timeout mistakes its own expiry for a cancel when the task already
             # holds one it has not raised; no dispatcher code keeps a cancel, so none does.)
             async with asyncio.timeout(timeout_s):
-                results = await self.send_batch(messages)
+                results, looked_up = await self._reconcile_then_send(messages)
         except TimeoutError:
-            results = [TransientError(f"no answer within {timeout_s:g} s")] * len(messages)
+            # Whatever of the batch went out may be at the far end: the retry looks before it sends.
+            results = [TransientError(f"no answer within {timeout_s:g} s", maybe_sent=True)] * len(messages)
         except (AuthError, PermanentError, TransientError) as exc:
             results = [exc] * len(messages)
         except Exception as exc:
@@ -182,9 +207,14 @@ class Adapter(abc.ABC):
         lines = _LogLines()
         for m, r in zip(messages, results, strict=True):
             d = m.delivery
+            found = looked_up.get(d.id)
+            if found is not None:
+                # The send in doubt was found at the far end (and not repeated), or it was not there.
+                lines.add("info", "delivery.reconciled", d, found=found)
             if isinstance(r, Receipt):
                 outcomes.append(Outcome(d.id, r.state, provider_ref=r.provider_ref))
-                lines.add("info", "delivery.sent", d, state=r.state, duration_ms=duration_ms)
+                if not found:
+                    lines.add("info", "delivery.sent", d, state=r.state, duration_ms=duration_ms)
             elif isinstance(r, AuthError):
                 self.disabled_reason = r.reason
                 outcomes.append(Outcome(d.id, "failed", error=f"auth: {r.reason}"))
@@ -193,7 +223,9 @@ class Adapter(abc.ABC):
                 outcomes.append(Outcome(d.id, "dead", error=r.reason))
                 lines.add("warning", "delivery.dead", d, reason=r.reason)
             elif isinstance(r, TransientError):
-                outcomes.append(Outcome(d.id, "failed", error=r.reason, retry_after_s=r.retry_after_s))
+                failed = Outcome(d.id, "failed", error=r.reason, retry_after_s=r.retry_after_s,
+                                 maybe_sent=r.maybe_sent)  # fmt: skip
+                outcomes.append(failed)
                 # A retry is logged only when its error changes: a long outage is one line, not thousands.
                 if d.last_error != r.reason:
                     lines.add("warning", "delivery.failed", d, reason=r.reason, retry_after_s=r.retry_after_s)
@@ -202,6 +234,36 @@ class Adapter(abc.ABC):
                 lines.add("error", "delivery.adapter_error", d, error=type(r).__name__, detail=str(r)[:200])
         lines.emit(self.kind)
         return outcomes
+
+    @final
+    async def _reconcile_then_send(
+        self, messages: Sequence[Message]
+    ) -> tuple[list[Receipt | BaseException], dict[int, bool]]:
+        """Look up the sends in doubt, send the rest; also delivery id → found, per lookup that answered."""
+        results: list[Receipt | BaseException | None] = [None] * len(messages)
+        looked_up: dict[int, bool] = {}
+        doubtful = [i for i, m in enumerate(messages) if m.delivery.maybe_sent_at is not None]
+        # A channel that cannot look anything up sends again without pretending to have looked.
+        if doubtful and type(self).reconcile is not Adapter.reconcile:
+            gate = asyncio.Semaphore(self.limits.concurrency)
+
+            async def look(m: Message) -> Receipt | None:
+                """One lookup, with no more in flight than sends may be."""
+                async with gate:
+                    return await self.reconcile(m)
+
+            answers = await asyncio.gather(*(look(messages[i]) for i in doubtful), return_exceptions=True)
+            for i, r in zip(doubtful, answers, strict=True):
+                # A Receipt: it is there. An error: nobody can tell yet, so it waits for a retry.
+                results[i] = r
+                if not isinstance(r, BaseException):
+                    looked_up[messages[i].delivery.id] = r is not None
+        rest = [i for i, r in enumerate(results) if r is None]
+        if rest:
+            sent = await self.send_batch([messages[i] for i in rest])
+            for i, r in zip(rest, sent, strict=True):
+                results[i] = r
+        return cast("list[Receipt | BaseException]", results), looked_up
 
 
 class _LogLines:

@@ -33,16 +33,19 @@ from pydub import AudioSegment
 from pydub.exceptions import CouldntDecodeError
 from pydub.generators import Sine, Square
 
+from warnd.diskspace import disk_problem
 from warnd.model import Level
+from warnd.speech import pinyin_for_espeak, spoken_text
 
 log = structlog.get_logger("warnd.audio")
 
 # What a file announces: a warning in force, an exercise (演练), or its lifting (解除).
 KINDS: tuple[str, ...] = ("warning", "drill", "all_clear")
 
-# Bump whenever tones, composition or encoding change: it is part of every cache key, so old
-# renders are simply not found again instead of being served with yesterday's sound.
-FORMAT_VERSION = 1
+# Bump whenever tones, composition, encoding or the way warnd.speech reads text change: it is
+# part of every cache key, so old renders are simply not found again instead of being served
+# with yesterday's sound. 2: numbers as words, espeak-ng fed pinyin (cmn-latn-pinyin).
+FORMAT_VERSION = 2
 # A message spoken more than ten times in a row stops being listened to and ties the speaker up;
 # periodic re-broadcasts are the scheduler's job, not one long file.
 MAX_REPEAT = 10
@@ -78,6 +81,11 @@ STALE_TMP_S = 3600
 # Looked up on PATH, where Debian's ffmpeg and espeak-ng packages put them.
 FFMPEG = "ffmpeg"
 ESPEAK = "espeak-ng"
+# espeak-ng's names for its Mandarin voice that reads Latin as English ("cmn", and "zh", "zh-cmn"
+# which select it): with them nothing warnd can feed espeak-ng comes out as Mandarin.
+ESPEAK_LATIN_AS_ENGLISH = frozenset({"cmn", "zh", "zh-cmn"})
+# The same voice reading Latin as tone-numbered pinyin, which pinyin_for_espeak writes.
+ESPEAK_PINYIN_VOICE = "cmn-latn-pinyin"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PLACEHOLDER = re.compile(r"\{(text|output|text_file)\}")
@@ -96,7 +104,13 @@ class AudioSettings(BaseModel):
             ``{text}``, ``{output}`` and ``{text_file}`` are substituted, so the text is always
             one argument. Without ``{text}`` or ``{text_file}`` the text goes to stdin.
             None uses the built-in espeak-ng.
-        voice: espeak-ng voice.
+        voice: espeak-ng voice for the built-in engine, which is always fed tone-numbered pinyin
+            (`warnd.speech.pinyin_for_espeak`): the Chinese-character reading of espeak-ng's
+            ``cmn`` voice goes through English letter rules. ``cmn``, ``zh`` and ``zh-cmn`` (with
+            any ``+variant``) are taken as ``cmn-latn-pinyin``, the same voice reading pinyin, so
+            an older config keeps speaking Mandarin; any other voice gets the pinyin as it is.
+            An external ``command`` engine ignores it and gets Chinese characters with numbers
+            written as words (`warnd.speech.spoken_text`).
         speed_wpm: espeak-ng speed in words per minute.
         repeat: times the message is spoken in one file.
         pause_ms: silence between repeats.
@@ -104,13 +118,15 @@ class AudioSettings(BaseModel):
         bitrate: MP3 bitrate as ffmpeg spells it.
         sample_rate_hz: sample rate of the MP3.
         timeout_s: limit for each engine and encoder run.
+        pronunciations: phrases read otherwise than pypinyin reads them (place and person names),
+            as tone-numbered pinyin, one syllable a character: ``塘甸 = "tang2 dian4"``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     command: str | None = None
-    # espeak-ng's Mandarin voice; the only Chinese voice it ships.
-    voice: str = Field(default="cmn", pattern=r"^[A-Za-z0-9_+-]+$")
+    # espeak-ng's Mandarin voice reading pinyin: the only input it speaks wholly as Mandarin.
+    voice: str = Field(default=ESPEAK_PINYIN_VOICE, pattern=r"^[A-Za-z0-9_+-]+$")
     # A little slower than espeak-ng's 175 default: older villagers on a loudspeaker with echo.
     speed_wpm: int = Field(default=150, ge=80, le=450)
     # Twice, as broadcasters do: the first time catches attention, the second is understood.
@@ -127,6 +143,21 @@ class AudioSettings(BaseModel):
     sample_rate_hz: int = 22050
     # espeak-ng renders a minute of speech in well under a second; a minute means a hung engine.
     timeout_s: float = Field(default=60.0, gt=0, le=600)
+    pronunciations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("pronunciations")
+    @classmethod
+    def _syllable_a_character(cls, value: dict[str, str]) -> dict[str, str]:
+        """Each phrase is Chinese characters, spelled as that many tone-numbered syllables."""
+        for phrase, spelled in value.items():
+            syllables = spelled.split()
+            if not re.fullmatch(r"[\u3400-\u9fff]+", phrase):
+                raise ValueError(f"{phrase!r}: a phrase is Chinese characters only")
+            if len(syllables) != len(phrase) or not all(re.fullmatch(r"[a-zü]+[1-5]", x) for x in syllables):
+                raise ValueError(
+                    f"{phrase!r} = {spelled!r}: one tone-numbered syllable a character (tang2 dian4)"
+                )
+        return {p: " ".join(s.split()) for p, s in value.items()}
 
     @field_validator("command")
     @classmethod
@@ -142,6 +173,15 @@ class AudioSettings(BaseModel):
             raise ValueError("must name a program")
         if not any("{output}" in arg for arg in argv):
             raise ValueError("must contain {output}, where the engine writes its WAV")
+        return value
+
+    @field_validator("voice")
+    @classmethod
+    def _pinyin_voice(cls, value: str) -> str:
+        """The Latin-as-English Mandarin voice becomes its pinyin twin, keeping a +variant."""
+        name, plus, variant = value.partition("+")
+        if name.lower() in ESPEAK_LATIN_AS_ENGLISH:
+            return f"{ESPEAK_PINYIN_VOICE}{plus}{variant}"
         return value
 
     @field_validator("sample_rate_hz")
@@ -305,11 +345,19 @@ async def _synthesize(text: str, settings: AudioSettings, workdir: Path) -> Path
     stdin: bytes | None = None
     if settings.command is None:
         engine = ESPEAK
-        # "--" so a text starting with "-" is spoken, not parsed as an option.
-        argv = [ESPEAK, "-v", settings.voice, "-s", str(settings.speed_wpm), "-w", str(output), "--", text]
+        text = pinyin_for_espeak(text, settings.pronunciations)
+        if not text:
+            raise AudioError("nothing in the text can be spoken")
+        # "--" so a text starting with "-" is spoken, not parsed as an option. The WAV comes on
+        # stdout and is written here: espeak-ng writing it itself exits 0 on a full disk with the
+        # speech cut short, which would go out to the villages as a cut-off warning.
+        argv = [ESPEAK, "-v", settings.voice, "-s", str(settings.speed_wpm), "--stdout", "--", text]
+        wav = await _run(argv, engine=engine, timeout_s=settings.timeout_s, capture_stdout=True)
+        await asyncio.to_thread(output.write_bytes, wav)  # OSError (ENOSPC) on a full disk
     else:
         template = shlex.split(settings.command)
         engine = f"TTS engine {Path(template[0]).name!r}"
+        text = spoken_text(text)
         text_file = workdir / "text.txt"
         if any("{text_file}" in arg for arg in template):
             await asyncio.to_thread(text_file.write_text, text, encoding="utf-8")
@@ -317,7 +365,10 @@ async def _synthesize(text: str, settings: AudioSettings, workdir: Path) -> Path
         argv = [_substitute(arg, values) for arg in template]
         if not any(p in arg for arg in template for p in ("{text}", "{text_file}")):
             stdin = text.encode("utf-8")  # engines like piper read the text on stdin
-    await _run(argv, engine=engine, timeout_s=settings.timeout_s, stdin=stdin)
+        await _run(argv, engine=engine, timeout_s=settings.timeout_s, stdin=stdin)
+        # An engine may, like espeak-ng, exit 0 having written only what fitted on a full disk.
+        if (full := await asyncio.to_thread(disk_problem, workdir)) is not None:
+            raise AudioError(f"{engine} wrote the speech onto a full disk ({full}): it may be cut short")
     if not output.is_file() or output.stat().st_size == 0:
         raise AudioError(f"{engine} exited 0 but wrote no audio to {{output}}")
     return output
@@ -534,6 +585,7 @@ class AudioCache:
             "kind": kind,
             "repeat": repeat,
             "voice": s.voice,
+            "pronunciations": s.pronunciations,
             "speed_wpm": s.speed_wpm,
             "command": s.command,
             "pause_ms": s.pause_ms,

@@ -938,7 +938,10 @@ def to_warning_fields(
     ``languages`` so nothing is lost. The area is the union of every info block's areas (blocks
     in other languages repeat the same area; blocks in the same language may add some), without
     duplicates. Free text loses only its surrounding whitespace: indentation around text in a
-    pretty-printed document is layout, and would be read out by loudspeakers.
+    pretty-printed document is layout, and would be read out by loudspeakers. In the one-line
+    fields (event, headline) a line break or tab is layout too, from a document wrapped to a width:
+    it becomes one space, where an operator's JSON gets a 422 (warnd.model.text_problem) — an
+    upstream warning is not refused for how its text was wrapped.
 
     A Cancel, Ack or Error without info maps with event, level, texts and times None. An Alert or
     Update without info carries no warning and raises CapError 422.
@@ -950,9 +953,9 @@ def to_warning_fields(
     level, level_source = info_level(info) if info else (None, None)
     ordered = [info, *(i for i in alert.infos if i is not info)] if info else []
     return {
-        "event": _clean(info.event) if info else None,
+        "event": _one_line(info.event) if info else None,
         "level": level,
-        "headline": _clean(info.headline) if info else None,
+        "headline": _one_line(info.headline) if info else None,
         "description": _clean(info.description) if info else None,
         "instruction": _clean(info.instruction) if info else None,
         "area": _area_fields(ordered, names),
@@ -1014,6 +1017,15 @@ def _clean(text: str | None) -> str | None:
     if text is None:
         return None
     return text.strip() or None
+
+
+# A run of spaces holding a line break or tab: XML layout (\r\n arrives as \n from the parser).
+_WRAP = re.compile(r"[ \t\n\r]*[\t\n\r][ \t\n\r]*")
+
+
+def _one_line(text: str | None) -> str | None:
+    """A one-line field's text with its wrapping undone (one space per break); None when empty."""
+    return _clean(_WRAP.sub(" ", text)) if text is not None else None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def _load(path_arg: str | None) -> tuple[Path, Settings]:
 
 def check_config(path_arg: str | None) -> int:
     """Validate the config and the directory it names; print each problem by key."""
+    from warnd.api.auth import SLOW_HASH_ADVICE, slow_hash_keys
     from warnd.directory import Directory
 
     path = config_path(path_arg)
@@ -41,17 +43,36 @@ def check_config(path_arg: str | None) -> int:
         f"{path}: ok — {len(directory.villages)} villages, {len(directory.people)} people, "
         f"{len(settings.auth.tokens)} API tokens"
     )
+    slow = slow_hash_keys(settings)
+    if slow:
+        # Still accepted, so not a problem: a note on how to make them cheap to check.
+        print(f"{path}: note — {len(slow)} hash(es) in the old PBKDF2 form:", file=sys.stderr)
+        for key in slow:
+            print(f"  {key}", file=sys.stderr)
+        print(f"  {SLOW_HASH_ADVICE}", file=sys.stderr)
     return 0
 
 
-def hash_token() -> int:
-    """Print a new random API token and the line to put in warnd.toml."""
-    from warnd.api.auth import hash_token as digest
-    from warnd.api.auth import new_token
+def hash_token(rehash: bool = False) -> int:
+    """Print a new random API token and the line to put in warnd.toml (or, to rehash, an old token's)."""
+    from warnd.tokenhash import MIN_REHASH_CHARS, hash_token, new_token
 
+    if rehash:
+        # An existing token, from stdin so that it stays out of the shell history and `ps`.
+        token = sys.stdin.readline().strip()
+        if len(token) < MIN_REHASH_CHARS:
+            print(
+                f"warnd: a token of {len(token)} characters is too short to be a random one "
+                f"(at least {MIN_REHASH_CHARS}); make a new one with `warnd hash-token`",
+                file=sys.stderr,
+            )
+            return 1
+        print(f'hash = "{hash_token(token)}"')
+        print("Put this line in place of the old hash; the holder keeps the token.", file=sys.stderr)
+        return 0
     token = new_token()
     print(f"token: {token}")
-    print(f'hash = "{digest(token)}"')
+    print(f'hash = "{hash_token(token)}"')
     print(
         "Give the token to its holder (e.g. WARND_TOKEN for warnctl); only the hash goes in the config.",
         file=sys.stderr,
@@ -63,6 +84,7 @@ def run(path_arg: str | None) -> int:
     """Run the daemon in the foreground until SIGTERM."""
     from warnd import log
     from warnd.daemon import run as run_daemon
+    from warnd.instancelock import AlreadyRunning
 
     try:
         path, settings = _load(path_arg)
@@ -75,6 +97,10 @@ def run(path_arg: str | None) -> int:
     except ConfigError as exc:
         print(f"warnd: cannot start: {exc}", file=sys.stderr)
         return 2
+    except AlreadyRunning as exc:
+        print(f"warnd: {exc}", file=sys.stderr)
+        # EX_TEMPFAIL: the other one may stop; under systemd, Restart=on-failure tries again.
+        return os.EX_TEMPFAIL
     except KeyboardInterrupt:
         return 130
     return 0
@@ -88,13 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("run", "run the daemon"), ("check-config", "validate a config file")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="TOML file (default: $WARND_CONFIG or /etc/warnd/warnd.toml)")
-    sub.add_parser("hash-token", help="print a new API token and its hash for warnd.toml")
+    p = sub.add_parser("hash-token", help="print a new API token and its hash for warnd.toml")
+    p.add_argument(
+        "--rehash",
+        action="store_true",
+        help="read an existing token from stdin and print its hash (to replace an old pbkdf2_sha256 one)",
+    )
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.config)
     if args.command == "check-config":
         return check_config(args.config)
-    return hash_token()
+    return hash_token(args.rehash)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ class HttpSettings(_Section):
     # address: generous, but enough to stop guessing links by brute force.
     ack_rate_limit_per_s: float = Field(default=5.0, ge=0)
     ack_rate_limit_burst: int = Field(default=100, ge=1)
+    # Failed bearer-token checks (none, unknown, wrong) per client address, counted apart from
+    # the limits above and before any slow hash: someone who mistypes has 10 tries, then one
+    # every 10 s; a guesser gets 429. A configured token always gets in. 0 turns it off.
+    auth_failures_per_min: float = Field(default=6.0, ge=0)
+    auth_failure_burst: int = Field(default=10, ge=1)
     # When set (a `warnd hash-token` hash), /metrics wants this bearer token; else it is open.
     metrics_token_hash: str | None = None
 
@@ -81,7 +86,8 @@ class MqttSettings(_Section):
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
-    client_id: str = "warnd"
+    # None: warnd-{host}-{township} (mqtt_client_id), filled in when the daemon is built.
+    client_id: str | None = None
     # Persistent sessions let the broker hold QoS-1 acks that arrive while warnd restarts.
     keepalive_s: int = Field(default=30, ge=5, le=600)
     # Reconnect delays are uniform(0, 1.5 ** attempt) seconds; 1.5 ** 10 ≈ 58 s is the ceiling
@@ -95,6 +101,28 @@ class MqttSettings(_Section):
         if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", value):
             raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
         return value
+
+
+def mqtt_client_id(hostname: str, village_codes: Iterable[str]) -> str:
+    """The default MQTT client id: `warnd-{host}-{township}`, unique per host and township.
+
+    Two warnd sharing a client id (two instances, or two townships on one county broker, both
+    with the old default "warnd") take the broker's session from each other in turn, forever.
+    The township is the 行政区划代码 every village of the directory shares: 9 digits for a
+    township, 6 for a county-wide directory, 12 for a single village; left out when the villages
+    share no county. The host is its first DNS label, with anything but letters, digits and
+    hyphens made a hyphen (MQTT allows any UTF-8, but a broker's ACLs and logs read plain ids).
+    No cut to 23 characters: MQTT 3.1.1 only obliges a broker to take 23, but Mosquitto, EMQX
+    and HiveMQ take 65535, and cutting would drop the township — the part that tells two
+    counties' warnd apart. A broker that insists on 23 gets `[mqtt] client_id` set by hand.
+    The id must stay stable across restarts (the broker keeps warnd's persistent session under
+    it): it changes only when the host is renamed or the directory moves to another township.
+    """
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", hostname.split(".")[0]).strip("-") or "host"
+    # What every code shares is what the first and the last in sort order share.
+    codes = sorted(village_codes)
+    township = next((codes[0][:n] for n in (12, 9, 6) if codes and codes[0][:n] == codes[-1][:n]), None)
+    return f"warnd-{host}-{township}" if township else f"warnd-{host}"
 
 
 class LoudspeakerSettings(_Section):
@@ -121,7 +149,7 @@ class TokenSettings(_Section):
     @field_validator("hash")
     @classmethod
     def _hash_form(cls, value: str) -> str:
-        """`pbkdf2_sha256$…` as `warnd hash-token` prints it, or the older `sha256:<hex>`."""
+        """`sha256:<hex>` as `warnd hash-token` prints it, or the older `pbkdf2_sha256$…`."""
         from warnd.tokenhash import hash_form_problem
 
         problem = hash_form_problem(value)
@@ -145,6 +173,10 @@ class FeedSettings(_Section):
     url: str | None = None
     topic: str | None = None
     interval_s: float = Field(default=60, ge=1)
+    # How often a push or MQTT feed is known to speak (a heartbeat, regular bulletins): its
+    # silence for three such intervals is then an alert (WarndFeedStale). Unset, a quiet feed is
+    # simply quiet. Poll feeds are expected every interval_s unless this says otherwise.
+    expected_interval_s: float | None = Field(default=None, gt=0)
     # Backoff while a polled upstream fails doubles from interval_s up to this (one hour).
     max_backoff_s: float = Field(default=3600, ge=1)
     # Environment variable holding the HMAC-SHA256 secret of a push feed's X-Warnd-Signature.

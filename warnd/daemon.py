@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -15,11 +16,12 @@ from aiohttp import web
 from warnd.adapter import Adapter, AdapterContext, AuthError
 from warnd.api.auth import TokenBook
 from warnd.clock import Clock, SystemClock, Wakeup
-from warnd.config import ConfigError, Settings, load_settings
+from warnd.config import ConfigError, Settings, load_settings, mqtt_client_id
 from warnd.directory import Directory
 from warnd.dispatcher import Dispatcher
 from warnd.feedback import Feedback
 from warnd.feeds import Feeds
+from warnd.instancelock import instance_lock
 from warnd.intake import Intake
 from warnd.metrics import Metrics
 from warnd.scheduler import Scheduler
@@ -58,6 +60,9 @@ class Daemon:
     ) -> None:
         """Wire the pipeline stages together."""
         self.settings = settings
+        if settings.mqtt.client_id is None:
+            # Before the MQTT links are made (the feeds' link below, the adapters' later).
+            settings.mqtt.client_id = mqtt_client_id(socket.gethostname(), directory.villages)
         # API tokens: the HTTP app checks requests against this book; reload replaces its contents.
         self.tokens = TokenBook(settings.auth.tokens)
         self.store = store
@@ -124,6 +129,7 @@ class Daemon:
             feedback=self.feedback,
             store=self.store,
             clock=self.clock,
+            metrics=self.metrics,
             # Shared by all adapters: channels on one broker share its connection (extra["mqtt"]).
             extra=self.adapter_extra,
         )
@@ -143,12 +149,13 @@ class Daemon:
                 log.error("adapter.auth_failed", channel=name, reason=exc.reason)
 
     async def readiness(self) -> dict[str, dict[str, Any]]:
-        """Checks for /readyz: the store answers, every adapter can send."""
+        """Checks for /readyz: the store answers and can write, every adapter can send."""
         checks: dict[str, dict[str, Any]] = {}
         try:
             async with asyncio.timeout(2):
                 await self.store.ping()
-            checks["store"] = {"ok": True}
+                problem = await self.store.write_check()
+            checks["store"] = {"ok": True} if problem is None else {"ok": False, "detail": problem}
         except Exception as exc:
             checks["store"] = {"ok": False, "detail": type(exc).__name__}
         for name, adapter in self.adapters.items():
@@ -158,20 +165,28 @@ class Daemon:
     def reload(self) -> None:
         """Re-read directory, policy and API tokens (SIGHUP); work in flight is untouched.
 
-        A file with errors changes nothing. A leaked token in `[[auth.tokens]]` is revoked by
+        A file with errors changes nothing, and says so where a sysadmin looks: the STATUS of
+        `systemctl status`, the log (`config.reload_failed` with `file` and `key`) and the metric
+        `warnd_config_reload_failures_total`. A leaked token in `[[auth.tokens]]` is revoked by
         removing it and reloading; the `api_token_hashes` credential is re-read too, but systemd
         copies credentials only when the service starts, so a change there needs a restart.
         """
         self.notifier.reloading()
+        # Replaced below; left only if something unforeseen broke (asyncio logs the traceback).
+        status = "reload failed: unexpected error, see the log; the old config stays"
         try:
-            fresh = load_settings(self.config_path)
-            directory = Directory.load(fresh.directory.path)
+            status = self._reload()
         except ConfigError as exc:
-            log.error("config.reload_failed", problems=[f"{k}: {m}" for k, m in exc.problems])
-            return
+            status = self._reload_failed(exc)
         finally:
-            # Success or not, warnd keeps serving: `systemctl reload` must not hang waiting.
-            self.notifier.ready()
+            # Success or not, warnd keeps serving: READY=1 ends the reload, so `systemctl reload`
+            # does not hang; the STATUS beside it tells which way it went.
+            self.notifier.ready(status)
+
+    def _reload(self) -> str:
+        """Load both files, then put them in force; the status line for systemd."""
+        fresh = load_settings(self.config_path)
+        directory = Directory.load(fresh.directory.path)
         self.settings.policy = fresh.policy
         self.settings.auth = fresh.auth
         self.tokens.replace(fresh.auth.tokens)
@@ -182,12 +197,36 @@ class Daemon:
             people=len(directory.people),
             tokens=len(self.tokens),
         )
+        return (
+            f"config reloaded: {len(directory.villages)} villages, {len(directory.people)} people, "
+            f"{len(self.tokens)} API tokens"
+        )
+
+    def _reload_failed(self, exc: ConfigError) -> str:
+        """Count and log a refused reload; the status line naming the file and the first bad key."""
+        self.metrics.reload_failures.inc()
+        file = str(exc.path) if exc.path is not None else "(environment)"
+        key, message = exc.problems[0] if exc.problems else ("(file)", str(exc))
+        # "(file)": the file as a whole (missing, not TOML, not UTF-8) rather than one key.
+        key_or_none = None if key == "(file)" else key
+        log.error(
+            "config.reload_failed",
+            file=file,
+            key=key_or_none,
+            message=message,
+            problems=[f"{k}: {m}" for k, m in exc.problems],
+        )
+        where = file if key_or_none is None else f"{file}: {key}"
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        return f"reload failed: {where}: {message}{more}; the old config stays"
 
     async def watchdog_loop(self, notifier: Notifier) -> None:
         """Ping systemd's watchdog only while the store can be written: a hung daemon gets restarted.
 
-        A slow check is waited for, never cancelled (a SQLite call cancelled half-way can leave
-        a transaction open); until it finishes there is simply no ping. Logged once per outage.
+        The check commits a write that reaches the disk (Store.ping_write), so a full or
+        read-only disk stops the pings as a hung one does. A slow check is waited for, never
+        cancelled (a SQLite call cancelled half-way can leave a transaction open); until it
+        finishes there is simply no ping. Logged once per outage.
         """
         interval = notifier.watchdog_interval_s
         if interval is None:
@@ -202,7 +241,7 @@ class Daemon:
                 if check.done():
                     error = check.exception()
                     check = None
-                    problem = type(error).__name__ if error is not None else None
+                    problem = None if error is None else getattr(error, "reason", type(error).__name__)
                 else:
                     problem = "store_slow"
                 if problem is None:
@@ -248,6 +287,8 @@ async def run(
     notifier = Notifier.from_env()
     directory = Directory.load(settings.directory.path)
     async with AsyncExitStack() as stack:
+        # Before the store: a second warnd on this state directory exits here (AlreadyRunning).
+        stack.enter_context(instance_lock(settings.state_dir))
         store = await Store(settings.state_dir / "warnd.db").open()
         stack.push_async_callback(store.close)
         recovered = await store.recover()

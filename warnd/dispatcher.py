@@ -14,7 +14,7 @@ import structlog
 from warnd.adapter import Adapter, Message
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
-from warnd.store import Delivery, Outcome, Store
+from warnd.store import Delivery, Outcome, Store, StoreUnavailable
 
 log = structlog.get_logger("warnd.dispatcher")
 
@@ -144,6 +144,8 @@ class Dispatcher:
         while not self.stopping:
             try:
                 handled = await self.run_channel_once(channel)
+            except StoreUnavailable:
+                handled = 0  # the store said so once (store.write_failed); the deliveries wait, due
             except Exception:
                 log.exception("dispatcher.error", channel=channel)
                 handled = 0

@@ -82,19 +82,17 @@ async def receive(
     context = target or await _latest(store, phone, ack_required=False)
     warning_id = context["warning_id"] if context else None
     person_id = context["person_id"] if context else None
-    await store._begin()
-    try:
+    async with store.transaction() as db:
         if provider_ref is not None and await store._one(
             "SELECT 1 FROM inbound WHERE provider_ref = ?", (provider_ref,)
         ):
-            await store._end("ROLLBACK")
             return Reply(duplicate=True)
         # Answer only someone warnd wrote to, and only once per warning: no reply storms.
         answered = warning_id is not None and not await store._one(
             "SELECT 1 FROM inbound WHERE phone = ? AND warning_id = ? AND answered = 1",
             (phone, warning_id),
         )
-        await store.db.execute(
+        await db.execute(
             "INSERT INTO inbound (provider_ref, channel, phone, person_id, warning_id, delivery_id,"
             " body, is_ack, answered, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
@@ -110,10 +108,6 @@ async def receive(
                 ts(now),
             ),
         )
-        await store._end("COMMIT")
-    except BaseException:
-        await store._end("ROLLBACK")
-        raise
     row = None
     if target is not None:
         row = await feedback.ack(

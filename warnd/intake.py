@@ -13,7 +13,7 @@ import structlog
 from warnd.clock import Clock, Wakeup, iso, parse_iso
 from warnd.config import PolicySettings
 from warnd.directory import Directory
-from warnd.model import Area, Level, State, UpdateIn, WarningIn
+from warnd.model import Area, Level, State, UpdateIn, WarningIn, fingerprint
 from warnd.planner import (
     Step,
     end_of_quiet,
@@ -97,7 +97,10 @@ class Intake:
         document: str | None = None,
         require_villages: bool = True,
     ) -> AcceptResult:
-        """Commit a new warning, its audit event and its schedule in one transaction."""
+        """Commit a new warning, its audit event and its schedule in one transaction.
+
+        Raises IdempotencyConflict when `idempotency_key` was used for other content.
+        """
         now = self.clock.now()
         if w.expires is not None and w.expires <= now:
             raise InputError("expired", "expires is already in the past", "expires")
@@ -142,6 +145,7 @@ class Intake:
             ),
             jobs=jobs,
             idempotency_key=idempotency_key,
+            fingerprint=fingerprint(w) if idempotency_key else None,
         )
         if result.created:
             log.info(
@@ -301,7 +305,11 @@ class Intake:
                 actor,
                 "cancel",
                 warning_id,
-                {"reason": reason, "advice": advice, **({"cap": message} if message else {})},
+                {
+                    "reason": reason,
+                    **({"advice": advice} if advice else {}),
+                    **({"cap": message} if message else {}),
+                },
             ),
             jobs=[_announce_job(w, "cancel", now, context)],
         )

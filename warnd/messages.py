@@ -29,24 +29,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from warnd.model import Level
 from warnd.smstext import longest_fitting, sms_segments
+from warnd.speech import spoken_text
 
-KINDS: tuple[str, ...] = (
-    "issue",
-    "reminder",
-    "update",
-    "upgrade",
-    "downgrade",
-    "all_clear",
-    "escalation_self",
-    "escalation_superior",
-)
 Kind = Literal[
     "issue",
     "reminder",
@@ -57,6 +48,7 @@ Kind = Literal[
     "escalation_self",
     "escalation_superior",
 ]
+KINDS: tuple[str, ...] = get_args(Kind)
 FORMS = ("title", "text", "speech")
 
 # Everything a template may say. A placeholder outside this list is a config error.
@@ -572,7 +564,8 @@ def channel_text(
             max_segments=settings.twilio.max_segments,
         )
     if channel == "voice":
-        return r.speech + (CALL_ACK_PROMPT if ack else "")
+        # The call speaks numbers and times as words (what Twilio is given to say).
+        return spoken_text(r.speech) + (CALL_ACK_PROMPT if ack else "")
     if channel == "loudspeaker":
         return r.speech
     return f"{r.title}\n{r.text}"

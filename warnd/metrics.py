@@ -3,7 +3,8 @@
 Two kinds:
 
 - **Gauges read from the store at scrape time** (warnings by level and state, deliveries by
-  channel and state, outbox depth and age, jobs pending, devices online, feed last success):
+  channel and state, outbox depth and age, jobs pending, devices online, feed last success;
+  beside them each feed's expected interval, from the config):
   they are always true, survive restarts and need no bookkeeping in the pipeline.
 - **Counters and histograms fed by the pipeline** (send duration, time to acknowledge,
   outcomes, retries, dead deliveries, adapter errors, acks) through two hooks: the dispatcher
@@ -39,6 +40,7 @@ from warnd.store import Outcome, from_ts
 
 if TYPE_CHECKING:
     from warnd.adapter import Adapter
+    from warnd.config import FeedSettings
     from warnd.directory import Directory
     from warnd.store import Store
 
@@ -68,6 +70,18 @@ def device_counts(
                 status = "unknown" if state is None else "online" if state else "offline"
                 out[(kind, status)] = out.get((kind, status), 0) + 1
     return out
+
+
+def expected_interval_s(feed: FeedSettings) -> float | None:
+    """How often a feed should succeed, or None for one that may stay quiet (push, MQTT).
+
+    A poll feed is asked every interval_s, and any answer (304 Not Modified too) is a success;
+    a push or MQTT feed speaks when upstream has something to say, unless the config says it
+    speaks regularly (`expected_interval_s`, a heartbeat).
+    """
+    if feed.expected_interval_s is not None:
+        return feed.expected_interval_s
+    return feed.interval_s if feed.kind == "poll" else None
 
 
 def error_reason(outcome: Outcome) -> str:
@@ -137,6 +151,32 @@ class Metrics:
             ["channel", "status"],
             registry=r,
         )
+        self.audio_fallbacks = Counter(
+            "warnd_audio_render_failures",
+            "Loudspeaker audio that could not be rendered (engine failed, disk full): sent as text only",
+            registry=r,
+        )
+        self.reload_failures = Counter(
+            "warnd_config_reload_failures",
+            "Reloads (SIGHUP) refused because warnd.toml or the directory has errors; the old config stays",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "warnd_auth_failures",
+            "Bearer-token checks that failed (API, feed pushes, /metrics): missing, unknown, mismatch",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_throttled = Counter(
+            "warnd_auth_throttled",
+            "Requests answered 429 because their address failed token checks too often",
+            registry=r,
+        )
+        self.auth_slow_hashes = Counter(
+            "warnd_auth_slow_hashes",
+            "PBKDF2 computations for presented tokens (only hashes in the old form need any)",
+            registry=r,
+        )
         self.state = StoreCollector()
         r.register(self.state)
 
@@ -169,10 +209,18 @@ class Metrics:
     # -- scrape -------------------------------------------------------------------------------
 
     async def refresh(
-        self, store: Store, adapters: Mapping[str, Adapter], now: datetime, directory: Directory | None = None
+        self,
+        store: Store,
+        adapters: Mapping[str, Adapter],
+        now: datetime,
+        directory: Directory | None = None,
+        feeds: Sequence[FeedSettings] = (),
     ) -> None:
         """Read the store's current counts for the next `render()`."""
         self.state.snapshot = await store.gauges()
+        self.state.expected = {
+            f.name: interval for f in feeds if (interval := expected_interval_s(f)) is not None
+        }
         self.state.adapters = {name: a.ready() for name, a in adapters.items()}
         self.state.now = now
         self.state.devices = device_counts(directory, self.state.snapshot.get("devices"))
@@ -191,6 +239,7 @@ class StoreCollector(Collector):
         self.adapters: dict[str, bool] = {}
         self.now: datetime | None = None
         self.devices: dict[tuple[str, str], int] | None = None
+        self.expected: dict[str, float] = {}
 
     def describe(self) -> list[Any]:
         """Nothing to describe up front: the families depend on what the store holds."""
@@ -269,19 +318,32 @@ class StoreCollector(Collector):
                 f.add_metric([r["feed"]], r["failures"])
             yield g
             yield f
+        # Only feeds expected to speak have a series: the stale-feed alert divides by nothing else.
+        g = GaugeMetricFamily(
+            "warnd_feed_expected_interval_seconds",
+            "How often a feed should succeed: a poll feed's interval, a push or MQTT feed's"
+            " expected_interval_s (no series: the feed may stay quiet)",
+            labels=["feed"],
+        )
+        for name, interval in sorted(self.expected.items()):
+            g.add_metric([name], interval)
+        yield g
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """The Prometheus text exposition (a bearer token only if `[http] metrics_token_hash` is set)."""
-    from warnd.api.errors import error_response
+    from warnd.api.auth import Refusal, refusal_response
+    from warnd.api.routes import GATE
     from warnd.daemon import DAEMON
-    from warnd.tokenhash import verify_token
 
     d = request.app[DAEMON]
     wanted = d.settings.http.metrics_token_hash
     if wanted is not None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not verify_token(token.strip(), wanted):
-            return error_response(401, "unauthorized", "/metrics needs its bearer token", "Authorization")
-    await d.metrics.refresh(d.store, d.adapters, d.clock.now(), d.directory())
+        gate = request.app[GATE]
+        who = await gate.check(
+            request.remote, request.headers.get("Authorization", ""), gate.book_for("metrics", wanted)
+        )
+        if isinstance(who, Refusal):
+            return refusal_response(who, "unauthorized", "/metrics needs its bearer token", "Authorization")
+    await d.metrics.refresh(d.store, d.adapters, d.clock.now(), d.directory(), d.settings.feed)
     return web.Response(body=d.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -119,6 +121,69 @@ LatLon = Annotated[
     ),
 ]
 
+# Text that SMS, speech and LED boards carry as it is. Refused in every text field:
+# - Unicode category Cc (C0 U+0000–U+001F, DEL, C1 U+0080–U+009F): a NUL ends the string in a
+#   vendor's C firmware, ESC and CSI start terminal and board escape sequences, and none of them
+#   is anything a reader can see or a voice can say;
+# - the bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069): they
+#   make text display in another order than it is stored and read out ("Trojan Source",
+#   CVE-2021-42574), so the console and the audit log could show what a loudspeaker does not say.
+#   The plain marks U+200E/U+200F stay: they reorder nothing beyond a character.
+# Lone surrogates (JSON's "\ud800") never get here: pydantic refuses a str that is not Unicode.
+# Kept on purpose: U+FFFD, the replacement character. It is visible, controls nothing, and
+# marks a decoding slip upstream; refusing it would drop a red warning over one bad character.
+# Multi-line fields (description, instruction, reason) keep \n and \t: LED boards and speech
+# fold all whitespace into one space, SMS shows it as layout. \r\n (a browser form, a Windows
+# file) becomes \n first; a lone \r is refused with the other controls. One-line fields (event,
+# headline, sender, identifier) refuse every line break, U+2028/U+2029 included, and tabs.
+_REFUSED_ANYWHERE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_REFUSED = {
+    False: re.compile(f"[{_REFUSED_ANYWHERE}\t\n\u2028\u2029]"),
+    True: re.compile(f"[{_REFUSED_ANYWHERE}]"),
+}
+
+
+def text_problem(value: str, *, multiline: bool) -> str | None:
+    """Why this text cannot go to SMS, speech and LED boards as it is; None when it can."""
+    found = _REFUSED[multiline].search(value)
+    if found is None:
+        return None
+    ch = found.group()
+    layout = ch in "\t\n\u2028\u2029"
+    if ch == "\t":
+        what = "a tab"
+    elif layout:
+        what = "a line break"
+    elif ch == "\r":
+        what = "a carriage return"
+    elif "\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069":
+        what = "a bidirectional-text control"
+    else:
+        what = "a control character"
+    problem = f"contains {what} (U+{ord(ch):04X}) at character {found.start() + 1}"
+    return problem + ("; this field is one line" if layout else "")
+
+
+def one_line(value: str | None) -> str | None:
+    """A one-line text field as it is, or ValueError naming what it must not contain."""
+    problem = None if value is None else text_problem(value, multiline=False)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def multi_line(value: str | None) -> str | None:
+    """A multi-line text field as it is, or ValueError naming what it must not contain."""
+    problem = None if value is None else text_problem(value, multiline=True)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def crlf_to_lf(value: Any) -> Any:
+    """CRLF line ends as one newline, before a multi-line field is checked."""
+    return value.replace("\r\n", "\n") if isinstance(value, str) else value
+
 
 class Circle(BaseModel):
     """A circle on the map, as CAP writes it (centre and radius in km; 0 is a point)."""
@@ -222,6 +287,10 @@ class WarningIn(BaseModel):
     sender: str | None = Field(default=None, max_length=256)
     identifier: str | None = Field(default=None, max_length=256, validate_default=True)
 
+    _one_line = field_validator("event", "headline", "sender", "identifier")(one_line)
+    _crlf = field_validator("description", "instruction", mode="before")(crlf_to_lf)
+    _multi_line = field_validator("description", "instruction")(multi_line)
+
     @field_validator("onset", "expires")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
@@ -259,6 +328,10 @@ class UpdateIn(BaseModel):
     onset: datetime | None = None
     expires: datetime | None = None
 
+    _one_line = field_validator("headline")(one_line)
+    _crlf = field_validator("description", "instruction", mode="before")(crlf_to_lf)
+    _multi_line = field_validator("description", "instruction")(multi_line)
+
     @field_validator("onset", "expires")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
@@ -278,6 +351,24 @@ class CancelIn(BaseModel):
 
     reason: str = Field(default="", max_length=500)
     advice: str = Field(default="", max_length=300)
+
+    _crlf = field_validator("reason", mode="before")(crlf_to_lf)
+    _multi_line = field_validator("reason")(multi_line)
+
+
+def fingerprint(w: WarningIn) -> str:
+    """sha256 hex of a warning in one canonical form: what an Idempotency-Key was used for.
+
+    The validated model, not the request bytes: key order, JSON whitespace, surrounding blanks,
+    CRLF, defaults spelled out or left out and a time's offset (08:00+08:00 is 00:00Z) change
+    nothing; any change of content does.
+    """
+    data = w.model_dump(mode="json")
+    for key in ("onset", "expires"):
+        value = getattr(w, key)
+        data[key] = value.astimezone(UTC).isoformat() if value is not None else None
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 DeliveryState = Literal[

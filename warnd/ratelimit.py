@@ -68,6 +68,12 @@ class RateLimiter:
             return 0.0
         return (1 - b.tokens) / self.rate_per_s
 
+    def give_back(self, key: str) -> None:
+        """Return a token taken for `key` (a failure that turned out not to be one)."""
+        b = self._buckets.get(key)
+        if b is not None:
+            b.tokens = min(float(self.burst), b.tokens + 1)
+
     def first_refusal(self, key: str) -> bool:
         """Whether this refusal starts a run of them (log once per run, not per request)."""
         b = self._buckets[key]
@@ -108,3 +114,10 @@ def rate_limiters(http: HttpSettings) -> dict[str, RateLimiter]:
     if http.ack_rate_limit_per_s > 0:
         out["/ack/"] = RateLimiter(http.ack_rate_limit_per_s, http.ack_rate_limit_burst)
     return out
+
+
+def auth_failure_limiter(http: HttpSettings) -> RateLimiter | None:
+    """Failed bearer-token checks per client address (warnd.api.auth), or None when turned off."""
+    if http.auth_failures_per_min <= 0:
+        return None
+    return RateLimiter(http.auth_failures_per_min / 60, http.auth_failure_burst)

@@ -34,7 +34,7 @@ from warnd.planner import (
     repeat_job,
     step_deliveries,
 )
-from warnd.store import Job, NewDelivery, Store, from_ts, ts
+from warnd.store import Job, NewDelivery, Store, StoreUnavailable, from_ts, ts
 
 log = structlog.get_logger("warnd.scheduler")
 
@@ -499,6 +499,8 @@ class Scheduler:
                 await self.run_once()
                 # Jobs only: deliveries are the dispatcher's; a backlog of them must not spin this loop.
                 nxt = await self.store.next_job_due()
+            except StoreUnavailable:
+                nxt = None  # the store said so once (store.write_failed); the jobs wait, due
             except Exception:
                 log.exception("scheduler.error")
                 nxt = None

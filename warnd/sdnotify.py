@@ -66,6 +66,19 @@ def _parse_watchdog_usec(environ: Mapping[str, str], pid: int) -> int | None:
     return usec
 
 
+# systemd reads at most 4096 bytes of a notification and drops a longer one whole,
+# READY=1 and all; 1000 characters are at most 4000 bytes of UTF-8 with the keys.
+STATUS_MAX_CHARS = 1000
+
+
+def _one_line(text: str) -> str:
+    """Status text on one line, short enough to arrive."""
+    # The protocol is newline-separated KEY=VALUE: a newline in the text would
+    # start a bogus assignment.
+    line = " ".join(text.splitlines())
+    return line if len(line) <= STATUS_MAX_CHARS else line[: STATUS_MAX_CHARS - 1] + "…"
+
+
 class Notifier:
     """Send sd_notify messages to systemd over a non-blocking datagram socket.
 
@@ -118,9 +131,15 @@ class Notifier:
         # (a slow store check, a GC pause) must not get a healthy daemon killed.
         return self._watchdog_usec / 2 / 1_000_000
 
-    def ready(self) -> bool:
-        """Tell systemd start-up (or a reload) has finished."""
-        return self._send("READY=1")
+    def ready(self, status: str | None = None) -> bool:
+        """Tell systemd start-up (or a reload) has finished, with a status line if given.
+
+        Both go in one datagram, so `systemctl status` never shows the reload finished with the
+        previous status (a failed reload's text) still beside it.
+        """
+        if status is None:
+            return self._send("READY=1")
+        return self._send(f"READY=1\nSTATUS={_one_line(status)}")
 
     def stopping(self) -> bool:
         """Tell systemd a clean shutdown has begun."""
@@ -135,10 +154,7 @@ class Notifier:
 
     def status(self, text: str) -> bool:
         """Publish a one-line status shown by `systemctl status`."""
-        # The protocol is newline-separated KEY=VALUE: a newline in the text would
-        # start a bogus assignment.
-        one_line = " ".join(text.splitlines())
-        return self._send(f"STATUS={one_line}")
+        return self._send(f"STATUS={_one_line(text)}")
 
     def watchdog(self) -> bool:
         """Ping the watchdog; call only right after a successful health check."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import json
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
+
+from warnd.diskspace import disk_problem
 
 log = structlog.get_logger("warnd.store")
 
@@ -51,8 +54,62 @@ class StoreError(Exception):
     """The store cannot do what was asked."""
 
 
+class IdempotencyConflict(StoreError):
+    """An Idempotency-Key already used for a different warning; `warning_id` is that warning."""
+
+    def __init__(self, warning_id: str) -> None:
+        """Keep the id of the warning the key belongs to."""
+        super().__init__(f"Idempotency-Key already used for {warning_id}")
+        self.warning_id = warning_id
+
+
 class SchemaTooNew(StoreError):
     """The database was written by a newer warnd: refusing it beats corrupting it."""
+
+
+class StoreUnavailable(StoreError):
+    """The disk will not take a write (full, read-only, failing, held by another writer).
+
+    Nothing of the transaction was stored. It is nobody's mistake and no bug: the same write
+    works again once an operator frees space (the API answers 503 with Retry-After).
+
+    Args:
+        reason: what the disk said, short ("disk full", "read-only").
+    """
+
+    def __init__(self, reason: str) -> None:
+        """Keep the reason for the API answer, /readyz and the log."""
+        super().__init__(f"the store cannot write: {reason}")
+        self.reason = reason
+
+
+# SQLite result codes (the low byte of an extended code) that mean "the disk will not take it"
+# rather than "this write is wrong": the request may be made again once the disk is back.
+_UNAVAILABLE_SQLITE = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_IOERR: "disk I/O error",
+    sqlite3.SQLITE_READONLY: "read-only",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the database files",
+    # busy_timeout ran out: another process holds the write lock (a backup, a stuck sqlite3 shell).
+    sqlite3.SQLITE_BUSY: "busy: another process holds the write lock",
+}
+# The same from the operating system, for what the store writes beside SQLite.
+_UNAVAILABLE_ERRNO = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only",
+    errno.EIO: "disk I/O error",
+}
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why a failed write is the disk's doing (full, read-only, I/O error, busy), or None."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return _UNAVAILABLE_SQLITE.get(code & 0xFF) if isinstance(code, int) else None
+    if isinstance(exc, OSError):
+        return _UNAVAILABLE_ERRNO.get(exc.errno)  # type: ignore[arg-type]
+    return None
 
 
 @dataclass(frozen=True)
@@ -105,6 +162,11 @@ class Delivery:
     state: str = "sending"
     last_error: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    # A crash left an earlier send of it in doubt: it may have reached the provider at or after
+    # this time, so it is looked up there before it is sent again (Adapter.reconcile).
+    maybe_sent_at: datetime | None = None
+    # When it was planned: the same on every attempt, so a resend can be the very same message.
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +179,8 @@ class Outcome:
         error: why it failed, for the operator; never a secret.
         retry_after_s: earliest retry the far end allows.
         provider_ref: the provider's id for later receipts (Twilio SID …).
+        maybe_sent: a failed send that may have reached the far end (timed out, connection lost
+            after the request went out): it is looked up before it is sent again.
     """
 
     delivery_id: int
@@ -124,6 +188,7 @@ class Outcome:
     error: str | None = None
     retry_after_s: float | None = None
     provider_ref: str | None = None
+    maybe_sent: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +250,10 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         # One connection, one writer: a transaction holds the lock so coroutines never interleave.
         self._lock = asyncio.Lock()
+        # Why the last write failed for the disk's sake (StoreUnavailable), until one succeeds:
+        # /readyz and the watchdog read it; the failure is logged once, not once per write.
+        self.write_problem: str | None = None
+        self._header_written = False
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -231,10 +300,10 @@ class Store:
 
     async def _migrate(self) -> None:
         """Apply the numbered migrations this database lacks; refuse a newer database."""
-        db = self.db
-        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
-        applied = {r[0] for r in rows}
+        async with self.transaction() as db:
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = await self._all("SELECT version FROM schema_version")
+        applied = {r["version"] for r in rows}
         known = _migrations()
         unknown = applied - {number for number, _ in known}
         if unknown:
@@ -247,15 +316,10 @@ class Store:
             # so a migration merged from a parallel branch is not skipped).
             if number in applied:
                 continue
-            await self._begin()
-            try:
+            async with self.transaction() as tx:
                 for statement in _split_sql(sql):
-                    await db.execute(statement)
-                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
-                await self._end("COMMIT")
-            except Exception:
-                await self._end("ROLLBACK")
-                raise
+                    await tx.execute(statement)
+                await tx.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
             log.info("store.migrated", version=number)
 
     async def ping(self) -> None:
@@ -263,32 +327,110 @@ class Store:
         await self._one("SELECT 1")
 
     async def ping_write(self) -> None:
-        """Take the write lock and give it back: proves warnd can still write (the watchdog).
+        """Commit a write that reaches the disk: proves warnd can still store (watchdog, /readyz).
 
-        Blocked by a disk that hangs or a writer that never lets go, both of which stop the
-        pipeline; raises after busy_timeout when the lock does not come.
+        `PRAGMA user_version` rewrites the database header with the value it already has (warnd
+        keeps its schema in schema_version): a WAL frame and, with synchronous=FULL, an fsync.
+        A full or read-only disk raises StoreUnavailable; a disk that hangs or a writer that
+        never lets go blocks it, and raises after busy_timeout.
         """
-        await self._begin()
-        await self._end("ROLLBACK")
+        async with self.transaction() as db:
+            (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
+            await db.execute(f"PRAGMA user_version = {int(version)}")
+            self._header_written = True  # a header write changes no rows: say so to _writing
+
+    async def write_check(self) -> str | None:
+        """Why the store cannot take writes right now, or None (/readyz).
+
+        A write that failed for the disk's sake counts until one succeeds; while it does, a
+        probe write finds out whether space came back. The file system is looked at too: a full
+        disk may still take a small write into the WAL SQLite already has, not the next warning.
+        """
+        if self.write_problem is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.ping_write()
+        if self.write_problem is not None:
+            return f"not writable: {self.write_problem}"
+        return await asyncio.to_thread(disk_problem, self.path.parent)
 
     # -- transactions -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT under the store's lock: the one way to write step by step.
+
+        Whatever ends the block early — a failed statement, a COMMIT the disk refuses, a
+        cancel — is rolled back before the lock is given back, then raised; a failure for lack
+        of disk is raised as StoreUnavailable. Reads inside the block see its writes.
+        """
+        async with self._writing() as db:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                yield db
+                await db.execute("COMMIT")
+            except BaseException:
+                await self._rollback(db)
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the connection for one write transaction; note whether the disk took it.
+
+        The lock is taken and given back here only (`async with`): never twice, never early.
+        """
+        async with self._lock:
+            token = _IN_TX.set(True)
+            db = self.db
+            changes = db.total_changes
+            try:
+                yield db
+            except BaseException as exc:
+                reason = unavailable_reason(exc)
+                if reason is None:
+                    raise
+                self._write_failed(reason, exc)
+                raise StoreUnavailable(reason) from exc
+            else:
+                # Only a transaction that wrote proves the disk takes writes (a claim that found
+                # nothing due commits nothing, full disk or not).
+                if db.total_changes != changes or self._header_written:
+                    self._write_succeeded()
+            finally:
+                self._header_written = False
+                _IN_TX.reset(token)
+
+    async def _rollback(self, db: aiosqlite.Connection) -> None:
+        """Roll back in the connection's thread, if SQLite has not already (a full disk has)."""
+        try:
+            # In the thread, after whatever is still queued there (a cancelled caller's
+            # statement), so the check sees the transaction as it really ended.
+            await db._execute(_rollback_if_open, db._conn)
+        except sqlite3.Error as exc:
+            # The original error is the one to raise; this one is for the operator.
+            log.error("store.rollback_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _write_failed(self, reason: str, exc: BaseException) -> None:
+        """Remember why writes fail; log it once per outage, not once per write."""
+        if self.write_problem is None:
+            log.error("store.write_failed", reason=reason, error=f"{type(exc).__name__}: {exc}"[:300])
+        self.write_problem = reason
+
+    def _write_succeeded(self) -> None:
+        """A write went through: whatever failed before is over."""
+        if self.write_problem is not None:
+            log.info("store.write_recovered", was=self.write_problem)
+            self.write_problem = None
 
     async def _tx(
         self, statements: Iterable[tuple[str, Sequence[Any] | Iterable[Sequence[Any]], bool]]
     ) -> None:
         """Run (sql, params, many) statements in one write transaction."""
-        db = self.db
-        await self._begin()
-        try:
+        async with self.transaction() as db:
             for sql, params, many in statements:
                 if many:
                     await db.executemany(sql, params)  # type: ignore[arg-type]
                 else:
                     await db.execute(sql, params)  # type: ignore[arg-type]
-            await self._end("COMMIT")
-        except BaseException:
-            await self._end("ROLLBACK")
-            raise
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """fn(connection) as one write transaction, run whole in the connection's thread.
@@ -299,8 +441,7 @@ class Store:
         are its own, hence the upper bound on aiosqlite in pyproject.toml. The same connection
         keeps every read seeing every write.
         """
-        async with self._lock:
-            db = self.db
+        async with self._writing() as db:
             fut = asyncio.ensure_future(db._execute(_transaction, db._conn, fn))
             cancelled = False
             # A transaction handed to the thread runs to its end (a cancelled claim stays
@@ -318,25 +459,6 @@ class Store:
             if cancelled:
                 raise asyncio.CancelledError
             return result
-
-    async def _begin(self) -> None:
-        """Take the connection and open a write transaction."""
-        await self._lock.acquire()
-        _IN_TX.set(True)
-        try:
-            await self.db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            _IN_TX.set(False)
-            self._lock.release()
-            raise
-
-    async def _end(self, verb: str) -> None:
-        """COMMIT or ROLLBACK, then give the connection back."""
-        try:
-            await self.db.execute(verb)
-        finally:
-            _IN_TX.set(False)
-            self._lock.release()
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         """One row as a dict, or None (inside the caller's transaction, or on its own)."""
@@ -365,18 +487,20 @@ class Store:
         audit: dict[str, Any],
         jobs: Sequence[dict[str, Any]],
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> AcceptResult:
         """Store a new warning with its audit event and jobs in one transaction, or find its twin.
 
         The same Idempotency-Key, or the same (sender, identifier), answers with the existing id.
+        A key already stored with another `fingerprint` raises IdempotencyConflict; a row stored
+        before fingerprints were kept (NULL) answers with its id, as it always did.
         """
-        db = self.db
-        await self._begin()
-        try:
+        async with self.transaction() as db:
             existing = None
             if idempotency_key:
                 existing = await self._one(
-                    "SELECT id FROM warnings WHERE idempotency_key = ?", (idempotency_key,)
+                    "SELECT id, idempotency_fingerprint FROM warnings WHERE idempotency_key = ?",
+                    (idempotency_key,),
                 )
             if existing is None and row.get("sender") and row.get("identifier"):
                 existing = await self._one(
@@ -384,19 +508,22 @@ class Store:
                     (row["sender"], row["identifier"]),
                 )
             if existing is not None:
-                await self._end("COMMIT")
+                stored = existing.get("idempotency_fingerprint")
+                if stored is not None and fingerprint is not None and stored != fingerprint:
+                    raise IdempotencyConflict(existing["id"])  # rolled back by the transaction
                 return AcceptResult(existing["id"], created=False)
-            cols = {**row, "idempotency_key": idempotency_key}
+            cols = {
+                **row,
+                "idempotency_key": idempotency_key,
+                "idempotency_fingerprint": fingerprint if idempotency_key else None,
+            }
             await db.execute(
                 f"INSERT INTO warnings ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",  # noqa: S608 - column names are ours
                 list(cols.values()),
             )
             await self._insert_audit(audit)
             await self._insert_jobs(jobs)
-            await self._end("COMMIT")
-        except BaseException:
-            await self._end("ROLLBACK")
-            raise
+        # Committed (synchronous=FULL): only now may the caller answer 202.
         return AcceptResult(row["id"], created=True)
 
     async def _insert_audit(self, audit: dict[str, Any]) -> None:
@@ -500,17 +627,11 @@ class Store:
                     False,
                 )
             )
-        db = self.db
-        await self._begin()
-        try:
+        async with self.transaction() as db:
             for sql, params, _ in stmts:
                 await db.execute(sql, params)
             await self._insert_audit(audit)
             await self._insert_jobs(jobs)
-            await self._end("COMMIT")
-        except BaseException:
-            await self._end("ROLLBACK")
-            raise
 
     async def audit_log(self, warning_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Audit events, oldest first, optionally for one warning."""
@@ -567,17 +688,14 @@ class Store:
         `set_state` also moves the job's warning to that state and cancels its open
         deliveries and pending jobs (expiry). Returns False when the job was no longer pending.
         """
-        db = self.db
         stamp = ts(now)
-        await self._begin()
-        try:
+        async with self.transaction() as db:
             cur = await db.execute(
                 "UPDATE jobs SET state = 'done', fired_at = ? WHERE id = ? AND state = 'pending'",
                 (stamp, job.id),
             )
             if cur.rowcount != 1:
-                await self._end("ROLLBACK")
-                return False
+                return False  # nothing was changed: committing it is rolling it back
             if set_state is not None:
                 await db.execute(
                     "UPDATE warnings SET state = ?, updated_at = ? WHERE id = ?",
@@ -596,10 +714,6 @@ class Store:
                 await self._insert_audit(audit)
             await self._insert_deliveries(deliveries, now)
             await self._insert_jobs(jobs)
-            await self._end("COMMIT")
-        except BaseException:
-            await self._end("ROLLBACK")
-            raise
         return True
 
     async def _insert_deliveries(self, deliveries: Sequence[NewDelivery], now: datetime) -> None:
@@ -636,18 +750,24 @@ class Store:
     # -- deliveries ---------------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Put deliveries a crash left `sending` back to `pending`; returns how many."""
-        db = self.db
-        await self._begin()
-        # A warning cancelled or expired while its sends were in flight is not sent after the crash
-        # (its all-clear and stop commands, kind cancel/expire, still are).
-        await db.execute(
-            "UPDATE deliveries SET state = 'cancelled' WHERE state = 'sending'"
-            " AND kind IN ('warning', 'update') AND warning_id IN"
-            " (SELECT id FROM warnings WHERE state IN ('cancelled', 'expired'))"
-        )
-        cur = await db.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'sending'")
-        await self._end("COMMIT")
+        """Put deliveries a crash left `sending` back to `pending`, their send in doubt; returns how many.
+
+        The send may have reached the provider before the crash: `maybe_sent_at` keeps the
+        earliest claim it could date from, so the adapter looks it up before sending it again.
+        """
+        async with self.transaction() as db:
+            # A warning cancelled or expired while its sends were in flight is not sent after the
+            # crash (its all-clear and stop commands, kind cancel/expire, still are).
+            await db.execute(
+                "UPDATE deliveries SET state = 'cancelled' WHERE state = 'sending'"
+                " AND kind IN ('warning', 'update') AND warning_id IN"
+                " (SELECT id FROM warnings WHERE state IN ('cancelled', 'expired'))"
+            )
+            # updated_at: a row claimed before schema 10 has no claimed_at; its claim set updated_at.
+            cur = await db.execute(
+                "UPDATE deliveries SET state = 'pending',"
+                " maybe_sent_at = COALESCE(maybe_sent_at, claimed_at, updated_at) WHERE state = 'sending'"
+            )
         return cur.rowcount
 
     async def claim(self, now: datetime, limit: int, channels: Iterable[str]) -> list[Delivery]:
@@ -671,9 +791,9 @@ class Store:
             if ids == "[]":
                 return []
             con.execute(
-                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?"
-                " WHERE id IN (SELECT value FROM json_each(?))",
-                (stamp, ids),
+                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?,"
+                " claimed_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (stamp, stamp, ids),
             )
             return _rows(
                 con,
@@ -700,6 +820,8 @@ class Store:
                 attempts=r["attempts"],
                 last_error=r["last_error"],
                 context=json.loads(r["context"]) if r.get("context") else {},
+                maybe_sent_at=from_ts(r["maybe_sent_at"]),
+                created_at=from_ts(r["created_at"]),
             )
             for r in rows
         ]
@@ -712,13 +834,19 @@ class Store:
         groups: dict[tuple[Any, ...], list[int]] = {}
         for o, retry_at in outcomes:
             sent = stamp if o.state in ("sent", "delivered", "acknowledged") else None
-            key = (o.state, o.error, o.provider_ref, sent, ts(retry_at) if retry_at else None, stamp)
+            # A send that is known to have happened ends any doubt about an earlier one; a send
+            # that may have happened is in doubt from this claim on (or an earlier doubt's time).
+            doubt = 1 if o.maybe_sent and sent is None else 0
+            retry = ts(retry_at) if retry_at else None
+            key = (o.state, o.error, o.provider_ref, sent, retry, stamp, sent, doubt)
             groups.setdefault(key, []).append(o.delivery_id)
         await self._run(
             lambda con: _update_by_ids(
                 con,
                 "state = ?, last_error = ?, provider_ref = COALESCE(?, provider_ref),"
-                " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?",
+                " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?,"
+                " maybe_sent_at = CASE WHEN ? IS NOT NULL THEN NULL"
+                " WHEN ? THEN COALESCE(maybe_sent_at, claimed_at, updated_at) ELSE maybe_sent_at END",
                 groups,
                 # `+state`: look rows up by id, not by the (state, due_at) index.
                 also="+state = 'sending'",
@@ -737,6 +865,19 @@ class Store:
             (channel,),
         )
         return from_ts(row["t"]) if row and row["t"] else None
+
+    async def provider_refs_taken(self, refs: Sequence[str]) -> set[str]:
+        """Which of these provider ids (Twilio SIDs) a delivery already holds.
+
+        A lookup of a send in doubt must not take a message that is another delivery's.
+        """
+        if not refs:
+            return set()
+        rows = await self._all(
+            "SELECT provider_ref FROM deliveries WHERE provider_ref IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(refs)),),
+        )
+        return {r["provider_ref"] for r in rows}
 
     async def get_delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """One delivery row by id (an ack link names its delivery)."""
@@ -1003,17 +1144,31 @@ _PROGRESS = {"pending": 0, "failed": 0, "sending": 1, "sent": 2, "delivered": 3,
 
 
 def _transaction(con: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """BEGIN IMMEDIATE, fn, COMMIT (ROLLBACK on any error, a failed COMMIT too), in aiosqlite's thread."""
+    """BEGIN IMMEDIATE, fn, COMMIT (ROLLBACK on any error, a failed COMMIT too), in aiosqlite's thread.
+
+    Store.transaction's counterpart for a transaction run whole in the thread (Store._run).
+    """
     con.execute("BEGIN IMMEDIATE")
     try:
         out = fn(con)
         con.execute("COMMIT")
     except BaseException:
-        # SQLite may have rolled back already (a full disk); never leave the connection in a transaction.
-        if con.in_transaction:
-            con.execute("ROLLBACK")
+        try:
+            _rollback_if_open(con)
+        except sqlite3.Error as exc:
+            log.error("store.rollback_failed", error=f"{type(exc).__name__}: {exc}")
         raise
     return out
+
+
+def _rollback_if_open(con: sqlite3.Connection) -> None:
+    """ROLLBACK unless SQLite ended the transaction itself (it does on a full disk or an I/O error).
+
+    A ROLLBACK with no transaction fails ("no transaction is active") and would hide the error
+    that ended it; a transaction left open would make every later BEGIN fail.
+    """
+    if con.in_transaction:
+        con.execute("ROLLBACK")
 
 
 # Column names per table, read once from the schema (after migrations).

@@ -21,6 +21,14 @@ status, code and msg but no headers: read Retry-After from the ``Response`` that
 ``AsyncTwilioHttpClient.request`` returns (the client's ``_test_only_last_response`` is shared
 by concurrent requests). Do not pass ``max_retries``: aiohttp-retry would retry 5xx by itself.
 
+Lists (GET Messages.json, Calls.json) take Twilio's documented filters: To, From and
+DateSent / DateSent< / DateSent> for messages; To, From, Status, ParentCallSid and StartTime /
+EndTime with < and > for calls. A date (YYYY-MM-DD) compares by day, a date-time exactly. A
+message has no date_sent until it is sent and a call no start_time until it is dialled, so those
+filters leave out what is still queued, as at Twilio. Pages are newest first (Twilio sorts
+messages by DateSent; the fake by creation, which puts what is still queued first) in Twilio's
+page shape, with next_page_uri while more remain.
+
 Voice acks: Twilio has no REST resource for digits gathered in a call (the OpenAPI has
 ``SendDigits`` on create only; ``Calls/{CallSid}/Events.json`` logs the HTTP requests Twilio
 made, which exist only when a reachable URL received them). A client that only polls sees call
@@ -30,6 +38,7 @@ records digits in ``fake.gathered`` for assertions and posts them signed; nothin
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import secrets
@@ -47,6 +56,8 @@ import aiohttp
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
+from tests.fakes.outage import Outage
+
 API = "/2010-04-01"
 _E164 = r"\+[1-9]\d{6,14}"
 _DEFAULT_ERRORS = {
@@ -59,6 +70,13 @@ _DEFAULT_ERRORS = {
 # Call statuses end in the "completed" status-callback event, whatever ended them.
 _CALL_EVENT = {"queued": "initiated", "ringing": "ringing", "in-progress": "answered"}
 _CALL_END = {"completed", "busy", "no-answer", "failed", "canceled"}
+# List filters (query parameter → resource field), as in the OpenAPI's ListMessage and ListCall:
+# those compared for equality, and dates that also take < and > (inclusive).
+_MESSAGE_FILTERS = ({"To": "to", "From": "from"}, {"DateSent": "date_sent"})
+_CALL_FILTERS = (
+    {"To": "to", "From": "from", "Status": "status", "ParentCallSid": "parent_call_sid"},
+    {"StartTime": "start_time", "EndTime": "end_time"},
+)
 _MESSAGE_STATUSES = {"queued", "sending", "sent", "delivered", "undelivered", "failed", "read"}
 # Error codes Twilio reports when a message does not arrive: 30003 unreachable handset,
 # 30008 unknown error. Used when advance() is not given one.
@@ -96,6 +114,7 @@ class Recorded:
         authorization: the Authorization header as sent, or None.
         form: form body fields (a repeated field keeps its last value).
         query: query parameters (likewise).
+        at: when it arrived (time.monotonic()).
     """
 
     method: str
@@ -103,6 +122,7 @@ class Recorded:
     authorization: str | None
     form: dict[str, str]
     query: dict[str, str]
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +184,9 @@ class FakeTwilio:
         auth_token: its auth token, also the key webhooks are signed with (random if omitted).
         api_keys: API key SID → secret pairs also accepted for Basic auth.
         clock: returns the current time (aware); for date_created/date_sent.
+        latency_s: how long a create takes to answer once its message or call exists (at Twilio
+            the resource is queued before the answer leaves: a client that dies meanwhile has
+            sent it without knowing).
     """
 
     def __init__(
@@ -173,11 +196,13 @@ class FakeTwilio:
         *,
         api_keys: dict[str, str] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        latency_s: float = 0.0,
     ) -> None:
         """Set up an empty account; nothing listens until start()."""
         self.account_sid = account_sid or _sid("AC")
         self.auth_token = auth_token or secrets.token_hex(16)
         self.clock = clock
+        self.latency_s = latency_s
         self._credentials = {self.account_sid: self.auth_token, **(api_keys or {})}
         self.requests: list[Recorded] = []
         self.webhooks: list[WebhookResult] = []
@@ -185,8 +210,11 @@ class FakeTwilio:
         self.calls: dict[str, dict[str, Any]] = {}
         self.gathered: dict[str, list[str]] = defaultdict(list)
         self.too_fast = 0
+        # A provider outage in progress or to come (tests/fakes/outage.py), set by outage().
+        self.fault: Outage | None = None
         self._callbacks: dict[str, tuple[str, set[str]]] = {}
         self._script: deque[Answer] = deque()
+        self._list_script: deque[Answer] = deque()
         self._rate: tuple[float, float, float] | None = None  # per_s, tokens, last refill
         self._burst = 1.0
         self._runner: web.AppRunner | None = None
@@ -198,10 +226,10 @@ class FakeTwilio:
         app = web.Application(middlewares=[self._gate])
         prefix = API + "/Accounts/{account}"
         app.router.add_post(prefix + "/Messages.json", self._create_message)
-        app.router.add_get(prefix + "/Messages.json", self._list("messages", self.messages))
+        app.router.add_get(prefix + "/Messages.json", self._list("messages", self.messages, _MESSAGE_FILTERS))
         app.router.add_get(prefix + "/Messages/{sid}.json", self._fetch(self.messages))
         app.router.add_post(prefix + "/Calls.json", self._create_call)
-        app.router.add_get(prefix + "/Calls.json", self._list("calls", self.calls))
+        app.router.add_get(prefix + "/Calls.json", self._list("calls", self.calls, _CALL_FILTERS))
         app.router.add_get(prefix + "/Calls/{sid}.json", self._fetch(self.calls))
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -234,6 +262,15 @@ class FakeTwilio:
         """Queue answers for the next create requests, in order; then normal handling resumes."""
         self._script.extend(answers)
 
+    def script_lists(self, answers: list[Answer]) -> None:
+        """Queue answers for the next list requests (GET Messages.json or Calls.json), in order."""
+        self._list_script.extend(answers)
+
+    def outage(self, fault: Outage) -> Outage:
+        """Misbehave as `fault` says, from its `after`+1-th create on, on every API request."""
+        self.fault = fault
+        return fault
+
     def limit_rate(self, per_s: float, burst: float = 1.0) -> None:
         """Answer 429 (20429) to creates beyond per_s per second (real monotonic time).
 
@@ -244,6 +281,10 @@ class FakeTwilio:
         """
         self._burst = burst
         self._rate = (per_s, burst, time.monotonic())
+
+    def status_callback(self, sid: str) -> str | None:
+        """The StatusCallback URL a message or call was created with, if any."""
+        return self._callbacks.get(sid, (None, set()))[0]
 
     def inject_inbound(self, from_: str, to: str, body: str) -> dict[str, Any]:
         """Add an inbound message, as if a phone had texted the account's number."""
@@ -321,13 +362,25 @@ class FakeTwilio:
         auth = request.headers.get("Authorization")
         self.requests.append(
             Recorded(request.method, request.path, auth, {k: str(v) for k, v in form.items()},
-                     dict(request.query.items()))
+                     dict(request.query.items()), time.monotonic())
         )  # fmt: skip
         user, _, password = self._basic(auth)
         if not user or self._credentials.get(user) != password:
             return self._error(401)
         if request.match_info.get("account") != self.account_sid:
             return self._error(404)
+        fault = self.fault
+        if fault is not None:
+            # A create is for the receiver its status callback names (or its number).
+            who = str(form.get("StatusCallback") or form.get("To") or "") or None
+            fault.arrive(who, send=request.method == "POST")
+            if fault.active():
+                if refused := fault.refuse(who, self._error):
+                    return refused
+                if request.method == "POST":
+                    # The message or call is made; only its answer goes astray.
+                    return await fault.withhold(request, await handler(request))
+                return await fault.withhold(request, self._error(503))
         return await handler(request)
 
     @staticmethod
@@ -420,6 +473,7 @@ class FakeTwilio:
         self.messages[sid] = msg
         if callback := form.get("StatusCallback"):
             self._callbacks[sid] = (str(callback), set())
+        await self._answer_later()
         return web.json_response(msg, status=201)
 
     async def _create_call(self, request: web.Request) -> web.Response:
@@ -452,7 +506,13 @@ class FakeTwilio:
             # StatusCallbackEvent may repeat or be space-separated; Twilio's default is completed.
             events = {e for v in form.getall("StatusCallbackEvent", []) for e in str(v).split()}
             self._callbacks[sid] = (str(callback), events or {"completed"})
+        await self._answer_later()
         return web.json_response(call, status=201)
+
+    async def _answer_later(self) -> None:
+        """Hold a create's answer for latency_s; the resource already exists."""
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
 
     def _fetch(self, store: dict[str, dict[str, Any]]) -> Callable[..., Any]:
         """Return a handler for GET {kind}/{Sid}.json."""
@@ -464,20 +524,28 @@ class FakeTwilio:
 
         return fetch
 
-    def _list(self, key: str, store: dict[str, dict[str, Any]]) -> Callable[..., Any]:
+    def _list(
+        self, key: str, store: dict[str, dict[str, Any]], params: tuple[dict[str, str], dict[str, str]]
+    ) -> Callable[..., Any]:
         """Return a handler for GET {kind}.json: filters and Twilio's page shape."""
+        equal, dated = params
 
         async def read(request: web.Request) -> web.Response:
             """Answer one page, newest first, with next_page_uri while more remain."""
+            if self._list_script:
+                answer = self._list_script.popleft()
+                if not 200 <= answer.status < 300:
+                    return self._error(answer.status, answer.code, answer.message, answer.retry_after_s)
             q = request.query
             items = list(reversed(store.values()))  # dicts keep insertion order: newest last
-            for field in ("To", "From", "Status"):
-                if field in q:
-                    items = [r for r in items if r.get(field.lower()) == q[field]]
-            for op in ("", ">", "<"):
-                if "DateSent" + op in q:
-                    value = q["DateSent" + op]
-                    items = [r for r in items if _date_matches(r.get("date_sent"), op, value)]
+            for param, field in equal.items():
+                if param in q:
+                    items = [r for r in items if r.get(field) == q[param]]
+            for param, field in dated.items():
+                for op in ("", ">", "<"):
+                    if param + op in q:
+                        value = q[param + op]
+                        items = [r for r in items if _date_matches(r.get(field), op, value)]
             size, page = int(q.get("PageSize", 50)), int(q.get("Page", 0))
             chunk = items[page * size : (page + 1) * size]
             filters = {k: v for k, v in q.items() if k not in ("Page", "PageSize", "PageToken")}

@@ -21,9 +21,15 @@ def directory_toml(
     secretaries: bool = True,
     grid_workers: bool = True,
     test_village: bool = True,
+    wecom_users: bool = False,
+    robots: int = 0,
     extra: str = "",
 ) -> str:
-    """A directory: `villages` villages in a row 2 km apart, each with its devices and people."""
+    """A directory: `villages` villages in a row 2 km apart, each with its devices and people.
+
+    wecom_users: secretaries and grid workers get a WeCom user too (officials always have one).
+    robots: WeCom group robots, `WARND_TEST_ROBOT_{k}`, sharing the villages out between them.
+    """
     out = []
     for i in range(villages):
         code = village_code(i)
@@ -51,12 +57,17 @@ def directory_toml(
             out.append(
                 f'[[person]]\nid = "sec-{i}"\nname = "书记{i}"\nphone = "+86139{i:08d}"\n'
                 f'role = "village_secretary"\nvillages = ["{code}"]\nsuperior = "off-0"\n'
+                + (f'wecom_user = "sec{i}"\n' if wecom_users else "")
             )
         if grid_workers:
             out.append(
                 f'[[person]]\nid = "grid-{i}"\nname = "网格员{i}"\nphone = "+86137{i:08d}"\n'
                 f'role = "grid_worker"\nvillages = ["{code}"]\nsuperior = "sec-{i}"\n'
+                + (f'wecom_user = "grid{i}"\n' if wecom_users else "")
             )
+    for k in range(robots):
+        mine = ", ".join(f'"{village_code(i)}"' for i in range(villages) if i % robots == k)
+        out.append(f'[[wecom_robot]]\nkey_env = "WARND_TEST_ROBOT_{k}"\nvillages = [{mine}]\n')
     if test_village:
         out.append(
             '[[person]]\nid = "tester"\nname = "演练员"\nphone = "+8613600000000"\nrole = "official"\n'

@@ -33,13 +33,7 @@ def test_settings(tmp_path: Path, directory: Path, **overrides: Any) -> Settings
     data: dict[str, Any] = {
         "state_dir": tmp_path / "state",
         "directory": {"path": directory},
-        # Few PBKDF2 rounds: the tokens are test constants, and a harness starts in every test.
-        "auth": {
-            "tokens": [
-                {"name": f"{r}-1", "role": r, "hash": hash_token(t, iterations=1000)}
-                for r, t in TOKENS.items()
-            ]
-        },
+        "auth": {"tokens": [{"name": f"{r}-1", "role": r, "hash": hash_token(t)} for r, t in TOKENS.items()]},
         "http": {"port": 0},
     }
     for key, value in overrides.items():

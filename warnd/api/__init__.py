@@ -5,19 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 
 from warnd import devices
 from warnd.api import audit, warnings
 from warnd.api import report as report_api
+from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
 from warnd.api.errors import error_middleware, error_response
 from warnd.api.openapi import openapi
-from warnd.api.routes import TOKENS, Route, auth_middleware
+from warnd.api.routes import GATE, Route, auth_middleware
 from warnd.metrics import metrics_handler
-from warnd.ratelimit import rate_limit_middleware, rate_limiters
+from warnd.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters
 
 if TYPE_CHECKING:
     from warnd.daemon import Daemon
+
+log = structlog.get_logger("warnd.api")
 
 
 def _size_middleware(max_bytes: int) -> Any:
@@ -95,7 +99,10 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         ],
     )
     app[DAEMON] = daemon
-    app[TOKENS] = daemon.tokens
+    app[GATE] = AuthGate(daemon.tokens, auth_failure_limiter(daemon.settings.http), daemon.metrics)
+    slow = slow_hash_keys(daemon.settings)
+    if slow:
+        log.warning("auth.slow_hashes", keys=slow, advice=SLOW_HASH_ADVICE)
     # A path with text after a parameter (/warnings/{id}.cap) goes before the bare parameter
     # (/warnings/{id}) that would otherwise match it; the rest keep their order.
     for r in sorted(routes, key=lambda r: "}." not in r.path):

@@ -1,4 +1,4 @@
-"""API errors: always `{"error": {"code", "message", "field"}}` with a 4xx status."""
+"""API errors: always `{"error": {"code", "message", "field"}}`; 4xx, or 503 when the disk is full."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from pydantic import ValidationError
 
 from warnd.config import _dotted
 from warnd.intake import InputError
+from warnd.store import StoreUnavailable
 
 log = structlog.get_logger("warnd.api")
+
+# Retry-After on 503 store_unavailable: a full disk waits for a person to free space, so a client
+# asking again sooner than this only adds load (and log lines) while nothing can change.
+STORE_RETRY_AFTER_S = 30
 
 
 def error_response(
@@ -70,6 +75,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         # nothing is wrong here and nobody will read an answer.
         log.info("api.client_gone", path=request.path, method=request.method)
         return error_response(400, "client_gone", "the client closed the connection", None)
+    except StoreUnavailable as exc:
+        # Neither the client's mistake nor a bug: the disk is full or read-only, nothing of the
+        # request was stored (the store logged it, once per outage), and the same request works
+        # once the disk is back; an Idempotency-Key makes that retry safe.
+        message = f"warnd cannot store anything now ({exc.reason}); nothing was stored, try again later"
+        response = error_response(503, "store_unavailable", message, None)
+        response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
+        return response
     except Exception:
         log.exception("api.error", path=request.path, method=request.method)
         return error_response(500, "internal", "internal error; see the daemon log", None)

@@ -61,8 +61,12 @@ def _common_errors(r: Route, params: list[str], limited: bool) -> dict[int, str]
         errors[422] = "a field is invalid (the error names it)"
     if r.query:
         errors[400] = "a query parameter is invalid (the error names it)"
+    if r.role:
+        errors[429] = "too many failed token checks from this address; see Retry-After"
     if limited:
-        errors[429] = "too many requests from this address; see Retry-After"
+        errors[429] = "too many requests (or failed token checks) from this address; see Retry-After"
+    if r.method == "POST":
+        errors[503] = "store_unavailable: the disk is full or read-only, nothing was stored; see Retry-After"
     return errors
 
 

@@ -9,10 +9,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from warnd.api.auth import Principal, TokenBook
+from warnd.api.auth import AuthGate, Principal, Refusal, refusal_response
 
 PRINCIPAL = web.RequestKey("principal", Principal)
-TOKENS = web.AppKey("tokens", TokenBook)
+GATE = web.AppKey("auth_gate", AuthGate)
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,10 @@ def auth_middleware(roles: dict[tuple[str, str], str | None]) -> Any:
         needed = roles.get((method, pattern))
         if needed is None:
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return error_response(401, "unauthorized", "a bearer token is required", "Authorization")
-        who = request.app[TOKENS].lookup(token.strip())
-        if who is None:
-            return error_response(401, "unauthorized", "unknown token", "Authorization")
+        who = await request.app[GATE].check(request.remote, request.headers.get("Authorization", ""))
+        if isinstance(who, Refusal):
+            message = "a bearer token is required" if who.reason == "missing" else "unknown token"
+            return refusal_response(who, "unauthorized", message, "Authorization")
         if not who.can(needed):
             return error_response(
                 403, "forbidden", f"role {who.role} may not do this; {needed} needed", "Authorization"

@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -16,10 +17,12 @@ from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
 from warnd.planner import level_policy, schedule_view, step_deliveries, step_jobs, steps_for
 from warnd.report import escalations
-from warnd.store import from_ts, new_warning_id
+from warnd.store import IdempotencyConflict, from_ts, new_warning_id
 
 if TYPE_CHECKING:
     from warnd.daemon import Daemon
+
+log = structlog.get_logger("warnd.api")
 
 JSON_TYPES = ("application/json",)
 # What `?state=` takes on the list (active: in force, i.e. active or updated).
@@ -99,7 +102,17 @@ async def create(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
         raise InputError("invalid", "Idempotency-Key must be 1–200 characters", "Idempotency-Key", 400)
-    result = await d.intake.accept(w, actor=actor(request), idempotency_key=key)
+    try:
+        result = await d.intake.accept(w, actor=actor(request), idempotency_key=key)
+    except IdempotencyConflict as exc:
+        # Answering 200 with the first id would tell the client its second warning went out.
+        log.warning("warning.idempotency_key_reused", warning_id=exc.warning_id)
+        raise InputError(
+            "idempotency_key_reused",
+            f"this Idempotency-Key was already used for warning {exc.warning_id} with other content;"
+            " a new warning needs a new key",
+            "Idempotency-Key",
+        ) from None
     status = 202 if result.created else 200
     return web.json_response({"id": result.id, "created": result.created}, status=status)
 

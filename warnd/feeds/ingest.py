@@ -52,6 +52,8 @@ _CAP_PATH = {
     "onset": "/alert/info/onset",
     "expires": "/alert/info/expires",
     "status": "/alert/status",
+    "sender": "/alert/sender",
+    "identifier": "/alert/identifier",
 }
 
 

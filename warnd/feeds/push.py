@@ -1,9 +1,10 @@
 """`POST /api/v1/feeds/{feed}/cap`: upstream pushes CAP with the feed's own bearer token.
 
-The route needs no API role: the feed's `token_hash` is checked here, in constant time (the same
-hash forms as `[[auth.tokens]]`). With `hmac_secret_env` set, the body must also carry
-`X-Warnd-Signature: sha256=<hex HMAC-SHA256 of the body>` under the secret that environment
-variable holds. The token is checked before the body is read; the signature before it is parsed.
+The route needs no API role: the feed's `token_hash` is checked here, through the same gate as
+API tokens (warnd.api.auth: the same hash forms, the same failure limit per address). With
+`hmac_secret_env` set, the body must also carry `X-Warnd-Signature: sha256=<hex HMAC-SHA256 of
+the body>` under the secret that environment variable holds. The token is checked before the
+body is read; the signature before it is parsed.
 
 Answers: 202 when a message was new, 200 when every message was a duplicate, 400 not XML or
 hostile, 401 bad token (`feed_unauthorized`, field `feed_token`; an unknown feed answers
@@ -22,11 +23,12 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
+from warnd.api.auth import Refusal, refusal_response
 from warnd.api.errors import error_response
+from warnd.api.routes import GATE
 from warnd.cap import CapError
 from warnd.feeds.ingest import IngestResult
 from warnd.intake import Actor
-from warnd.tokenhash import verify_token
 
 if TYPE_CHECKING:
     from warnd.config import FeedSettings
@@ -70,35 +72,27 @@ class PushEndpoint:
     def __init__(self, feeds: Feeds) -> None:
         """Index the push feeds by name."""
         self.feeds = feeds
-        self._verified: dict[str, bytes] = {}
 
     def _feed(self, name: str) -> FeedSettings | None:
         """The push feed of this name, if there is one."""
         return next((f for f in self.feeds.daemon.settings.feed if f.name == name and f.kind == "push"), None)
 
-    def _token_ok(self, feed: FeedSettings | None, request: web.Request) -> bool:
-        """Whether the request carries the feed's token (a verified token is remembered by digest)."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if feed is None or scheme.lower() != "bearer" or not token or feed.token_hash is None:
-            return False
-        digest = hashlib.sha256(token.encode()).digest()
-        known = self._verified.get(feed.name)
-        if known is not None and hmac.compare_digest(known, digest):
-            return True
-        if verify_token(token, feed.token_hash):
-            self._verified[feed.name] = digest
-            return True
-        return False
-
     async def handle(self, request: web.Request) -> web.Response:
         """Take one pushed CAP document."""
         name = request.match_info["feed"]
         feed = self._feed(name)
-        if feed is None or not self._token_ok(feed, request):
-            # An unknown feed answers like a wrong token: which feeds exist is nobody's business.
-            log.warning("feed.unauthorized", feed=name, remote=request.remote, known=feed is not None)
-            return error_response(401, "feed_unauthorized", "a valid feed token is required", "feed_token")
+        gate = request.app[GATE]
+        # An unknown feed is checked against no hash and answers like a wrong token: which
+        # feeds exist is nobody's business. Failures count against the address like the API's.
+        book = gate.book_for(f"feed:{name}", feed.token_hash if feed is not None else None)
+        who = await gate.check(request.remote, request.headers.get("Authorization", ""), book)
+        if isinstance(who, Refusal) or feed is None:  # (an empty book accepts no token)
+            refusal = who if isinstance(who, Refusal) else Refusal(401, "unknown")
+            if refusal.status == 401:
+                log.warning("feed.unauthorized", feed=name, remote=request.remote, known=feed is not None)
+            return refusal_response(
+                refusal, "feed_unauthorized", "a valid feed token is required", "feed_token"
+            )
         if request.content_type not in (*CAP_TYPES, "application/octet-stream"):
             return error_response(
                 415,

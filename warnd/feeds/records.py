@@ -155,25 +155,19 @@ class FeedRecords:
 
     async def _bump(self, feed: str, now: datetime, *, outcome: str | None, error: str | None) -> None:
         """Update a feed's health in one transaction."""
-        store = self.store
-        await store._begin()
-        try:
+        async with self.store.transaction() as db:
             row = await self._health_row(feed)
             counts = row["counts"]
             if outcome is not None:
                 counts[outcome] = counts.get(outcome, 0) + 1
             if error is None:
-                await store.db.execute(
+                await db.execute(
                     "UPDATE feed_health SET last_success = ?, failures = 0, counts = ? WHERE feed = ?",
                     (ts(now), json.dumps(counts), feed),
                 )
             else:
-                await store.db.execute(
+                await db.execute(
                     "UPDATE feed_health SET last_error = ?, last_error_at = ?, failures = failures + 1,"
                     " counts = ? WHERE feed = ?",
                     (error[:500], ts(now), json.dumps(counts), feed),
                 )
-            await store._end("COMMIT")
-        except BaseException:
-            await store._end("ROLLBACK")
-            raise

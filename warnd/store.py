@@ -117,6 +117,10 @@ class Delivery:
     # A crash left an earlier send of it in doubt: it may have reached the provider at or after
     # this time, so it is looked up there before it is sent again (Adapter.reconcile).
     maybe_sent_at: datetime | None = None
+    # When it was first handed over, if ever: a delivery sent before is being published again.
+    sent_at: datetime | None = None
+    # Published again because its device did not confirm (warnd.confirm): not an attempt.
+    republish: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class Outcome:
         error: why it failed, for the operator; never a secret.
         retry_after_s: earliest retry the far end allows.
         provider_ref: the provider's id for later receipts (Twilio SID …).
+        refund: nothing left warnd (the channel was not ready): the claim's attempt is taken back.
+        republish: the delivery was published again (its device had not confirmed).
     """
 
     delivery_id: int
@@ -136,6 +142,8 @@ class Outcome:
     error: str | None = None
     retry_after_s: float | None = None
     provider_ref: str | None = None
+    refund: bool = False
+    republish: bool = False
 
 
 @dataclass(frozen=True)
@@ -438,21 +446,7 @@ class Store:
 
     async def _insert_jobs(self, jobs: Sequence[dict[str, Any]]) -> None:
         """Insert jobs inside the caller's transaction; a known key is left as it is."""
-        await self.db.executemany(
-            "INSERT OR IGNORE INTO jobs (key, warning_id, kind, due_at, payload, created_at)"
-            " VALUES (?,?,?,?,?,?)",
-            [
-                (
-                    j["key"],
-                    j.get("warning_id"),
-                    j["kind"],
-                    j["due_at"],
-                    json.dumps(j.get("payload", {}), ensure_ascii=False),
-                    j["created_at"],
-                )
-                for j in jobs
-            ],
-        )
+        await self.db.executemany(INSERT_JOB_SQL, _job_params(jobs))
 
     async def get_warning(self, warning_id: str) -> dict[str, Any] | None:
         """One warning row with its JSON columns decoded."""
@@ -584,11 +578,16 @@ class Store:
         now: datetime,
         set_state: str | None = None,
         audit: dict[str, Any] | None = None,
+        republish: Sequence[int] = (),
+        republish_reason: str | None = None,
     ) -> bool:
         """Mark a job done and write what it produced, in one transaction: each job fires once.
 
         `set_state` also moves the job's warning to that state and cancels its open
-        deliveries and pending jobs (expiry). Returns False when the job was no longer pending.
+        deliveries and pending jobs (expiry). `republish` are deliveries sent but not confirmed:
+        they become due again (`pending`, keeping `sent_at`), with `republish_reason` as their
+        last error, unless a confirmation came meanwhile. Returns False when the job was no
+        longer pending.
         """
         db = self.db
         stamp = ts(now)
@@ -617,6 +616,12 @@ class Store:
                 )
             if audit is not None:
                 await self._insert_audit(audit)
+            if republish:
+                await db.execute(
+                    "UPDATE deliveries SET state = 'pending', last_error = ?, updated_at = ?"
+                    " WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('sent', 'delivered')",
+                    (republish_reason, stamp, json.dumps(list(republish))),
+                )
             await self._insert_deliveries(deliveries, now)
             await self._insert_jobs(jobs)
             await self._end("COMMIT")
@@ -684,7 +689,9 @@ class Store:
     async def claim(self, now: datetime, limit: int, channels: Iterable[str]) -> list[Delivery]:
         """Claim due deliveries of these channels: mark them `sending` and return them.
 
-        One transaction in one trip to the database thread, three statements whatever the batch.
+        Each claim is an attempt, except a re-publish: a delivery already sent (`sent_at`) that is
+        pending again because its device did not confirm (Store.fire_job `republish`).
+        One transaction in one trip to the database thread, four statements whatever the batch.
         """
         chans = list(channels)
         if not chans:
@@ -692,28 +699,31 @@ class Store:
         marks = ",".join("?" * len(chans))
         stamp = ts(now)
         due = (
-            "SELECT json_group_array(id) FROM (SELECT id FROM deliveries"  # noqa: S608
+            "SELECT json_group_array(id), json_group_array(IIF(republish, id, NULL)) FROM"  # noqa: S608
+            " (SELECT id, state = 'pending' AND sent_at IS NOT NULL AS republish FROM deliveries"
             f" WHERE state IN ('pending', 'failed') AND due_at <= ? AND channel IN ({marks})"
             " ORDER BY due_at, id LIMIT ?)"
         )
 
-        def work(con: sqlite3.Connection) -> list[dict[str, Any]]:
-            ids = con.execute(due, (stamp, *chans, limit)).fetchone()[0]
+        def work(con: sqlite3.Connection) -> tuple[list[dict[str, Any]], set[int]]:
+            ids, again = con.execute(due, (stamp, *chans, limit)).fetchone()
             if ids == "[]":
-                return []
+                return [], set()
             con.execute(
-                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?,"
-                " claimed_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+                "UPDATE deliveries SET state = 'sending',"
+                " attempts = attempts + IIF(state = 'pending' AND sent_at IS NOT NULL, 0, 1),"
+                " updated_at = ?, claimed_at = ? WHERE id IN (SELECT value FROM json_each(?))",
                 (stamp, stamp, ids),
             )
-            return _rows(
+            rows = _rows(
                 con,
                 "deliveries",
                 "SELECT * FROM deliveries WHERE id IN (SELECT value FROM json_each(?))",
                 (ids,),
             )
+            return rows, {i for i in json.loads(again) if i is not None}
 
-        rows = await self._run(work)
+        rows, republished = await self._run(work)
         rows.sort(key=lambda r: (r["due_at"], r["id"]))  # oldest due first, as claimed
         return [
             Delivery(
@@ -732,12 +742,24 @@ class Store:
                 last_error=r["last_error"],
                 context=json.loads(r["context"]) if r.get("context") else {},
                 maybe_sent_at=from_ts(r["maybe_sent_at"]),
+                sent_at=from_ts(r["sent_at"]),
+                republish=r["id"] in republished,
             )
             for r in rows
         ]
 
-    async def record(self, outcomes: Sequence[tuple[Outcome, datetime | None]], now: datetime) -> None:
-        """Write outcomes; each comes with its next due time when it is to be retried."""
+    async def record(
+        self,
+        outcomes: Sequence[tuple[Outcome, datetime | None]],
+        now: datetime,
+        *,
+        jobs: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Write outcomes, each with its next due time when it is to be retried, and `jobs`, at once.
+
+        A re-publish `sent` again stays `delivered` if its device had said `received` before.
+        An outcome with `refund` gives back the attempt its claim counted.
+        """
         stamp = ts(now)
         # Outcomes alike (a batch of village commands all `sent`) are one statement over their
         # ids: every statement step hands the GIL back and forth with a busy event loop.
@@ -745,19 +767,36 @@ class Store:
         for o, retry_at in outcomes:
             sent = stamp if o.state in ("sent", "delivered", "acknowledged") else None
             # A send that is known to have happened ends any doubt about an earlier one.
-            key = (o.state, o.error, o.provider_ref, sent, ts(retry_at) if retry_at else None, stamp, sent)
+            key = (
+                int(o.republish),
+                o.state,
+                o.state,
+                o.error,
+                o.provider_ref,
+                sent,
+                ts(retry_at) if retry_at else None,
+                stamp,
+                sent,
+                int(o.refund),
+            )
             groups.setdefault(key, []).append(o.delivery_id)
-        await self._run(
-            lambda con: _update_by_ids(
+        params = _job_params(jobs)
+
+        def work(con: sqlite3.Connection) -> None:
+            _update_by_ids(
                 con,
-                "state = ?, last_error = ?, provider_ref = COALESCE(?, provider_ref),"
+                "state = IIF(? AND ? = 'sent' AND delivered_at IS NOT NULL, 'delivered', ?), last_error = ?,"
+                " provider_ref = COALESCE(?, provider_ref),"
                 " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?,"
-                " maybe_sent_at = IIF(? IS NULL, maybe_sent_at, NULL)",
+                " maybe_sent_at = IIF(? IS NULL, maybe_sent_at, NULL), attempts = attempts - ?",
                 groups,
                 # `+state`: look rows up by id, not by the (state, due_at) index.
                 also="+state = 'sending'",
             )
-        )
+            if params:
+                con.executemany(INSERT_JOB_SQL, params)
+
+        await self._run(work)
 
     async def next_job_due(self) -> datetime | None:
         """When the earliest pending job becomes due (the scheduler sleeps until then)."""
@@ -789,12 +828,21 @@ class Store:
         """One delivery row by id (an ack link names its delivery)."""
         return await self._one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,))
 
+    async def deliveries_by_ids(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Delivery rows by id, in id order (a confirmation round reads the ones it watches)."""
+        return await self._all(
+            "SELECT * FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(list(ids)),),
+        )
+
     async def in_force_for(self, channel: str, target: str) -> list[dict[str, Any]]:
         """Warnings in force that this receiver was sent (or is being sent): what an LED board may show."""
         rows = await self._all(
             "SELECT w.* FROM warnings w WHERE w.state IN ('active', 'updated') AND EXISTS ("
             " SELECT 1 FROM deliveries d WHERE d.warning_id = w.id AND d.channel = ? AND d.target = ?"
-            " AND d.kind = 'warning' AND d.state IN ('sending', 'sent', 'delivered', 'acknowledged'))",
+            " AND d.kind = 'warning' AND (d.state IN ('sending', 'sent', 'delivered', 'acknowledged')"
+            # Sent, not confirmed, about to be published again: still what the board shows.
+            " OR (d.state = 'pending' AND d.sent_at IS NOT NULL)))",
             (channel, target),
         )
         return [_decode_warning(r) for r in rows]
@@ -1148,6 +1196,26 @@ def _split_sql(sql: str) -> list[str]:
                 out.append(buf.strip())
             buf = ""
     return out
+
+
+INSERT_JOB_SQL = (
+    "INSERT OR IGNORE INTO jobs (key, warning_id, kind, due_at, payload, created_at) VALUES (?,?,?,?,?,?)"
+)
+
+
+def _job_params(jobs: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Jobs as INSERT_JOB_SQL's parameters."""
+    return [
+        (
+            j["key"],
+            j.get("warning_id"),
+            j["kind"],
+            j["due_at"],
+            json.dumps(j.get("payload", {}), ensure_ascii=False),
+            j["created_at"],
+        )
+        for j in jobs
+    ]
 
 
 def _job(row: dict[str, Any]) -> Job:

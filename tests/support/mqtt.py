@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import shutil
 import socket
 import subprocess
@@ -71,7 +72,9 @@ class Broker:
             f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
         )
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{kept}"
+            # Started as root, mosquitto becomes the `mosquitto` user, who cannot write mosquitto.db
+            # into the test's directory: it stays who started it.
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n{kept}"
             f"max_inflight_messages {max_inflight_messages}\nmax_queued_messages {max_queued_messages}\n"
             f"log_dest file {self.log}\nlog_type error\nlog_type warning\n"
         )

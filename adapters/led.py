@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import structlog
 
 from adapters.mqtt import MqttDeviceAdapter
-from warnd.adapter import AdapterContext, Limits, Message, Receipt, TransientError
+from warnd.adapter import AdapterContext, Limits, Message, NotReadyError, Receipt, TransientError
+from warnd.clock import parse_iso
 from warnd.devices import device_topic
 from warnd.model import Level
 
@@ -107,10 +108,17 @@ class LedAdapter(MqttDeviceAdapter):
         # One board's sends are serialised: two warnings in one batch must not race each other.
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def republish_until(self, message: Message, first_sent: datetime) -> datetime:
+        """The first publish's not_after: the warning's expiry, else first_sent + 2 h (a `clear`: 2 h)."""
+        expires = (
+            message.warning.get("expires") if message.delivery.kind not in ("cancel", "expire") else None
+        )
+        return parse_iso(expires) or first_sent + DEFAULT_NOT_AFTER
+
     async def send_batch(self, messages: Sequence[Message]) -> list[Receipt | BaseException]:
         """Each delivery: work out what its board shows now and publish that (boards in parallel)."""
         if not self.link.connected:
-            raise TransientError("broker unavailable")
+            raise NotReadyError("broker unavailable")
 
         async def one(m: Message) -> Receipt | BaseException:
             """One board's command, serialised per board."""
@@ -155,7 +163,8 @@ class LedAdapter(MqttDeviceAdapter):
     async def command_for(self, m: Message) -> dict[str, Any]:
         """The command for a board now: display the top warning (and the rest, rotating), or clear."""
         d = m.delivery
-        now = self._now()
+        # A command published again (its board did not confirm) keeps its first publish's limits.
+        now = d.sent_at if d.republish and d.sent_at else self._now()
         village = d.village or self.ctx.directory().device_village.get(d.target)
         shown = await self.showing(d.target, village)
         base = {"v": 1, "msg_id": d.msg_id, "ack_topic": device_topic(d.target, "ack")}

@@ -20,9 +20,10 @@ import structlog
 
 from adapters.mqtt import MqttDeviceAdapter
 from warnd import messages
-from warnd.adapter import AdapterContext, Limits, Message, Receipt, TransientError, truncate
+from warnd.adapter import AdapterContext, Limits, Message, NotReadyError, Receipt, TransientError, truncate
 from warnd.api.routes import Route
 from warnd.audio import MAX_TEXT_CHARS, AudioCache, AudioError, AudioFile, audio_routes
+from warnd.clock import parse_iso
 from warnd.devices import TOPIC_ROOT, device_topic
 from warnd.model import Level
 
@@ -112,7 +113,8 @@ def command(
         "audio": audio.payload(public_url) if audio is not None else None,
         # The file already speaks the message `tts.repeat` times: a terminal plays it once.
         "repeat": 1,
-        "not_after": not_after(w, d.kind, now, max_age_min),
+        # A command published again (its device did not confirm) keeps its first publish's limit.
+        "not_after": not_after(w, d.kind, d.sent_at if d.republish and d.sent_at else now, max_age_min),
         "ack_topic": ack_topic,
     }
 
@@ -228,10 +230,17 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
             log.warning("audio.render_failed", warning_id=warning_id, reason=reason, fallback="text")
         self._audio_failing = True
 
+    def republish_until(self, message: Message, first_sent: datetime) -> datetime:
+        """The first publish's not_after: the warning's expiry, else first_sent + max_age_min."""
+        limit = not_after(
+            message.warning, message.delivery.kind, first_sent, self.ctx.settings.loudspeaker.max_age_min
+        )
+        return parse_iso(limit) or first_sent
+
     async def send_batch(self, messages: Sequence[Message]) -> list[Receipt | BaseException]:
         """Group by msg_id; publish once per whole village, per device otherwise."""
         if not self.link.connected:
-            raise TransientError("broker unavailable")
+            raise NotReadyError("broker unavailable")
         groups: dict[str, list[int]] = {}
         for i, m in enumerate(messages):
             groups.setdefault(m.delivery.msg_id, []).append(i)

@@ -2,8 +2,15 @@
 
 The link owns reconnection: `run_loop` keeps `async with client:` inside `while True`, waits a
 randomised, capped delay after each failure, and re-makes every subscription on each connect.
-Channels never wait for the broker: `publish` raises TransientError while the link is down, so
-their deliveries stay in the outbox and the dispatcher retries them when it is back.
+Channels never wait for the broker: `publish` raises NotReadyError while the link is down, so
+their deliveries stay in the outbox, no attempt counted, until it is back.
+
+With `manual_ack` (the daemon's device link) a QoS-1 message is acknowledged to the broker (its
+PUBACK) only when its handler says it is done — the device hub, once the ack is committed to the
+store. Until then the broker keeps it in warnd's persistent session: if warnd dies or cannot
+write, the broker delivers it again on the next connect. An acknowledgement belongs to the
+connection the message came on; after a reconnect the broker resends what was not acknowledged,
+so an old one is dropped rather than sent for a message id the new connection may reuse.
 
 Sharing: `mqtt_link(ctx)` creates the link once per daemon and keeps it in
 `ctx.extra["mqtt"]`; a channel calls `link.subscribe(topic_filter, handler)` and returns
@@ -24,7 +31,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 import structlog
 
-from warnd.adapter import Adapter, Message, Receipt, TransientError
+from warnd.adapter import Adapter, Message, NotReadyError, Receipt, TransientError
 from warnd.devices import device_hub
 
 if TYPE_CHECKING:
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("warnd.mqtt")
 
 Handler = Callable[[aiomqtt.Message], Awaitable[None] | None]
+# What acknowledges one received message later: (connection number, message id, QoS).
+AckToken = tuple[int, int, int]
 
 # QoS 1: at-least-once on the wire; msg_id makes it effectively-once at the terminal.
 QOS = 1
@@ -67,6 +76,7 @@ class MqttLink:
             that arrive while this client is away.
         on_connect: called (awaited) after each connect and resubscribe, e.g. to publish status.
         name: for log events and the loop's task name.
+        manual_ack: acknowledge a QoS-1 message to the broker only when its handler is done with it.
     """
 
     def __init__(
@@ -78,6 +88,7 @@ class MqttLink:
         clean_session: bool = False,
         on_connect: Callable[[], Awaitable[None]] | None = None,
         name: str = "warnd.mqtt",
+        manual_ack: bool = False,
     ) -> None:
         """Remember how to connect; `run_loop` connects."""
         self.settings = settings
@@ -86,10 +97,15 @@ class MqttLink:
         self.clean_session = clean_session
         self.on_connect = on_connect
         self.name = name
+        self.manual_ack = manual_ack
         self.connects = 0
+        # Moves on at every disconnect: an acknowledgement is only sent on the connection it is for.
+        self._connection = 0
         self._handlers: list[tuple[str, Handler]] = []
-        # (filter levels, handler, whether it is a coroutine function), for matching fast.
-        self._routes: list[tuple[list[str], Handler, bool]] = []
+        # (filter levels, handler, whether it is a coroutine function, whether it acks itself).
+        self._routes: list[tuple[list[str], Handler, bool, bool]] = []
+        # Tokens of queued messages whose coroutine handlers have not run yet, by id(message).
+        self._waiting_ack: dict[int, AckToken] = {}
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._claimed = False
@@ -107,14 +123,18 @@ class MqttLink:
         async with asyncio.timeout(timeout_s):
             await self._connected.wait()
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
-        """Call handler for every message matching topic_filter, from now on and after every reconnect."""
+    def subscribe(self, topic_filter: str, handler: Handler, *, acks: bool = False) -> None:
+        """Call handler for every message matching topic_filter, from now on and after every reconnect.
+
+        With `acks`, a plain handler acknowledges each message itself (`link.ack(link.token(m))`)
+        once it is safe; otherwise the link does when the handlers have run.
+        """
         known = any(f == topic_filter for f, _ in self._handlers)
         self._handlers.append((topic_filter, handler))
         levels = topic_filter.split("/")
         if levels[0] == "$share":
             levels = levels[2:]  # $share/<group>/<filter>: messages arrive on the plain topic
-        self._routes.append((levels, handler, inspect.iscoroutinefunction(handler)))
+        self._routes.append((levels, handler, inspect.iscoroutinefunction(handler), acks))
         if self._client is not None and self.connected and not known:
             task = asyncio.get_running_loop().create_task(self._subscribe(self._client, topic_filter))
             self._tasks.add(task)
@@ -131,11 +151,30 @@ class MqttLink:
         self._claimed = True
         return [(self.name, self.run_loop()), *((n, f()) for n, f in self._loops)]
 
+    def token(self, message: aiomqtt.Message) -> AckToken | None:
+        """What acknowledges this message later (None: nothing to acknowledge); take it on arrival."""
+        if not self.manual_ack or message.qos == 0:
+            return None
+        return (self._connection, message.mid, message.qos)
+
+    def ack(self, token: AckToken | None) -> None:
+        """Send the broker its PUBACK for a message, if its connection is still the one up.
+
+        A message received on an earlier connection is not acknowledged: the broker sends it
+        again on the new one, where it gets its own token.
+        """
+        client = self._client
+        # Not `connected`: messages come right after CONNACK, before the subscriptions are remade.
+        if token is None or client is None or token[0] != self._connection:
+            return
+        # paho's own call, which aiomqtt does not wrap; made from the event loop, as aiomqtt's are.
+        client._client.ack(token[1], token[2])
+
     async def publish(self, topic: str, payload: bytes | str, qos: int = QOS, retain: bool = False) -> None:
-        """Publish and wait for the broker's PUBACK; TransientError while the broker is unreachable."""
+        """Publish and wait for the broker's PUBACK; NotReadyError while the broker is unreachable."""
         client = self._client
         if client is None or not self.connected:
-            raise TransientError("broker unavailable")
+            raise NotReadyError("broker unavailable")
         before = _cancels()
         try:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S)
@@ -167,6 +206,9 @@ class MqttLink:
         )
         # aiomqtt warns on every publish beyond 10 pending; a fan-out has thousands on purpose.
         client.pending_calls_threshold = MAX_INFLIGHT * 10
+        if self.manual_ack:
+            # aiomqtt 2.5 has no manual acknowledgement of its own; its paho client does.
+            client._client.manual_ack_set(True)
         return client
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
@@ -181,6 +223,8 @@ class MqttLink:
     async def run_loop(self) -> None:
         """Connect, subscribe, dispatch messages; on any broker error wait a capped random delay, again."""
         client = self._client_for()
+        # Made once and kept: `publish` still checks `connected` before using it.
+        self._client = client
         attempt = 0
         # Connecting, subscribing and disconnecting all wait for the broker's reply the same way.
         before = _cancels()
@@ -209,6 +253,7 @@ class MqttLink:
                 _raise_if_cancelled_since(before)
                 was_connected = self.connected
                 self._connected.clear()
+                self._connection += 1
                 attempt += 1
                 delay = backoff_s(attempt, self.settings.reconnect_max_s)
                 reason = str(exc)
@@ -223,6 +268,8 @@ class MqttLink:
                 )
                 await asyncio.sleep(delay)
             finally:
+                if self.connected:
+                    self._connection += 1
                 self._connected.clear()
 
     def _inbox_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
@@ -243,15 +290,23 @@ class MqttLink:
 
         return Inbox
 
-    def _matching(self, message: aiomqtt.Message) -> list[tuple[Handler, bool]]:
+    def _matching(self, message: aiomqtt.Message) -> list[tuple[Handler, bool, bool]]:
         """The handlers whose filter matches the message's topic."""
         levels = str(message.topic).split("/")
-        return [(h, is_async) for f, h, is_async in self._routes if _matches(levels, f)]
+        return [(h, is_async, acks) for f, h, is_async, acks in self._routes if _matches(levels, f)]
 
     def _deliver_now(self, message: aiomqtt.Message) -> bool:
-        """Call the plain handlers of a message; True if coroutine handlers are still to run."""
+        """Call the plain handlers of a message; True if coroutine handlers are still to run.
+
+        With manual acknowledgement, a message no handler acknowledges itself is acknowledged
+        here, or after its coroutine handlers (`_dispatch`): one nobody wants must not stay
+        unacknowledged, holding a place in the broker's window of messages in flight.
+        """
         pending = False
-        for handler, is_async in self._matching(message):
+        handled = False
+        token = self.token(message)
+        for handler, is_async, acks in self._matching(message):
+            handled = handled or acks
             if is_async:
                 pending = True
                 continue
@@ -263,11 +318,18 @@ class MqttLink:
                     task.add_done_callback(self._tasks.discard)
             except Exception:
                 log.exception("mqtt.handler_failed", link=self.name, topic=str(message.topic))
+        if token is not None and not handled:
+            if pending:
+                self._waiting_ack[id(message)] = token
+            else:
+                self.ack(token)
         return pending
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         """Run, in order, the coroutine handlers whose filter matches a queued message."""
-        for handler, is_async in self._matching(message):
+        token = self._waiting_ack.pop(id(message), None)
+        failed = False
+        for handler, is_async, _ in self._matching(message):
             if not is_async:
                 continue  # already called on arrival
             try:
@@ -275,7 +337,11 @@ class MqttLink:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
+                failed = True
                 log.exception("mqtt.handler_failed", link=self.name, topic=str(message.topic))
+        if not failed:
+            # A handler that failed (a store that cannot write) leaves it to the broker to resend.
+            self.ack(token)
 
 
 def _cancels() -> int:
@@ -311,7 +377,15 @@ def mqtt_link(ctx: AdapterContext) -> MqttLink:
     """The daemon's one MQTT link, created by the first channel that asks for it."""
     link = ctx.extra.get("mqtt")
     if link is None:
-        link = ctx.extra["mqtt"] = MqttLink(ctx.settings.mqtt)
+        wake = ctx.wake
+
+        async def connected() -> None:
+            """The channels are ready again: what waited for the broker goes out now."""
+            if wake is not None:
+                wake.set()
+
+        # Acks from devices are acknowledged to the broker only once stored (warnd.devices).
+        link = ctx.extra["mqtt"] = MqttLink(ctx.settings.mqtt, on_connect=connected, manual_ack=True)
     return link
 
 
@@ -338,6 +412,10 @@ class MqttDeviceAdapter(Adapter):
     def ready(self) -> bool:
         """Ready when enabled and connected to the broker."""
         return self.disabled_reason is None and self.link.connected
+
+    def confirm_timeout_s(self) -> float | None:
+        """Devices confirm what they carried out: what they do not is published again after this."""
+        return float(getattr(self.ctx.settings, self.kind).confirm_timeout_s)
 
     def background(self) -> list[tuple[str, Any]]:
         """The shared link's loops (connection, acks), if no other channel has claimed them."""

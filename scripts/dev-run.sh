@@ -13,7 +13,11 @@ trap cleanup EXIT INT TERM
 
 if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
   broker=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-  printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\n' > var/mosquitto.conf
+  # As docs/deploy.md sets up a real broker: sessions and queued messages survive its restart.
+  # `user`: started as root, mosquitto would become `mosquitto` and could not write var/.
+  printf '%s\n' 'listener 1883 127.0.0.1' 'allow_anonymous true' "user $(id -un)" 'persistence true' \
+    "persistence_location $PWD/var/" 'autosave_interval 60' 'max_queued_messages 100000' \
+    'max_inflight_messages 1000' > var/mosquitto.conf
   "$broker" -c var/mosquitto.conf >var/mosquitto.log 2>&1 &
   pids+=($!)
   echo "make run: started a local mosquitto on 127.0.0.1:1883 (log: var/mosquitto.log)"

@@ -27,7 +27,7 @@ BOARD = "led-330502101201-1"
 
 
 class Board:
-    """A test LED board: records every command on its cmd topic and acks `shown` (or `cleared`)."""
+    """A test LED board: records every command on its cmd topic, acks `shown` (a clear: `cleared`)."""
 
     def __init__(self, broker: Broker, board_id: str = BOARD, ack: bool = True) -> None:
         """Remember where to listen."""
@@ -47,8 +47,13 @@ class Board:
                 cmd = json.loads(msg.payload)  # type: ignore[arg-type]
                 self.commands.append(cmd)
                 if self.ack:
-                    status = "shown" if cmd["kind"] == "display" else "cleared"
-                    ack = {"msg_id": cmd["msg_id"], "status": status, "at": "2026-07-01T00:00:00Z"}
+                    detail = "" if cmd["kind"] == "display" else "cleared"
+                    ack = {
+                        "msg_id": cmd["msg_id"],
+                        "status": "shown",
+                        "at": "2026-07-01T00:00:00Z",
+                        "detail": detail,
+                    }
                     await c.publish(cmd["ack_topic"], json.dumps(ack), qos=1)
 
     async def __aenter__(self) -> Board:
@@ -87,7 +92,11 @@ async def led(tmp_path: Path, broker: Broker) -> AsyncIterator[Harness]:
         settings={
             "http": {"rate_limit_per_s": 0},
             "mqtt": {"url": broker.url, "client_id": f"warnd-{uuid.uuid4().hex[:8]}"},
-            "led": {"boards": {BOARD: {"chars_per_line": 8, "lines": 2, "mode": "static"}}},
+            # The fake clock jumps minutes while the board's acks travel in real time: no re-publish.
+            "led": {
+                "boards": {BOARD: {"chars_per_line": 8, "lines": 2, "mode": "static"}},
+                "confirm_timeout_s": 3600,
+            },
         },
     )
     tasks = [asyncio.create_task(coro, name=name) for name, coro in h.daemon.background()]

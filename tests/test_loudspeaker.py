@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -115,6 +116,19 @@ class Rig(Driven):
             return all(rows.get(d) == 1 for d in online)
 
         await until(seen, what="device statuses")
+
+    async def restart_warnd(self) -> None:
+        """warnd stops without a word (its loops cancelled, what it held in memory gone) and starts
+        again on the same store, with the same client id: its broker session carries over."""
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.adapter.aclose()
+        self.daemon = Daemon(self.settings, self.store, Directory.load(self.directory_path), clock=self.clock)
+        self.daemon.add_adapter(LoudspeakerAdapter(self.daemon.adapter_context()))
+        await self.daemon.start_adapters()
+        self.tasks = [asyncio.create_task(coro, name=name) for name, coro in self.daemon.background()]
+        await until(lambda: self.link.connected, what="warnd connected again")
 
     async def close(self) -> None:
         """Stop everything started: warnd's loops first, so no ack is half-applied at close."""
@@ -246,22 +260,37 @@ async def test_audio_is_rendered_while_the_step_is_written_not_after_the_first_c
 
 
 async def test_broker_outage_after_accept_delivers_exactly_once(rig: Rig) -> None:
-    """Broker down after the 202, back 10 s later: every speaker still plays it, once per msg_id."""
+    """Broker down after the 202, back 10 s later: every speaker still plays it, once per msg_id.
+
+    While it is away nothing is claimed and no attempt is counted (a broker that is down is not a
+    failure of the delivery), and /readyz says not ready.
+    """
     wid = await rig.issue(warning_body(area={"codes": VILLAGES}))
     rig.broker.stop()
     await until(lambda: not rig.link.connected, what="warnd to notice the outage")
     await rig.run_until_idle()
     rows = [d for d in await rig.store.deliveries_for(wid) if d["channel"] == "loudspeaker"]
-    assert {d["state"] for d in rows} == {"failed"}
-    assert {d["last_error"] for d in rows} == {"broker unavailable"}
-    readyz = await (await rig.client.get("/readyz")).json()
-    assert readyz["checks"]["adapter.loudspeaker"]["ok"] is False
+    assert {(d["state"], d["attempts"], d["last_error"]) for d in rows} == {("pending", 0, None)}
+    resp = await rig.client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["adapter.loudspeaker"]["ok"] is False
+    # A batch claimed just before the link went down is not sent, and its attempt is given back.
+    claimed = await rig.store.claim(rig.clock.now(), 100, ["loudspeaker"])
+    warning = await rig.store.get_warning(wid)
+    outcomes = await rig.adapter.deliver([Message(d, warning or {}) for d in claimed], timeout_s=5)
+    assert {(o.state, o.error, o.refund) for o in outcomes} == {("pending", "broker unavailable", True)}
+    await rig.store.record([(o, None) for o in outcomes], rig.clock.now())
+    rows = [d for d in await rig.store.deliveries_for(wid) if d["channel"] == "loudspeaker"]
+    assert {(d["state"], d["attempts"], d["last_error"]) for d in rows} == {
+        ("pending", 0, "broker unavailable")
+    }
     await asyncio.sleep(10)
     rig.broker.start()
     await rig.wait_up()
-    rig.clock.advance(5)  # past the first retry's backoff
-    await rig.run_until_idle()
+    await rig.run_until_idle()  # due at once: no backoff to wait out, nothing failed
     await rig.wait_acknowledged(wid, 6)
+    rows = [d for d in await rig.store.deliveries_for(wid) if d["channel"] == "loudspeaker"]
+    assert {d["attempts"] for d in rows} == {1}
     for s in rig.sim.speakers.values():
         assert list(s.commands.values()) == [1], (s.id, s.commands)
         assert len(s.played) == 1
@@ -388,7 +417,44 @@ async def test_partial_village_goes_per_device(rig: Rig, broker: Broker) -> None
     assert seen[0][1]["not_after"] == (rig.clock.now() + timedelta(minutes=120)).isoformat(timespec="seconds")
 
 
-async def test_bad_acks_are_logged_and_dropped(
+@pytest.mark.allow_error_logs  # device.store_failed: the disk is full, on purpose
+async def test_an_ack_warnd_could_not_store_is_delivered_again(
+    rig: Rig, log_events: list[dict[str, Any]]
+) -> None:
+    """An ack is acknowledged to the broker only once it is stored: while the store cannot write it
+    waits, kept by the broker; a warnd that dies meanwhile gets it again when it comes back."""
+    db = sqlite3.connect(rig.settings.state_dir / "warnd.db")
+    # Every write of an ack fails, as on a full disk (another connection's trigger is warnd's too).
+    db.execute("CREATE TRIGGER full_disk BEFORE INSERT ON acks BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    db.commit()
+    wid = await rig.issue(warning_body(area={"codes": [VILLAGES[0]]}))
+    await rig.run_until_idle()
+    village = [s for s in rig.sim.speakers.values() if s.village == VILLAGES[0]]
+    await until(lambda: all("played" in s.final.values() for s in village), what="speakers played")
+    await until(lambda: any(e["event"] == "device.store_failed" for e in log_events), what="the failed write")
+    assert (await rig.coverage(wid))["acknowledged"] == 0
+
+    await rig.restart_warnd()  # the acks it was holding die with it
+    failures = lambda: sum(e["event"] == "device.store_failed" for e in log_events)  # noqa: E731
+    await until(lambda: failures() == 2, what="the acks delivered again, and failing again")
+    db.execute("DROP TRIGGER full_disk")
+    db.commit()
+    db.close()
+    await rig.wait_acknowledged(wid, 3)
+    assert any(e["event"] == "device.store_recovered" for e in log_events)
+    # Each speaker played once; nothing was sent to it again (its acks came back, not a re-send).
+    assert all(len(s.played) == 1 and list(s.commands.values()) == [1] for s in village)
+
+
+def refused(rig: Rig, reason: str) -> float:
+    """warnd_device_acks_refused_total for a reason."""
+    value = rig.daemon.metrics.registry.get_sample_value(
+        "warnd_device_acks_refused_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_bad_acks_are_refused_counted_and_logged(
     rig: Rig, broker: Broker, log_events: list[dict[str, Any]]
 ) -> None:
     """Acks from unknown devices, for unknown msg_ids, or not JSON change nothing and break nothing."""
@@ -403,17 +469,61 @@ async def test_bad_acks_are_logged_and_dropped(
             json.dumps({"msg_id": "nope", "status": "played"}),
             qos=1,
         )
-    names = lambda: [e["event"] for e in log_events]  # noqa: E731
+        await c.publish(
+            "warnd/v1/device/spk-330502101201-2/ack", json.dumps({"msg_id": "x", "status": "dead"})
+        )
     await until(
         lambda: (
-            names().count("ack.malformed") == 2
-            and "ack.unmatched" in names()
-            and "ack.unknown_device" in names()
+            refused(rig, "unknown_device") == 1
+            and refused(rig, "malformed") == 2
+            and refused(rig, "unmatched") == 1
+            and refused(rig, "unknown_status") == 1
         ),
-        what="log events",
+        what="refusals counted",
     )
+    lines = [e for e in log_events if e["event"] == "ack.refused"]
+    # One line per device (the three refusals of speaker 1 within a minute are one line).
+    assert sorted((e["target"], e["known_device"]) for e in lines) == [
+        ("spk-330502101201-1", True),
+        ("spk-330502101201-2", True),
+        ("spk-nobody", False),
+    ]
     await rig.run_until_idle()
     await rig.wait_acknowledged(wid, 3)
+
+
+async def test_a_flood_of_hostile_acks_is_one_line_a_minute_per_device(
+    rig: Rig, broker: Broker, log_events: list[dict[str, Any]]
+) -> None:
+    """Thousands of refused acks, from one speaker and from made-up devices: every one counted,
+    a handful of log lines; deeply nested ones in the same batches as real acks spoil nothing."""
+    deep = b'{"msg_id": "x", "status": "played", "detail": ' + b"[" * 7000 + b"]" * 7000 + b"}"
+    nested = json.dumps({"msg_id": "x", "status": "played", "detail": json.loads("[" * 50 + "]" * 50)})
+    wid = await rig.issue(warning_body(area={"codes": VILLAGES}))
+    async with aiomqtt.Client(broker.host, broker.port, identifier="intruder") as c:
+        # Deeply nested acks go out as the fan-out's real acks come in: they share batches.
+        await rig.daemon.scheduler.run_once()
+        sending = asyncio.create_task(rig.daemon.dispatcher.run_once())
+        for i in range(20):
+            await c.publish("warnd/v1/device/spk-330502101201-1/ack", deep, qos=1)
+            await c.publish(f"warnd/v1/device/spk-330502101202-{i % 3 + 1}/ack", nested, qos=1)
+        await sending
+        for i in range(1000):
+            await c.publish("warnd/v1/device/spk-330502101201-2/ack", b"[]", qos=1)
+            await c.publish(f"warnd/v1/device/intruder-{i}/ack", b"{}", qos=1)
+    await until(
+        lambda: (
+            refused(rig, "too_deep") == 40
+            and refused(rig, "malformed") + refused(rig, "unknown_device") == 2000
+        ),
+        what="every refusal counted",
+    )
+    await rig.wait_acknowledged(wid, 6)
+    lines = [e for e in log_events if e["event"] == "ack.refused"]
+    # One line each: speakers 1 and 2 of village 1, the three of village 2, all the intruders.
+    assert len(lines) == 6, lines
+    assert sum(e["unlogged"] for e in lines) == 0  # the rest are counted, not yet reported
+    assert not [e for e in log_events if e["event"] in ("device.batch_failed", "device.message_failed")]
 
 
 def test_spoken_text_per_kind(tmp_path: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from tests.support.harness import Harness, warning_body
+from warnd.store import from_ts
 
 
 async def test_red_warning_reaches_every_device_and_person(harness: Harness) -> None:
@@ -89,23 +91,60 @@ async def test_transient_failures_retry_with_backoff_then_succeed(tmp_path: Path
         await h.close()
 
 
-async def test_retries_stop_at_max_attempts(tmp_path: Path) -> None:
-    """A target that always fails becomes dead after max_attempts, with the reason kept."""
+async def test_a_warning_in_force_is_retried_past_max_attempts(tmp_path: Path) -> None:
+    """Transient failures never leave a warning in force undelivered: past max_attempts the
+    delivery keeps being retried at the capped backoff, and goes out once the far end is back."""
     h = await Harness(
         tmp_path,
-        channels=["loudspeaker"],
-        script={"spk-330502101201-1": ["transient"] * 10},
+        channels=["sms"],
+        script={"off-0": ["transient"] * 8},
         settings={"dispatch": {"max_attempts": 3, "backoff_base_s": 1, "backoff_cap_s": 5}},
     ).start()
     try:
         wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        (delivery,) = [
+            d for d in await h.store.deliveries_for(wid) if d["channel"] == "sms" and d["target"] == "off-0"
+        ]
+        for _ in range(6):
+            h.clock.advance(5)  # the cap: one retry each time
+            await h.run_until_idle()
+        row = next(d for d in await h.store.deliveries_for(wid) if d["id"] == delivery["id"])
+        assert row["state"] == "failed"
+        assert row["attempts"] == 7
+        assert row["last_error"] == "scripted transient failure"
+        assert h.clock.now() < from_ts(row["due_at"]) <= h.clock.now() + timedelta(seconds=5)
+        for _ in range(3):
+            h.clock.advance(5)
+            await h.run_until_idle()
+        row = next(d for d in await h.store.deliveries_for(wid) if d["id"] == delivery["id"])
+        assert row["state"] == "sent"
+        assert row["attempts"] == 9
+    finally:
+        await h.close()
+
+
+async def test_retries_of_an_all_clear_stop_at_max_attempts(tmp_path: Path) -> None:
+    """A warning no longer in force is not retried for ever: its all-clear is dead after max_attempts."""
+    h = await Harness(
+        tmp_path,
+        channels=["loudspeaker"],
+        script={"spk-330502101201-1": ["ok", *["transient"] * 10]},
+        settings={"dispatch": {"max_attempts": 3, "backoff_base_s": 1, "backoff_cap_s": 5}},
+    ).start()
+    try:
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        resp = await h.client.post(f"/api/v1/warnings/{wid}/cancel", json={}, headers=h.headers())
+        assert resp.status == 202
         for _ in range(5):
             await h.run_until_idle()
             h.clock.advance(10)
-        row = next(d for d in await h.store.deliveries_for(wid) if d["target"] == "spk-330502101201-1")
-        assert row["state"] == "dead"
-        assert row["attempts"] == 3
-        assert "gave up after 3 attempts" in row["last_error"]
+        rows = [d for d in await h.store.deliveries_for(wid) if d["target"] == "spk-330502101201-1"]
+        (clear,) = [d for d in rows if d["kind"] == "cancel"]
+        assert clear["state"] == "dead"
+        assert clear["attempts"] == 3
+        assert "gave up after 3 attempts" in clear["last_error"]
     finally:
         await h.close()
 

@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, cast, final
 
 import structlog
@@ -45,6 +46,14 @@ class TransientError(Exception):
         self.reason = reason
         self.retry_after_s = retry_after_s
         self.maybe_sent = maybe_sent
+
+
+class NotReadyError(TransientError):
+    """Nothing was sent: the channel cannot send right now (its broker is down).
+
+    Not an attempt: the delivery goes back to `pending`, its attempt given back, and waits for
+    the channel to be ready (the dispatcher claims nothing for a channel that is not).
+    """
 
 
 class PermanentError(Exception):
@@ -110,6 +119,8 @@ class AdapterContext:
     clock: Any = None
     # warnd.metrics.Metrics, for what only an adapter sees (audio that could not be rendered).
     metrics: Any = None
+    # warnd.clock.Wakeup: set when the channel becomes ready, so the dispatcher sends what waited.
+    wake: Any = None
 
 
 class Adapter(abc.ABC):
@@ -155,8 +166,23 @@ class Adapter(abc.ABC):
         """
 
     def ready(self) -> bool:
-        """Whether the channel can send right now (for /readyz)."""
+        """Whether the channel can send right now (/readyz; the dispatcher claims nothing until it can)."""
         return self.disabled_reason is None
+
+    def confirm_timeout_s(self) -> float | None:
+        """How long a receiver has to confirm before the message is published again; None: never.
+
+        Only channels whose receivers drop a msg_id they have already carried out may publish a
+        message again (MQTT terminals); the dispatcher and the scheduler keep the time.
+        """
+        return None
+
+    def republish_until(self, message: Message, first_sent: datetime) -> datetime:
+        """The last moment a message first sent at `first_sent` is worth publishing again.
+
+        The not_after its first publish carried: a receiver would refuse it afterwards.
+        """
+        return first_sent
 
     async def reconcile(self, message: Message) -> Receipt | None:
         """Look up a send a crash left in doubt (`delivery.maybe_sent_at`): its Receipt, or None to send.
@@ -212,9 +238,15 @@ class Adapter(abc.ABC):
                 # The send in doubt was found at the far end (and not repeated), or it was not there.
                 lines.add("info", "delivery.reconciled", d, found=found)
             if isinstance(r, Receipt):
-                outcomes.append(Outcome(d.id, r.state, provider_ref=r.provider_ref))
+                outcomes.append(Outcome(d.id, r.state, provider_ref=r.provider_ref, republish=d.republish))
                 if not found:
-                    lines.add("info", "delivery.sent", d, state=r.state, duration_ms=duration_ms)
+                    # A device that did not confirm is sent the same msg_id again (not an attempt).
+                    again = {"republished": True} if d.republish else {}
+                    lines.add("info", "delivery.sent", d, state=r.state, duration_ms=duration_ms, **again)
+            elif isinstance(r, NotReadyError):
+                outcomes.append(Outcome(d.id, "pending", error=r.reason, refund=not d.republish))
+                if d.last_error != r.reason:
+                    lines.add("info", "delivery.deferred", d, reason=r.reason)
             elif isinstance(r, AuthError):
                 self.disabled_reason = r.reason
                 outcomes.append(Outcome(d.id, "failed", error=f"auth: {r.reason}"))

@@ -131,6 +131,10 @@ class LoudspeakerSettings(_Section):
     # A command for a warning without `expires` goes stale after this long: a terminal that was
     # offline all night must not wake the village with yesterday's warning.
     max_age_min: float = Field(default=120, gt=0, le=7 * 24 * 60)
+    # A speaker that has not said `played` (or another final status) this long after a command is
+    # sent it again, same msg_id, the wait doubling up to dispatch.backoff_cap_s. Longer than the
+    # audio takes to fetch and play (a red warning spoken twice is about a minute).
+    confirm_timeout_s: float = Field(default=120, ge=1)
 
 
 class DirectorySettings(_Section):
@@ -484,6 +488,9 @@ class LedSettings(_Section):
     # Show every warning in force in turn (most severe first) instead of only the most severe.
     rotate: bool = False
     rotate_s: float = Field(default=10, gt=0)
+    # A board that has not said `shown` this long after a command is sent it again (same msg_id);
+    # a board shows a command within seconds.
+    confirm_timeout_s: float = Field(default=60, ge=1)
     boards: dict[str, LedBoardSettings] = Field(default_factory=dict)
 
 

@@ -75,7 +75,14 @@ class Daemon:
         self.intake = Intake(store, self.directory, self.policy, self.clock, self.wake)
         self.dispatcher = Dispatcher(store, self.adapters, self.clock, settings.dispatch, self.wake)
         self.scheduler = Scheduler(
-            store, self.directory, self.policy, self.dispatcher.channels, self.clock, self.wake, self.prepare
+            store,
+            self.directory,
+            self.policy,
+            self.dispatcher.channels,
+            self.clock,
+            self.wake,
+            self.prepare,
+            ready=self.dispatcher.ready,
         )
         self.feedback = Feedback(store, self.clock, self.wake, settings.dispatch)
         self.cap_intake: Callable[..., Awaitable[web.Response]] | None = None
@@ -130,6 +137,7 @@ class Daemon:
             store=self.store,
             clock=self.clock,
             metrics=self.metrics,
+            wake=self.wake,
             # Shared by all adapters: channels on one broker share its connection (extra["mqtt"]).
             extra=self.adapter_extra,
         )

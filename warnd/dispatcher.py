@@ -1,4 +1,15 @@
-"""The dispatcher: claims due deliveries per channel, hands them to the adapter, records outcomes."""
+"""The dispatcher: claims due deliveries per channel, hands them to the adapter, records outcomes.
+
+What counts as an attempt, and when a delivery is given up:
+- A channel that is not ready (its broker is down) is handed nothing: its deliveries wait,
+  `pending`, no attempt counted, until it is ready again (the channel wakes the dispatcher).
+- An attempt is a real send. One that fails for good (PermanentError: an invalid number) is
+  `dead` at once; one that may work later (TransientError: a timeout, a 5xx, a 429) is retried
+  with backoff, and after `max_attempts` it is `dead` — unless its warning is still in force:
+  then it keeps being retried at the capped backoff, so a provider away for an hour never leaves
+  a warning in force unsent. All-clears and stops end after `max_attempts` as before.
+- Device channels publish again what their devices do not confirm (warnd.confirm).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +22,14 @@ from typing import Any
 
 import structlog
 
+from warnd import confirm
 from warnd.adapter import Adapter, Message
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
 from warnd.store import Delivery, Outcome, Store, StoreUnavailable
+
+# Warning states in which a warning is still in force (its deliveries must not be given up).
+IN_FORCE = ("active", "updated")
 
 log = structlog.get_logger("warnd.dispatcher")
 
@@ -34,17 +49,28 @@ def retry_delay_s(
     return max(delay, retry_after_s or 0.0)
 
 
+def keeps_trying(message: Message) -> bool:
+    """Whether a delivery is retried past max_attempts: a warning or update while the warning is in force."""
+    return message.delivery.kind in confirm.IN_FORCE_KINDS and message.warning.get("state") in IN_FORCE
+
+
 def next_state(
     outcome: Outcome,
     attempts: int,
     now: datetime,
     settings: DispatchSettings,
     rng: random.Random | None = None,
+    *,
+    keep_trying: bool = False,
 ) -> tuple[Outcome, datetime | None]:
-    """Decide what a failed outcome becomes: a retry at a time, or dead when attempts run out."""
+    """Decide what a failed outcome becomes: a retry at a time, or dead when attempts run out.
+
+    With `keep_trying` (its warning is in force) attempts never run out: the retry comes at the
+    backoff, which is capped by then.
+    """
     if outcome.state != "failed":
         return outcome, None
-    if attempts >= settings.max_attempts:
+    if attempts >= settings.max_attempts and not keep_trying:
         error = f"{outcome.error} (gave up after {attempts} attempts)"
         return Outcome(outcome.delivery_id, "dead", error=error), None
     delay = retry_delay_s(
@@ -88,10 +114,16 @@ class Dispatcher:
         """Channels with an adapter that can send."""
         return {name for name, a in self.adapters.items() if a.disabled_reason is None}
 
+    def ready(self, channel: str) -> bool:
+        """Whether a channel can send right now (enabled, and its broker or provider reachable)."""
+        adapter = self.adapters.get(channel)
+        return adapter is not None and adapter.disabled_reason is None and adapter.ready()
+
     async def run_channel_once(self, channel: str) -> int:
         """Claim one batch for a channel, send it, record outcomes; return how many were handled."""
         adapter = self.adapters[channel]
-        if adapter.disabled_reason is not None or self.stopping:
+        # Not ready: claim nothing. A claim is an attempt; a broker that is down is not a failure.
+        if self.stopping or not self.ready(channel):
             return 0
         now = self.clock.now()
         batch_size = min(self.settings.batch_size, adapter.limits.batch_size)
@@ -105,12 +137,21 @@ class Dispatcher:
             outcomes = await adapter.deliver(messages, timeout_s=self.settings.send_timeout_s)
             duration_s = time.perf_counter() - started
             after = self.clock.now()
-            by_id = {d.id: d for d in claimed}
-            decided = [next_state(o, by_id[o.delivery_id].attempts, after, self.settings) for o in outcomes]
+            by_id = {m.delivery.id: m for m in messages}
+            decided = [
+                next_state(
+                    o,
+                    by_id[o.delivery_id].delivery.attempts,
+                    after,
+                    self.settings,
+                    keep_trying=keeps_trying(by_id[o.delivery_id]),
+                )
+                for o in outcomes
+            ]
             for before, (o, _) in zip(outcomes, decided, strict=True):
                 # The adapter already logged a permanent failure; this is for retries run out.
                 if o.state == "dead" and before.state != "dead":
-                    d = by_id[o.delivery_id]
+                    d = by_id[o.delivery_id].delivery
                     log.warning(
                         "delivery.dead",
                         warning_id=d.warning_id,
@@ -119,12 +160,45 @@ class Dispatcher:
                         target=d.target,
                         reason=o.error,
                     )
-            await self.store.record(decided, after)
+            jobs = self._confirm_jobs(adapter, messages, [o for o, _ in decided], after)
+            await self.store.record(decided, after, jobs=jobs)
             if self.metrics is not None:
                 self.metrics.observe_batch(channel, [o for o, _ in decided], duration_s)
         finally:
             self.in_flight -= len(claimed)
         return len(claimed)
+
+    def _confirm_jobs(
+        self, adapter: Adapter, messages: Sequence[Message], outcomes: Sequence[Outcome], now: datetime
+    ) -> list[dict[str, Any]]:
+        """The first confirmation round for deliveries handed over for the first time (warnd.confirm).
+
+        One chain per warning per batch; a delivery published again stays in its first chain.
+        """
+        timeout_s = adapter.confirm_timeout_s()
+        if timeout_s is None:
+            return []
+        first: dict[str, list[tuple[int, datetime]]] = {}
+        for m, o in zip(messages, outcomes, strict=True):
+            if o.state in ("sent", "delivered") and m.delivery.sent_at is None:
+                until = adapter.republish_until(m, now)
+                first.setdefault(m.delivery.warning_id, []).append((m.delivery.id, until))
+        cap_s = self.settings.backoff_cap_s
+        due = now + timedelta(seconds=confirm.delay_s(1, timeout_s, cap_s))
+        return [
+            confirm.job(
+                warning_id,
+                confirm.chain_key(adapter.kind, min(i for i, _ in watched)),
+                adapter.kind,
+                1,
+                watched,
+                due,
+                now,
+                timeout_s=timeout_s,
+                cap_s=cap_s,
+            )
+            for warning_id, watched in first.items()
+        ]
 
     async def _messages(self, claimed: Sequence[Delivery]) -> list[Message]:
         """Attach each delivery's warning content (one read per warning)."""
@@ -160,7 +234,9 @@ class Dispatcher:
         """
         event = self.wake.waiter()
         wait = idle_s
-        if self.adapters[channel].disabled_reason is None:
+        # A channel that is not ready waits for the wake it sends when it is (or idle_s): its due
+        # deliveries must not make this loop spin.
+        if self.ready(channel):
             nxt = await self.store.next_delivery_due(channel)
             if nxt is not None:
                 wait = max(0.0, min(idle_s, (nxt - self.clock.now()).total_seconds()))

@@ -84,8 +84,14 @@ class Feedback:
         ack = AckReport(source, status, msg_id, target, provider_ref, detail)
         return (await self.ack_many([ack]))[0]
 
-    async def ack_many(self, reports: Sequence[AckReport]) -> list[dict[str, Any] | None]:
-        """Record many acknowledgements in one store transaction, in order."""
+    async def ack_many(
+        self, reports: Sequence[AckReport], *, log_unmatched: bool = True
+    ) -> list[dict[str, Any] | None]:
+        """Record many acknowledgements in one store transaction, in order.
+
+        `log_unmatched=False`: the caller reports acks that match no delivery itself (the device
+        hub counts them and logs them at most once a minute per device).
+        """
         now = self.clock.now()
         known = [r for r in reports if r.status in STATUS_STATE]
         for r in reports:
@@ -126,7 +132,10 @@ class Feedback:
             if r.status not in STATUS_STATE:
                 continue
             if row is None:
-                log.info("ack.unmatched", source=r.source, status=r.status, msg_id=r.msg_id, target=r.target)
+                if log_unmatched:
+                    log.info(
+                        "ack.unmatched", source=r.source, status=r.status, msg_id=r.msg_id, target=r.target
+                    )
                 continue
             key = (row["warning_id"], row["msg_id"], row["channel"], r.source, r.status, row["state"])
             lines.setdefault(key, []).append((r, row))

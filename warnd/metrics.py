@@ -156,6 +156,12 @@ class Metrics:
             "Loudspeaker audio that could not be rendered (engine failed, disk full): sent as text only",
             registry=r,
         )
+        self.acks_refused = Counter(
+            "warnd_device_acks_refused",
+            "Device acks refused: unknown_device, malformed, too_large, too_deep, unknown_status, unmatched",
+            ["reason"],
+            registry=r,
+        )
         self.reload_failures = Counter(
             "warnd_config_reload_failures",
             "Reloads (SIGHUP) refused because warnd.toml or the directory has errors; the old config stays",
@@ -186,6 +192,8 @@ class Metrics:
         """Count one dispatched batch (outcomes after the retry decision)."""
         self.send_seconds.labels(channel).observe(duration_s)
         for o in outcomes:
+            if o.state == "pending":
+                continue  # not sent: the channel was not ready (no attempt)
             self.outcomes.labels(channel, o.state).inc()
             if o.state == "failed":
                 self.retries.labels(channel).inc()

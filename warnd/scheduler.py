@@ -2,7 +2,8 @@
 that writes what it produced).
 
 Job kinds: `step` (a pre-warning step), `repeat` (loudspeakers again while in force),
-`escalate` (叫应: an ack deadline), `announce` (update or all-clear to those reached) and
+`escalate` (叫应: an ack deadline), `announce` (update or all-clear to those reached),
+`confirm` (devices that have not confirmed get the same command again: warnd.confirm) and
 `expire`. A job that produces another job (a repeat its successor, an escalation its next
 step) writes it in the same transaction under a key derived from its own, so a crash or a
 restart can neither lose nor double a link of the chain.
@@ -17,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from warnd import confirm
 from warnd.clock import Clock, Wakeup, parse_iso
 from warnd.config import PolicySettings
 from warnd.directory import Directory, Person
@@ -59,6 +61,7 @@ class Scheduler:
         wake: set when new deliveries are written (wakes the dispatcher).
         prepare: told (warning, channels, delivery kind) once a step is planned, so channels
             can get ready (render audio) while its deliveries are written.
+        ready: whether a channel can send right now (a confirmation round waits while it cannot).
     """
 
     def __init__(
@@ -70,11 +73,13 @@ class Scheduler:
         clock: Clock,
         wake: Wakeup,
         prepare: Callable[[dict[str, Any], Iterable[str], str, dict[str, Any] | None], None] | None = None,
+        ready: Callable[[str], bool] | None = None,
     ) -> None:
         """Keep the collaborators."""
         self.store, self.directory, self.policy = store, directory, policy
         self.channels, self.clock, self.wake = channels, clock, wake
         self.prepare = prepare
+        self.ready = ready or (lambda channel: channel in self.channels())
 
     async def run_once(self, limit: int = 100) -> int:
         """Fire every job due now; return how many fired."""
@@ -104,6 +109,8 @@ class Scheduler:
             return await self._announce(job, warning, now, blog)
         if job.kind == "expire":
             return await self._expire(job, warning, now, blog)
+        if job.kind == "confirm":
+            return await self._confirm(job, warning, now, blog)
         blog.error("job.unknown_kind")
         return await self.store.fire_job(job, [], now=now)
 
@@ -388,6 +395,66 @@ class Scheduler:
             "created_at": ts(now),
             "payload": {**p, "stage": stage, "reached": p["reached"] if reached is None else reached},
         }
+
+    # -- devices that have not confirmed -------------------------------------------------------
+
+    async def _confirm(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """A confirmation round: publish again what devices have not confirmed, and plan the next round."""
+        p = job.payload
+        channel, round_no, timeout_s = p["channel"], p["round"], p["timeout_s"]
+        if not self.ready(channel):
+            # The broker is away: nothing can be published and nothing is given up; look again soon.
+            due = now + timedelta(seconds=min(timeout_s, confirm.NOT_READY_RECHECK_S))
+            nxt = confirm.job(
+                warning["id"],
+                p["chain"],
+                channel,
+                round_no,
+                p["deliveries"],
+                due,
+                now,
+                timeout_s=timeout_s,
+                cap_s=p["cap_s"],
+                suffix=f"@{compact(now)}",
+            )
+            blog.debug("confirm.waiting", channel=channel, reason="channel not ready")
+            return await self.store.fire_job(job, [], jobs=[nxt], now=now)
+        until = dict(p["deliveries"])
+        rows = await self.store.deliveries_by_ids(list(until))
+        decided = confirm.decide(rows, until, warning["state"] in IN_FORCE, now, timeout_s)
+        jobs = []
+        if decided.watch:
+            due = now + timedelta(seconds=confirm.delay_s(round_no + 1, timeout_s, p["cap_s"]))
+            jobs.append(
+                confirm.job(
+                    warning["id"],
+                    p["chain"],
+                    channel,
+                    round_no + 1,
+                    decided.watch,
+                    due,
+                    now,
+                    timeout_s=timeout_s,
+                    cap_s=p["cap_s"],
+                )
+            )
+        reason = f"not confirmed within {timeout_s:g} s: published again"
+        ok = await self.store.fire_job(
+            job, [], jobs=jobs, now=now, republish=decided.republish, republish_reason=reason
+        )
+        if ok and decided.republish:
+            blog.info(
+                "delivery.unconfirmed", channel=channel, receivers=len(decided.republish), round=round_no
+            )
+        if ok and decided.gave_up:
+            # Its first publish's not_after has passed: a device would refuse it now.
+            blog.warning(
+                "delivery.never_confirmed",
+                channel=channel,
+                receivers=len(decided.gave_up),
+                targets=sorted(r["target"] for r in decided.gave_up)[:20],
+            )
+        return ok
 
     # -- announcements and expiry -------------------------------------------------------------
 

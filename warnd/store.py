@@ -167,6 +167,10 @@ class Delivery:
     maybe_sent_at: datetime | None = None
     # When it was planned: the same on every attempt, so a resend can be the very same message.
     created_at: datetime | None = None
+    # When it was first handed over, if ever: a delivery sent before is being published again.
+    sent_at: datetime | None = None
+    # Published again because its device did not confirm (warnd.confirm): not an attempt.
+    republish: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,8 @@ class Outcome:
         provider_ref: the provider's id for later receipts (Twilio SID …).
         maybe_sent: a failed send that may have reached the far end (timed out, connection lost
             after the request went out): it is looked up before it is sent again.
+        refund: nothing left warnd (the channel was not ready): the claim's attempt is taken back.
+        republish: the delivery was published again (its device had not confirmed).
     """
 
     delivery_id: int
@@ -189,6 +195,8 @@ class Outcome:
     retry_after_s: float | None = None
     provider_ref: str | None = None
     maybe_sent: bool = False
+    refund: bool = False
+    republish: bool = False
 
 
 @dataclass(frozen=True)
@@ -542,21 +550,7 @@ class Store:
 
     async def _insert_jobs(self, jobs: Sequence[dict[str, Any]]) -> None:
         """Insert jobs inside the caller's transaction; a known key is left as it is."""
-        await self.db.executemany(
-            "INSERT OR IGNORE INTO jobs (key, warning_id, kind, due_at, payload, created_at)"
-            " VALUES (?,?,?,?,?,?)",
-            [
-                (
-                    j["key"],
-                    j.get("warning_id"),
-                    j["kind"],
-                    j["due_at"],
-                    json.dumps(j.get("payload", {}), ensure_ascii=False),
-                    j["created_at"],
-                )
-                for j in jobs
-            ],
-        )
+        await self.db.executemany(INSERT_JOB_SQL, _job_params(jobs))
 
     async def get_warning(self, warning_id: str) -> dict[str, Any] | None:
         """One warning row with its JSON columns decoded."""
@@ -682,11 +676,16 @@ class Store:
         now: datetime,
         set_state: str | None = None,
         audit: dict[str, Any] | None = None,
+        republish: Sequence[int] = (),
+        republish_reason: str | None = None,
     ) -> bool:
         """Mark a job done and write what it produced, in one transaction: each job fires once.
 
         `set_state` also moves the job's warning to that state and cancels its open
-        deliveries and pending jobs (expiry). Returns False when the job was no longer pending.
+        deliveries and pending jobs (expiry). `republish` are deliveries sent but not confirmed:
+        they become due again (`pending`, keeping `sent_at`), with `republish_reason` as their
+        last error, unless a confirmation came meanwhile. Returns False when the job was no
+        longer pending.
         """
         stamp = ts(now)
         async with self.transaction() as db:
@@ -712,6 +711,12 @@ class Store:
                 )
             if audit is not None:
                 await self._insert_audit(audit)
+            if republish:
+                await db.execute(
+                    "UPDATE deliveries SET state = 'pending', last_error = ?, updated_at = ?"
+                    " WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('sent', 'delivered')",
+                    (republish_reason, stamp, json.dumps(list(republish))),
+                )
             await self._insert_deliveries(deliveries, now)
             await self._insert_jobs(jobs)
         return True
@@ -773,7 +778,9 @@ class Store:
     async def claim(self, now: datetime, limit: int, channels: Iterable[str]) -> list[Delivery]:
         """Claim due deliveries of these channels: mark them `sending` and return them.
 
-        One transaction in one trip to the database thread, three statements whatever the batch.
+        Each claim is an attempt, except a re-publish: a delivery already sent (`sent_at`) that is
+        pending again because its device did not confirm (Store.fire_job `republish`).
+        One transaction in one trip to the database thread, four statements whatever the batch.
         """
         chans = list(channels)
         if not chans:
@@ -781,28 +788,31 @@ class Store:
         marks = ",".join("?" * len(chans))
         stamp = ts(now)
         due = (
-            "SELECT json_group_array(id) FROM (SELECT id FROM deliveries"  # noqa: S608
+            "SELECT json_group_array(id), json_group_array(IIF(republish, id, NULL)) FROM"  # noqa: S608
+            " (SELECT id, state = 'pending' AND sent_at IS NOT NULL AS republish FROM deliveries"
             f" WHERE state IN ('pending', 'failed') AND due_at <= ? AND channel IN ({marks})"
             " ORDER BY due_at, id LIMIT ?)"
         )
 
-        def work(con: sqlite3.Connection) -> list[dict[str, Any]]:
-            ids = con.execute(due, (stamp, *chans, limit)).fetchone()[0]
+        def work(con: sqlite3.Connection) -> tuple[list[dict[str, Any]], set[int]]:
+            ids, again = con.execute(due, (stamp, *chans, limit)).fetchone()
             if ids == "[]":
-                return []
+                return [], set()
             con.execute(
-                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?,"
-                " claimed_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+                "UPDATE deliveries SET state = 'sending',"
+                " attempts = attempts + IIF(state = 'pending' AND sent_at IS NOT NULL, 0, 1),"
+                " updated_at = ?, claimed_at = ? WHERE id IN (SELECT value FROM json_each(?))",
                 (stamp, stamp, ids),
             )
-            return _rows(
+            rows = _rows(
                 con,
                 "deliveries",
                 "SELECT * FROM deliveries WHERE id IN (SELECT value FROM json_each(?))",
                 (ids,),
             )
+            return rows, {i for i in json.loads(again) if i is not None}
 
-        rows = await self._run(work)
+        rows, republished = await self._run(work)
         rows.sort(key=lambda r: (r["due_at"], r["id"]))  # oldest due first, as claimed
         return [
             Delivery(
@@ -822,12 +832,24 @@ class Store:
                 context=json.loads(r["context"]) if r.get("context") else {},
                 maybe_sent_at=from_ts(r["maybe_sent_at"]),
                 created_at=from_ts(r["created_at"]),
+                sent_at=from_ts(r["sent_at"]),
+                republish=r["id"] in republished,
             )
             for r in rows
         ]
 
-    async def record(self, outcomes: Sequence[tuple[Outcome, datetime | None]], now: datetime) -> None:
-        """Write outcomes; each comes with its next due time when it is to be retried."""
+    async def record(
+        self,
+        outcomes: Sequence[tuple[Outcome, datetime | None]],
+        now: datetime,
+        *,
+        jobs: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Write outcomes, each with its next due time when it is to be retried, and `jobs`, at once.
+
+        A re-publish `sent` again stays `delivered` if its device had said `received` before.
+        An outcome with `refund` gives back the attempt its claim counted.
+        """
         stamp = ts(now)
         # Outcomes alike (a batch of village commands all `sent`) are one statement over their
         # ids: every statement step hands the GIL back and forth with a busy event loop.
@@ -837,21 +859,39 @@ class Store:
             # A send that is known to have happened ends any doubt about an earlier one; a send
             # that may have happened is in doubt from this claim on (or an earlier doubt's time).
             doubt = 1 if o.maybe_sent and sent is None else 0
-            retry = ts(retry_at) if retry_at else None
-            key = (o.state, o.error, o.provider_ref, sent, retry, stamp, sent, doubt)
+            key = (
+                int(o.republish),
+                o.state,
+                o.state,
+                o.error,
+                o.provider_ref,
+                sent,
+                ts(retry_at) if retry_at else None,
+                stamp,
+                sent,
+                doubt,
+                int(o.refund),
+            )
             groups.setdefault(key, []).append(o.delivery_id)
-        await self._run(
-            lambda con: _update_by_ids(
+        params = _job_params(jobs)
+
+        def work(con: sqlite3.Connection) -> None:
+            _update_by_ids(
                 con,
-                "state = ?, last_error = ?, provider_ref = COALESCE(?, provider_ref),"
+                "state = IIF(? AND ? = 'sent' AND delivered_at IS NOT NULL, 'delivered', ?), last_error = ?,"
+                " provider_ref = COALESCE(?, provider_ref),"
                 " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?,"
                 " maybe_sent_at = CASE WHEN ? IS NOT NULL THEN NULL"
-                " WHEN ? THEN COALESCE(maybe_sent_at, claimed_at, updated_at) ELSE maybe_sent_at END",
+                " WHEN ? THEN COALESCE(maybe_sent_at, claimed_at, updated_at) ELSE maybe_sent_at END,"
+                " attempts = attempts - ?",
                 groups,
                 # `+state`: look rows up by id, not by the (state, due_at) index.
                 also="+state = 'sending'",
             )
-        )
+            if params:
+                con.executemany(INSERT_JOB_SQL, params)
+
+        await self._run(work)
 
     async def next_job_due(self) -> datetime | None:
         """When the earliest pending job becomes due (the scheduler sleeps until then)."""
@@ -883,12 +923,21 @@ class Store:
         """One delivery row by id (an ack link names its delivery)."""
         return await self._one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,))
 
+    async def deliveries_by_ids(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Delivery rows by id, in id order (a confirmation round reads the ones it watches)."""
+        return await self._all(
+            "SELECT * FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(list(ids)),),
+        )
+
     async def in_force_for(self, channel: str, target: str) -> list[dict[str, Any]]:
         """Warnings in force that this receiver was sent (or is being sent): what an LED board may show."""
         rows = await self._all(
             "SELECT w.* FROM warnings w WHERE w.state IN ('active', 'updated') AND EXISTS ("
             " SELECT 1 FROM deliveries d WHERE d.warning_id = w.id AND d.channel = ? AND d.target = ?"
-            " AND d.kind = 'warning' AND d.state IN ('sending', 'sent', 'delivered', 'acknowledged'))",
+            " AND d.kind = 'warning' AND (d.state IN ('sending', 'sent', 'delivered', 'acknowledged')"
+            # Sent, not confirmed, about to be published again: still what the board shows.
+            " OR (d.state = 'pending' AND d.sent_at IS NOT NULL)))",
             (channel, target),
         )
         return [_decode_warning(r) for r in rows]
@@ -1256,6 +1305,26 @@ def _split_sql(sql: str) -> list[str]:
                 out.append(buf.strip())
             buf = ""
     return out
+
+
+INSERT_JOB_SQL = (
+    "INSERT OR IGNORE INTO jobs (key, warning_id, kind, due_at, payload, created_at) VALUES (?,?,?,?,?,?)"
+)
+
+
+def _job_params(jobs: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Jobs as INSERT_JOB_SQL's parameters."""
+    return [
+        (
+            j["key"],
+            j.get("warning_id"),
+            j["kind"],
+            j["due_at"],
+            json.dumps(j.get("payload", {}), ensure_ascii=False),
+            j["created_at"],
+        )
+        for j in jobs
+    ]
 
 
 def _job(row: dict[str, Any]) -> Job:

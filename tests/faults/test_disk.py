@@ -443,11 +443,6 @@ def test_acks_around_the_fill_are_stored_whole_or_not_at_all(seen: Seen) -> None
         assert state == ("acknowledged" if "played" in acks else "delivered"), (target, state, acks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="acks that arrive while the store cannot write are dropped by the device hub; keeping "
-    "them until stored is the MQTT manual-ack work (devices.py), not this branch's",
-)
 def test_acks_that_arrived_while_full_are_eventually_stored(seen: Seen) -> None:
     """The `played` acks that came while the disk was full are in the store once it has room."""
     assert seen.in_flight_acknowledged == 2 * SPEAKERS

@@ -159,7 +159,6 @@ def test_outage_mid_fanout_everyone_gets_one_of_each(tmp_path: Path, mode: Mode)
     _run_outage(tmp_path, mode, OUTAGE_S, PATIENT)
 
 
-@pytest.mark.xfail(strict=True, reason="needs dispatcher outage semantics from the devices branch")
 def test_outage_longer_than_the_retry_budget_kills_nothing_in_force(tmp_path: Path) -> None:
     """500s for 20 s against a retry budget of about 3 s: the deliveries wait, none is dead."""
     _run_outage(tmp_path, "500", OUTAGE_S, {"max_attempts": 3, "backoff_base_s": 0.5, "backoff_cap_s": 1.0})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import shutil
 import socket
 import subprocess
@@ -41,21 +42,40 @@ class Broker:
     """One mosquitto process; `stop()` and `start()` simulate an outage on the same port.
 
     Args:
-        workdir: where the config and log go.
+        workdir: where the config, the log and (with persistence) mosquitto.db go.
         port: the port to listen on (a free one if None).
+        persistence: keep sessions, subscriptions and queued messages in `workdir/mosquitto.db`
+            across `stop()` and `start()`, as deploy.md's broker does (saved when it stops).
+        max_inflight_messages: QoS-1 messages in flight to each client (0: no limit).
+        max_queued_messages: QoS-1 messages queued for each client beyond those in flight.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        persistence: bool = False,
+        # Generous in-flight and queue limits: benchmarks push 10,000 QoS-1 messages at once.
+        max_inflight_messages: int = 0,
+        max_queued_messages: int = 100000,
+    ) -> None:
         """Write the config; `start()` runs it."""
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        self.persistence = persistence
+        # The trailing slash matters: mosquitto joins it to mosquitto.db as it is.
+        kept = (
+            f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
+        )
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            # Generous in-flight and queue limits: benchmarks push 10,000 QoS-1 messages at once.
-            "max_inflight_messages 0\nmax_queued_messages 100000\n"
+            # Started as root, mosquitto becomes the `mosquitto` user, who cannot write mosquitto.db
+            # into the test's directory: it stays who started it.
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n{kept}"
+            f"max_inflight_messages {max_inflight_messages}\nmax_queued_messages {max_queued_messages}\n"
             f"log_dest file {self.log}\nlog_type error\nlog_type warning\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -177,8 +177,8 @@ async def test_an_ack_with_odd_detail_does_not_spoil_its_batch(tmp_path: Path) -
 
     now = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
     async with Store(tmp_path / "w.db") as store:
-        await _warning_with(store, [("m", "loudspeaker", t, "x") for t in ("spk-1", "spk-2")])
-        await store.claim(now, 10, ["loudspeaker"])
+        await _warning_with(store, [("m", "loudspeaker", t, ts(now)) for t in ("spk-1", "spk-2")])
+        assert len(await store.claim(now, 10, ["loudspeaker"])) == 2
         acks = [
             AckIn("mqtt", "played", "acknowledged", "m", "spk-1", detail={"level": float("nan")}),
             AckIn("mqtt", "played", "acknowledged", "m", "spk-2", detail={"detail": "功放正常"}),

@@ -245,6 +245,15 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(out)
 
 
+# What is due at `?` (now): its time has come — or it was due the moment it was written and the
+# wall clock has since been stepped back (written "after" now). Without the second clause an
+# hour's step back (a bad NTP server corrected, an operator's mistake) would hold an all-clear or
+# a step's remaining sends for an hour. Work written to wait (retries, quiet hours, later steps)
+# still waits by the wall clock.
+_DUE = "(due_at <= ? OR (created_at > ? AND due_at <= created_at))"
+_DUE_DELIVERY = "(due_at <= ? OR (updated_at > ? AND due_at <= updated_at))"
+
+
 class Store:
     """All persistent state. Every write is one transaction; the pipeline is driven from here.
 
@@ -655,8 +664,8 @@ class Store:
     async def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
         """Pending jobs whose time has come, oldest first."""
         rows = await self._all(
-            "SELECT * FROM jobs WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?",
-            (ts(now), limit),
+            f"SELECT * FROM jobs WHERE state = 'pending' AND {_DUE} ORDER BY due_at, id LIMIT ?",  # noqa: S608
+            (ts(now), ts(now), limit),
         )
         return [_job(r) for r in rows]
 
@@ -790,12 +799,12 @@ class Store:
         due = (
             "SELECT json_group_array(id), json_group_array(IIF(republish, id, NULL)) FROM"  # noqa: S608
             " (SELECT id, state = 'pending' AND sent_at IS NOT NULL AS republish FROM deliveries"
-            f" WHERE state IN ('pending', 'failed') AND due_at <= ? AND channel IN ({marks})"
+            f" WHERE state IN ('pending', 'failed') AND {_DUE_DELIVERY} AND channel IN ({marks})"
             " ORDER BY due_at, id LIMIT ?)"
         )
 
         def work(con: sqlite3.Connection) -> tuple[list[dict[str, Any]], set[int]]:
-            ids, again = con.execute(due, (stamp, *chans, limit)).fetchone()
+            ids, again = con.execute(due, (stamp, stamp, *chans, limit)).fetchone()
             if ids == "[]":
                 return [], set()
             con.execute(

@@ -153,9 +153,6 @@ def test_an_hour_back_and_forward_fires_every_step_once(tmp_path: Path, clock: S
         assert d.terminate() == 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="deliveries are due by the wall clock: an hour back holds a step's sends"
-)
 def test_an_hour_back_mid_send_holds_none_of_the_step(tmp_path: Path, clock: SteppedClock) -> None:
     """The clock goes an hour back while a step's 81 SMS are going out: the rest still go, at once."""
     villages = 40

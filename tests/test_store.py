@@ -276,3 +276,26 @@ async def test_a_send_that_may_have_gone_out_is_in_doubt_from_its_claim(tmp_path
         rows = {r["target"]: r for r in await store.deliveries_for("W1")}
         assert rows["p0"]["maybe_sent_at"] == ts(t0)
         assert rows["p2"]["maybe_sent_at"] is None
+
+
+async def test_work_due_when_written_stays_due_after_the_clock_steps_back(tmp_path: Path) -> None:
+    """An hour back: what was due at once is still claimed; a retry or a held play still waits."""
+    t0 = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    back = t0 - timedelta(hours=1)
+    async with Store(tmp_path / "w.db") as store:
+        await _warning_with(store, [("now", "sms", "p-1", ts(t0)), ("now", "sms", "p-2", ts(t0))])
+        # p-3 was written at t0 to wait until the morning (quiet hours): not due either way.
+        await store.db.execute(
+            "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at, created_at,"
+            " updated_at) VALUES ('held', 'W1', 'issue', 'warning', 'sms', 'p-3', ?, ?, ?)",
+            (ts(t0 + timedelta(hours=2)), ts(t0), ts(t0)),
+        )
+        await store.db.commit()
+        claimed = await store.claim(back, 10, ["sms"])
+        assert sorted(d.target for d in claimed) == ["p-1", "p-2"]
+        # p-1 fails: its retry (due in 30 s of the stepped-back clock) waits by the wall clock.
+        retry = back + timedelta(seconds=30)
+        await store.record([(Outcome(claimed[0].id, "failed", error="x"), retry)], back)
+        await store.record([(Outcome(claimed[1].id, "sent"), None)], back)
+        assert await store.claim(back, 10, ["sms"]) == []
+        assert [d.target for d in await store.claim(back + timedelta(seconds=31), 10, ["sms"])] == ["p-1"]

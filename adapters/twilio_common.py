@@ -24,8 +24,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import quote
@@ -38,7 +37,15 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from warnd.adapter import Adapter, AdapterContext, AuthError, Limits, PermanentError, TransientError
+from warnd.adapter import (
+    Adapter,
+    AdapterContext,
+    AuthError,
+    Limits,
+    PermanentError,
+    TransientError,
+    retry_after_s,
+)
 from warnd.log import mask_phones
 from warnd.phone import to_e164
 
@@ -149,18 +156,8 @@ def twilio_configured(settings: Settings, *, voice: bool = False) -> bool:
 
 
 def _retry_after_s(headers: dict[str, str]) -> float | None:
-    """Read Retry-After: delta-seconds or an HTTP date."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
+    """Read Retry-After from a response's headers."""
+    return retry_after_s(next((v for k, v in headers.items() if k.lower() == "retry-after"), None))
 
 
 def classify(status: int, body: Any, retry_after_s: float | None = None) -> Exception | None:

@@ -23,8 +23,7 @@ import asyncio
 import os
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -41,6 +40,7 @@ from warnd.adapter import (
     PermanentError,
     Receipt,
     TransientError,
+    retry_after_s,
 )
 from warnd.clock import SystemClock
 from warnd.store import from_ts
@@ -138,22 +138,8 @@ def http_error(status: int, retry_after: str | None = None) -> Exception | None:
     if 200 <= status < 300:
         return None
     if status == 429 or status >= 500:
-        return TransientError(f"wecom HTTP {status}", _retry_after_s(retry_after))
+        return TransientError(f"wecom HTTP {status}", retry_after_s(retry_after))
     return PermanentError(f"wecom HTTP {status}")
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header, or None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 class WecomAdapter(Adapter):

@@ -49,7 +49,6 @@ Kind = Literal[
     "escalation_superior",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
-FORMS = ("title", "text", "speech")
 
 # Everything a template may say. A placeholder outside this list is a config error.
 FIELDS: dict[str, str] = {
@@ -322,7 +321,7 @@ def fill(template: str, values: Mapping[str, str], *, sep: str) -> str:
 
 
 def local_short(when: str | datetime | None, tz: str) -> str:
-    """A time as people write it: 7月1日08:00 (the year only when it is not this one's business)."""
+    """A time as people write it, in the township's zone: 7月1日08:00 (warnings span days, not years)."""
     if when is None or when == "":
         return ""
     dt = datetime.fromisoformat(when) if isinstance(when, str) else when
@@ -381,7 +380,7 @@ def fields(
 
 def _dialable(phone: str) -> str:
     """A phone number as a Chinese reader dials it: +8613800000001 → 13800000001."""
-    return phone.removeprefix("+86") if phone.startswith("+86") else phone
+    return phone.removeprefix("+86")
 
 
 def _spoken_values(values: Mapping[str, str]) -> dict[str, str]:

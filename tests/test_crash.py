@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from tests.support.county import write_directory
 from tests.support.harness import warning_body
 from tests.support.mqtt import free_port
-from tests.support.process import DaemonProcess, write_config
+from tests.support.process import DaemonProcess, wait_for, write_config
 from tests.support.recording import read_records
 
 pytestmark = pytest.mark.slow
@@ -25,16 +24,6 @@ def _daemon(tmp_path: Path, delay_s: float = 0.0, **directory: object) -> Daemon
     return DaemonProcess(argv, port, tmp_path / "warnd.log")
 
 
-def _wait(predicate, timeout_s: float = 30.0) -> None:
-    """Poll until predicate() is true (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_warning_answered_202_survives_sigkill(tmp_path: Path) -> None:
     """Kill -9 right after the 202: after restart the warning is there and goes out."""
     d = _daemon(tmp_path, villages=2, speakers=2).start()
@@ -46,7 +35,7 @@ def test_warning_answered_202_survives_sigkill(tmp_path: Path) -> None:
         status, w = d.call("GET", f"/api/v1/warnings/{body['id']}", role="viewer")
         assert status == 200
         assert w["headline"] == warning_body()["headline"]
-        _wait(
+        wait_for(
             lambda: (
                 {r["target"] for r in read_records(tmp_path / "sent.jsonl") if r["channel"] == "loudspeaker"}
                 == {"spk-330502101201-1", "spk-330502101201-2"}
@@ -63,14 +52,14 @@ def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path)
     status, body = d.call("POST", "/api/v1/warnings", warning_body(area={"codes": codes}))
     assert status == 202
     record = tmp_path / "sent.jsonl"
-    _wait(lambda: sum(r["channel"] == "loudspeaker" for r in read_records(record)) >= 30)
+    wait_for(lambda: sum(r["channel"] == "loudspeaker" for r in read_records(record)) >= 30)
     d.kill()
     before = sum(r["channel"] == "loudspeaker" for r in read_records(record))
     assert before < 200, "the kill came too late to interrupt anything"
     d.start()
     try:
         expected = {f"spk-{c}-{k}" for c in codes for k in range(1, 6)}
-        _wait(
+        wait_for(
             lambda: {r["target"] for r in read_records(record) if r["channel"] == "loudspeaker"} == expected
         )
         msg_ids: dict[str, set[str]] = defaultdict(set)
@@ -85,7 +74,7 @@ def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path)
         assert sum(n - 1 for n in sends.values()) <= 20
         status, w = d.call("GET", f"/api/v1/warnings/{body['id']}", role="viewer")
         assert w["coverage"]["loudspeaker"]["expected"] == 200
-        _wait(
+        wait_for(
             lambda: (
                 d.call("GET", f"/api/v1/warnings/{body['id']}", role="viewer")[1]["coverage"]["loudspeaker"][
                     "sent"
@@ -106,7 +95,7 @@ def test_sigterm_lets_sends_in_flight_finish(tmp_path: Path) -> None:
     status, _ = d.call("POST", "/api/v1/warnings", warning_body(area={"codes": codes}))
     assert status == 202
     record = tmp_path / "sent.jsonl"
-    _wait(lambda: len(read_records(record)) >= 1)
+    wait_for(lambda: len(read_records(record)) >= 1)
     assert d.terminate() == 0
     con = sqlite3.connect(tmp_path / "state" / "warnd.db")
     states = dict(con.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())

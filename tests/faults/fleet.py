@@ -20,30 +20,20 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.support.county import directory_toml, village_code
 from tests.support.harness import warning_body
 from tests.support.mqtt import Broker, free_port
-from tests.support.process import ROOT, DaemonProcess, write_config
+from tests.support.process import ROOT, DaemonProcess, wait_for, write_config
 
 VILLAGES = 200
 SPEAKERS = 10
 CODES = [village_code(i) for i in range(VILLAGES)]
 IN_FORCE = ("active", "updated")
 DEVICE_CHANNELS = ("loudspeaker", "led")
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> None:
-    """Poll predicate() until it is true, at most timeout_s (real time)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 class Fleet:

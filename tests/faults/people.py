@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -86,16 +85,6 @@ def daemon(
 def red_warning(villages: int, headline: str = "塘甸镇气象台发布暴雨红色预警") -> dict[str, Any]:
     """A red warning for the first `villages` villages of the township."""
     return warning_body(area={"codes": [village_code(i) for i in range(villages)]}, headline=headline)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.1) -> None:
-    """Poll until predicate() is true (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll_s)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
 def coverage(d: DaemonProcess, wid: str) -> dict[str, dict[str, int]]:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.fleet import CODES, Fleet, wait_for
+from tests.faults.fleet import CODES, Fleet
 from tests.support.mqtt import Broker, mosquitto_binary
+from tests.support.process import wait_for
 
 pytestmark = [
     pytest.mark.slow,

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.people import wait_for
 from tests.support.county import write_directory
 from tests.support.harness import warning_body
 from tests.support.mqtt import free_port
-from tests.support.process import DaemonProcess, write_config
+from tests.support.process import DaemonProcess, wait_for, write_config
 from tests.support.recording import read_records
 
 pytestmark = pytest.mark.slow

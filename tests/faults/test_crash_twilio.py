@@ -11,7 +11,6 @@ crash is looked up at Twilio, not sent again.
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from tests.support.county import village_code, write_directory
 from tests.support.harness import warning_body
 from tests.support.mqtt import free_port
-from tests.support.process import DaemonProcess, write_config
+from tests.support.process import DaemonProcess, wait_for, write_config
 from tests.support.twilio_harness import FROM, FakeTwilioThread
 
 pytestmark = pytest.mark.slow
@@ -71,16 +70,6 @@ def _creates(fake: Any) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def _wait(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.05) -> None:
-    """Poll until predicate() is true (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll_s)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
-
-
 def _all_sent(d: DaemonProcess, wid: str) -> bool:
     """Whether every SMS and call of the warning is recorded sent."""
     status, w = d.call("GET", f"/api/v1/warnings/{wid}", role="viewer")
@@ -108,13 +97,16 @@ def test_sigkill_mid_fanout_ten_times_each_person_gets_one_sms_and_one_call(tmp_
                 # Kill after a random number of this round's 2 × 200 creates (short of the last few:
                 # the kill itself takes a moment).
                 kill_after = created + rng.randrange(1, 2 * PEOPLE - 40)
-                _wait(lambda k=kill_after: len(ft.fake.messages) + len(ft.fake.calls) > k, 30, "the fan-out",
-                      poll_s=0.002)  # fmt: skip
+                def past(k: int = kill_after) -> bool:
+                    """The fake has taken more than k sends."""
+                    return len(ft.fake.messages) + len(ft.fake.calls) > k
+
+                wait_for(past, 30, "the fan-out", poll_s=0.002)
                 d.kill()
                 at_kill = ft.run(lambda: len(ft.fake.messages) + len(ft.fake.calls))
                 interrupted += at_kill < created + 2 * PEOPLE
                 d.start()
-                _wait(lambda wid=answer["id"]: _all_sent(d, wid), 45, f"seed {seed} round {n}: all sent")
+                wait_for(lambda wid=answer["id"]: _all_sent(d, wid), 45, f"seed {seed} round {n}: all sent")
                 creates = ft.run(lambda: _creates(ft.fake))
                 created = sum(len(v) for v in creates.values())
                 for channel in CHANNELS:

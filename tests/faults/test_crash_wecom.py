@@ -32,9 +32,9 @@ from tests.faults.people import (
     red_warning,
     robot_env,
     store_problems,
-    wait_for,
 )
 from tests.support.mqtt import free_port
+from tests.support.process import wait_for
 from tests.support.threaded import ThreadedFake
 from warnd.clock import SystemClock
 

@@ -42,11 +42,11 @@ from tests.faults.people import (
     red_warning,
     store_problems,
     twilio_received,
-    wait_for,
     wecom_cards,
     wecom_people_received,
 )
 from tests.support.mqtt import free_port
+from tests.support.process import wait_for
 from tests.support.threaded import ThreadedFake
 from warnd.clock import SystemClock
 

@@ -21,7 +21,7 @@ from tests.support.harness import Harness, warning_body
 from tests.support.live import close_live, live_harness
 from tests.support.mqtt import Broker, stop_client_task
 from tests.support.process import ROOT
-from warnd.simulator import SimBoard
+from warnd.tools.simulator import SimBoard
 
 BOARD = "led-330502101201-1"
 

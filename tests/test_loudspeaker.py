@@ -21,7 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydub import AudioSegment
 
-from adapters.loudspeaker import LoudspeakerAdapter, spoken, village_topic
+from adapters.loudspeaker import LoudspeakerAdapter, spoken
 from tests.support.county import village_code, write_directory
 from tests.support.harness import Driven, warning_body
 from tests.support.harness import test_settings as make_settings
@@ -32,8 +32,9 @@ from warnd.audio import AudioCache
 from warnd.clock import FakeClock
 from warnd.daemon import Daemon
 from warnd.directory import Directory
-from warnd.simulator import SpeakerSimulator
+from warnd.mqtt.topics import village_speakers
 from warnd.store import Delivery, Store
+from warnd.tools.simulator import SpeakerSimulator
 
 VILLAGES = [village_code(0), village_code(1)]
 
@@ -409,7 +410,7 @@ async def test_partial_village_goes_per_device(rig: Rig, broker: Broker) -> None
     await until(lambda: all(s.final.get("m-whole") == "played" for s in village), what="acks")
     await until(lambda: rig.adapter.hub.queue.empty(), what="acks applied")
     topics = sorted(t for t, _ in seen)
-    assert topics == [*sorted(f"warnd/v1/device/{t}/cmd" for t in targets), village_topic(code)]
+    assert topics == [*sorted(f"warnd/v1/device/{t}/cmd" for t in targets), village_speakers(code)]
     for topic, cmd in seen:
         if topic.endswith("/cmd"):
             assert cmd["ack_topic"] == topic.replace("/cmd", "/ack")

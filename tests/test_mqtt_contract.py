@@ -36,7 +36,7 @@ from tests.support.live import close_live, live_harness
 from tests.support.mqtt import Broker, stop_client_task
 from tests.support.process import ROOT
 from tests.test_loudspeaker import Rig, until
-from warnd.simulator import SpeakerSimulator
+from warnd.tools.simulator import SpeakerSimulator
 
 DOCS = ROOT / "docs"
 SCHEMA_NAMES = ("command", "ack", "status")

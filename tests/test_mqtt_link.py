@@ -9,16 +9,17 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from adapters.mqtt import MqttLink, _matches
 from tests.support.mqtt import Broker
 from warnd.config import MqttSettings
+from warnd.mqtt.link import MqttLink
+from warnd.mqtt.topics import matches
 
 
 def test_topic_filters_follow_mqtt_wildcards() -> None:
     """`+` is one level, `#` the rest including the parent level; nothing else is a wildcard."""
 
     def m(topic: str, topic_filter: str) -> bool:
-        return _matches(topic.split("/"), topic_filter.split("/"))
+        return matches(topic.split("/"), topic_filter.split("/"))
 
     assert m("warnd/v1/device/spk-1/ack", "warnd/v1/device/+/ack")
     assert not m("warnd/v1/device/spk-1/status", "warnd/v1/device/+/ack")

@@ -179,53 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("update", help="update a warning from a JSON file of changed fields")
     p.add_argument("id")
     p.add_argument("--file", required=True)
-    p = sub.add_parser(
+    # Listed here for --help; its options are the simulator's own (warnd-sim --help).
+    sub.add_parser(
         "simulate-speakers",
-        help="simulated village loudspeakers (and LED boards) that play or show and confirm",
+        help="simulated village loudspeakers (and LED boards) that play or show and confirm (= warnd-sim)",
     )
-    p.add_argument("--village", nargs="+", required=True, metavar="CODE", help="villages to simulate")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
-    p.add_argument("--directory", default="config/directory.toml", help="directory.toml naming the speakers")
-    p.add_argument("--fail-rate", type=float, default=0.0, help="share of plays that fail (0–1)")
-    p.add_argument("--delay-ms", type=float, default=0.0, help="time from received to played")
-    p.add_argument("--no-led", action="store_true", help="leave the villages' LED boards to real hardware")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate-speakers"]:
+        # A tool of its own (warnd.tools.simulator), loaded only here: warnctl's other commands
+        # start without warnd's config and MQTT modules (seconds of imports).
+        from warnd.tools.simulator import main as simulate
+
+        return simulate(argv[1:], prog="warnctl simulate-speakers")
     args = parser.parse_args(argv)
-    if args.command == "simulate-speakers":
-        return _simulate(args)
     token = os.environ.get("WARND_TOKEN")
     try:
         return _dispatch(args, token)
     except CtlError as exc:
         print(f"warnctl: {exc}", file=sys.stderr)
         return 1
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    """Run simulated speakers for the given villages until Ctrl-C."""
-    import asyncio
-    import contextlib
-
-    from warnd import log
-    from warnd.simulator import devices_of, simulate
-
-    try:
-        speakers, boards = devices_of(args.directory, args.village)
-    except Exception as exc:
-        print(f"warnctl: {exc}", file=sys.stderr)
-        return 1
-    if args.no_led:
-        boards = {}
-    log.configure("info")
-    print(
-        f"simulating on {args.broker}: villages {' '.join(args.village)};"
-        f" speakers: {len(speakers)}, LED boards: {len(boards)}",
-        file=sys.stderr,
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            simulate(args.broker, speakers, boards=boards, fail_rate=args.fail_rate, delay_ms=args.delay_ms)
-        )
-    return 0
 
 
 def _dispatch(args: argparse.Namespace, token: str | None) -> int:

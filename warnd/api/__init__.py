@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from warnd import devices
-from warnd.api import audit, warnings
+from warnd.api import audit, devices, warnings
 from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
 from warnd.api.errors import error_middleware, error_response
@@ -76,7 +75,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         *warnings.ROUTES,
         *report_api.ROUTES,
         *audit.ROUTES,
-        *devices.routes(),
+        *devices.ROUTES,
         *extra_routes,
     ]
 

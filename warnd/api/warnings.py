@@ -12,9 +12,9 @@ from pydantic import BaseModel
 
 from warnd import jsonsafe, messages
 from warnd.api.routes import Route, principal
-from warnd.devices import coverage_with_offline
 from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
+from warnd.mqtt.devices import coverage_with_offline
 from warnd.planner import level_policy, schedule_view, step_deliveries, step_jobs, steps_for
 from warnd.report import escalations
 from warnd.store import IdempotencyConflict, from_ts, new_warning_id

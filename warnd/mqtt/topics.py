@@ -33,8 +33,6 @@ STATUS_RETAIN = True
 CMD, ACK, STATUS = "cmd", "ack", "status"
 # What a village command carries as its `ack_topic`: each speaker puts its own id in the place.
 DEVICE_ID_PLACEHOLDER = "{device_id}"
-# Characters a device id must not contain: a level separator and the two wildcards.
-FORBIDDEN_ID_CHARS = frozenset("/+#")
 # A feeds connection's client id is warnd's with this suffix: both connect to one broker.
 FEEDS_CLIENT_SUFFIX = "-feeds"
 
@@ -103,6 +101,15 @@ def ack_topic_for(ack_topic: str | None, device_id: str) -> str:
     return (ack_topic or VILLAGE_ACK_TOPIC).replace(DEVICE_ID_PLACEHOLDER, device_id)
 
 
+def parse_village(topic: str) -> str | None:
+    """The village code of `warnd/v1/village/{code}/speaker`; None for any other topic."""
+    prefix, suffix = f"{ROOT}/village/", "/speaker"
+    if not topic.startswith(prefix) or not topic.endswith(suffix):
+        return None
+    code = topic[len(prefix) : -len(suffix)]
+    return code if code and "/" not in code else None
+
+
 def parse_device(topic: str) -> tuple[str, str] | None:
     """(device id, leaf) of `warnd/v1/device/{id}/{leaf}`; None for any other topic."""
     prefix = f"{ROOT}/device/"
@@ -112,11 +119,6 @@ def parse_device(topic: str) -> tuple[str, str] | None:
     if not sep or not device_id or leaf not in (CMD, ACK, STATUS):
         return None
     return device_id, leaf
-
-
-def valid_device_id(device_id: str) -> bool:
-    """Whether an id can stand in a topic level (not empty, no `/`, `+` or `#`)."""
-    return bool(device_id) and not FORBIDDEN_ID_CHARS.intersection(device_id)
 
 
 def feeds_client_id(client_id: str) -> str:

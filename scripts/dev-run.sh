@@ -23,7 +23,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
   echo "make run: started a local mosquitto on 127.0.0.1:1883 (log: var/mosquitto.log)"
 fi
 
-if "$PY" -m warnd.ctl simulate-speakers --help >/dev/null 2>&1; then
+if "$PY" -m warnd.tools.simulator --help >/dev/null 2>&1; then
   villages=$("$PY" - "$CONFIG" <<'PYEOF'
 import sys
 from warnd.config import load_settings
@@ -34,7 +34,7 @@ print(" ".join(Directory.load(s.directory.path).villages))
 PYEOF
 )
   # shellcheck disable=SC2086
-  "$PY" -m warnd.ctl simulate-speakers --broker mqtt://127.0.0.1:1883 --village $villages >var/simulator.log 2>&1 &
+  "$PY" -m warnd.tools.simulator --broker mqtt://127.0.0.1:1883 --village $villages >var/simulator.log 2>&1 &
   pids+=($!)
   echo "make run: simulated speakers for villages: $villages (log: var/simulator.log)"
 fi

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
 from tests.support.mqtt import Broker
+from tests.support.process import ROOT
 from warnd.config import MqttSettings
 from warnd.mqtt.link import MqttLink
 from warnd.mqtt.topics import matches
@@ -120,3 +123,27 @@ async def test_a_cancel_kept_on_purpose_does_not_fail_later_publishes(broker: Br
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports, at any depth of its code."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_mqtt_package_needs_no_adapter_and_no_tool() -> None:
+    """warnd.mqtt, the feeds and the simulator import no adapter; nothing in the daemon imports the tools."""
+    warnd = ROOT / "warnd"
+    for path in sorted(warnd.rglob("*.py")):
+        modules = imported_modules(path)
+        name = str(path.relative_to(ROOT))
+        if any(path.is_relative_to(warnd / part) for part in ("mqtt", "tools", "feeds")):
+            assert not any(m == "adapters" or m.startswith("adapters.") for m in modules), name
+        if not path.is_relative_to(warnd / "tools") and path.name != "ctl.py":
+            # warnctl runs the simulator for `simulate-speakers`: a command line, not the daemon.
+            assert not any(m.startswith("warnd.tools") for m in modules), name

@@ -35,7 +35,7 @@ from warnd.directory import Directory
 from warnd.mqtt import topics
 from warnd.mqtt.link import MqttLink
 
-log = structlog.get_logger("warnd.tools.simulator")
+log = structlog.get_logger("warnd.simulator")
 
 Publish = Callable[[str, bytes, bool], Awaitable[None]]
 # A speaker gives up on an audio download after this long and reports failed.

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
 
+from warnd.model import Level
+
 CAP12_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 CAP11_NS = "urn:oasis:names:tc:emergency:cap:1.1"
 CAP10_NS = "http://www.incident.com/cap/1.0"
@@ -85,9 +87,9 @@ URGENCIES = ("Immediate", "Expected", "Future", "Past", "Unknown")
 SEVERITIES = ("Extreme", "Severe", "Moderate", "Minor", "Unknown")
 CERTAINTIES = ("Observed", "Likely", "Possible", "Unlikely", "Unknown")
 
-LEVEL_SEVERITY = {"red": "Extreme", "orange": "Severe", "yellow": "Moderate", "blue": "Minor"}
+LEVEL_SEVERITY = {level.value: level.cap_severity for level in Level}
 _SEVERITY_LEVEL = {severity: level for level, severity in LEVEL_SEVERITY.items()}
-_LEVEL_CHINESE = {"red": "红色", "orange": "橙色", "yellow": "黄色", "blue": "蓝色"}
+_LEVEL_CHINESE = {level.value: level.chinese for level in Level}
 
 # English colour words stand alone ("2; yellow; Moderate", not "bored"); Chinese colour characters
 # in simplified and traditional forms (红/紅, 黄/黃, 蓝/藍) need no boundary.

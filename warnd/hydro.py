@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, f
 
 from warnd import jsonsafe
 from warnd.api.routes import Route, principal
-from warnd.intake import IN_FORCE, Actor, InputError
-from warnd.model import Area, Level, UpdateIn, WarningIn, require_offset
+from warnd.intake import Actor, InputError
+from warnd.model import IN_FORCE, Area, Level, UpdateIn, WarningIn, require_offset
 from warnd.store import from_ts, ts
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from warnd.model import Level
+from warnd.model import PERSON_CHANNELS, Level
 from warnd.smstext import longest_fitting, sms_segments
 from warnd.speech import spoken_text
 
@@ -624,7 +624,7 @@ def preview(
     for kind, ctx in contexts.items():
         texts = {}
         for channel in chans:
-            person_channel = channel in ("sms", "voice", "wechat")
+            person_channel = channel in PERSON_CHANNELS
             if kind.startswith("escalation") and not person_channel:
                 continue
             vals = values_for(

@@ -36,6 +36,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from warnd.model import DEVICE_CHANNELS
 from warnd.store import Outcome, from_ts
 
 if TYPE_CHECKING:
@@ -305,7 +306,7 @@ class StoreCollector(Collector):
                 "Directory loudspeakers and LED boards by last reported status: online, offline, unknown",
                 labels=["kind", "status"],
             )
-            for kind in ("loudspeaker", "led"):
+            for kind in DEVICE_CHANNELS:
                 for status in ("online", "offline", "unknown"):
                     g.add_metric([kind, status], self.devices.get((kind, status), 0))
             yield g

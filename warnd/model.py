@@ -87,6 +87,16 @@ class State(enum.StrEnum):
     EXPIRED = "expired"
 
 
+# Warning states in which a warning is still in force: its deliveries are never given up, its
+# repeats and reminders still go out, an update or cancel may still refer to it.
+IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
+
+# Channels that reach a device (acknowledged by the device itself, stopped by a cancel or expiry)
+# and channels that reach a person in the directory (by role).
+DEVICE_CHANNELS = ("loudspeaker", "led")
+PERSON_CHANNELS = ("sms", "voice", "wechat")
+
+
 # 6-digit county (GB/T 2260), 9-digit township, 12-digit village statistical codes; ASCII digits
 # only (a bare \d would also take ١٢٣٤٥٦).
 ADMIN_CODE = re.compile(r"^[0-9]{6}([0-9]{3}([0-9]{3})?)?$")

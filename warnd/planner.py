@@ -12,11 +12,9 @@ from zoneinfo import ZoneInfo
 from warnd.clock import parse_iso
 from warnd.config import LevelPolicy, PolicySettings
 from warnd.directory import Directory
-from warnd.model import Level
+from warnd.model import DEVICE_CHANNELS, Level
 from warnd.store import NewDelivery, ts
 
-PERSON_CHANNELS = ("sms", "voice", "wechat")
-DEVICE_CHANNELS = ("loudspeaker", "led")
 REMINDER = {"message": "reminder"}
 
 

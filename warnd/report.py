@@ -20,7 +20,6 @@ from warnd.phone import mask_phone
 from warnd.store import Store, from_ts
 
 COUNTS = ("expected", "sent", "delivered", "acknowledged", "failed")
-PERSON_CHANNELS = ("sms", "voice", "wechat")
 # Deliveries read per warning: a county-wide red warning with half-hourly repeats stays far below.
 MAX_ROWS = 2_000_000
 # The pseudo-village of receivers attached to none of the warning's villages (a superior).

@@ -35,6 +35,7 @@ from warnd.acklink import AckLinks, AckSigner, link, load_secret
 from warnd.adapter import (
     Adapter,
     AdapterContext,
+    AuthError,
     Limits,
     Message,
     PermanentError,
@@ -130,15 +131,19 @@ def errcode_error(errcode: int, errmsg: str, *, robot: bool) -> Exception | None
 
 
 def http_error(status: int, retry_after: str | None = None) -> Exception | None:
-    """An HTTP status outside WeCom's errcodes: 2xx ok, 429/5xx retry after Retry-After, other 4xx permanent.
+    """An HTTP status outside WeCom's errcodes: 2xx ok, 429/5xx retry, 401/403 auth, other 4xx permanent.
 
     WeCom itself answers 200 with an errcode; a 429 or 503 comes from a gateway in between, and
-    its Retry-After (delta-seconds or an HTTP date) is the earliest retry.
+    its Retry-After (delta-seconds or an HTTP date) is the earliest retry. A 401 or 403 means
+    warnd is not let through (a proxy's credentials, an IP allow-list): as on every HTTP channel,
+    the channel stops until the operator fixes it.
     """
     if 200 <= status < 300:
         return None
     if status == 429 or status >= 500:
         return TransientError(f"wecom HTTP {status}", retry_after_s(retry_after))
+    if status in (401, 403):
+        return AuthError(f"wecom HTTP {status}")
     return PermanentError(f"wecom HTTP {status}")
 
 

@@ -279,7 +279,7 @@ class WecomAdapter(Adapter):
                     for i in range(len(msgs)):
                         if results[i] is None:
                             results[i] = exc
-                    return results  # type: ignore[return-value]
+                    return results  # type: ignore[return-value]  # the None slots were replaced just above  # every slot filled just above
                 receipt = Receipt("sent")
                 for i in chunk:
                     results[i] = receipt
@@ -408,7 +408,7 @@ class WecomAdapter(Adapter):
             now = self.clock.now()
             fresh = self._token is not None and self._token_expires is not None and now < self._token_expires
             if fresh and (stale is None or self._token != stale):
-                return self._token  # type: ignore[return-value]
+                return self._token  # type: ignore[return-value]  # `fresh` says it is set
             config = self._app_config()
             if config is None:
                 raise PermanentError("wecom application messages are not configured")

@@ -481,7 +481,7 @@ def parse_cap_many(
     namespace, local = _split_tag(root.tag)
     if not (local == "alerts" and namespace in CAP_VERSIONS):
         return [_alert_from_element(root, "/alert", geocode_names=geocode_names, validate=validate)]
-    alerts = []
+    alerts: list[CapAlert] = []
     for child in root:
         if _split_tag(child.tag)[1] != "alert":
             continue
@@ -636,9 +636,9 @@ def _read_pair(elem: ET.Element, path: str, namespace: str, version: str) -> Val
         if not sep or not name.strip():
             raise CapError(f"{text!r} is not valueName=value", path)
         return ValuePair(name.strip(), value.strip())
-    name = fields.token("valueName", required=True)
+    token = fields.token("valueName", required=True)
     value = fields.text("value", required=True) or ""
-    return ValuePair(name or "", value.strip())
+    return ValuePair(token or "", value.strip())
 
 
 def _read_alert(

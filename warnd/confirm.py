@@ -106,7 +106,7 @@ def decide(
         if r["state"] in FINAL or (r["kind"] in IN_FORCE_KINDS and not in_force):
             continue
         end = until[r["id"]]
-        if parse_iso(end) <= now:  # type: ignore[operator]
+        if parse_iso(end) <= now:  # type: ignore[operator]  # `until` holds times, never None
             if r["state"] in ("sent", "delivered"):
                 out.gave_up.append(dict(r))
             continue

@@ -213,7 +213,7 @@ class Metrics:
         self.acks.labels(channel, status).inc()
         if row.get("first_confirmation") and row.get("sent_at"):
             sent = from_ts(row["sent_at"])
-            self.ack_seconds.labels(channel).observe(max(0.0, (now - sent).total_seconds()))  # type: ignore[operator]
+            self.ack_seconds.labels(channel).observe(max(0.0, (now - sent).total_seconds()))  # type: ignore[operator]  # sent_at checked above
 
     # -- scrape -------------------------------------------------------------------------------
 

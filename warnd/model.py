@@ -227,12 +227,12 @@ class Area(BaseModel):
     codes: list[str] = Field(
         default_factory=list,
         max_length=10_000,
-        json_schema_extra=lambda s: s["items"].update(pattern=ADMIN_CODE.pattern),  # type: ignore[index,union-attr]
+        json_schema_extra=lambda s: s["items"].update(pattern=ADMIN_CODE.pattern),  # type: ignore[union-attr]  # a list field's "items" is a dict
     )
     polygons: list[list[LatLon]] = Field(
         default_factory=list,
         max_length=100,
-        json_schema_extra=lambda s: s["items"].update(minItems=3),  # type: ignore[index,union-attr]
+        json_schema_extra=lambda s: s["items"].update(minItems=3),  # type: ignore[union-attr]  # a list field's "items" is a dict
     )
     circles: list[Circle] = Field(default_factory=list, max_length=100)
 

@@ -377,7 +377,7 @@ def step_deliveries(
                     for b in v.led_boards
                 )
         else:
-            wanted = set(lp.roles.get(channel, ()))  # type: ignore[call-overload]
+            wanted = set(lp.roles.get(channel, ()))
             if roles:
                 wanted &= roles
             people = directory.people_in(codes, wanted) if wanted else []

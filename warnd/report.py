@@ -133,7 +133,7 @@ def build(
             acked[pid] = at
     escalations = escalation_list(audit, tz)
     escalated = {e["person_id"] for e in escalations}
-    unconfirmed = []
+    unconfirmed: list[dict[str, Any]] = []
     for pid in sorted(p for p in must if p not in acked):
         person = directory.people.get(pid)
         unconfirmed.append(

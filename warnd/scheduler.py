@@ -262,7 +262,7 @@ class Scheduler:
             warning_state=warning["state"],
         )
         acks = [
-            Confirmation(r["person_id"], r["channel"], from_ts(r["acked_at"]))  # type: ignore[arg-type]
+            Confirmation(r["person_id"], r["channel"], from_ts(r["acked_at"]))  # type: ignore[arg-type]  # an ack row has acked_at
             for r in rows
             if r["state"] == "acknowledged" and r["acked_at"]
         ]

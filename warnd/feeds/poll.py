@@ -90,8 +90,8 @@ def index_links(data: bytes, base_url: str) -> list[str] | None:
             enclosure = item.find("enclosure")
             href = enclosure.get("url") if enclosure is not None else None
             if not href:
-                link = item.find("link")
-                href = link.text if link is not None else None
+                link_el = item.find("link")
+                href = link_el.text if link_el is not None else None
             if href:
                 links.append(urljoin(base_url, href.strip()))
         return links

@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, f
 
 from warnd import jsonsafe
 from warnd.api.routes import Route, principal
-from warnd.intake import IN_FORCE, Actor, InputError
-from warnd.model import Area, Level, UpdateIn, WarningIn, require_offset
+from warnd.intake import Actor, InputError
+from warnd.model import IN_FORCE, Area, Level, UpdateIn, WarningIn, require_offset
 from warnd.store import from_ts, ts
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class Reading(BaseModel):
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         """A reading's time needs its offset."""
-        return require_offset(value)  # type: ignore[return-value]
+        return require_offset(value)  # type: ignore[return-value]  # a datetime in, a datetime out
 
 
 class Readings(BaseModel):
@@ -217,7 +217,7 @@ class HydroMonitor:
             " ORDER BY at DESC LIMIT 1",
             (station,),
         )
-        return (from_ts(row["at"]), row["level_m"]) if row else None  # type: ignore[return-value]
+        return (from_ts(row["at"]), row["level_m"]) if row else None  # type: ignore[return-value]  # `at` is NOT NULL
 
     async def _window(self, st: HydroStation, at: datetime) -> list[tuple[datetime, float]]:
         """The station's accepted readings of the rise window ending at `at`, oldest first."""
@@ -226,7 +226,7 @@ class HydroMonitor:
             " AND at >= ? AND at <= ? ORDER BY at",
             (st.id, ts(at - timedelta(minutes=st.rise_window_min)), ts(at)),
         )
-        return [(from_ts(r["at"]), r["level_m"]) for r in rows]  # type: ignore[misc]
+        return [(from_ts(r["at"]), r["level_m"]) for r in rows]  # type: ignore[misc]  # `at` is NOT NULL
 
     async def _state(self, station: str) -> StationState:
         """The station's state; a warning an operator cancelled meanwhile is no longer in force."""

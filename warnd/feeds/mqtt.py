@@ -40,7 +40,9 @@ class MqttFeeds:
         """Make the link and subscribe each feed's topic."""
         self.feeds = feeds
         mqtt = feeds.daemon.settings.mqtt
-        self.link = MqttLink(mqtt, client_id=topics.feeds_client_id(mqtt.client_id), name="warnd.feeds.mqtt")
+        # `[mqtt] client_id` is filled in (warnd-{host}-{township}) before the feeds are made.
+        client_id = str(mqtt.client_id)
+        self.link = MqttLink(mqtt, client_id=topics.feeds_client_id(client_id), name="warnd.feeds.mqtt")
         for feed in settings:
             self.link.subscribe(feed.topic or "", self._handler(feed))
 
@@ -49,7 +51,7 @@ class MqttFeeds:
 
         async def handle(message: aiomqtt.Message) -> None:
             """Ingest a CAP document from the topic."""
-            await self.take(feed, bytes(message.payload) if message.payload is not None else b"")  # type: ignore[arg-type]
+            await self.take(feed, bytes(message.payload) if message.payload is not None else b"")
 
         return handle
 

@@ -31,6 +31,7 @@ import structlog
 
 from warnd import jsonsafe
 from warnd.feedback import AckReport
+from warnd.model import DEVICE_CHANNELS
 from warnd.mqtt import topics
 from warnd.store import StoreError
 
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("warnd.devices")
 
-# Device channels whose coverage says how many receivers are offline.
-DEVICE_CHANNELS = ("loudspeaker", "led")
 # An ack larger than this is not an ack; its size is logged, never its body.
 MAX_PAYLOAD_BYTES = 16 * 1024
 # An ack is flat ({"msg_id", "status", "at", "detail"}); a detail object may nest a little. Deeper

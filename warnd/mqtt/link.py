@@ -284,7 +284,7 @@ class MqttLink:
         """
         link = self
 
-        class Inbox(asyncio.Queue):  # type: ignore[type-arg]
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
             def put_nowait(self, item: aiomqtt.Message) -> None:
                 if link._deliver_now(item):
                     super().put_nowait(item)

@@ -119,7 +119,7 @@ class SimSpeaker:
             return
         task = asyncio.current_task()
         if task is not None:
-            self._playing[cmd.get("warning_id", "")] = task  # type: ignore[assignment]
+            self._playing[cmd.get("warning_id", "")] = task
         try:
             await self._play(cmd, ack_topic)
         except asyncio.CancelledError:
@@ -366,7 +366,7 @@ class SpeakerSimulator:
 
         def handler(message: aiomqtt.Message) -> None:
             """Handle the command in its own task."""
-            self._spawn(device.handle(bytes(message.payload)))  # type: ignore[arg-type]
+            self._spawn(device.handle(bytes(message.payload)))
 
         return handler
 

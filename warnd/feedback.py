@@ -12,26 +12,26 @@ import structlog
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
 from warnd.dispatcher import retry_delay_s
-from warnd.store import AckIn, Store
+from warnd.store import AckIn, DeliveryState, Store
 
 log = structlog.get_logger("warnd.feedback")
 
 # What each reported status means for the delivery. Device statuses follow GD/J 082's
 # broadcast states: 1 waiting (received), 2 broadcasting (playing), 3 success (played),
 # 4 failed, 5 cancelled.
-STATUS_STATE: dict[str, str | None] = {
-    "received": "delivered",
-    "playing": "delivered",
-    "delivered": "delivered",
-    "played": "acknowledged",
-    "shown": "acknowledged",
-    "acknowledged": "acknowledged",
-    "cancelled": "acknowledged",
-    "cleared": "acknowledged",
-    "failed": "failed",
-    "undelivered": "failed",
+STATUS_STATE: dict[str, DeliveryState | None] = {
+    "received": DeliveryState.DELIVERED,
+    "playing": DeliveryState.DELIVERED,
+    "delivered": DeliveryState.DELIVERED,
+    "played": DeliveryState.ACKNOWLEDGED,
+    "shown": DeliveryState.ACKNOWLEDGED,
+    "acknowledged": DeliveryState.ACKNOWLEDGED,
+    "cancelled": DeliveryState.ACKNOWLEDGED,
+    "cleared": DeliveryState.ACKNOWLEDGED,
+    "failed": DeliveryState.FAILED,
+    "undelivered": DeliveryState.FAILED,
     # A provider's final refusal reported after the send (Twilio 30005 unknown number …): no retry.
-    "dead": "dead",
+    "dead": DeliveryState.DEAD,
 }
 
 
@@ -110,7 +110,9 @@ class Feedback:
                         target=r.target,
                         provider_ref=r.provider_ref,
                         detail=r.detail,
-                        error=_reason(r) if STATUS_STATE[r.status] in ("failed", "dead") else None,
+                        error=_reason(r)
+                        if STATUS_STATE[r.status] in (DeliveryState.FAILED, DeliveryState.DEAD)
+                        else None,
                         retry=lambda attempts: self._retry_at(attempts, now),
                     )
                     for r in known

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -369,12 +369,6 @@ def fingerprint(w: WarningIn) -> str:
         data[key] = value.astimezone(UTC).isoformat() if value is not None else None
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-DeliveryState = Literal[
-    "pending", "sending", "sent", "delivered", "acknowledged", "failed", "dead", "cancelled"
-]
-OPEN_STATES = ("pending", "failed")
 
 
 def warning_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 
 from warnd.directory import Directory
 from warnd.phone import mask_phone
-from warnd.store import Store, from_ts
+from warnd.store import COVERAGE_COUNTS, DeliveryState, Store, count_receiver, from_ts
 
-COUNTS = ("expected", "sent", "delivered", "acknowledged", "failed")
+COUNTS = COVERAGE_COUNTS
 PERSON_CHANNELS = ("sms", "voice", "wechat")
 # Deliveries read per warning: a county-wide red warning with half-hourly repeats stays far below.
 MAX_ROWS = 2_000_000
@@ -34,22 +34,12 @@ def _zero() -> dict[str, int]:
 
 def _count(counter: dict[str, int], states: set[str]) -> None:
     """Count one receiver at the furthest state its deliveries reached."""
-    counter["expected"] += 1
-    if "acknowledged" in states:
-        counter["acknowledged"] += 1
-    if states & {"delivered", "acknowledged"}:
-        counter["delivered"] += 1
-    if states & {"sent", "delivered", "acknowledged"}:
-        counter["sent"] += 1
-    elif states & {"dead", "failed"}:
-        counter["failed"] += 1
+    count_receiver(counter, states)
 
 
 def _best(states: Iterable[str]) -> str:
     """The furthest state among a receiver's deliveries (for showing one word)."""
-    order = ("acknowledged", "delivered", "sent", "sending", "pending", "failed", "dead", "cancelled")
-    have = set(states)
-    return next((s for s in order if s in have), "unknown")
+    return DeliveryState.furthest(states)
 
 
 def build(

@@ -24,6 +24,8 @@ from warnd.store.hydro import Hydro
 from warnd.store.inbound import Inbound
 from warnd.store.jobs import Jobs
 from warnd.store.rows import (
+    COVERAGE_COUNTS,
+    REACHED,
     AcceptResult,
     AckedDelivery,
     AckIn,
@@ -38,6 +40,7 @@ from warnd.store.rows import (
     NewJob,
     Outcome,
     WarningRow,
+    count_receiver,
     new_job,
 )
 from warnd.store.schedule import Schedule
@@ -46,6 +49,8 @@ from warnd.store.warnings import Warnings
 
 __all__ = [
     "ACK_LOOKUP_SQL",
+    "COVERAGE_COUNTS",
+    "REACHED",
     "TS_FORMAT",
     "AcceptResult",
     "AckIn",
@@ -66,6 +71,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "WarningRow",
+    "count_receiver",
     "from_ts",
     "migrations",
     "new_job",

@@ -11,6 +11,7 @@ from warnd.store import sqlite
 from warnd.store.core import Connection, Row, StoreCore, every, from_ts, one, ts
 from warnd.store.jobs import insert_jobs
 from warnd.store.rows import (
+    COVERAGE_COUNTS,
     REACHED,
     AckedDelivery,
     AckIn,
@@ -21,6 +22,7 @@ from warnd.store.rows import (
     NewJob,
     Outcome,
     WarningRow,
+    count_receiver,
 )
 from warnd.store.warnings import decode_warning
 
@@ -134,8 +136,8 @@ def _apply_acks(con: Connection, acks: Sequence[AckIn], stamp: str) -> list[Acke
     ack_rows: list[list[Any]] = []
     changed: dict[int, Row] = {}
     for ack in acks:
-        key = ("ref", ack.provider_ref) if ack.provider_ref is not None else (ack.msg_id, ack.target)
-        row = found.get(key)
+        found_by = ("ref", ack.provider_ref) if ack.provider_ref is not None else (ack.msg_id, ack.target)
+        row = found.get(found_by)
         if row is None:
             out.append(None)
             continue
@@ -477,19 +479,8 @@ class Deliveries(StoreCore):
         )
         out: dict[str, dict[str, int]] = {}
         for r in rows:
-            c = out.setdefault(
-                r["channel"],
-                {"expected": 0, "sent": 0, "delivered": 0, "acknowledged": 0, "failed": 0},
-            )
-            c["expected"] += 1
-            states = set(r["states"].split(","))
-            furthest = DeliveryState(DeliveryState.furthest(states))
-            if furthest in REACHED:
-                c["sent"] += 1
-                c["delivered"] += furthest.progress >= DeliveryState.DELIVERED.progress
-                c["acknowledged"] += furthest is DeliveryState.ACKNOWLEDGED
-            elif states & {DeliveryState.FAILED, DeliveryState.DEAD}:
-                c["failed"] += 1
+            counter = out.setdefault(r["channel"], dict.fromkeys(COVERAGE_COUNTS, 0))
+            count_receiver(counter, r["states"].split(","))
         return out
 
     async def apply_ack(self, ack: AckIn, *, now: datetime) -> AckedDelivery | None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict
 
+from warnd.store.core import ts
+
 
 class DeliveryState(enum.StrEnum):
     """Where a delivery is; `progress` orders them, and an ack never moves one backwards."""
@@ -39,7 +41,7 @@ class DeliveryState(enum.StrEnum):
             # A speaker that received a command and then could not play it has failed; a confirmed
             # delivery stays confirmed.
             return self is not DeliveryState.ACKNOWLEDGED
-        return _PROGRESS.get(new, 0) > _PROGRESS[self]  # type: ignore[call-overload]
+        return _PROGRESS.get(new, 0) > _PROGRESS[self]
 
     @classmethod
     def furthest(cls, states: Iterable[str]) -> str:
@@ -66,6 +68,24 @@ _PROGRESS: dict[str, int] = {
 _SHOW_ORDER = sorted(DeliveryState, key=lambda s: -_PROGRESS[s])
 # States that mean the receiver was handed the message (at least sent).
 REACHED = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.ACKNOWLEDGED})
+# What coverage counts per receiver (Store.coverage, warnd.report).
+COVERAGE_COUNTS = ("expected", "sent", "delivered", "acknowledged", "failed")
+
+
+def count_receiver(counter: dict[str, int], states: Iterable[str]) -> None:
+    """Count one receiver in COVERAGE_COUNTS at the furthest state any of its deliveries reached.
+
+    Failed counts a receiver never reached whose delivery failed or died.
+    """
+    have = set(states)
+    furthest = DeliveryState(DeliveryState.furthest(have))
+    counter["expected"] += 1
+    if furthest in REACHED:
+        counter["sent"] += 1
+        counter["delivered"] += furthest.progress >= DeliveryState.DELIVERED.progress
+        counter["acknowledged"] += furthest is DeliveryState.ACKNOWLEDGED
+    elif have & {DeliveryState.FAILED, DeliveryState.DEAD}:
+        counter["failed"] += 1
 
 
 class JobKind(enum.StrEnum):
@@ -91,18 +111,15 @@ class NewJob(TypedDict):
 
 
 def new_job(
-    kind: JobKind,
-    key: str,
-    warning_id: str | None,
-    due_at: str,
-    created_at: str,
-    payload: dict[str, Any] | None = None,
+    kind: JobKind, key: str, warning_id: str | None, *, due: datetime, now: datetime, payload: dict[str, Any]
 ) -> NewJob:
-    """A job to insert: due at `due_at` (store text), idempotent by `key` (a known key is kept)."""
-    job = NewJob(key=key, warning_id=warning_id, kind=kind.value, due_at=due_at, created_at=created_at)
-    if payload is not None:
-        job["payload"] = payload
-    return job
+    """The one way to build a job row: `kind` due at `due`, written `now`; a known `key` is kept.
+
+    The key makes inserting it idempotent (a step planned twice is one job).
+    """
+    return NewJob(
+        key=key, warning_id=warning_id, kind=kind.value, due_at=ts(due), created_at=ts(now), payload=payload
+    )
 
 
 @dataclass(frozen=True)

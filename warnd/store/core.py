@@ -177,7 +177,7 @@ class StoreCore:
 
     def _transaction(self, con: Connection, fn: Callable[[Connection], T]) -> T:
         """BEGIN IMMEDIATE, fn, COMMIT (ROLLBACK on any error, a failed COMMIT too); in the thread."""
-        changes = con.total_changes
+        changes = sqlite.changes(con)
         sqlite.begin(con)
         try:
             out = fn(con)
@@ -191,7 +191,7 @@ class StoreCore:
             raise
         # Only a transaction that wrote proves the disk takes writes (a claim that found nothing
         # due commits nothing, full disk or not); ping_write's header write changes no rows.
-        if con.total_changes != changes or fn is sqlite.touch_header:
+        if sqlite.changes(con) != changes or fn is sqlite.touch_header:
             self._write_succeeded()
         return out
 

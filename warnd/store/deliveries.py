@@ -33,11 +33,11 @@ DUE_DELIVERY = "(due_at <= ? OR (updated_at > ? AND due_at <= updated_at))"
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
 
 # The deliveries named by a JSON array of [msg_id, target] pairs, through their unique index: the
-# pairs are the outer loop (CROSS JOIN keeps SQLite from reordering). `(msg_id, target) IN
+# pairs are the outer loop (joined in order: the planner must not reorder). `(msg_id, target) IN
 # (VALUES …)` scanned the whole outbox for every batch of acks.
 ACK_LOOKUP_SQL = (
-    "SELECT d.* FROM json_each(?) AS v CROSS JOIN deliveries AS d"
-    " ON d.msg_id = v.value ->> 0 AND d.target = v.value ->> 1"
+    f"SELECT d.* FROM {sqlite.json_table('v')} {sqlite.JOIN_IN_ORDER} deliveries AS d"
+    f" ON d.msg_id = {sqlite.json_item('v', 0)} AND d.target = {sqlite.json_item('v', 1)}"
 )
 
 # Delivery states that mean the delivery actually went out to the person.
@@ -252,7 +252,7 @@ class Deliveries(StoreCore):
         marks = ",".join("?" * len(chans))
         stamp = ts(now)
         due = (
-            "SELECT json_group_array(id), json_group_array(IIF(republish, id, NULL)) FROM"
+            f"SELECT {sqlite.json_agg('id')}, {sqlite.json_agg('CASE WHEN republish THEN id END')} FROM"
             " (SELECT id, state = 'pending' AND sent_at IS NOT NULL AS republish FROM deliveries"
             f" WHERE state IN ('pending', 'failed') AND {DUE_DELIVERY} AND channel IN ({marks})"
             " ORDER BY due_at, id LIMIT ?)"
@@ -260,12 +260,14 @@ class Deliveries(StoreCore):
 
         def work(con: Connection) -> tuple[list[Row], set[int]]:
             """Pick, mark and read the claimed rows."""
-            ids, again = con.execute(due, (stamp, stamp, *chans, limit)).fetchone()
-            if ids == "[]":
+            picked, again = con.execute(due, (stamp, stamp, *chans, limit)).fetchone()
+            if picked == "[]":
                 return [], set()
+            ids = sqlite.json_list(json.loads(picked))
             con.execute(
                 "UPDATE deliveries SET state = 'sending',"
-                " attempts = attempts + IIF(state = 'pending' AND sent_at IS NOT NULL, 0, 1),"
+                " attempts = attempts"
+                " + CASE WHEN state = 'pending' AND sent_at IS NOT NULL THEN 0 ELSE 1 END,"
                 f" updated_at = ?, claimed_at = ? WHERE id IN {sqlite.IN_LIST}",
                 (stamp, stamp, ids),
             )
@@ -318,7 +320,8 @@ class Deliveries(StoreCore):
             """The grouped updates, then the jobs."""
             _update_by_ids(
                 con,
-                "state = IIF(? AND ? = 'sent' AND delivered_at IS NOT NULL, 'delivered', ?), last_error = ?,"
+                "state = CASE WHEN ? AND ? = 'sent' AND delivered_at IS NOT NULL THEN 'delivered' ELSE ? END,"
+                " last_error = ?,"
                 " provider_ref = COALESCE(?, provider_ref),"
                 " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?,"
                 " maybe_sent_at = CASE WHEN ? IS NOT NULL THEN NULL"

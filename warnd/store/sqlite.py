@@ -3,8 +3,13 @@
 The table modules (warnd/store/*.py) write plain SQL with `?` placeholders and ask this module
 for whatever is SQLite's own: PRAGMAs, `INSERT OR IGNORE`, JSON arrays as parameters
 (`json_each`, `->>`), `GROUP_CONCAT`, two-argument `MAX`, index hints and the one-step JSON
-fetch. A PostgreSQL backend implements the same names (`= ANY(%s)`, `jsonb_array_elements`,
-`string_agg`, `GREATEST`, `ON CONFLICT DO NOTHING` …) and the table modules stay as they are.
+fetch, the join order, the driver's connection and errors. A PostgreSQL backend implements the
+same names (`= ANY(%s)`, `jsonb_array_elements`, `string_agg`, `GREATEST`, `ON CONFLICT DO
+NOTHING` …) and the table modules stay as they are.
+
+Shared by both and so written in the table modules: `ON CONFLICT … DO UPDATE SET … excluded.…`,
+`CASE WHEN`, `COALESCE`. Not abstracted yet: the `?` placeholders (a PostgreSQL driver wants
+`%s`: translate them in its `read`/`write`) and the migrations, which are SQLite's SQL.
 """
 
 from __future__ import annotations
@@ -116,7 +121,8 @@ def split_sql(sql: str) -> list[str]:
 INSERT_IGNORE = "INSERT OR IGNORE INTO"
 # The values of a JSON array parameter (json_list()) as a subquery: `id IN (SELECT …)`.
 IN_LIST = "(SELECT value FROM json_each(?))"
-# `CASE WHEN` would do in both dialects; SQLite's IIF is kept where it was measured faster.
+# A join the planner must take in the order written, the left side outer (SQLite: CROSS JOIN).
+JOIN_IN_ORDER = "CROSS JOIN"
 
 
 def json_list(values: Sequence[Any]) -> str:
@@ -124,14 +130,34 @@ def json_list(values: Sequence[Any]) -> str:
     return json.dumps(list(values))
 
 
-def json_rows(width: int, alias: str = "") -> str:
+def json_table(alias: str) -> str:
+    """A JSON array parameter (json_list()) as a table of its items, `alias`."""
+    return f"json_each(?) AS {alias}"
+
+
+def json_item(alias: str, index: int) -> str:
+    """Item `index` of a json_table() row that is itself an array."""
+    return f"{alias}.value ->> {index}"
+
+
+def json_agg(expr: str) -> str:
+    """An aggregate collecting a column's values (NULLs too) as a JSON array, read by json.loads."""
+    return f"json_group_array({expr})"
+
+
+def changes(con: sqlite3.Connection) -> int:
+    """Rows changed on this connection since it opened (a write that changed nothing proves nothing)."""
+    return con.total_changes
+
+
+def json_rows(width: int) -> str:
     """`SELECT v0, v1 … FROM <a JSON array of arrays>`: many rows passed as one parameter.
 
     One statement over a JSON array instead of one statement step per row: each step hands the
     GIL back and forth with a busy event loop.
     """
-    cols = ", ".join(f"{alias}value ->> {i}" for i in range(width))
-    return f"SELECT {cols} FROM json_each(?)"
+    cols = ", ".join(json_item("v", i) for i in range(width))
+    return f"SELECT {cols} FROM {json_table('v')}"
 
 
 def greatest(a: str, b: str) -> str:

@@ -26,7 +26,7 @@ from warnd import confirm
 from warnd.adapter import Adapter, Message
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
-from warnd.store import Delivery, Outcome, Store, StoreUnavailable
+from warnd.store import Delivery, NewJob, Outcome, Store, StoreUnavailable
 
 # Warning states in which a warning is still in force (its deliveries must not be given up).
 IN_FORCE = ("active", "updated")
@@ -170,7 +170,7 @@ class Dispatcher:
 
     def _confirm_jobs(
         self, adapter: Adapter, messages: Sequence[Message], outcomes: Sequence[Outcome], now: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[NewJob]:
         """The first confirmation round for deliveries handed over for the first time (warnd.confirm).
 
         One chain per warning per batch; a delivery published again stays in its first chain.
@@ -205,7 +205,8 @@ class Dispatcher:
         warnings: dict[str, dict[str, Any]] = {}
         for d in claimed:
             if d.warning_id not in warnings:
-                warnings[d.warning_id] = await self.store.get_warning(d.warning_id) or {}
+                row = await self.store.get_warning(d.warning_id)
+                warnings[d.warning_id] = dict(row) if row else {}
         return [Message(d, warnings[d.warning_id]) for d in claimed]
 
     async def run_once(self) -> int:

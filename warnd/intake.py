@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,7 +26,7 @@ from warnd.planner import (
     step_jobs,
     steps_for,
 )
-from warnd.store import AcceptResult, JobKind, NewJob, Store, new_job, new_warning_id, ts
+from warnd.store import AcceptResult, JobKind, NewJob, Store, WarningRow, new_job, new_warning_id, ts
 
 log = structlog.get_logger("warnd.intake")
 
@@ -162,7 +162,7 @@ class Intake:
             log.info("warning.duplicate", warning_id=result.id, source=source)
         return result
 
-    async def _in_force(self, warning_id: str) -> dict[str, Any]:
+    async def _in_force(self, warning_id: str) -> WarningRow:
         """The warning, which must exist and still be in force."""
         w = await self.store.get_warning(warning_id)
         if w is None:
@@ -317,7 +317,7 @@ class Intake:
         self.wake.set()
 
 
-def _announce_job(w: dict[str, Any], kind: str, now: Any, context: dict[str, Any]) -> NewJob:
+def _announce_job(w: Mapping[str, Any], kind: str, now: Any, context: dict[str, Any]) -> NewJob:
     """A job that tells everyone already reached about an update or the all-clear."""
     version = w.get("version", 1)
     return new_job(

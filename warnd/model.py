@@ -6,6 +6,7 @@ import enum
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -371,7 +372,7 @@ def fingerprint(w: WarningIn) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def warning_json(row: dict[str, Any]) -> dict[str, Any]:
+def warning_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """The content fields of a stored warning, in docs/architecture.md's JSON contract order."""
     keys = (
         "event",

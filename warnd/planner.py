@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -180,7 +180,7 @@ def step_jobs(
     kind: str = "warning",
     reached: Collection[str] = (),
     first: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[NewJob]:
     """Job rows for steps (and the warning's expiry).
 
     Each step's payload says which receiver classes hear the warning for the first time there
@@ -190,7 +190,7 @@ def step_jobs(
     """
     version = warning.get("version", 1)
     seen = set(reached)
-    jobs = []
+    jobs: list[NewJob] = []
     for s in steps:
         classes = receiver_classes(s.channels, s.roles)
         message: dict[str, Any] = {"message": "issue"}
@@ -259,7 +259,7 @@ def holds_repeats(warning: dict[str, Any], policy: PolicySettings) -> bool:
     return level_policy(warning, policy).quiet_hours and warning["level"] != Level.RED.value
 
 
-def schedule_view(jobs: list[dict[str, Any]], tz: str = "Asia/Shanghai") -> list[dict[str, Any]]:
+def schedule_view(jobs: Sequence[Mapping[str, Any]], tz: str = "Asia/Shanghai") -> list[dict[str, Any]]:
     """Jobs as the API shows a schedule: [{"at", "step", "channels", "state", "held"}].
 
     The preview and `GET /api/v1/warnings/{id}` both show this, so what they show is the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,9 +43,9 @@ def _best(states: Iterable[str]) -> str:
 
 
 def build(
-    warning: dict[str, Any],
-    rows: list[dict[str, Any]],
-    audit: list[dict[str, Any]],
+    warning: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    audit: Sequence[Mapping[str, Any]],
     directory: Directory,
     tz: str,
     now: datetime,
@@ -191,7 +191,7 @@ def _person_state(receivers: dict[tuple[str, str], dict[str, Any]], pid: str) ->
     return _best(states)
 
 
-def escalation_list(audit: list[dict[str, Any]], tz: str) -> list[dict[str, Any]]:
+def escalation_list(audit: Sequence[Mapping[str, Any]], tz: str) -> list[dict[str, Any]]:
     """The 叫应 escalations recorded in a warning's audit trail, oldest first."""
     zone = ZoneInfo(tz)
     out = []

@@ -147,7 +147,7 @@ class Scheduler:
 
     def _chains(
         self, warning: dict[str, Any], job: Job, deliveries: list[NewDelivery], now: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[NewJob]:
         """One escalation job per person with an ack-required delivery in this step."""
         lp = level_policy(warning, self.policy())
         if not lp.escalation:
@@ -341,7 +341,7 @@ class Scheduler:
             )
         lp = level_policy(warning, self.policy())
         due = next_due(watched, lp, stage + 1, now)
-        jobs = []
+        jobs: list[NewJob] = []
         if due is not None:
             jobs.append(self._chain_job(warning, job, stage + 1, due, now, reached=reached))
         audit = {
@@ -421,7 +421,7 @@ class Scheduler:
         until = dict(p["deliveries"])
         rows = await self.store.deliveries_by_ids(list(until))
         decided = confirm.decide(rows, until, warning["state"] in IN_FORCE, now, timeout_s)
-        jobs = []
+        jobs: list[NewJob] = []
         if decided.watch:
             due = now + timedelta(seconds=confirm.delay_s(round_no + 1, timeout_s, p["cap_s"]))
             jobs.append(

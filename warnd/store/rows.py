@@ -107,7 +107,7 @@ class NewJob(TypedDict):
     kind: str
     due_at: str
     created_at: str
-    payload: NotRequired[dict[str, Any]]
+    payload: dict[str, Any]
 
 
 def new_job(

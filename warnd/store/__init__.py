@@ -7,7 +7,9 @@
 - one module per table group: warnings (+audit), jobs, schedule (firing a job), deliveries
   (+acks), devices, feeds, hydro, inbound.
 
-`Store` composes the table groups; callers use its methods and never its connection.
+`Store` composes the table groups; callers use its methods and never its connection. What the
+database itself refused (a constraint, a bug in a statement) is raised as the driver's
+DatabaseError; what the disk refused, as StoreUnavailable.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from warnd.store.rows import (
     new_job,
 )
 from warnd.store.schedule import Schedule
-from warnd.store.sqlite import unavailable_reason
+from warnd.store.sqlite import DatabaseError, unavailable_reason
 from warnd.store.warnings import Warnings
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "AckedDelivery",
     "AuditIn",
     "AuditRow",
+    "DatabaseError",
     "Delivery",
     "DeliveryRow",
     "DeliveryState",

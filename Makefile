@@ -43,6 +43,7 @@ run: deps venv
 # pytest exits 5 when it collected no tests: make treats that as the failure it is.
 test: deps venv
 	$(VENV)/bin/ruff check warnd adapters tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: deps venv
@@ -50,6 +51,7 @@ bench: deps venv
 
 lint: venv
 	$(VENV)/bin/ruff check warnd adapters tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ import pytest
 
 from adapters.mqtt import MqttLink, _matches
 from tests.support.mqtt import Broker
+from tests.support.wait import until
 from warnd.config import MqttSettings
 
 
@@ -54,10 +55,7 @@ async def test_plain_and_coroutine_handlers_and_shared_subscriptions(broker: Bro
             async def done() -> Any:
                 return plain and len(ordered) == 5 and shared
 
-            for _ in range(200):
-                if await done():
-                    break
-                await asyncio.sleep(0.02)
+            await until(done, 4, what="every subscribed message")
         assert plain == ["t/plain/a"]
         assert ordered == [b"1", b"2", b"3", b"4", b"5"]
         assert shared == ["t/shared/a/b"]

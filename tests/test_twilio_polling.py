@@ -12,6 +12,7 @@ from adapters.voice import POLLING_NOTE, VoiceAdapter
 from tests.support import db
 from tests.support.harness import warning_body
 from tests.support.twilio_harness import FROM, deliveries, twilio_harness
+from tests.support.wait import until
 
 TOWNSHIP = {"codes": ["330502101"]}
 
@@ -73,11 +74,11 @@ async def test_poll_loop_runs_in_polling_mode_only(tmp_path: Path) -> None:
         await fake.advance(row["provider_ref"], "delivered")
         task = asyncio.create_task(loop)
         try:
-            for _ in range(200):
-                if (await deliveries(h, wid, "sms"))["sec-0"]["state"] == "delivered":
-                    break
-                await asyncio.sleep(0.02)
-            assert (await deliveries(h, wid, "sms"))["sec-0"]["state"] == "delivered"
+
+            async def state() -> str:
+                return (await deliveries(h, wid, "sms"))["sec-0"]["state"]
+
+            await until(state, 4, what="the polled status", want="delivered")
         finally:
             task.cancel()
         h.settings.twilio.public_base_url = "https://warnd.example.org"

@@ -24,8 +24,8 @@ from warnd.model import Level
 
 DEFAULT_CONFIG = Path("/etc/warnd/warnd.toml")
 CHANNELS = ("loudspeaker", "sms", "voice", "wechat", "led")
-ROLES = ("official", "village_secretary", "grid_worker", "resident")
 Role = Literal["official", "village_secretary", "grid_worker", "resident"]
+ROLES: tuple[Role, ...] = ("official", "village_secretary", "grid_worker", "resident")
 Channel = Literal["loudspeaker", "sms", "voice", "wechat", "led"]
 
 

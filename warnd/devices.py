@@ -30,6 +30,7 @@ import structlog
 
 from warnd import jsonsafe
 from warnd.feedback import AckReport
+from warnd.model import DEVICE_CHANNELS
 from warnd.store import StoreError
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ log = structlog.get_logger("warnd.devices")
 TOPIC_ROOT = "warnd/v1"
 ACK_FILTER = f"{TOPIC_ROOT}/device/+/ack"
 STATUS_FILTER = f"{TOPIC_ROOT}/device/+/status"
-# Device channels whose coverage says how many receivers are offline.
-DEVICE_CHANNELS = ("loudspeaker", "led")
 # An ack larger than this is not an ack; its size is logged, never its body.
 MAX_PAYLOAD_BYTES = 16 * 1024
 # An ack is flat ({"msg_id", "status", "at", "detail"}); a detail object may nest a little. Deeper

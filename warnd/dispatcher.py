@@ -24,12 +24,11 @@ import structlog
 
 from warnd import confirm
 from warnd.adapter import Adapter, Message
+from warnd.backoff import backoff_s
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
+from warnd.model import IN_FORCE
 from warnd.store import Delivery, NewJob, Outcome, Store, StoreUnavailable
-
-# Warning states in which a warning is still in force (its deliveries must not be given up).
-IN_FORCE = ("active", "updated")
 
 log = structlog.get_logger("warnd.dispatcher")
 
@@ -42,11 +41,8 @@ def retry_delay_s(
     cap_s: float,
     rng: random.Random | None = None,
 ) -> float:
-    """Exponential backoff with full jitter, never sooner than the far end's Retry-After."""
-    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
-    # Full jitter spreads a thousand retries after a broker outage instead of stampeding.
-    delay = (rng or random).uniform(ceiling / 2, ceiling)
-    return max(delay, retry_after_s or 0.0)
+    """The backoff (up to half off, so retries after an outage spread), never sooner than Retry-After."""
+    return max(backoff_s(attempt, base_s, cap_s, rng), retry_after_s or 0.0)
 
 
 def keeps_trying(message: Message) -> bool:

@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, f
 
 from warnd import jsonsafe
 from warnd.api.routes import Route, principal
-from warnd.intake import IN_FORCE, Actor, InputError
-from warnd.model import Area, Level, UpdateIn, WarningIn, require_offset
+from warnd.intake import Actor, InputError
+from warnd.model import IN_FORCE, Area, Level, UpdateIn, WarningIn, require_offset
 from warnd.store import from_ts
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class Reading(BaseModel):
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         """A reading's time needs its offset."""
-        return require_offset(value)  # type: ignore[return-value]
+        return require_offset(value)  # type: ignore[return-value]  # a datetime in, a datetime out
 
 
 class Readings(BaseModel):

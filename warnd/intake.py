@@ -13,7 +13,7 @@ import structlog
 from warnd.clock import Clock, Wakeup, iso, parse_iso
 from warnd.config import PolicySettings
 from warnd.directory import Directory
-from warnd.model import Area, Level, State, UpdateIn, WarningIn, fingerprint
+from warnd.model import IN_FORCE, Area, Level, State, UpdateIn, WarningIn, fingerprint
 from warnd.planner import (
     Step,
     end_of_quiet,
@@ -29,8 +29,6 @@ from warnd.planner import (
 from warnd.store import AcceptResult, JobKind, NewJob, Store, WarningRow, new_job, new_warning_id, ts
 
 log = structlog.get_logger("warnd.intake")
-
-IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
 
 
 class InputError(Exception):

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from warnd.model import Level
+from warnd.model import PERSON_CHANNELS, Level
 from warnd.smstext import longest_fitting, sms_segments
 from warnd.speech import spoken_text
 
@@ -292,7 +292,7 @@ class MessageSettings(BaseModel):
 
     def template(self, kind: str, form: str) -> str:
         """The template of a kind's form: the configured one, else the default."""
-        override = self.templates.get(kind)  # type: ignore[call-overload]
+        override = self.templates.get(kind)  # type: ignore[call-overload]  # keyed by the Literal kinds; any str may ask
         value = getattr(override, form) if override is not None else None
         return value if value is not None else _DEFAULTS[kind][form]
 
@@ -471,7 +471,12 @@ def compose_sms(
         full = vals.get(name, "")
         if not full:
             continue
-        vals[name] = longest_fitting(full, lambda cut, n=name: fits(build({**vals, n: cut})))
+
+        def fits_as(cut: str, n: str = name) -> bool:
+            """Whether the text fits with this field cut to `cut`."""
+            return fits(build({**vals, n: cut}))
+
+        vals[name] = longest_fitting(full, fits_as)
         text = build(vals)
     return text
 
@@ -624,7 +629,7 @@ def preview(
     for kind, ctx in contexts.items():
         texts = {}
         for channel in chans:
-            person_channel = channel in ("sms", "voice", "wechat")
+            person_channel = channel in PERSON_CHANNELS
             if kind.startswith("escalation") and not person_channel:
                 continue
             vals = values_for(

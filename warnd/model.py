@@ -88,6 +88,16 @@ class State(enum.StrEnum):
     EXPIRED = "expired"
 
 
+# Warning states in which a warning is still in force: its deliveries are never given up, its
+# repeats and reminders still go out, an update or cancel may still refer to it.
+IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
+
+# Channels that reach a device (acknowledged by the device itself, stopped by a cancel or expiry)
+# and channels that reach a person in the directory (by role).
+DEVICE_CHANNELS = ("loudspeaker", "led")
+PERSON_CHANNELS = ("sms", "voice", "wechat")
+
+
 # 6-digit county (GB/T 2260), 9-digit township, 12-digit village statistical codes; ASCII digits
 # only (a bare \d would also take ١٢٣٤٥٦).
 ADMIN_CODE = re.compile(r"^[0-9]{6}([0-9]{3}([0-9]{3})?)?$")
@@ -218,12 +228,12 @@ class Area(BaseModel):
     codes: list[str] = Field(
         default_factory=list,
         max_length=10_000,
-        json_schema_extra=lambda s: s["items"].update(pattern=ADMIN_CODE.pattern),  # type: ignore[index,union-attr]
+        json_schema_extra=lambda s: s["items"].update(pattern=ADMIN_CODE.pattern),  # type: ignore[union-attr]  # a list field's "items" is a dict
     )
     polygons: list[list[LatLon]] = Field(
         default_factory=list,
         max_length=100,
-        json_schema_extra=lambda s: s["items"].update(minItems=3),  # type: ignore[index,union-attr]
+        json_schema_extra=lambda s: s["items"].update(minItems=3),  # type: ignore[union-attr]  # a list field's "items" is a dict
     )
     circles: list[Circle] = Field(default_factory=list, max_length=100)
 

@@ -12,11 +12,9 @@ from zoneinfo import ZoneInfo
 from warnd.clock import parse_iso
 from warnd.config import LevelPolicy, PolicySettings
 from warnd.directory import Directory
-from warnd.model import Level
+from warnd.model import DEVICE_CHANNELS, Level
 from warnd.store import JobKind, NewDelivery, NewJob, new_job
 
-PERSON_CHANNELS = ("sms", "voice", "wechat")
-DEVICE_CHANNELS = ("loudspeaker", "led")
 REMINDER = {"message": "reminder"}
 
 
@@ -377,7 +375,7 @@ def step_deliveries(
                     for b in v.led_boards
                 )
         else:
-            wanted = set(lp.roles.get(channel, ()))  # type: ignore[call-overload]
+            wanted = set(lp.roles.get(channel, ()))
             if roles:
                 wanted &= roles
             people = directory.people_in(codes, wanted) if wanted else []

@@ -20,7 +20,6 @@ from warnd.phone import mask_phone
 from warnd.store import COVERAGE_COUNTS, DeliveryState, Store, count_receiver, from_ts
 
 COUNTS = COVERAGE_COUNTS
-PERSON_CHANNELS = ("sms", "voice", "wechat")
 # Deliveries read per warning: a county-wide red warning with half-hourly repeats stays far below.
 MAX_ROWS = 2_000_000
 # The pseudo-village of receivers attached to none of the warning's villages (a superior).
@@ -124,7 +123,7 @@ def build(
             acked[pid] = at
     escalations = escalation_list(audit, tz)
     escalated = {e["person_id"] for e in escalations}
-    unconfirmed = []
+    unconfirmed: list[dict[str, Any]] = []
     for pid in sorted(p for p in must if p not in acked):
         person = directory.people.get(pid)
         unconfirmed.append(

@@ -23,9 +23,8 @@ from warnd.clock import Clock, Wakeup, parse_iso
 from warnd.config import PolicySettings
 from warnd.directory import Directory, Person
 from warnd.escalation import Action, Confirmation, Watched, decide, next_due
-from warnd.model import State
+from warnd.model import DEVICE_CHANNELS, IN_FORCE, PERSON_CHANNELS, State
 from warnd.planner import (
-    DEVICE_CHANNELS,
     REMINDER,
     compact,
     end_of_quiet,
@@ -39,8 +38,6 @@ from warnd.planner import (
 from warnd.store import Job, JobKind, NewDelivery, NewJob, Store, StoreUnavailable, from_ts, new_job, ts
 
 log = structlog.get_logger("warnd.scheduler")
-
-IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
 # Two loudspeaker plays closer than this are one play: a step and a repeat due together.
 SAME_PLAY_S = 1.0
 # An all-clear waits for sends in flight (each ends within dispatch.send_timeout_s, 30 s by
@@ -264,7 +261,7 @@ class Scheduler:
             warning_state=warning["state"],
         )
         acks = [
-            Confirmation(r["person_id"], r["channel"], from_ts(r["acked_at"]))  # type: ignore[arg-type]
+            Confirmation(r["person_id"], r["channel"], from_ts(r["acked_at"]))  # type: ignore[arg-type]  # an ack row has acked_at
             for r in rows
             if r["state"] == "acknowledged" and r["acked_at"]
         ]
@@ -301,7 +298,7 @@ class Scheduler:
             address = target.phone if step.channel in ("sms", "voice") else target.wecom_user
             if step.channel not in self.channels():
                 skipped = f"channel {step.channel} unavailable"
-            elif step.channel not in ("sms", "voice", "wechat"):
+            elif step.channel not in PERSON_CHANNELS:
                 skipped = f"channel {step.channel} cannot reach a person"
             elif not address:
                 skipped = f"{target.id} has no address for {step.channel}"

@@ -26,12 +26,6 @@ async def query(store: Store, sql: str, params: Any = ()) -> list[dict[str, Any]
     return await store.read(lambda con: [dict(r) for r in con.execute(sql, params).fetchall()])
 
 
-async def query_one(store: Store, sql: str, params: Any = ()) -> dict[str, Any] | None:
-    """The first row of a query as a dict, or None."""
-    rows = await query(store, sql, params)
-    return rows[0] if rows else None
-
-
 async def pragma(store: Store, statement: str) -> Any:
     """A PRAGMA on the store's connection, outside any transaction; its first value, if any."""
     row = await store.read(lambda con: con.execute(statement).fetchone())

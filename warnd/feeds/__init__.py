@@ -103,7 +103,7 @@ class Feeds:
             dt = from_ts(text)
             return dt.astimezone(tz).isoformat(timespec="seconds") if dt else None
 
-        names = [(f.name, f.kind) for f in self.daemon.settings.feed]
+        names: list[tuple[str, str]] = [(f.name, f.kind) for f in self.daemon.settings.feed]
         names += [(n, "api") for n in health if n not in {f.name for f in self.daemon.settings.feed}]
         out = []
         for name, kind in names:
@@ -162,7 +162,7 @@ class Feeds:
 
         def local(text: str) -> str:
             """A store time as CAP's sent: the township's offset, whole seconds."""
-            return from_ts(text).astimezone(tz).isoformat(timespec="seconds")  # type: ignore[union-attr]
+            return from_ts(text).astimezone(tz).isoformat(timespec="seconds")  # type: ignore[union-attr]  # never called with None
 
         sender = w.get("sender") or self.default_sender()
         identifier = w.get("identifier") or f"warnd-{w['id']}"

@@ -31,8 +31,8 @@ from warnd.cap import (
     parse_cap_many,
     to_warning_fields,
 )
-from warnd.intake import IN_FORCE, Actor
-from warnd.model import Area, Level, Status, UpdateIn, WarningIn
+from warnd.intake import Actor
+from warnd.model import IN_FORCE, Area, Level, Status, UpdateIn, WarningIn
 from warnd.store import WarningRow, ts
 
 if TYPE_CHECKING:

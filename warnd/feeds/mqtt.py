@@ -49,7 +49,7 @@ class MqttFeeds:
 
         async def handle(message: aiomqtt.Message) -> None:
             """Ingest a CAP document from the topic."""
-            await self.take(feed, bytes(message.payload) if message.payload is not None else b"")  # type: ignore[arg-type]
+            await self.take(feed, bytes(message.payload) if message.payload is not None else b"")
 
         return handle
 

@@ -504,20 +504,6 @@ class Deliveries(StoreCore):
         stamp = ts(now)
         return await self.write(lambda con: _apply_acks(con, acks, stamp))
 
-    async def acks_for(self, warning_id: str) -> list[dict[str, Any]]:
-        """The acknowledgements recorded for a warning's deliveries, in order, detail decoded."""
-        rows = await self.read(
-            lambda con: every(
-                con,
-                "SELECT a.* FROM acks a JOIN deliveries d ON d.id = a.delivery_id"
-                " WHERE d.warning_id = ? ORDER BY a.id",
-                (warning_id,),
-            )
-        )
-        for r in rows:
-            r["detail"] = json.loads(r["detail"])
-        return rows
-
     async def counts(self) -> dict[str, int]:
         """Deliveries by state, for health and metrics."""
         rows = await self.read(

@@ -9,6 +9,7 @@ from xml.etree import ElementTree
 
 from adapters.sms import SmsAdapter
 from adapters.voice import POLLING_NOTE, VoiceAdapter
+from tests.support import db
 from tests.support.harness import warning_body
 from tests.support.twilio_harness import FROM, deliveries, twilio_harness
 from tests.support.wait import until
@@ -105,6 +106,6 @@ async def test_voice_by_polling_is_delivered_never_confirmed(tmp_path: Path) -> 
         assert rows["off-0"]["state"] == "delivered"
         assert rows["off-1"]["state"] == "failed"
         assert "busy" in rows["off-1"]["last_error"]
-        acks = await h.store._all("SELECT * FROM acks WHERE target = 'off-0'")
+        acks = await db.query(h.store, "SELECT * FROM acks WHERE target = 'off-0'")
         assert json.loads(acks[-1]["detail"])["note"] == POLLING_NOTE
         assert fake.gathered == {}

@@ -25,7 +25,7 @@ from typing import Any
 
 from warnd.backoff import backoff_s
 from warnd.clock import parse_iso
-from warnd.store import ts
+from warnd.store import JobKind, NewJob, new_job, ts
 
 # Delivery kinds that matter only while their warning is in force (all-clears and stops do not).
 IN_FORCE_KINDS = ("warning", "update")
@@ -60,15 +60,15 @@ def job(
     timeout_s: float,
     cap_s: float,
     suffix: str = "",
-) -> dict[str, Any]:
+) -> NewJob:
     """A `confirm` job row: round `round_no` of a chain, watching (delivery id, publish-until) pairs."""
-    return {
-        "key": f"{chain}:r{round_no}{suffix}",
-        "warning_id": warning_id,
-        "kind": "confirm",
-        "due_at": ts(due),
-        "created_at": ts(now),
-        "payload": {
+    return new_job(
+        JobKind.CONFIRM,
+        f"{chain}:r{round_no}{suffix}",
+        warning_id,
+        due=due,
+        now=now,
+        payload={
             "chain": chain,
             "channel": channel,
             "round": round_no,
@@ -76,7 +76,7 @@ def job(
             "cap_s": cap_s,
             "deliveries": [[i, u if isinstance(u, str) else ts(u)] for i, u in watched],
         },
-    }
+    )
 
 
 @dataclass

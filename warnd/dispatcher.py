@@ -28,7 +28,7 @@ from warnd.backoff import backoff_s
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
 from warnd.model import IN_FORCE
-from warnd.store import Delivery, Outcome, Store, StoreUnavailable
+from warnd.store import Delivery, NewJob, Outcome, Store, StoreUnavailable
 
 log = structlog.get_logger("warnd.dispatcher")
 
@@ -166,7 +166,7 @@ class Dispatcher:
 
     def _confirm_jobs(
         self, adapter: Adapter, messages: Sequence[Message], outcomes: Sequence[Outcome], now: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[NewJob]:
         """The first confirmation round for deliveries handed over for the first time (warnd.confirm).
 
         One chain per warning per batch; a delivery published again stays in its first chain.
@@ -201,7 +201,8 @@ class Dispatcher:
         warnings: dict[str, dict[str, Any]] = {}
         for d in claimed:
             if d.warning_id not in warnings:
-                warnings[d.warning_id] = await self.store.get_warning(d.warning_id) or {}
+                row = await self.store.get_warning(d.warning_id)
+                warnings[d.warning_id] = dict(row) if row else {}
         return [Message(d, warnings[d.warning_id]) for d in claimed]
 
     async def run_once(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,7 +26,7 @@ from warnd.planner import (
     step_jobs,
     steps_for,
 )
-from warnd.store import AcceptResult, Store, new_warning_id, ts
+from warnd.store import AcceptResult, JobKind, NewJob, Store, WarningRow, new_job, new_warning_id, ts
 
 log = structlog.get_logger("warnd.intake")
 
@@ -160,7 +160,7 @@ class Intake:
             log.info("warning.duplicate", warning_id=result.id, source=source)
         return result
 
-    async def _in_force(self, warning_id: str) -> dict[str, Any]:
+    async def _in_force(self, warning_id: str) -> WarningRow:
         """The warning, which must exist and still be in force."""
         w = await self.store.get_warning(warning_id)
         if w is None:
@@ -315,17 +315,17 @@ class Intake:
         self.wake.set()
 
 
-def _announce_job(w: dict[str, Any], kind: str, now: Any, context: dict[str, Any]) -> dict[str, Any]:
+def _announce_job(w: Mapping[str, Any], kind: str, now: Any, context: dict[str, Any]) -> NewJob:
     """A job that tells everyone already reached about an update or the all-clear."""
     version = w.get("version", 1)
-    return {
-        "key": f"{w['id']}:v{version}:{kind}",
-        "warning_id": w["id"],
-        "kind": "announce",
-        "due_at": ts(now),
-        "created_at": ts(now),
-        "payload": {"step": kind, "kind": kind, "version": version, "context": context},
-    }
+    return new_job(
+        JobKind.ANNOUNCE,
+        f"{w['id']}:v{version}:{kind}",
+        w["id"],
+        due=now,
+        now=now,
+        payload={"step": kind, "kind": kind, "version": version, "context": context},
+    )
 
 
 def _audit(now: Any, actor: Actor, action: str, warning_id: str, detail: dict[str, Any]) -> dict[str, Any]:

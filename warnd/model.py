@@ -6,8 +6,9 @@ import enum
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -381,13 +382,7 @@ def fingerprint(w: WarningIn) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-DeliveryState = Literal[
-    "pending", "sending", "sent", "delivered", "acknowledged", "failed", "dead", "cancelled"
-]
-OPEN_STATES = ("pending", "failed")
-
-
-def warning_json(row: dict[str, Any]) -> dict[str, Any]:
+def warning_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """The content fields of a stored warning, in docs/architecture.md's JSON contract order."""
     keys = (
         "event",

@@ -35,7 +35,7 @@ from warnd.planner import (
     repeat_job,
     step_deliveries,
 )
-from warnd.store import Job, NewDelivery, Store, StoreUnavailable, from_ts, ts
+from warnd.store import Job, JobKind, NewDelivery, NewJob, Store, StoreUnavailable, from_ts, new_job, ts
 
 log = structlog.get_logger("warnd.scheduler")
 # Two loudspeaker plays closer than this are one play: a step and a repeat due together.
@@ -96,20 +96,19 @@ class Scheduler:
         if warning is None:
             blog.warning("job.orphaned")
             return await self.store.fire_job(job, [], now=now)
-        if job.kind == "step":
-            return await self._step(job, warning, now, blog)
-        if job.kind == "repeat":
-            return await self._repeat(job, warning, now, blog)
-        if job.kind == "escalate":
-            return await self._escalate(job, warning, now, blog)
-        if job.kind == "announce":
-            return await self._announce(job, warning, now, blog)
-        if job.kind == "expire":
-            return await self._expire(job, warning, now, blog)
-        if job.kind == "confirm":
-            return await self._confirm(job, warning, now, blog)
-        blog.error("job.unknown_kind")
-        return await self.store.fire_job(job, [], now=now)
+        handlers = {
+            JobKind.STEP: self._step,
+            JobKind.REPEAT: self._repeat,
+            JobKind.ESCALATE: self._escalate,
+            JobKind.ANNOUNCE: self._announce,
+            JobKind.EXPIRE: self._expire,
+            JobKind.CONFIRM: self._confirm,
+        }
+        handler = handlers.get(job.kind)  # type: ignore[call-overload]  # a StrEnum key is its text
+        if handler is None:
+            blog.error("job.unknown_kind")
+            return await self.store.fire_job(job, [], now=now)
+        return await handler(job, warning, now, blog)
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -145,7 +144,7 @@ class Scheduler:
 
     def _chains(
         self, warning: dict[str, Any], job: Job, deliveries: list[NewDelivery], now: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[NewJob]:
         """One escalation job per person with an ack-required delivery in this step."""
         lp = level_policy(warning, self.policy())
         if not lp.escalation:
@@ -156,13 +155,13 @@ class Scheduler:
                 origin.setdefault(d.person_id, []).append([d.msg_id, d.target])
         due = now + timedelta(minutes=lp.escalation[0].after_min)
         return [
-            {
-                "key": f"{job.key}:esc:{pid}:s0",
-                "warning_id": warning["id"],
-                "kind": "escalate",
-                "due_at": ts(due),
-                "created_at": ts(now),
-                "payload": {
+            new_job(
+                JobKind.ESCALATE,
+                f"{job.key}:esc:{pid}:s0",
+                warning["id"],
+                due=due,
+                now=now,
+                payload={
                     "person_id": pid,
                     "stage": 0,
                     "step": job.payload["step"],
@@ -170,7 +169,7 @@ class Scheduler:
                     "chain": f"{job.key}:esc:{pid}",
                     "reached": [],
                 },
-            }
+            )
             for pid, pairs in origin.items()
         ]
 
@@ -339,7 +338,7 @@ class Scheduler:
             )
         lp = level_policy(warning, self.policy())
         due = next_due(watched, lp, stage + 1, now)
-        jobs = []
+        jobs: list[NewJob] = []
         if due is not None:
             jobs.append(self._chain_job(warning, job, stage + 1, due, now, reached=reached))
         audit = {
@@ -381,17 +380,17 @@ class Scheduler:
         *,
         suffix: str = "",
         reached: list[str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> NewJob:
         """The escalation job for a chain's step `stage`, keyed by chain, stage and (when waiting) time."""
         p = job.payload
-        return {
-            "key": f"{p['chain']}:s{stage}{suffix}",
-            "warning_id": warning["id"],
-            "kind": "escalate",
-            "due_at": ts(due),
-            "created_at": ts(now),
-            "payload": {**p, "stage": stage, "reached": p["reached"] if reached is None else reached},
-        }
+        return new_job(
+            JobKind.ESCALATE,
+            f"{p['chain']}:s{stage}{suffix}",
+            warning["id"],
+            due=due,
+            now=now,
+            payload={**p, "stage": stage, "reached": p["reached"] if reached is None else reached},
+        )
 
     # -- devices that have not confirmed -------------------------------------------------------
 
@@ -419,7 +418,7 @@ class Scheduler:
         until = dict(p["deliveries"])
         rows = await self.store.deliveries_by_ids(list(until))
         decided = confirm.decide(rows, until, warning["state"] in IN_FORCE, now, timeout_s)
-        jobs = []
+        jobs: list[NewJob] = []
         if decided.watch:
             due = now + timedelta(seconds=confirm.delay_s(round_no + 1, timeout_s, p["cap_s"]))
             jobs.append(
@@ -474,14 +473,14 @@ class Scheduler:
         if in_flight and waited < ANNOUNCE_WAITS:
             # A warning still on its way to someone: wait so the all-clear does not miss them.
             due = now + timedelta(seconds=ANNOUNCE_WAIT_S)
-            nxt = {
-                "key": f"{job.key}@{waited + 1}",
-                "warning_id": warning["id"],
-                "kind": "announce",
-                "due_at": ts(due),
-                "created_at": ts(now),
-                "payload": {**job.payload, "waited": waited + 1},
-            }
+            nxt = new_job(
+                JobKind.ANNOUNCE,
+                f"{job.key}@{waited + 1}",
+                warning["id"],
+                due=due,
+                now=now,
+                payload={**job.payload, "waited": waited + 1},
+            )
             blog.info("announce.waiting", in_flight=in_flight, retry_in_s=ANNOUNCE_WAIT_S)
             return await self.store.fire_job(job, [], jobs=[nxt], now=now)
         deliveries = await self._to_reached(warning, job, job.payload["kind"], None, now)

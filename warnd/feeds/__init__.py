@@ -13,7 +13,7 @@ through `Daemon.background`:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -147,7 +147,7 @@ class Feeds:
         host = urlsplit(self.daemon.settings.http.public_url).hostname or "localhost"
         return f"warnd@{host}"
 
-    async def cap_view(self, w: dict[str, Any]) -> dict[str, Any]:
+    async def cap_view(self, w: Mapping[str, Any]) -> dict[str, Any]:
         """A stored warning as the CAP writer needs it: the latest message of its chain.
 
         The chain is the warning's first message, one message per update, then the cancel, if

@@ -21,7 +21,6 @@ device (one line a minute for all devices not in the directory), with how many w
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -33,7 +32,7 @@ from warnd import jsonsafe
 from warnd.feedback import AckReport
 from warnd.model import DEVICE_CHANNELS
 from warnd.mqtt import topics
-from warnd.store import StoreError
+from warnd.store import DatabaseError, StoreError
 
 if TYPE_CHECKING:
     from warnd.adapter import AdapterContext
@@ -297,7 +296,7 @@ def _json_object(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
 
 def _store_trouble(exc: BaseException) -> bool:
     """Whether an error is the store's (a full disk, a failed write), not one message's."""
-    return isinstance(exc, sqlite3.Error | OSError | StoreError)
+    return isinstance(exc, DatabaseError | OSError | StoreError)
 
 
 def device_hub(ctx: AdapterContext, link: Any) -> DeviceHub:

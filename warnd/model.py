@@ -85,6 +85,9 @@ class State(enum.StrEnum):
     UPDATED = "updated"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # Sign-off (审核签发, warnd.approval): a draft nothing of which is sent yet, and one turned down.
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"
 
 
 # 6-digit county (GB/T 2260), 9-digit township, 12-digit village statistical codes; ASCII digits

@@ -1197,6 +1197,61 @@ class Store:
         return out
 
 
+    # approval (issue 15) -----------------------------------------------------------------------
+
+    async def drafter(self, warning_id: str) -> str | None:
+        """Who issued a warning: the actor of its `issue` audit event."""
+        row = await self._one(
+            "SELECT actor FROM audit WHERE warning_id = ? AND action = 'issue' ORDER BY id LIMIT 1",
+            (warning_id,),
+        )
+        return row["actor"] if row else None
+
+    async def add_pending_change(
+        self, warning_id: str, kind: str, body: dict[str, Any], *, audit: dict[str, Any], now: datetime
+    ) -> bool:
+        """Keep an update or cancel until it is signed off; False when one already waits."""
+        try:
+            async with self.transaction() as db:
+                await db.execute(
+                    "INSERT INTO pending_changes (warning_id, kind, body, drafted_by, remote, created_at)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (
+                        warning_id,
+                        kind,
+                        json.dumps(body, ensure_ascii=False),
+                        audit["actor"],
+                        audit.get("remote"),
+                        ts(now),
+                    ),
+                )
+                await self._insert_audit(audit)
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    async def pending_change(self, warning_id: str) -> dict[str, Any] | None:
+        """The update or cancel of a warning that waits for sign-off, if any."""
+        row = await self._one(
+            "SELECT * FROM pending_changes WHERE warning_id = ? AND state = 'pending'", (warning_id,)
+        )
+        if row is not None:
+            row["body"] = json.loads(row["body"])
+        return row
+
+    async def decide_pending_change(
+        self, change_id: int, state: str, *, by: str, now: datetime, audit: dict[str, Any] | None = None
+    ) -> None:
+        """Mark a waiting change approved or rejected (with its audit event, if given)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE pending_changes SET state = ?, decided_by = ?, decided_at = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (state, by, ts(now), change_id),
+            )
+            if audit is not None:
+                await self._insert_audit(audit)
+
 # How far along a delivery is; an ack never moves it backwards.
 _PROGRESS = {"pending": 0, "failed": 0, "sending": 1, "sent": 2, "delivered": 3, "acknowledged": 4}
 

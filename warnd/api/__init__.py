@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 
 from warnd import devices
-from warnd.api import audit, warnings
+from warnd.api import approval, audit, warnings
 from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
 from warnd.api.errors import error_middleware, error_response
@@ -74,6 +74,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
             responses={200: "Prometheus text exposition", 401: "metrics_token_hash is set"},
         ),
         *warnings.ROUTES,
+        *approval.ROUTES,  # sign-off (issue 15)
         *report_api.ROUTES,
         *audit.ROUTES,
         *devices.routes(),

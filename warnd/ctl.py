@@ -176,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--advice", default="", help="what people should do now (default: [messages] all_clear_advice)"
     )
+    p = sub.add_parser("approve", help="sign off (审核签发) a draft or a waiting update or cancel")
+    p.add_argument("id")
+    p = sub.add_parser("reject", help="reject (驳回) a draft or a waiting update or cancel")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True, help="why: kept in the audit log")
     p = sub.add_parser("update", help="update a warning from a JSON file of changed fields")
     p.add_argument("id")
     p.add_argument("--file", required=True)
@@ -235,7 +240,9 @@ def _dispatch(args: argparse.Namespace, token: str | None) -> int:
     url = args.url
     if args.command == "issue":
         body = _check(*request(url, "POST", "/api/v1/warnings", warning_from_args(args), token))
-        print(body["id"] if body.get("created", True) else f"{body['id']} (already accepted)")
+        waits = "  待审核签发 awaiting approval: nothing is sent until an approver signs it off"
+        note = waits if body.get("state") == "awaiting_approval" else ""
+        print((body["id"] if body.get("created", True) else f"{body['id']} (already accepted)") + note)
     elif args.command == "preview":
         body = _check(*request(url, "POST", "/api/v1/warnings/preview", warning_from_args(args), token))
         if args.json:
@@ -257,8 +264,16 @@ def _dispatch(args: argparse.Namespace, token: str | None) -> int:
             print(f"{d['channel']:<12} {d['target']:<24} {d['state']:<12} {d['step']:<8} {error}")
     elif args.command == "cancel":
         cancel = {"reason": args.reason, "advice": args.advice}
-        _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/cancel", cancel, token))
-        print(f"{args.id} cancelled")
+        body = _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/cancel", cancel, token))
+        held = body.get("state") == "awaiting_approval"
+        print(f"{args.id} cancel awaits approval" if held else f"{args.id} cancelled")
+    elif args.command == "approve":
+        body = _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/approve", None, token))
+        print(f"{args.id} approved ({body['released']}): {body['state']}")
+    elif args.command == "reject":
+        reject = {"reason": args.reason}
+        body = _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/reject", reject, token))
+        print(f"{args.id} rejected ({body['rejected']}): {body['state']}")
     elif args.command == "update":
         try:
             with open(args.file, encoding="utf-8") as fh:
@@ -266,7 +281,10 @@ def _dispatch(args: argparse.Namespace, token: str | None) -> int:
         except (OSError, ValueError) as exc:
             raise CtlError(f"--file {args.file}: {exc}") from None
         body = _check(*request(url, "POST", f"/api/v1/warnings/{args.id}/update", changes, token))
-        print(f"{body['id']} updated to version {body['version']}")
+        if body.get("state") == "awaiting_approval":
+            print(f"{body['id']} update awaits approval")
+        else:
+            print(f"{body['id']} updated to version {body['version']}")
     return 0
 
 

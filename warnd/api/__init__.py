@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 
 from warnd import devices
-from warnd.api import approval, audit, warnings
+from warnd.api import approval, audit, console, events, warnings
 from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
 from warnd.api.errors import error_middleware, error_response
@@ -75,6 +75,8 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         ),
         *warnings.ROUTES,
         *approval.ROUTES,  # sign-off (issue 15)
+        *console.ROUTES,  # the console and its live events (issue 15)
+        *events.ROUTES,
         *report_api.ROUTES,
         *audit.ROUTES,
         *devices.routes(),
@@ -100,6 +102,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         ],
     )
     app[DAEMON] = daemon
+    events.setup(app)  # the console's event streams end at shutdown (issue 15)
     app[GATE] = AuthGate(daemon.tokens, auth_failure_limiter(daemon.settings.http), daemon.metrics)
     slow = slow_hash_keys(daemon.settings)
     if slow:

@@ -11,7 +11,7 @@ const DEVICE_CHANNELS = ["loudspeaker", "led"];
 // After a stream drops (warnd restarted, the LAN blinked) it is opened again this much later.
 const RECONNECT_MS = 3000;
 
-const state = { me: null, villages: null, cleanup: null };
+const state = { me: null, villages: null, cleanup: null, keepNotice: false };
 
 // --- small helpers --------------------------------------------------------------------------
 
@@ -76,6 +76,11 @@ function errorText(e) {
   if (t(key) !== key) return t(key);
   if (e.status === 403) return t("err.forbidden");
   return t("err.other", { status: e.status, message: e.message });
+}
+
+/** Replace a node's children, leaving out the null / false of conditional parts. */
+function put(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 function showError(text) {
@@ -157,17 +162,24 @@ function coverageBars(coverage) {
   return rows.length ? h("div", { class: "bars" }, rows) : null;
 }
 
+/** A time as warnd sends it (ISO 8601 in the township's zone) the way a duty log writes it: 07-01 08:00. */
+function when(iso) {
+  if (!iso) return "—";
+  const m = /^\d{4}-(\d{2})-(\d{2})T(\d{2}:\d{2})/.exec(iso);
+  return m ? `${m[1]}-${m[2]} ${m[3]}` : iso;
+}
+
 function badge(cls, text) { return h("span", { class: `badge ${cls}` }, text); }
 
 /** A confirmation step in the page (no browser dialog): `onYes` runs only after "confirm". */
 function confirmStep(slot, question, onYes, extra = null) {
-  slot.replaceChildren(h("div", { class: "confirm", testid: "confirm" },
+  put(slot, h("div", { class: "confirm", testid: "confirm" },
     h("p", {}, question), extra,
     h("button", { class: "btn", testid: "confirm-yes", onclick: async (ev) => {
       ev.target.disabled = true;
       try { await onYes(); } finally { ev.target.disabled = false; }
     } }, t("yes")),
-    h("button", { class: "btn secondary", onclick: () => slot.replaceChildren() }, t("no"))));
+    h("button", { class: "btn secondary", onclick: () => put(slot, ) }, t("no"))));
 }
 
 // --- sign-in and the frame ------------------------------------------------------------------
@@ -205,8 +217,8 @@ function header(route) {
   const top = document.getElementById("top");
   const link = (href, key, id) => h("a", { href, class: route === id ? "active" : "", testid: `nav-${id}` }, t(key));
   const langButton = h("button", { testid: "lang", onclick: () => { setLang(lang() === "zh" ? "en" : "zh"); render(); } }, t("lang"));
-  if (!state.me) { top.replaceChildren(h("span", { class: "brand" }, t("title")), langButton); return; }
-  top.replaceChildren(
+  if (!state.me) { put(top, h("span", { class: "brand" }, t("title")), langButton); return; }
+  put(top, ...[
     h("span", { class: "brand" }, t("title")),
     link("#/", "board", "board"),
     can("operator") ? link("#/issue", "issue", "issue") : null,
@@ -214,19 +226,19 @@ function header(route) {
     can("approver") ? link("#/audit", "audit", "audit") : null,
     h("span", { class: "who", testid: "who" }, `${state.me.name} · ${t(`role.${state.me.role}`)}`),
     langButton,
-    h("button", { testid: "signout", onclick: signOut }, t("signout")));
+    h("button", { testid: "signout", onclick: signOut }, t("signout"))].filter(Boolean));
 }
 
 async function render() {
   if (state.cleanup) { state.cleanup(); state.cleanup = null; }
   const main = document.getElementById("main");
   document.title = t("title");
-  if (!token()) { header(null); main.replaceChildren(signInPage()); return; }
+  if (!token()) { header(null); put(main, signInPage()); return; }
   if (!state.me) {
     try { state.me = await api("GET", "/api/v1/me"); } catch (e) {
       sessionStorage.removeItem(TOKEN_KEY);
       header(null);
-      main.replaceChildren(signInPage());
+      put(main, signInPage());
       showError(errorText(e));
       return;
     }
@@ -236,7 +248,7 @@ async function render() {
   const route = page === "w" ? "warning" : (page || "board");
   header(route);
   const pages = { board: boardPage, issue: issuePage, warning: () => warningPage(decodeURIComponent(arg || "")), devices: devicesPage, audit: auditPage };
-  main.replaceChildren(await (pages[route] || boardPage)());
+  put(main, await (pages[route] || boardPage)());
 }
 
 // --- board ----------------------------------------------------------------------------------
@@ -249,7 +261,7 @@ function boardCard(w) {
       w.pending_change ? [" ", badge("awaiting_approval", t("state.awaiting_approval"))] : null),
     h("div", {}, h("strong", {}, w.headline)),
     h("div", { class: "muted" }, `${t("villages")}: ${w.villages.slice(0, 6).join("、")}${w.villages.length > 6 ? ` …(${w.villages.length})` : ""}`),
-    h("div", { class: "muted" }, `${t("onset")}: ${w.onset || "—"} · ${t("created")}: ${w.created_at}`),
+    h("div", { class: "muted" }, `${t("onset")}: ${when(w.onset)} · ${t("created")}: ${when(w.created_at)}`),
     coverageBars(w.coverage));
 }
 
@@ -257,7 +269,7 @@ function boardPage() {
   const list = h("div", { testid: "board" }, h("p", { class: "muted" }, "…"));
   state.cleanup = stream("/api/v1/events", (name, snap) => {
     if (name !== "board") return;
-    list.replaceChildren(...(snap.warnings.length ? snap.warnings.map(boardCard) : [h("p", { class: "muted" }, t("board_empty"))]));
+    put(list, ...(snap.warnings.length ? snap.warnings.map(boardCard) : [h("p", { class: "muted" }, t("board_empty"))]));
   });
   return h("div", {}, h("h1", {}, t("board"), " ", badge("active", t("live"))), list);
 }
@@ -330,10 +342,10 @@ async function issuePage() {
   function drawVillages() {
     const q = search.value.trim();
     const shown = villages.filter((v) => !q || v.name.includes(q) || v.code.includes(q));
-    listBox.replaceChildren(...shown.map((v) => h("label", {},
+    put(listBox, ...shown.map((v) => h("label", {},
       h("input", { type: "checkbox", checked: selected.has(v.code), "data-code": v.code, testid: `village-${v.code}`, onchange: () => toggle(v.code) }),
       `${v.name}${v.test ? "（测试）" : ""}`, h("span", { class: "muted" }, v.code))));
-    mapBox.replaceChildren(villageMap(villages, selected, toggle));
+    put(mapBox, villageMap(villages, selected, toggle));
     count.textContent = t("selected", { n: selected.size });
   }
   const selectAll = h("button", { type: "button", class: "btn secondary", testid: "select-all", onclick: () => {
@@ -361,7 +373,7 @@ async function issuePage() {
     if (!b.area.codes.length) names.push(t("field.area"));
     return names;
   }
-  function stale() { sendButton.disabled = true; preview.replaceChildren(); confirmSlot.replaceChildren(); }
+  function stale() { sendButton.disabled = true; put(preview, ); put(confirmSlot, ); }
   [f.event, f.headline, f.description, f.instruction, f.onset, f.expires, f.status].forEach((i) => i.addEventListener("input", stale));
 
   async function doPreview() {
@@ -379,19 +391,19 @@ async function issuePage() {
         const resp = await api("POST", "/api/v1/warnings/preview/audio", b, { raw: true });
         const url = URL.createObjectURL(await resp.blob());
         const player = h("audio", { controls: true, src: url, testid: "audio" });
-        audioSlot.replaceChildren(player);
+        put(audioSlot, player);
         player.play().catch(() => { /* autoplay may be refused; the controls are there */ });
-      } catch (e) { audioSlot.replaceChildren(); showError(errorText(e)); }
+      } catch (e) { put(audioSlot, ); showError(errorText(e)); }
       audioButton.disabled = false;
     } }, t("audio"));
     const kinds = Object.entries(p.messages || {});
-    preview.replaceChildren(h("div", { class: "card" },
+    put(preview, h("div", { class: "card" },
       h("h2", {}, t("preview_title")),
       h("p", {}, `${t("villages")}（${p.villages.length}）：${p.villages.map((v) => v.name).join("、")}`),
       h("h2", {}, t("timeline")),
       h("div", { class: "scroll" }, h("table", { testid: "timeline" },
         h("tr", {}, h("th", {}, t("at")), h("th", {}, t("step")), h("th", {}, t("reaches")), h("th", {}, t("unavailable"))),
-        p.schedule.map((s) => h("tr", {}, h("td", {}, s.at), h("td", {}, s.step),
+        p.schedule.map((s) => h("tr", {}, h("td", {}, when(s.at)), h("td", {}, s.step),
           h("td", {}, Object.entries(s.targets).map(([c, n]) => `${channelName(c)} ${n}`).join("，") || "—"),
           h("td", {}, (s.unavailable_channels || []).map(channelName).join("，") || "—"))))),
       h("h2", {}, t("texts")),
@@ -412,6 +424,7 @@ async function issuePage() {
       try {
         const r = await api("POST", "/api/v1/warnings", b);
         showNotice(r.state === "awaiting_approval" ? t("issued_waiting") : t("issued"));
+        state.keepNotice = true;
         location.hash = `#/w/${encodeURIComponent(r.id)}`;
       } catch (e) { showError(errorText(e)); }
     });
@@ -461,13 +474,13 @@ function actions(w, slot) {
   const inForce = w.state === "active" || w.state === "updated";
   if (waiting && can("approver")) {
     buttons.push(h("button", { class: "btn", testid: "approve", onclick: () => confirmStep(slot, t("confirm_approve"), async () => {
-      try { await api("POST", `/api/v1/warnings/${id}/approve`); showError(""); showNotice(t("approved")); slot.replaceChildren(); } catch (e) { showError(errorText(e)); }
+      try { await api("POST", `/api/v1/warnings/${id}/approve`); showError(""); showNotice(t("approved")); put(slot, ); } catch (e) { showError(errorText(e)); }
     }) }, t("approve")));
     buttons.push(h("button", { class: "btn danger", testid: "reject", onclick: () => {
       const reason = h("input", { type: "text", testid: "reject-reason", placeholder: t("reject_reason") });
       confirmStep(slot, t("confirm_reject"), async () => {
         if (!reason.value.trim()) { showError(t("missing", { fields: t("field.reason") })); return; }
-        try { await api("POST", `/api/v1/warnings/${id}/reject`, { reason: reason.value.trim() }); showError(""); showNotice(t("rejected")); slot.replaceChildren(); } catch (e) { showError(errorText(e)); }
+        try { await api("POST", `/api/v1/warnings/${id}/reject`, { reason: reason.value.trim() }); showError(""); showNotice(t("rejected")); put(slot, ); } catch (e) { showError(errorText(e)); }
       }, reason);
     } }, t("reject")));
   }
@@ -484,7 +497,7 @@ function actions(w, slot) {
           if (lv.value !== w.level) changes.level = lv.value;
           try {
             const r = await api("POST", `/api/v1/warnings/${id}/update`, changes);
-            showError(""); showNotice(r.state === "awaiting_approval" ? t("update_waiting") : t("updated")); slot.replaceChildren();
+            showError(""); showNotice(r.state === "awaiting_approval" ? t("update_waiting") : t("updated")); put(slot, );
           } catch (e) { showError(errorText(e)); }
         }, [h("label", {}, t("level")), lv, h("label", {}, t("headline")), headline, h("label", {}, t("instruction")), instruction]);
       } }, t("update")));
@@ -494,7 +507,7 @@ function actions(w, slot) {
       confirmStep(slot, t("confirm_cancel"), async () => {
         try {
           const r = await api("POST", `/api/v1/warnings/${id}/cancel`, { reason: reason.value.trim() });
-          showError(""); showNotice(r.state === "awaiting_approval" ? t("cancel_waiting") : t("cancelled")); slot.replaceChildren();
+          showError(""); showNotice(r.state === "awaiting_approval" ? t("cancel_waiting") : t("cancelled")); put(slot, );
         } catch (e) { showError(errorText(e)); }
       }, reason);
     } }, t("cancel")));
@@ -512,7 +525,7 @@ function warningPage(id) {
   state.cleanup = stream(`/api/v1/events?warning_id=${encodeURIComponent(id)}`, (name, snap) => {
     if (name !== "warning") return;
     const { warning: w, report: rep, replies } = snap;
-    head.replaceChildren(
+    put(head, 
       h("h1", {}, badge(w.level, `${w.event}${levelName(w.level)}`), " ", w.headline),
       h("p", {}, badge(w.state, stateName(w.state)), " ", h("span", { testid: "state", "data-state": w.state }, stateName(w.state)),
         ` · ${t("version")} ${w.version} · ${t("drafted_by")}: ${w.drafted_by || "—"}`),
@@ -522,11 +535,11 @@ function warningPage(id) {
       coverageBars(w.coverage));
     // The buttons are redrawn only when the state changes, so an open confirmation stays open.
     const key = `${w.state}|${Boolean(w.pending_change)}`;
-    if (key !== shownState) { shownState = key; slot.replaceChildren(); buttons.replaceChildren(...actions(w, slot)); }
+    if (key !== shownState) { shownState = key; put(slot, ); put(buttons, ...actions(w, slot)); }
     const counts = (c) => [c.expected, c.sent, c.delivered, c.acknowledged, c.failed];
-    body.replaceChildren(
+    put(body, 
       h("h2", {}, t("per_village")),
-      table("per-village", [t("villages"), "", t("expected"), t("sent"), t("delivered"), t("confirmed"), t("failed")],
+      table("per-village", [t("villages"), t("channel"), t("expected"), t("sent"), t("delivered"), t("confirmed"), t("failed")],
         rep.villages.flatMap((v) => Object.entries(v.channels).map(([c, n]) => [v.name, channelName(c), ...counts(n)]))),
       h("h2", {}, t("unconfirmed")),
       table("unconfirmed", [t("name"), t("role"), t("phone"), t("villages")],
@@ -535,12 +548,12 @@ function warningPage(id) {
       h("h2", {}, t("not_played")),
       table("not-played", [t("device"), t("villages"), t("state")], rep.speakers_not_played.map((s) => [s.device, s.village, s.state])),
       h("h2", {}, t("escalations")),
-      table("escalations", [t("at"), t("name"), t("kind"), t("detail")], rep.escalations.map((e) => [e.at, e.person_id, channelName(e.channel), e.skipped || e.reason])),
+      table("escalations", [t("at"), t("name"), t("kind"), t("detail")], rep.escalations.map((e) => [when(e.at), e.person_id, channelName(e.channel), e.skipped || e.reason])),
       h("h2", {}, t("replies")),
-      replies.length ? h("div", { testid: "replies" }, replies.map((r) => h("div", { class: "reply" }, h("strong", {}, `${r.name || r.person_id || ""} ${r.phone || ""} ${r.at}`), h("div", {}, r.body))))
+      replies.length ? h("div", { testid: "replies" }, replies.map((r) => h("div", { class: "reply" }, h("strong", {}, `${r.name || r.person_id || ""} ${r.phone || ""} ${when(r.at)}`), h("div", {}, r.body))))
         : h("p", { class: "muted" }, t("none")),
       h("h2", {}, t("schedule")),
-      table("schedule", [t("at"), t("step"), t("state")], (w.schedule || []).map((s) => [s.at, s.step, s.state])));
+      table("schedule", [t("at"), t("step"), t("state")], (w.schedule || []).map((s) => [when(s.at), s.step, s.state])));
   });
   return h("div", {}, h("p", {}, h("a", { href: "#/" }, `← ${t("back")}`)), head, buttons, slot, body);
 }
@@ -553,9 +566,9 @@ async function devicesPage() {
     try {
       const [devs, vs] = await Promise.all([api("GET", "/api/v1/devices"), loadVillages()]);
       const names = Object.fromEntries(vs.map((v) => [v.code, v.name]));
-      box.replaceChildren(table("device-table", [t("villages"), t("device"), t("kind"), t("state"), t("last_seen")],
+      put(box, table("device-table", [t("villages"), t("device"), t("kind"), t("state"), t("last_seen")],
         devs.devices.map((d) => [names[d.village] || d.village, d.id, d.kind === "led" ? t("led_board") : t("speaker"),
-          h("span", { class: d.state === "online" ? "online" : d.state === "offline" ? "offline" : "muted" }, t(`dev.${d.state}`)), d.last_seen || "—"])));
+          h("span", { class: d.state === "online" ? "online" : d.state === "offline" ? "offline" : "muted" }, t(`dev.${d.state}`)), when(d.last_seen)])));
     } catch (e) { showError(errorText(e)); }
   }
   await load();
@@ -568,12 +581,18 @@ async function auditPage() {
   try { events = (await api("GET", "/api/v1/audit?limit=500")).events; } catch (e) { showError(errorText(e)); }
   return h("div", {}, h("h1", {}, t("audit")),
     table("audit", [t("at"), t("actor"), t("action"), t("warning"), t("remote"), t("detail")],
-      events.map((e) => [e.at, e.actor, t(`act.${e.action}`), e.warning_id ? h("a", { href: `#/w/${encodeURIComponent(e.warning_id)}` }, e.warning_id) : "—",
+      events.map((e) => [when(e.at), e.actor, t(`act.${e.action}`), e.warning_id ? h("a", { href: `#/w/${encodeURIComponent(e.warning_id)}` }, e.warning_id) : "—",
         e.remote || "—", JSON.stringify(e.detail)])));
 }
 
 // --- start ----------------------------------------------------------------------------------
 
 setLang(lang());
-window.addEventListener("hashchange", () => { showError(""); render(); });
+window.addEventListener("hashchange", () => {
+  // A notice said on the way to a page (the issued warning's) stays on that page only.
+  if (!state.keepNotice) showNotice("");
+  state.keepNotice = false;
+  showError("");
+  render();
+});
 render();

@@ -53,9 +53,9 @@ def warnd(tmp_path: Path, broker: Broker) -> Iterator[DaemonProcess]:
     daemon.start()
     codes = [*VILLAGES, "330502101299"]
     sim_log = (tmp_path / "simulator.log").open("ab")
+    argv = ["simulate-speakers", "--broker", broker.url, "--directory", str(directory), "--village", *codes]
     simulator = subprocess.Popen(
-        [sys.executable, "-m", "warnd.ctl", "simulate-speakers", "--broker", broker.url,
-         "--directory", str(directory), "--village", *codes],  # fmt: skip
+        [sys.executable, "-m", "warnd.ctl", *argv],
         cwd=ROOT,
         stdout=sim_log,
         stderr=subprocess.STDOUT,

@@ -12,24 +12,21 @@ tests/artifacts/console/ (git-ignored).
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.county import write_directory
 from tests.support.harness import TOKENS
-from tests.support.mqtt import Broker, free_port
-from tests.support.process import ROOT, DaemonProcess, wait_for, write_config
+from tests.support.mqtt import Broker
+from tests.support.process import ROOT, DaemonProcess
+from tests.support.township import VILLAGES, township
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
-VILLAGES = ("330502101201", "330502101202")
 # Seconds a page may take to show what the test waits for (a preview's audio is rendered by
 # espeak-ng and ffmpeg; a play confirmed by the simulator travels through the broker).
 UI_TIMEOUT_MS = 30_000
@@ -42,38 +39,8 @@ if not Path(CHROMIUM).exists():
 @pytest.fixture
 def warnd(tmp_path: Path, broker: Broker) -> Iterator[DaemonProcess]:
     """warnd with sign-off on, loudspeakers and LED boards over the broker, and simulated devices."""
-    directory = write_directory(tmp_path / "directory.toml", villages=2, speakers=2, leds=1)
-    port = free_port()
-    extra = (
-        f'[mqtt]\nurl = "{broker.url}"\n\n[wecom]\nenabled = false\n\n'
-        '[approval]\nlevels = ["red", "orange", "yellow", "blue"]\n'
-    )
-    config = write_config(tmp_path, directory, port, extra=extra)
-    daemon = DaemonProcess(["-m", "warnd.cli", "run", "--config", str(config)], port, tmp_path / "warnd.log")
-    daemon.start()
-    codes = [*VILLAGES, "330502101299"]
-    sim_log = (tmp_path / "simulator.log").open("ab")
-    argv = ["simulate-speakers", "--broker", broker.url, "--directory", str(directory), "--village", *codes]
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "warnd.ctl", *argv],
-        cwd=ROOT,
-        stdout=sim_log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for(lambda: _online(daemon) >= 6, 30, "simulated speakers and boards online")
+    with township(tmp_path, broker) as daemon:
         yield daemon
-    finally:
-        simulator.terminate()
-        simulator.wait(10)
-        sim_log.close()
-        assert daemon.terminate() == 0
-
-
-def _online(daemon: DaemonProcess) -> int:
-    """How many devices of the directory say they are online."""
-    status, body = daemon.call("GET", "/api/v1/devices", role="viewer")
-    return sum(d["state"] == "online" for d in body["devices"]) if status == 200 else 0
 
 
 @pytest.fixture

@@ -134,6 +134,8 @@ async def test_a_waiting_draft_pages_the_approvers(h: Harness) -> None:
     paged = sorted((r["channel"], r["target"]) for r in sends(h))
     assert paged == [("sms", "off-0"), ("voice", "off-0"), ("wechat", "off-0")]
     assert {r["message"] for r in sends(h)} == {"approval_reminder"}
+    # The pages are not the warning reaching anyone: its coverage is still empty.
+    assert (await h.get(wid))["coverage"] == {}
     w = await h.daemon.store.get_warning(wid)
     assert w is not None
     values = messages.values_for(w, "approval_reminder", {"sent_at": w["created_at"]},

@@ -77,7 +77,9 @@ def reminder_deliveries(
                     msg_id(job.key, channel, person.id),
                     warning["id"],
                     f"approval-reminder-{n}",
-                    "warning",
+                    # Not "warning": a page about the draft is not the warning reaching anyone
+                    # (coverage, the all-clear and updates count only those).
+                    "approval",
                     channel,
                     person.id,
                     now,

@@ -342,9 +342,21 @@ async function issuePage() {
   function drawVillages() {
     const q = search.value.trim();
     const shown = villages.filter((v) => !q || v.name.includes(q) || v.code.includes(q));
-    put(listBox, ...shown.map((v) => h("label", {},
-      h("input", { type: "checkbox", checked: selected.has(v.code), "data-code": v.code, testid: `village-${v.code}`, onchange: () => toggle(v.code) }),
-      `${v.name}${v.test ? "（测试）" : ""}`, h("span", { class: "muted" }, v.code))));
+    // Township → villages: a township's box selects (or clears) all its shown villages.
+    const townships = [...new Set(shown.map((v) => v.township))];
+    put(listBox, townships.map((code) => {
+      const own = shown.filter((v) => v.township === code);
+      const all = own.every((v) => selected.has(v.code));
+      return [
+        h("label", { class: "township" }, h("input", { type: "checkbox", checked: all, testid: `township-${code}`, onchange: () => {
+          own.forEach((v) => (all ? selected.delete(v.code) : selected.add(v.code)));
+          drawVillages(); stale();
+        } }), `${t("township")} ${code}`),
+        own.map((v) => h("label", { class: "village" },
+          h("input", { type: "checkbox", checked: selected.has(v.code), "data-code": v.code, testid: `village-${v.code}`, onchange: () => toggle(v.code) }),
+          `${v.name}${v.test ? "（测试）" : ""}`, h("span", { class: "muted" }, v.code))),
+      ];
+    }));
     put(mapBox, villageMap(villages, selected, toggle));
     count.textContent = t("selected", { n: selected.size });
   }

@@ -170,7 +170,8 @@ ROUTES = [
             200: {
                 "description": "snapshots as server-sent events, or one as JSON",
                 "content": {"text/event-stream": {}, "application/json": {}},
-            }
+            },
+            404: "no such warning",
         },
     ),
 ]

@@ -541,8 +541,9 @@ def _dispatch(args: argparse.Namespace, token: str | None) -> int:
             body = _check(*request(url, "POST", path, warning_from_args(args), token, idempotency_key=key))
         if args.command == "preview":
             _emit(args, body) if args.json else _print_preview(body)
-        elif args.json:
-            _emit(args, body)
+        elif args.json or "id" not in body:
+            # --json, or a CAP document of several alerts (its `results` say what each became).
+            print(json.dumps(body, ensure_ascii=False, indent=2))
         else:
             print(body["id"] if body.get("created", True) else f"{body['id']} (already accepted)")
             if body.get("state") == "awaiting_approval":

@@ -20,7 +20,7 @@ import structlog
 
 from warnd import confirm
 from warnd.clock import Clock, Wakeup, parse_iso
-from warnd.config import PolicySettings
+from warnd.config import ApprovalSettings, PolicySettings
 from warnd.directory import Directory, Person
 from warnd.escalation import Action, Confirmation, Watched, decide, next_due
 from warnd.model import DEVICE_CHANNELS, IN_FORCE, PERSON_CHANNELS, State
@@ -77,6 +77,8 @@ class Scheduler:
         self.channels, self.clock, self.wake = channels, clock, wake
         self.prepare = prepare
         self.ready = ready or (lambda channel: channel in self.channels())
+        # `[approval]` settings, set by the daemon: who is paged about a draft (warnd.approval).
+        self.approval: Callable[[], ApprovalSettings] | None = None
 
     async def run_once(self, limit: int = 100) -> int:
         """Fire every job due now; return how many fired."""
@@ -103,6 +105,7 @@ class Scheduler:
             JobKind.ANNOUNCE: self._announce,
             JobKind.EXPIRE: self._expire,
             JobKind.CONFIRM: self._confirm,
+            JobKind.APPROVAL_REMINDER: self._remind_approvers,
         }
         handler = handlers.get(job.kind)  # type: ignore[call-overload]  # a StrEnum key is its text
         if handler is None:
@@ -450,6 +453,23 @@ class Scheduler:
                 receivers=len(decided.gave_up),
                 targets=sorted(r["target"] for r in decided.gave_up)[:20],
             )
+        return ok
+
+    # -- sign-off (issue 15) ---------------------------------------------------------------------
+
+    async def _remind_approvers(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """A draft still waits for sign-off: page the approvers, and plan the next page."""
+        from warnd import approval as signoff
+
+        if warning["state"] != State.AWAITING_APPROVAL.value or self.approval is None:
+            return await self.store.fire_job(job, [], now=now)
+        settings = self.approval()
+        directory, channels = self.directory(), self.channels()
+        deliveries = signoff.reminder_deliveries(warning, job, settings, directory, channels, now)
+        jobs = signoff.next_reminder(job, settings, now)
+        ok = await self.store.fire_job(job, deliveries, jobs=jobs, now=now)
+        if ok:
+            blog.info("approval.reminded", n=job.payload.get("n", 1), deliveries=len(deliveries))
         return ok
 
     # -- announcements and expiry -------------------------------------------------------------

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tests.support.county import write_directory
 from tests.support.mqtt import Broker, free_port
-from tests.support.process import ROOT, DaemonProcess, wait_for, write_config
+from tests.support.process import ROOT, DaemonProcess, write_config
+from tests.support.wait import wait_for
 
 VILLAGES = ("330502101201", "330502101202")
 # Two villages with two speakers and a board each, and the directory's test village (one each).

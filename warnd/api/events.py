@@ -17,10 +17,10 @@ from aiohttp import web
 
 from warnd.api.routes import Route, principal
 from warnd.api.warnings import _get_or_404, daemon, json_dumps, local_time, present
-from warnd.devices import coverage_with_offline
 from warnd.inbound import replies
 from warnd.intake import IN_FORCE
 from warnd.model import State
+from warnd.mqtt.devices import coverage_with_offline
 from warnd.report import report
 
 if TYPE_CHECKING:

@@ -341,6 +341,7 @@ async def run(
                 for channel in daemon.adapters:
                     tg.create_task(daemon.dispatcher.channel_loop(channel), name=f"warnd.dispatch.{channel}")
                 tg.create_task(daemon.watchdog_loop(notifier), name="warnd.watchdog")
+                tg.create_task(daemon.metrics.loop_lag_loop(), name="warnd.loop_lag")
                 for name, coro in daemon.background():
                     tg.create_task(coro, name=name)
         except* Shutdown:

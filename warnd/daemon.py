@@ -201,13 +201,16 @@ class Daemon:
         restart.
         """
         self.notifier.reloading()
-        # Replaced below; left only if something unforeseen broke (asyncio logs the traceback).
+        # Replaced below; left only if something unforeseen broke (logged with its traceback).
         status = "reload failed: unexpected error, see the log; the old config stays"
         try:
             fresh, directory = await asyncio.to_thread(self._load_files)
             status = self._put_in_force(fresh, directory)
         except ConfigError as exc:
             status = self._reload_failed(exc)
+        except Exception:
+            # A background task's exception would surface only when the task is collected.
+            log.exception("config.reload_crashed")
         finally:
             # Success or not, warnd keeps serving: READY=1 ends the reload, so `systemctl reload`
             # does not hang; the STATUS beside it tells which way it went.

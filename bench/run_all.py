@@ -58,8 +58,12 @@ def run_one(name: str, args: list[str], out: Path) -> tuple[list[Line], bool]:
     """One benchmark in its own process; its lines and whether it crashed."""
     print(f"== {name} {' '.join(args)}", file=sys.stderr, flush=True)
     started = time.monotonic()
+    # Its progress and log lines go to stderr: stdout is for the table alone.
     result = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", *args, "--json", str(out)], cwd=HERE.parent, check=False
+        [sys.executable, "-m", f"bench.{name}", *args, "--json", str(out)],
+        cwd=HERE.parent,
+        stdout=sys.stderr,
+        check=False,
     )
     print(f"   {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     # 0: targets met, 1: a target missed; anything else (or no lines) is a crash.

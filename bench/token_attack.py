@@ -108,7 +108,9 @@ async def fanout(
             t0 = time.perf_counter()
             while True:
                 async with http.get(f"{daemon.url}/api/v1/warnings/{wid}", headers=headers) as resp:
-                    done = (await resp.json())["coverage"]["loudspeaker"]["acknowledged"]
+                    # No loudspeaker coverage yet until the first step is planned, just after the 202.
+                    coverage = (await resp.json())["coverage"].get("loudspeaker", {})
+                    done = coverage.get("acknowledged", 0)
                 if done == expected:
                     break
                 if time.perf_counter() - t0 > 300:

@@ -17,8 +17,9 @@ def run_bench(*args: str) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
     )
-    # Exit 1 means a target was missed, which at this size says nothing; 2+ is a crash.
-    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    # Exit 1 means a target was missed, which at this size says nothing; a traceback (exit 1
+    # too) or 2+ is a crash.
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     return proc.stdout
 
 

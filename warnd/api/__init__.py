@@ -15,7 +15,7 @@ from warnd.api.errors import error_middleware, error_response
 from warnd.api.openapi import openapi
 from warnd.api.routes import GATE, Route, auth_middleware
 from warnd.metrics import metrics_handler
-from warnd.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters
+from warnd.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters, token_limiter
 
 if TYPE_CHECKING:
     from warnd.daemon import Daemon
@@ -95,7 +95,11 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         client_max_size=max_bytes,
         middlewares=[
             error_middleware,
-            rate_limit_middleware(limiters),
+            rate_limit_middleware(
+                limiters,
+                known=lambda request: app[GATE].known(request.headers.get("Authorization", "")),
+                per_token=token_limiter(daemon.settings.http),
+            ),
             _size_middleware(max_bytes),
             auth_middleware({(r.method, r.path): r.role for r in routes}),
         ],

@@ -35,11 +35,13 @@ from warnd.acklink import AckLinks, AckSigner, link, load_secret
 from warnd.adapter import (
     Adapter,
     AdapterContext,
+    AuthError,
     Limits,
     Message,
     PermanentError,
     Receipt,
     TransientError,
+    classify_http,
     retry_after_s,
 )
 from warnd.clock import SystemClock
@@ -130,16 +132,15 @@ def errcode_error(errcode: int, errmsg: str, *, robot: bool) -> Exception | None
 
 
 def http_error(status: int, retry_after: str | None = None) -> Exception | None:
-    """An HTTP status outside WeCom's errcodes: 2xx ok, 429/5xx retry after Retry-After, other 4xx permanent.
+    """An HTTP status outside WeCom's errcodes (warnd.adapter.classify_http; 401/403 permanent here).
 
     WeCom itself answers 200 with an errcode; a 429 or 503 comes from a gateway in between, and
     its Retry-After (delta-seconds or an HTTP date) is the earliest retry.
     """
-    if 200 <= status < 300:
-        return None
-    if status == 429 or status >= 500:
-        return TransientError(f"wecom HTTP {status}", retry_after_s(retry_after))
-    return PermanentError(f"wecom HTTP {status}")
+    err = classify_http(status, f"wecom HTTP {status}", retry_after_s(retry_after))
+    # WeCom answers its own auth failures with errcodes under a 200; a 401/403 comes from a proxy
+    # in between and says nothing about WeCom's credentials: the request cannot go through as is.
+    return PermanentError(err.reason) if isinstance(err, AuthError) else err
 
 
 class WecomAdapter(Adapter):

@@ -8,9 +8,17 @@ import tomllib
 from collections.abc import Iterable
 from datetime import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -293,8 +301,25 @@ class TwilioSettings(_Section):
     poll_interval_s: float = Field(default=15.0, gt=0)
 
 
+# Providers the person channels can send through (adapters/providers/).
+Provider = Literal["twilio", "aliyun", "tencent"]
+
+
+def _distinct(value: list[str]) -> list[str]:
+    """A fallback order names each provider once."""
+    if len(set(value)) != len(value):
+        raise ValueError("name each provider once")
+    return value
+
+
+Providers = Annotated[list[Provider], AfterValidator(_distinct)]
+
+
 class SmsSettings(_Section):
     """What every SMS carries, whichever provider sends it."""
+
+    # The providers SMS goes through, in fallback order: the next sends what the one before could not.
+    providers: Providers = Field(default_factory=lambda: ["twilio"], min_length=1)
 
     # The registered signature (签名) Chinese carriers require, shown as 【…】 at the start of
     # every SMS and spoken as the office's name ("这里是…"). Providers approve 2–12 characters.
@@ -310,6 +335,13 @@ class SmsSettings(_Section):
         if value and len(value) < 2:
             raise ValueError("a registered signature has 2–12 characters")
         return value
+
+
+class VoiceSettings(_Section):
+    """Calls (叫应 by phone), whichever provider places them."""
+
+    # The providers calls go through, in fallback order.
+    providers: Providers = Field(default_factory=lambda: ["twilio"], min_length=1)
 
 
 class EscalationStep(_Section):
@@ -514,6 +546,7 @@ class Settings(BaseSettings):
     hydro: HydroSettings = Field(default_factory=HydroSettings)
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     sms: SmsSettings = Field(default_factory=SmsSettings)
+    voice: VoiceSettings = Field(default_factory=VoiceSettings)
     messages: MessageSettings = Field(default_factory=MessageSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)

@@ -1197,6 +1197,50 @@ class Store:
         return out
 
 
+    # providers (issue 16) ---------------------------------------------------------------------
+    # For the provider layer under the sms and voice channels (adapters/providers/): kept together
+    # so they move as one piece when the store becomes a package.
+
+    async def set_delivery_providers(self, pairs: Sequence[tuple[int, str]]) -> None:
+        """Record which provider took each delivery: (delivery id, provider name) pairs."""
+        if pairs:
+            rows = [(p, i) for i, p in pairs]
+            await self._tx([("UPDATE deliveries SET provider = ? WHERE id = ?", rows, True)])
+
+    async def provider_sends_since(
+        self, provider: str, channel: str, addresses: Sequence[str], since: datetime
+    ) -> dict[str, int]:
+        """How many deliveries a provider has sent to each address since a time (local daily quotas)."""
+        if not addresses:
+            return {}
+        rows = await self._all(
+            "SELECT address, COUNT(*) AS n FROM deliveries"
+            " WHERE provider = ? AND channel = ? AND sent_at >= ?"
+            " AND address IN (SELECT value FROM json_each(?)) GROUP BY address",
+            (provider, channel, ts(since), json.dumps(list(addresses))),
+        )
+        return {r["address"]: r["n"] for r in rows}
+
+    async def in_flight_of(
+        self, channel: str, provider: str, *, unrecorded: bool = False, limit: int = 2000
+    ) -> list[dict[str, Any]]:
+        """Sent deliveries a provider still owes a receipt for; `unrecorded`: also those with no provider."""
+        return await self._all(
+            "SELECT id, msg_id, target, address, provider_ref, ack_required, sent_at, state FROM deliveries"
+            " WHERE channel = ? AND state = 'sent' AND provider_ref IS NOT NULL"
+            " AND (provider = ? OR (? AND provider IS NULL)) ORDER BY id LIMIT ?",
+            (channel, provider, int(unrecorded), limit),
+        )
+
+    async def delivery_by_msg_address(self, msg_id: str, address: str) -> dict[str, Any] | None:
+        """The delivery of a message to an address (a provider reports our msg_id and the number)."""
+        return await self._one(
+            "SELECT id, msg_id, target, address, provider, provider_ref, state, ack_required"
+            " FROM deliveries WHERE msg_id = ? AND address = ?",
+            (msg_id, address),
+        )
+
+
 # How far along a delivery is; an ack never moves it backwards.
 _PROGRESS = {"pending": 0, "failed": 0, "sending": 1, "sent": 2, "delivered": 3, "acknowledged": 4}
 
@@ -1353,3 +1397,4 @@ def _decode_warning(row: dict[str, Any]) -> dict[str, Any]:
     row["area"] = json.loads(row["area"])
     row["villages"] = json.loads(row["villages"])
     return row
+

@@ -1,4 +1,4 @@
-"""SMS through Twilio: one message per person, receipts and replies by webhook or by polling.
+"""The Twilio SMS provider: one message per person, receipts and replies by webhook or by polling.
 
 Webhooks (with `[twilio] public_base_url`): `POST /hooks/twilio/status` moves a delivery to
 delivered or failed; `POST /hooks/twilio/inbound` takes replies ("1" confirms). Both check
@@ -12,7 +12,6 @@ is added to the text to tell messages apart: a villager reads every character of
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
@@ -20,11 +19,11 @@ from xml.sax.saxutils import escape
 import structlog
 from aiohttp import web
 
-from adapters.twilio_common import (
+from adapters.providers.twilio import (
     FORBIDDEN,
     FORM,
     HOOK_RESPONSES,
-    TwilioAdapter,
+    TwilioProvider,
     delivery_failure,
     phone_of,
     query,
@@ -34,6 +33,7 @@ from adapters.twilio_common import (
 from warnd import inbound, messages
 from warnd.adapter import Message, PermanentError, Receipt, TransientError
 from warnd.api.routes import Route
+from warnd.pacing import Pacer
 from warnd.phone import mask_phone
 
 if TYPE_CHECKING:
@@ -52,11 +52,6 @@ _POLL_CONCURRENCY = 8
 _NOT_SENT = {"failed", "undelivered", "canceled"}
 
 
-def _dumps(obj: Any) -> str:
-    """JSON with Chinese text kept readable."""
-    return json.dumps(obj, ensure_ascii=False)
-
-
 def sms_text(message: Message, settings: Settings, directory: Any, max_segments: int) -> str:
     """The text of one delivery (its kind's template), within max_segments SMS segments."""
     kind, values = messages.for_message(message, settings, directory)
@@ -70,18 +65,19 @@ def sms_text(message: Message, settings: Settings, directory: Any, max_segments:
     )
 
 
-class SmsAdapter(TwilioAdapter):
+class TwilioSms(TwilioProvider):
     """SMS to people's phones through Twilio's Messages API.
 
     Args:
-        ctx: what the daemon lends the adapter.
+        ctx: what the daemon lends the channel.
+        pacer: the channel's pacer, which keeps the sender's rate.
     """
 
-    kind = "sms"
+    channel = "sms"
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, pacer: Pacer) -> None:
         """Set up; the client is built in start()."""
-        super().__init__(ctx)
+        super().__init__(ctx, pacer)
         self._cursor: datetime | None = None
 
     @classmethod
@@ -196,28 +192,14 @@ class SmsAdapter(TwilioAdapter):
             return twiml(f"<Message>{escape(reply.answer)}</Message>")
         return twiml("")
 
-    async def replies_view(self, request: web.Request) -> web.Response:
-        """GET /api/v1/replies or /api/v1/warnings/{id}/replies: what people answered."""
-        wid = request.match_info.get("id") or request.query.get("warning_id")
-        rows = await inbound.replies(self.ctx.store, wid)
-        directory = self.ctx.directory()
-        for r in rows:
-            person = directory.people.get(r["person_id"]) if r["person_id"] else None
-            r["name"] = person.name if person else None
-        return web.json_response({"warning_id": wid, "replies": rows}, dumps=_dumps)
-
     def routes(self) -> list[Route]:
-        """Twilio's webhooks (signature-checked, no token) and the operator's view of replies."""
+        """Twilio's webhooks: signature-checked, no token."""
         return [
             Route("POST", "/hooks/twilio/status", self.status_hook, None,
                   "Twilio SMS status callback (X-Twilio-Signature)", body_types=(FORM,),
                   query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
             Route("POST", "/hooks/twilio/inbound", self.inbound_hook, None,
                   "Twilio incoming SMS (X-Twilio-Signature)", body_types=(FORM,), responses=HOOK_RESPONSES),
-            Route("GET", "/api/v1/replies", self.replies_view, "viewer", "SMS replies, newest first",
-                  query={"warning_id": "only replies about this warning"}),
-            Route("GET", "/api/v1/warnings/{id}/replies", self.replies_view, "viewer",
-                  "SMS replies about a warning: confirmations and feedback text"),
         ]  # fmt: skip
 
     # -- polling ---------------------------------------------------------------------------
@@ -237,7 +219,7 @@ class SmsAdapter(TwilioAdapter):
                 return 1
             return 0
 
-        rows = await inbound.in_flight(self.ctx.store, "sms")
+        rows = await self.ctx.store.in_flight_of("sms", self.name, unrecorded=True)
         changed += sum(await asyncio.gather(*(one(r) for r in rows)))
         started = datetime.now(UTC)  # Twilio's clock, not the pipeline's: DateSent is wall time
         since = self._cursor or started - _FIRST_LOOKBACK

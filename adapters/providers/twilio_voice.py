@@ -1,4 +1,4 @@
-"""Voice calls through Twilio (叫应 by phone): the warning spoken twice in Mandarin, key 1 confirms.
+"""The Twilio voice provider (叫应 by phone): the warning spoken twice in Mandarin, key 1 confirms.
 
 With `[twilio] public_base_url` the call's TwiML gathers one key and Twilio posts it to
 `/hooks/twilio/voice/gather`: 1 acknowledges; another key, no key, busy or no answer is a failed
@@ -19,17 +19,17 @@ from xml.sax.saxutils import escape, quoteattr
 import structlog
 from aiohttp import web
 
-from adapters.twilio_common import (
+from adapters.providers.twilio import (
     FORBIDDEN,
     FORM,
     HOOK_RESPONSES,
-    TwilioAdapter,
+    TwilioProvider,
     phone_of,
     query,
     twilio_configured,
     twiml,
 )
-from warnd import inbound, messages
+from warnd import messages
 from warnd.adapter import Message, Receipt
 from warnd.api.routes import Route
 from warnd.phone import mask_phone
@@ -68,14 +68,15 @@ def call_twiml(message: Message, text: str, gather_url: str | None) -> str:
     return f"<Response>{gather}</Response>"
 
 
-class VoiceAdapter(TwilioAdapter):
+class TwilioVoice(TwilioProvider):
     """Voice calls through Twilio's Calls API.
 
     Args:
-        ctx: what the daemon lends the adapter.
+        ctx: what the daemon lends the channel.
+        pacer: the channel's pacer, which keeps the calling number's rate.
     """
 
-    kind = "voice"
+    channel = "voice"
 
     @classmethod
     def configured(cls, settings: Settings) -> bool:
@@ -208,5 +209,5 @@ class VoiceAdapter(TwilioAdapter):
                 c = await self.call(None, self.client.calls(row["provider_ref"]).fetch_async)  # type: ignore[union-attr]
             return int(await self._call_status(c.sid, c.status, row, webhook=False))
 
-        rows = await inbound.in_flight(self.ctx.store, "voice")
+        rows = await self.ctx.store.in_flight_of("voice", self.name, unrecorded=True)
         return sum(await asyncio.gather(*(one(r) for r in rows)))

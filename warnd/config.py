@@ -29,6 +29,8 @@ from pydantic_settings import (
 from warnd.audio import AudioSettings
 from warnd.messages import MessageSettings
 from warnd.model import Level
+from warnd.templates import ProviderTemplate
+from warnd.templates import problems as template_problems
 
 DEFAULT_CONFIG = Path("/etc/warnd/warnd.toml")
 CHANNELS = ("loudspeaker", "sms", "voice", "wechat", "led")
@@ -337,6 +339,50 @@ class SmsSettings(_Section):
         return value
 
 
+def _registry_ok(provider: str, value: dict[str, ProviderTemplate]) -> dict[str, ProviderTemplate]:
+    """A template registry that keeps the provider's rules (warnd.templates)."""
+    found = template_problems(provider, value)
+    if found:
+        raise ValueError("; ".join(found))
+    return value
+
+
+class AliyunSettings(_Section):
+    """SMS and voice through Alibaba Cloud (阿里云短信 dysmsapi, 语音服务 dyvmsapi)."""
+
+    access_key_id: str = ""
+    # Only from WARND_ALIYUN__ACCESS_KEY_SECRET or the warnd_aliyun_access_key_secret credential.
+    access_key_secret: str | None = None
+    # Host names of the APIs (tests point them at a loopback fake, with protocol "http").
+    sms_endpoint: str = "dysmsapi.aliyuncs.com"
+    voice_endpoint: str = "dyvmsapi.aliyuncs.com"
+    protocol: Literal["https", "http"] = "https"
+    # The registered signature (签名); empty: [sms] signature.
+    sign_name: str = ""
+    # The number calls come from (被叫显号, bought with the voice service).
+    called_show_number: str = ""
+    # Receipts and replies: pushed to /hooks/aliyun/{token}/… when this is set (HTTP batch push,
+    # 消息回执 HTTP 批量推送), else pulled every pull_interval_s (QuerySendDetails; an office behind NAT).
+    # Only from WARND_ALIYUN__CALLBACK_TOKEN or the warnd_aliyun_callback_token credential.
+    callback_token: str | None = None
+    pull_interval_s: float = Field(default=30.0, gt=0)
+    # SendSms calls per second this account may make (its QPS quota; Aliyun's default is far above).
+    rate_per_s: float = Field(default=50.0, gt=0)
+    # Messages one number may get from this account per day (Aliyun's default limit for
+    # notifications is 40 a day per number per signature); counted locally, so the next provider
+    # sends what would be refused.
+    daily_quota: int = Field(default=40, ge=1)
+    # Seconds to wait for an answer: below [dispatch] send_timeout_s, so a stalled call is a
+    # send in doubt of its own, looked up before it is made again.
+    timeout_s: float = Field(default=10.0, gt=0)
+    sms_templates: Annotated[
+        dict[str, ProviderTemplate], AfterValidator(lambda v: _registry_ok("aliyun", v))
+    ] = Field(default_factory=dict)
+    voice_templates: Annotated[
+        dict[str, ProviderTemplate], AfterValidator(lambda v: _registry_ok("aliyun", v))
+    ] = Field(default_factory=dict)
+
+
 class VoiceSettings(_Section):
     """Calls (叫应 by phone), whichever provider places them."""
 
@@ -547,6 +593,7 @@ class Settings(BaseSettings):
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     sms: SmsSettings = Field(default_factory=SmsSettings)
     voice: VoiceSettings = Field(default_factory=VoiceSettings)
+    aliyun: AliyunSettings = Field(default_factory=AliyunSettings)
     messages: MessageSettings = Field(default_factory=MessageSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
@@ -618,10 +665,18 @@ def read_toml(path: Path, path_key: str = "(file)") -> dict[str, Any]:
         raise ConfigError(path, [(path_key, f"cannot be read: {exc.strerror or exc}")]) from None
 
 
+# Provider secrets taken only from WARND_* variables or systemd credentials (warnd.credentials).
+SECRETS_NOT_IN_FILE = (("aliyun", "access_key_secret"), ("aliyun", "callback_token"))
+
+
 def load_settings(path: Path | None) -> Settings:
     """Read the TOML file (if any) under the environment; raise ConfigError naming each bad key."""
     if path is not None:
-        read_toml(path)  # file-level problems first, named as such
+        raw = read_toml(path)  # file-level problems first, named as such
+        secret = [(f"{s}.{k}", "a secret: give it by the environment or a systemd credential, not the file")
+                  for s, k in SECRETS_NOT_IN_FILE if k in (raw.get(s) or {})]  # fmt: skip
+        if secret:
+            raise ConfigError(path, secret)
     cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
     try:
         settings = cls()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from adapters.providers.aliyun import AliyunSms
 from adapters.providers.base import Provider
 from adapters.providers.twilio_sms import TwilioSms
 from adapters.providers.twilio_voice import TwilioVoice
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
 # channel → provider name → class.
 REGISTRY: dict[str, dict[str, type[Provider]]] = {
-    "sms": {TwilioSms.name: TwilioSms},
+    "sms": {TwilioSms.name: TwilioSms, AliyunSms.name: AliyunSms},
     "voice": {TwilioVoice.name: TwilioVoice},
 }
 

@@ -5,95 +5,16 @@ by our OutId, and the template registry's rules in `warnd check-config`."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from adapters.sms import SmsAdapter
-from tests.fakes.aliyun import FakeAliyun
-from tests.fakes.twilio import FakeTwilio
+from tests.support.china_harness import SIGN, TOKEN, TOWNSHIP, china_harness
 from tests.support.county import write_directory
-from tests.support.harness import Harness, warning_body
-from tests.support.twilio_harness import FROM, deliveries, hook_url
+from tests.support.harness import warning_body
+from tests.support.twilio_harness import deliveries, hook_url
 from warnd.cli import check_config
 from warnd.config import ConfigError, load_settings
-
-TOWNSHIP = {"codes": ["330502101"]}
-SIGN = "塘甸镇应急办"
-TOKEN = "push-token-7f3a9c"
-# The approved templates, as filed: no link in a variable, no two variables side by side.
-ISSUE = "${org}发布${event}预警（${level}）：${headline}。影响范围：${area}，请做好防范。"
-ISSUE_ACK = ISSUE + "收到请回复1。"
-TEMPLATES = {
-    "issue": {
-        "code": "SMS_100001",
-        "text": ISSUE,
-        "ack_code": "SMS_100002",
-        "ack_text": ISSUE_ACK,
-        "variables": {
-            "org": {"field": "org", "max_chars": 12},
-            "level": {"field": "level"},
-            "event": {"field": "event"},
-            "headline": {"field": "headline"},
-            "area": {"field": "area"},
-        },
-    }
-}
-
-
-def aliyun_settings(fake: FakeAliyun, *, push: bool) -> dict[str, Any]:
-    """[aliyun] for the fake: the SDK's endpoint at the fake, plain HTTP."""
-    return {
-        "access_key_id": fake.access_key_id,
-        "access_key_secret": "aliyun-secret-never-logged",
-        "sms_endpoint": fake.base,
-        "protocol": "http",
-        "sign_name": SIGN,
-        "callback_token": TOKEN if push else None,
-        "rate_per_s": 500,
-        "timeout_s": 2.0,
-        "sms_templates": TEMPLATES,
-    }
-
-
-@asynccontextmanager
-async def aliyun_harness(
-    tmp_path: Path,
-    *,
-    push: bool = True,
-    villages: int = 3,
-    officials: int = 1,
-    providers: tuple[str, ...] = ("aliyun",),
-    dispatch: dict[str, Any] | None = None,
-) -> AsyncIterator[tuple[Harness, FakeAliyun, FakeTwilio]]:
-    """A started harness whose sms channel sends through Aliyun (then Twilio, if named)."""
-    fake = FakeAliyun(templates={"SMS_100001": ISSUE, "SMS_100002": ISSUE_ACK}, sign_name=SIGN)
-    await fake.start()
-    async with FakeTwilio() as twilio:
-        settings: dict[str, Any] = {
-            "sms": {"providers": list(providers), "signature": SIGN},
-            "aliyun": aliyun_settings(fake, push=push),
-            "dispatch": {"batch_size": 2000, **(dispatch or {})},
-        }
-        if "twilio" in providers:
-            settings["twilio"] = {
-                "account_sid": twilio.account_sid, "auth_token": twilio.auth_token, "from_number": FROM,
-                "api_base": twilio.base_url, "rate_per_s": 500,
-            }  # fmt: skip
-        directory = {"villages": villages, "officials": officials, "test_village": False}
-        h = Harness(tmp_path, channels=(), directory=directory, settings=settings, adapters=[SmsAdapter])
-        fake.now = h.clock.now
-        await h.start()
-        try:
-            if "twilio" in providers:
-                h.settings.twilio.public_base_url = hook_url(h, "")
-            yield h, fake, twilio
-        finally:
-            await h.close()
-            await fake.close()
 
 
 def national(e164: str) -> str:
@@ -105,7 +26,7 @@ async def test_red_warning_to_2000_people_batches_receipts_and_replies(tmp_path:
     """2,000 people: SendSms calls of at most 1,000 numbers, each number once; pushed receipts
     deliver them; replies 1 and 收到 confirm exactly those who sent them."""
     # 500 villages (a secretary and a grid worker each) and 1,000 officials.
-    async with aliyun_harness(tmp_path, villages=500, officials=1000) as (h, fake, _):
+    async with china_harness(tmp_path, villages=500, officials=1000) as (h, fake, _, _):
         wid = await h.issue(warning_body(area=TOWNSHIP))
         await h.run_until_idle()
         rows = await deliveries(h, wid, "sms")
@@ -151,7 +72,7 @@ async def test_red_warning_to_2000_people_batches_receipts_and_replies(tmp_path:
 
 async def test_pushes_without_the_token_are_refused(tmp_path: Path) -> None:
     """Aliyun does not sign its push: a wrong token in the path is 403 and changes nothing."""
-    async with aliyun_harness(tmp_path) as (h, fake, _):
+    async with china_harness(tmp_path) as (h, fake, _, _):
         wid = await h.issue(warning_body())
         await h.run_until_idle()
         assert await fake.push_reports(hook_url(h, "/hooks/aliyun/guess/sms/report")) == 403
@@ -161,7 +82,7 @@ async def test_pushes_without_the_token_are_refused(tmp_path: Path) -> None:
 
 async def test_receipts_by_pull_behind_nat(tmp_path: Path) -> None:
     """No callback token: no push routes; QuerySendDetails moves the deliveries."""
-    async with aliyun_harness(tmp_path, push=False) as (h, fake, _):
+    async with china_harness(tmp_path, push=False) as (h, fake, _, _):
         sms = h.daemon.adapters["sms"]
         loops = sms.background()
         assert [name for name, _ in loops] == ["warnd.aliyun.sms.poll"]
@@ -184,7 +105,7 @@ async def test_business_limit_control_falls_back_to_the_next_provider(
     tmp_path: Path, log_events: list
 ) -> None:
     """Aliyun refuses the calls with limited numbers: Twilio sends those, the delivery says so."""
-    async with aliyun_harness(tmp_path, villages=3, providers=("aliyun", "twilio")) as (h, fake, twilio):
+    async with china_harness(tmp_path, villages=3, providers=("aliyun", "twilio")) as (h, fake, _, twilio):
         limited = national("+8613700000001")  # grid-1
         fake.limit_numbers({limited})
         wid = await h.issue(warning_body(area=TOWNSHIP))
@@ -207,7 +128,7 @@ async def test_business_limit_control_falls_back_to_the_next_provider(
 async def test_a_timeout_after_aliyun_accepted_is_reconciled_not_resent(tmp_path: Path) -> None:
     """One call is taken but its answer is late, the other refused: the batch times out, a send in
     doubt. On the retry the taken numbers are found by OutId and not sent again; the rest are sent."""
-    async with aliyun_harness(tmp_path, villages=3, dispatch={"send_timeout_s": 1.5}) as (h, fake, _):
+    async with china_harness(tmp_path, villages=3, dispatch={"send_timeout_s": 1.5}) as (h, fake, _, _):
         fake.stall_next_send(3.0)
         fake.refuse_next_send(503, "ServiceUnavailable")
         wid = await h.issue(warning_body(area=TOWNSHIP))

@@ -383,6 +383,33 @@ class AliyunSettings(_Section):
     ] = Field(default_factory=dict)
 
 
+class TencentSettings(_Section):
+    """SMS through Tencent Cloud (腾讯云短信, API 2021-01-11)."""
+
+    secret_id: str = ""
+    # Only from WARND_TENCENT__SECRET_KEY or the warnd_tencent_secret_key credential.
+    secret_key: str | None = None
+    region: str = "ap-guangzhou"
+    # Host names of the APIs (tests point them at a loopback fake, with protocol "http").
+    sms_endpoint: str = "sms.tencentcloudapi.com"
+    protocol: Literal["https", "http"] = "https"
+    # The SMS application (SmsSdkAppId, 1400…) and the registered signature; empty: [sms] signature.
+    sms_sdk_app_id: str = ""
+    sign_name: str = ""
+    # Receipts and replies: called back on /hooks/tencent/{token}/… when set, else pulled every
+    # pull_interval_s. Only from WARND_TENCENT__CALLBACK_TOKEN or the warnd_tencent_callback_token credential.
+    callback_token: str | None = None
+    pull_interval_s: float = Field(default=30.0, gt=0)
+    # SendSms calls per second (Tencent's default API limit is 3,000 a second per account).
+    rate_per_s: float = Field(default=50.0, gt=0)
+    # Messages one number may get per day (Tencent's default for one application: 10 a day).
+    daily_quota: int = Field(default=10, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0)
+    sms_templates: Annotated[
+        dict[str, ProviderTemplate], AfterValidator(lambda v: _registry_ok("tencent", v))
+    ] = Field(default_factory=dict)
+
+
 class VoiceSettings(_Section):
     """Calls (叫应 by phone), whichever provider places them."""
 
@@ -594,6 +621,7 @@ class Settings(BaseSettings):
     sms: SmsSettings = Field(default_factory=SmsSettings)
     voice: VoiceSettings = Field(default_factory=VoiceSettings)
     aliyun: AliyunSettings = Field(default_factory=AliyunSettings)
+    tencent: TencentSettings = Field(default_factory=TencentSettings)
     messages: MessageSettings = Field(default_factory=MessageSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
@@ -666,7 +694,12 @@ def read_toml(path: Path, path_key: str = "(file)") -> dict[str, Any]:
 
 
 # Provider secrets taken only from WARND_* variables or systemd credentials (warnd.credentials).
-SECRETS_NOT_IN_FILE = (("aliyun", "access_key_secret"), ("aliyun", "callback_token"))
+SECRETS_NOT_IN_FILE = (
+    ("aliyun", "access_key_secret"),
+    ("aliyun", "callback_token"),
+    ("tencent", "secret_key"),
+    ("tencent", "callback_token"),
+)
 
 
 def load_settings(path: Path | None) -> Settings:

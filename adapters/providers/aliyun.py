@@ -2,7 +2,7 @@
 
 Sends: one `SendSms` call per (template, filled variables, our id) with up to 1,000 numbers
 (PhoneNumbers comma-separated), under the registered signature. `OutId` is our own id for the
-deliveries planned together (`out_id`), so a send in doubt is found again by it.
+deliveries planned together (base.out_id), so a send in doubt is found again by it.
 
 Receipts (状态报告) and replies (上行短信): with `[aliyun] callback_token` set, Aliyun's HTTP
 batch push posts them to `/hooks/aliyun/{token}/sms/report` and `/hooks/aliyun/{token}/sms/reply`
@@ -35,7 +35,7 @@ from alibabacloud_tea_openapi import models as openapi_models
 from darabonba.runtime import RuntimeOptions
 from Tea.exceptions import TeaException
 
-from adapters.providers.base import Capabilities, Provider
+from adapters.providers.base import Capabilities, Provider, out_id
 from warnd import inbound, messages, pacing, templates
 from warnd.adapter import (
     AdapterContext,
@@ -54,7 +54,6 @@ from warnd.store import from_ts
 
 if TYPE_CHECKING:
     from warnd.config import AliyunSettings, Settings
-    from warnd.store import Delivery
 
 log = structlog.get_logger("warnd.aliyun")
 
@@ -110,16 +109,6 @@ DEAD_REPORT_CODES = {
     "MK:0005": "number refused by the carrier",
     "UNDELIV": "undeliverable",
 }
-
-
-def out_id(d: Delivery) -> str:
-    """Our id for the deliveries planned together (a step to many people): Aliyun's OutId.
-
-    The same on every attempt of a delivery; a person has at most one delivery of a warning's
-    step, kind and planning moment on a channel, so OutId and number name one delivery.
-    """
-    planned = d.created_at.isoformat() if d.created_at else ""
-    return hashlib.sha256(f"{d.warning_id}|{d.step}|{d.kind}|{planned}".encode()).hexdigest()[:24]
 
 
 def national(address: str | None) -> str:

@@ -20,6 +20,7 @@ it up first (Adapter.reconcile), so nobody gets two.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,6 +40,7 @@ from warnd.pacing import Pacer
 
 if TYPE_CHECKING:
     from warnd.config import Settings
+    from warnd.store import Delivery
 
 log = structlog.get_logger("warnd.providers")
 
@@ -148,3 +150,13 @@ def tagged(result: Receipt | BaseException, provider: str) -> Receipt | BaseExce
     if isinstance(result, Receipt) and result.provider is None:
         return Receipt(result.state, result.provider_ref, provider)
     return result
+
+
+def out_id(d: Delivery) -> str:
+    """Our id for the deliveries planned together (a step to many people): Aliyun's OutId.
+
+    The same on every attempt of a delivery; a person has at most one delivery of a warning's
+    step, kind and planning moment on a channel, so OutId and number name one delivery.
+    """
+    planned = d.created_at.isoformat() if d.created_at else ""
+    return hashlib.sha256(f"{d.warning_id}|{d.step}|{d.kind}|{planned}".encode()).hexdigest()[:24]

@@ -196,3 +196,16 @@ def test_adjacent_variables_and_secrets_in_the_file_are_refused(tmp_path: Path) 
         load_settings(_config(tmp_path, "", extra='access_key_secret = "s3cret"'))
     assert exc.value.problems[0][0] == "aliyun.access_key_secret"
     assert "s3cret" not in str(exc.value)
+
+
+def test_the_deploy_guide_registry_example_is_accepted(tmp_path: Path) -> None:
+    """docs/deploy.md's [aliyun]/[tencent] example passes the rules it describes."""
+    guide = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    example = next(b for b in guide.split("```toml")[1:] if "[aliyun.sms_templates.issue]" in b)
+    toml = "\n".join(line.removeprefix("   ") for line in example.split("```")[0].splitlines())
+    directory = write_directory(tmp_path / "directory.toml")
+    path = tmp_path / "warnd.toml"
+    path.write_text(f'[directory]\npath = "{directory}"\n{toml}', encoding="utf-8")
+    settings = load_settings(path)
+    assert settings.aliyun.sms_templates["issue"].ack_code == "SMS_480000002"
+    assert sorted(settings.tencent.sms_templates["issue"].variables) == ["1", "2", "3", "4", "5"]

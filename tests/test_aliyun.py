@@ -209,3 +209,25 @@ def test_the_deploy_guide_registry_example_is_accepted(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert settings.aliyun.sms_templates["issue"].ack_code == "SMS_480000002"
     assert sorted(settings.tencent.sms_templates["issue"].variables) == ["1", "2", "3", "4", "5"]
+
+
+async def test_ivr_call_key_1_confirms_and_silence_does_not(tmp_path: Path) -> None:
+    """叫应 through Aliyun: officials get an IvrCall with key 1 mapped; 1 confirms, no key fails."""
+    async with china_harness(tmp_path, officials=2, voice=("aliyun",)) as (h, fake, _, _):
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        rows = await deliveries(h, wid, "voice")
+        assert sorted(rows) == ["off-0", "off-1"]
+        assert [c.action for c in fake.placed] == ["IvrCall", "IvrCall"]
+        call = {("+86" + c.phone): c for c in fake.placed}
+        first, second = call[rows["off-0"]["address"]], call[rows["off-1"]["address"]]
+        assert first.code == "TTS_200002" and first.keys == {"1": "TTS_200009"}
+        assert first.params["level"] == "红色"
+        report = hook_url(h, f"/hooks/aliyun/{TOKEN}/voice/report")
+        assert await fake.push_call_report(report, first, "200000", dtmf="1") == 200
+        assert await fake.push_call_report(report, second, "200000") == 200
+        rows = await deliveries(h, wid, "voice")
+        assert rows["off-0"]["state"] == "acknowledged"
+        assert rows["off-1"]["state"] == "failed"
+        assert "without key 1" in rows["off-1"]["last_error"]
+        assert (await h.client.post("/hooks/aliyun/guess/voice/report", json=[])).status == 403

@@ -378,9 +378,13 @@ class AliyunSettings(_Section):
     sms_templates: Annotated[
         dict[str, ProviderTemplate], AfterValidator(lambda v: _registry_ok("aliyun", v))
     ] = Field(default_factory=dict)
+    # Voice: TTS templates (文本转语音模板) per message kind. A delivery that asks for a confirmation
+    # is an IvrCall whose start is the kind's `ack_code` template (ending "收到请按1") and whose
+    # key 1 plays `ivr_confirm_code` ("已确认，谢谢"); others are a SingleCallByTts of `code`.
     voice_templates: Annotated[
         dict[str, ProviderTemplate], AfterValidator(lambda v: _registry_ok("aliyun", v))
     ] = Field(default_factory=dict)
+    ivr_confirm_code: str = ""
 
 
 class TencentSettings(_Section):

@@ -1232,6 +1232,14 @@ class Store:
             (channel, provider, int(unrecorded), limit),
         )
 
+    async def delivery_by_provider_ref(self, provider_ref: str) -> dict[str, Any] | None:
+        """The delivery a provider's id names (a call's report carries only the provider's id)."""
+        return await self._one(
+            "SELECT id, msg_id, target, address, provider, provider_ref, state, ack_required"
+            " FROM deliveries WHERE provider_ref = ?",
+            (provider_ref,),
+        )
+
     async def delivery_by_msg_address(self, msg_id: str, address: str) -> dict[str, Any] | None:
         """The delivery of a message to an address (a provider reports our msg_id and the number)."""
         return await self._one(

@@ -31,6 +31,8 @@ import structlog
 from aiohttp import web
 from alibabacloud_dysmsapi20170525 import models as sms_models
 from alibabacloud_dysmsapi20170525.client import Client as SmsClient
+from alibabacloud_dyvmsapi20170525 import models as voice_models
+from alibabacloud_dyvmsapi20170525.client import Client as VoiceClient
 from alibabacloud_tea_openapi import models as openapi_models
 from darabonba.runtime import RuntimeOptions
 from Tea.exceptions import TeaException
@@ -455,3 +457,156 @@ class AliyunSms(Provider):
             return 0
 
         return sum(await asyncio.gather(*(one(r) for r in rows)))
+
+
+# Call results in Aliyun's reports (status_code): 200000 the call was answered and ended normally;
+# every other final code (busy 200002, no answer 200005, powered off 200010, rejected …) means
+# nobody heard it, which is a failed attempt the policy may retry.
+CALL_ANSWERED = "200000"
+# Seconds IvrCall waits for the key after the prompt (its Timeout is in ms): as Twilio's gather.
+IVR_TIMEOUT_MS = 10_000
+
+
+class AliyunVoice(Provider):
+    """Calls through Aliyun's voice service: SingleCallByTts, and IvrCall where key 1 confirms (叫应).
+
+    Reports come only by push (VoiceReport / VoiceCallReport, with the key pressed in `dtmf`) to
+    `/hooks/aliyun/{token}/voice/report`, so this provider needs `[aliyun] callback_token`. A call
+    cannot be looked up by our id (QueryCallDetailByCallId needs Aliyun's call id), so a call in
+    doubt is placed again.
+
+    Args:
+        ctx: what the daemon lends the channel.
+        pacer: the channel's pacer.
+    """
+
+    name = "aliyun"
+    channel = "voice"
+
+    def __init__(self, ctx: AdapterContext, pacer: Pacer) -> None:
+        """Declare what Aliyun takes; the client is built in start()."""
+        super().__init__(ctx, pacer)
+        self.caps = Capabilities(
+            free_text=False, batch_size=1, rate_per_s=self.settings.rate_per_s, concurrency=8
+        )
+        self.limits = Limits(max_text_chars=500, concurrency=8, batch_size=100)
+        self.client: Any = None
+
+    @property
+    def settings(self) -> AliyunSettings:
+        """The [aliyun] settings."""
+        return self.ctx.settings.aliyun
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        """An AccessKey, a calling number, voice templates and a push URL token."""
+        a = settings.aliyun
+        return bool(a.access_key_id and a.called_show_number and a.voice_templates and a.callback_token)
+
+    async def start(self) -> None:
+        """Build the voice SDK client."""
+        a = self.settings
+        if not a.access_key_secret:
+            raise AuthError("no AccessKey secret: set WARND_ALIYUN__ACCESS_KEY_SECRET or the credential")
+        self.client = VoiceClient(config(a, a.voice_endpoint))
+
+    def runtime(self) -> RuntimeOptions:
+        """No SDK retries, timeouts from [aliyun] timeout_s."""
+        ms = int(self.settings.timeout_s * 1000)
+        return RuntimeOptions(autoretry=False, read_timeout=ms, connect_timeout=min(ms, 5000))
+
+    async def send(self, message: Message) -> Receipt:
+        """Place one call: IvrCall (key 1) when the delivery asks for a confirmation, else SingleCallByTts."""
+        d = message.delivery
+        phone = national(d.address)
+        kind, values = messages.for_message(message, self.ctx.settings, self.ctx.directory())
+        t = self.settings.voice_templates.get(kind)
+        if t is None:
+            raise PermanentError(
+                f"aliyun: no approved voice template for {kind!r} ([aliyun.voice_templates])"
+            )
+        params = json.dumps(templates.fill(self.name, t, values), ensure_ascii=False)
+        a, oid = self.settings, out_id(d)
+        ivr = d.ack_required and bool(t.ack_code and a.ivr_confirm_code)
+        if self.client is None:
+            raise TransientError("aliyun client not started")
+        try:
+            async with self.paced():
+                if ivr:
+                    keys = [voice_models.IvrCallRequestMenuKeyMap(key="1", code=a.ivr_confirm_code)]
+                    request = voice_models.IvrCallRequest(
+                        called_show_number=a.called_show_number, called_number=phone, start_code=t.ack_code,
+                        start_tts_params=params, menu_key_map=keys, timeout=IVR_TIMEOUT_MS, play_times=2,
+                        out_id=oid,
+                    )  # fmt: skip
+                    response = await self.client.ivr_call_with_options_async(request, self.runtime())
+                else:
+                    request = voice_models.SingleCallByTtsRequest(
+                        called_show_number=a.called_show_number, called_number=phone, tts_code=t.code,
+                        tts_param=params, play_times=2, out_id=oid,
+                    )  # fmt: skip
+                    response = await self.client.single_call_by_tts_with_options_async(
+                        request, self.runtime()
+                    )
+        except (TeaException, aiohttp.ClientError, TimeoutError) as exc:
+            raise sdk_error(exc) from None
+        body = response.body
+        if body is None or body.code != "OK":
+            raise vendor_error(getattr(body, "code", "") or "unknown", getattr(body, "message", "") or "")
+        log.debug("aliyun.called", msg_id=d.msg_id, target=d.target, ivr=ivr, to=mask_phone(d.address or ""))
+        return Receipt("sent", provider_ref=f"aliyun-call:{body.call_id}", provider=self.name)
+
+    @contextlib.asynccontextmanager
+    async def paced(self) -> AsyncIterator[None]:
+        """The account's declared call rate between call starts (warnd.pacing keeps it)."""
+        spacer = self.pacer.spacer(self.name, self.settings.called_show_number, self.caps.rate_per_s or 1.0)
+        with pacing.bound(spacer):
+            async with pacing.slot():
+                pacing.on_wire()
+                yield
+
+    async def apply_report(self, call_id: str, status_code: str, dtmf: str) -> bool:
+        """Apply one call report: key 1 confirms; answered without it, or unanswered, is a failed attempt."""
+        row = await self.ctx.store.delivery_by_provider_ref(f"aliyun-call:{call_id}")
+        if row is None:
+            return False
+        fb, by = self.ctx.feedback, {"msg_id": row["msg_id"], "target": row["target"]}
+        detail: dict[str, Any] = {"call_id": call_id, "status": status_code}
+        if "1" in dtmf:
+            await fb.ack(
+                source="aliyun.voice", status="acknowledged", detail={**detail, "digits": dtmf}, **by
+            )
+        elif not status_code:
+            return False  # an intermediate report without a key: nothing to record yet
+        elif status_code != CALL_ANSWERED:
+            failed = {**detail, "detail": f"call {status_code}"}
+            await fb.ack(source="aliyun.voice", status="failed", detail=failed, **by)
+        elif row["ack_required"] and row["state"] != "acknowledged":
+            why = f"pressed {dtmf}" if dtmf else "call ended without key 1"
+            await fb.ack(source="aliyun.voice", status="failed", detail={**detail, "detail": why}, **by)
+        else:
+            await fb.ack(source="aliyun.voice", status="delivered", detail=detail, **by)
+        return True
+
+    async def report_hook(self, request: web.Request) -> web.Response:
+        """POST /hooks/aliyun/{token}/voice/report: VoiceReport / VoiceCallReport items."""
+        token = self.settings.callback_token or ""
+        given = request.match_info.get("token", "")
+        if not token or hashlib.sha256(given.encode()).digest() != hashlib.sha256(token.encode()).digest():
+            return web.json_response({"code": 403, "msg": "forbidden"}, status=403)
+        try:
+            items = await request.json()
+        except ValueError:
+            return web.json_response({"code": 400, "msg": "not JSON"}, status=400)
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("call_id"):
+                await self.apply_report(str(item["call_id"]), str(item.get("status_code") or ""),
+                                        str(item.get("dtmf") or ""))  # fmt: skip
+        return web.json_response(PUSH_OK)
+
+    def routes(self) -> list[Route]:
+        """Aliyun's voice report push, behind the [aliyun] callback_token."""
+        return [
+            Route("POST", "/hooks/aliyun/{token}/voice/report", self.report_hook, None,
+                  "Aliyun call reports, with the key pressed (HTTP push; the path's token is the check)"),
+        ]  # fmt: skip

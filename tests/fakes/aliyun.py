@@ -53,6 +53,19 @@ class Sent:
 
 
 @dataclass
+class Call:
+    """One accepted SingleCallByTts or IvrCall (voice service dyvmsapi, served by the same fake)."""
+
+    call_id: str
+    phone: str
+    out_id: str
+    action: str
+    code: str
+    params: dict[str, str]
+    keys: dict[str, str]
+
+
+@dataclass
 class FakeAliyun:
     """The fake server's state and script.
 
@@ -66,6 +79,7 @@ class FakeAliyun:
     sign_name: str = "塘甸镇应急办"
     templates: dict[str, str] = field(default_factory=dict)
     sends: list[Sent] = field(default_factory=list)
+    placed: list[Call] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     limited: set[str] = field(default_factory=set)
     stall_s: list[float] = field(default_factory=list)
@@ -129,6 +143,8 @@ class FakeAliyun:
             return await self._send(q)
         if action == "QuerySendDetails":
             return self._query(q)
+        if action in ("SingleCallByTts", "IvrCall"):
+            return self._call(action, q)
         return self._json({"Code": "InvalidAction.NotFound", "Message": action}, 404)
 
     async def _send(self, q: dict[str, str]) -> web.Response:
@@ -158,6 +174,29 @@ class FakeAliyun:
         if self.stall_s:
             await asyncio.sleep(self.stall_s.pop(0))
         return self._json({"Code": "OK", "Message": "OK", "BizId": biz})
+
+    def _call(self, action: str, q: dict[str, str]) -> web.Response:
+        """One call to one number: a TTS template, or an IVR start template with its key map."""
+        code = q.get("TtsCode") or q.get("StartCode") or ""
+        if code not in self.templates:
+            return self._json({"Code": "isv.TTS_TEMPLATE_ILLEGAL", "Message": "模板不合法"})
+        params = json.loads(q.get("TtsParam") or q.get("StartTtsParams") or "{}")
+        # The SDK flattens the key map: MenuKeyMap.1.Key, MenuKeyMap.1.Code …
+        keys = {
+            q[k]: q.get(k[: -len("Key")] + "Code", "") for k in q if re.fullmatch(r"MenuKeyMap\.\d+\.Key", k)
+        }
+        call = Call(
+            f"{next(self._ids)}^1", q.get("CalledNumber", ""), q.get("OutId", ""), action, code, params, keys
+        )
+        self.placed.append(call)
+        return self._json({"Code": "OK", "Message": "OK", "CallId": call.call_id})
+
+    async def push_call_report(self, url: str, call: Call, status_code: str, dtmf: str = "") -> int:
+        """Push one VoiceReport item (the call ended, with the key pressed); the HTTP status."""
+        at = self.now().astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        item = {"call_id": call.call_id, "out_id": call.out_id, "status_code": status_code, "dtmf": dtmf,
+                "start_time": at, "end_time": at, "duration": "20", "status_msg": ""}  # fmt: skip
+        return await self._post(url, [item])
 
     def _query(self, q: dict[str, str]) -> web.Response:
         """QuerySendDetails: one number's messages of one day, paged, newest first."""

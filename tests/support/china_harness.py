@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.sms import SmsAdapter
+from adapters.voice import VoiceAdapter
 from tests.fakes.aliyun import FakeAliyun
 from tests.fakes.tencent import FakeTencent
 from tests.fakes.twilio import FakeTwilio
@@ -72,6 +73,30 @@ TENCENT_TEMPLATES = {
 }
 
 
+# Aliyun voice: TTS templates as filed (文本转语音模板), the IVR start ending with the key prompt.
+CALL = "这里是${org}。${event}预警（${level}）：${headline}。"
+CALL_ACK = CALL + "收到请按1。"
+VOICE_FILED = {"TTS_200001": CALL, "TTS_200002": CALL_ACK, "TTS_200009": "已确认，谢谢。"}
+ALIYUN_VOICE = {
+    "called_show_number": "057100000000",
+    "ivr_confirm_code": "TTS_200009",
+    "voice_templates": {
+        "issue": {
+            "code": "TTS_200001",
+            "text": CALL,
+            "ack_code": "TTS_200002",
+            "ack_text": CALL_ACK,
+            "variables": {
+                "org": {"field": "org"},
+                "event": {"field": "event"},
+                "level": {"field": "level"},
+                "headline": {"field": "headline"},
+            },
+        }
+    },
+}
+
+
 def tencent_settings(fake: FakeTencent, *, push: bool) -> dict[str, Any]:
     """[tencent] for the fake: the SDK's endpoint at the fake, plain HTTP."""
     return {
@@ -96,17 +121,18 @@ async def china_harness(
     villages: int = 3,
     officials: int = 1,
     providers: tuple[str, ...] = ("aliyun",),
+    voice: tuple[str, ...] = (),
     dispatch: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[Harness, FakeAliyun, FakeTencent, FakeTwilio]]:
     """A started harness whose sms channel sends through `providers`, in that order, each at its fake."""
-    fake = FakeAliyun(templates={"SMS_100001": ISSUE, "SMS_100002": ISSUE_ACK}, sign_name=SIGN)
+    fake = FakeAliyun(templates={"SMS_100001": ISSUE, "SMS_100002": ISSUE_ACK, **VOICE_FILED}, sign_name=SIGN)
     await fake.start()
     tencent = FakeTencent(templates={"100001": TENCENT_ISSUE, "100002": TENCENT_ISSUE_ACK}, sign_name=SIGN)
     await tencent.start()
     async with FakeTwilio() as twilio:
         settings: dict[str, Any] = {
             "sms": {"providers": list(providers), "signature": SIGN},
-            "aliyun": aliyun_settings(fake, push=push),
+            "aliyun": {**aliyun_settings(fake, push=push), **ALIYUN_VOICE, "voice_endpoint": fake.base},
             "tencent": tencent_settings(tencent, push=push),
             "dispatch": {"batch_size": 2000, **(dispatch or {})},
         }
@@ -116,7 +142,10 @@ async def china_harness(
                 "api_base": twilio.base_url, "rate_per_s": 500,
             }  # fmt: skip
         directory = {"villages": villages, "officials": officials, "test_village": False}
-        h = Harness(tmp_path, channels=(), directory=directory, settings=settings, adapters=[SmsAdapter])
+        if voice:
+            settings["voice"] = {"providers": list(voice)}
+        adapters = [SmsAdapter, VoiceAdapter] if voice else [SmsAdapter]
+        h = Harness(tmp_path, channels=(), directory=directory, settings=settings, adapters=adapters)
         fake.now = tencent.now = h.clock.now
         await h.start()
         try:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from adapters.providers.channel import ProviderChannel
 from warnd import inbound
-from warnd.api.routes import Route
+from warnd.adapter import Webhook
 
 
 def _dumps(obj: Any) -> str:
@@ -45,8 +45,8 @@ class SmsAdapter(ProviderChannel):
         """The providers' callbacks and the operator's view of replies."""
         return [
             *super().routes(),
-            Route("GET", "/api/v1/replies", self.replies_view, "viewer", "SMS replies, newest first",
-                  query={"warning_id": "only replies about this warning"}),
-            Route("GET", "/api/v1/warnings/{id}/replies", self.replies_view, "viewer",
-                  "SMS replies about a warning: confirmations and feedback text"),
+            Webhook("GET", "/api/v1/replies", self.replies_view, "SMS replies, newest first", role="viewer",
+                    query={"warning_id": "only replies about this warning"}),
+            Webhook("GET", "/api/v1/warnings/{id}/replies", self.replies_view,
+                    "SMS replies about a warning: confirmations and feedback text", role="viewer"),
         ]  # fmt: skip

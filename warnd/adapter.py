@@ -138,6 +138,33 @@ class Receipt:
     provider: str | None = None
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """An HTTP endpoint an adapter serves (a provider's callback, a view of its data); the API mounts it.
+
+    Adapters declare their endpoints with this plain dataclass instead of importing warnd.api.
+
+    Args:
+        method: HTTP method.
+        path: aiohttp path pattern.
+        handler: the coroutine serving it.
+        summary: one line for the OpenAPI document.
+        role: least role needed; None: no token (the endpoint checks a signature or a path token).
+        body_types: media types the body may come in.
+        query: query parameters the handler reads, and what each means.
+        responses: the endpoint's own status codes and what they mean.
+    """
+
+    method: str
+    path: str
+    handler: Callable[..., Any]
+    summary: str
+    role: str | None = None
+    body_types: tuple[str, ...] = ("application/json",)
+    query: dict[str, Any] = field(default_factory=dict)
+    responses: dict[int, Any] = field(default_factory=dict)
+
+
 @dataclass
 class AdapterContext:
     """What the daemon lends adapters: settings, the directory, a shared HTTP session, feedback."""

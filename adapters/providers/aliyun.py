@@ -47,9 +47,9 @@ from warnd.adapter import (
     PermanentError,
     Receipt,
     TransientError,
+    Webhook,
     classify_http,
 )
-from warnd.api.routes import Route
 from warnd.pacing import Pacer
 from warnd.phone import mask_phone
 from warnd.store import from_ts
@@ -427,15 +427,15 @@ class AliyunSms(Provider):
                                  str(item.get("sequence_id") or item.get("send_time") or ""))  # fmt: skip
         return web.json_response(PUSH_OK)
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[Webhook]:
         """Aliyun's HTTP push paths, behind the [aliyun] callback_token."""
         if not self.settings.callback_token:
             return []
         return [
-            Route("POST", "/hooks/aliyun/{token}/sms/report", self.report_hook, None,
-                  "Aliyun SMS delivery reports (HTTP batch push; the path's token is the check)"),
-            Route("POST", "/hooks/aliyun/{token}/sms/reply", self.reply_hook, None,
-                  "Aliyun SMS replies (HTTP batch push; the path's token is the check)"),
+            Webhook("POST", "/hooks/aliyun/{token}/sms/report", self.report_hook,
+                    "Aliyun SMS delivery reports (HTTP batch push; the path's token is the check)"),
+            Webhook("POST", "/hooks/aliyun/{token}/sms/reply", self.reply_hook,
+                    "Aliyun SMS replies (HTTP batch push; the path's token is the check)"),
         ]  # fmt: skip
 
     def poll_interval_s(self) -> float | None:
@@ -604,9 +604,9 @@ class AliyunVoice(Provider):
                                         str(item.get("dtmf") or ""))  # fmt: skip
         return web.json_response(PUSH_OK)
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[Webhook]:
         """Aliyun's voice report push, behind the [aliyun] callback_token."""
         return [
-            Route("POST", "/hooks/aliyun/{token}/voice/report", self.report_hook, None,
-                  "Aliyun call reports, with the key pressed (HTTP push; the path's token is the check)"),
+            Webhook("POST", "/hooks/aliyun/{token}/voice/report", self.report_hook,
+                    "Aliyun call reports, with the key pressed (HTTP push; the path's token is the check)"),
         ]  # fmt: skip

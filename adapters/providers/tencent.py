@@ -47,8 +47,8 @@ from warnd.adapter import (
     PermanentError,
     Receipt,
     TransientError,
+    Webhook,
 )
-from warnd.api.routes import Route
 from warnd.pacing import Pacer
 
 if TYPE_CHECKING:
@@ -348,15 +348,15 @@ class TencentSms(Provider):
                              str(i.get("time", "")))  # fmt: skip
         return web.json_response(CALLBACK_OK)
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[Webhook]:
         """Tencent's callback paths, behind the [tencent] callback_token."""
         if not self.settings.callback_token:
             return []
         return [
-            Route("POST", "/hooks/tencent/{token}/sms/report", self.report_hook, None,
-                  "Tencent SMS receipts (callback; the path's token is the check)"),
-            Route("POST", "/hooks/tencent/{token}/sms/reply", self.reply_hook, None,
-                  "Tencent SMS replies (callback; the path's token is the check)"),
+            Webhook("POST", "/hooks/tencent/{token}/sms/report", self.report_hook,
+                    "Tencent SMS receipts (callback; the path's token is the check)"),
+            Webhook("POST", "/hooks/tencent/{token}/sms/reply", self.reply_hook,
+                    "Tencent SMS replies (callback; the path's token is the check)"),
         ]  # fmt: skip
 
     def poll_interval_s(self) -> float | None:

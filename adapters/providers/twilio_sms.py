@@ -31,8 +31,7 @@ from adapters.providers.twilio import (
     twiml,
 )
 from warnd import inbound, messages
-from warnd.adapter import Message, PermanentError, Receipt, TransientError
-from warnd.api.routes import Route
+from warnd.adapter import Message, PermanentError, Receipt, TransientError, Webhook
 from warnd.pacing import Pacer
 from warnd.phone import mask_phone
 
@@ -192,14 +191,14 @@ class TwilioSms(TwilioProvider):
             return twiml(f"<Message>{escape(reply.answer)}</Message>")
         return twiml("")
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[Webhook]:
         """Twilio's webhooks: signature-checked, no token."""
         return [
-            Route("POST", "/hooks/twilio/status", self.status_hook, None,
-                  "Twilio SMS status callback (X-Twilio-Signature)", body_types=(FORM,),
-                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
-            Route("POST", "/hooks/twilio/inbound", self.inbound_hook, None,
-                  "Twilio incoming SMS (X-Twilio-Signature)", body_types=(FORM,), responses=HOOK_RESPONSES),
+            Webhook("POST", "/hooks/twilio/status", self.status_hook,
+                    "Twilio SMS status callback (X-Twilio-Signature)", body_types=(FORM,),
+                    query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
+            Webhook("POST", "/hooks/twilio/inbound", self.inbound_hook,
+                    "Twilio incoming SMS (X-Twilio-Signature)", body_types=(FORM,), responses=HOOK_RESPONSES),
         ]  # fmt: skip
 
     # -- polling ---------------------------------------------------------------------------

@@ -30,8 +30,7 @@ from adapters.providers.twilio import (
     twiml,
 )
 from warnd import messages
-from warnd.adapter import Message, Receipt
-from warnd.api.routes import Route
+from warnd.adapter import Message, Receipt, Webhook
 from warnd.phone import mask_phone
 from warnd.speech import spoken_text
 
@@ -187,15 +186,15 @@ class TwilioVoice(TwilioProvider):
             (msg_id, target),
         )
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[Webhook]:
         """Twilio's call webhooks: signature-checked, no token."""
         return [
-            Route("POST", "/hooks/twilio/voice/status", self.status_hook, None,
-                  "Twilio call status callback (X-Twilio-Signature)", body_types=(FORM,),
-                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
-            Route("POST", "/hooks/twilio/voice/gather", self.gather_hook, None,
-                  "Twilio <Gather> action: the key pressed (X-Twilio-Signature)", body_types=(FORM,),
-                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
+            Webhook("POST", "/hooks/twilio/voice/status", self.status_hook,
+                    "Twilio call status callback (X-Twilio-Signature)", body_types=(FORM,),
+                    query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
+            Webhook("POST", "/hooks/twilio/voice/gather", self.gather_hook,
+                    "Twilio <Gather> action: the key pressed (X-Twilio-Signature)", body_types=(FORM,),
+                    query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
         ]  # fmt: skip
 
     async def poll_once(self) -> int:

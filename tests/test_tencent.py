@@ -108,3 +108,24 @@ async def test_a_number_over_its_tencent_limit_alone_goes_to_the_next_provider(t
         stored = await providers_of(h)
         assert stored["sec-3"] == "aliyun"
         assert Counter(stored.values()) == {"tencent": len(rows) - 1, "aliyun": 1}
+
+
+async def test_voice_message_key_1_confirms(tmp_path: Path) -> None:
+    """叫应 through Tencent VMS: key 1 confirms; answered without a key, or not answered, fails."""
+    async with china_harness(tmp_path, officials=3, voice=("tencent",)) as (h, _, fake, _):
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        rows = await deliveries(h, wid, "voice")
+        assert sorted(rows) == ["off-0", "off-1", "off-2"]
+        call = {c["CalledNumber"]: c for c in fake.placed}
+        assert {c["TemplateId"] for c in fake.placed} == {"300002"}  # the template with the key prompt
+        url = hook_url(h, f"/hooks/tencent/{TOKEN}/voice")
+        first, second, third = (call[rows[f"off-{k}"]["address"]] for k in range(3))
+        assert await fake.push_key(url, first, "1") == 200
+        assert await fake.push_call_end(url, first, "0") == 200  # the end after the key changes nothing
+        assert await fake.push_call_end(url, second, "0") == 200
+        assert await fake.push_call_end(url, third, "1") == 200
+        rows = await deliveries(h, wid, "voice")
+        assert [rows[f"off-{k}"]["state"] for k in range(3)] == ["acknowledged", "failed", "failed"]
+        assert "without key 1" in rows["off-1"]["last_error"]
+        assert "not answered" in rows["off-2"]["last_error"]

@@ -412,6 +412,13 @@ class TencentSettings(_Section):
     sms_templates: Annotated[
         dict[str, ProviderTemplate], AfterValidator(lambda v: _registry_ok("tencent", v))
     ] = Field(default_factory=dict)
+    # Voice messages (语音消息, VMS): the voice application (VoiceSdkAppid) and its TTS templates;
+    # a kind's `ack_code` template ends with the key prompt ("收到请按1") for 叫应.
+    vms_endpoint: str = "vms.tencentcloudapi.com"
+    voice_sdk_app_id: str = ""
+    voice_templates: Annotated[
+        dict[str, ProviderTemplate], AfterValidator(lambda v: _registry_ok("tencent", v))
+    ] = Field(default_factory=dict)
 
 
 class VoiceSettings(_Section):

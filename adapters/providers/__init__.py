@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from adapters.providers.aliyun import AliyunSms, AliyunVoice
 from adapters.providers.base import Provider
-from adapters.providers.tencent import TencentSms
+from adapters.providers.tencent import TencentSms, TencentVoice
 from adapters.providers.twilio_sms import TwilioSms
 from adapters.providers.twilio_voice import TwilioVoice
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # channel → provider name → class.
 REGISTRY: dict[str, dict[str, type[Provider]]] = {
     "sms": {TwilioSms.name: TwilioSms, AliyunSms.name: AliyunSms, TencentSms.name: TencentSms},
-    "voice": {TwilioVoice.name: TwilioVoice, AliyunVoice.name: AliyunVoice},
+    "voice": {TwilioVoice.name: TwilioVoice, AliyunVoice.name: AliyunVoice, TencentVoice.name: TencentVoice},
 }
 
 

@@ -36,6 +36,8 @@ from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.sms.v20210111 import models as sms_models
 from tencentcloud.sms.v20210111.sms_client import SmsClient
+from tencentcloud.vms.v20200902 import models as vms_models
+from tencentcloud.vms.v20200902.vms_client import VmsClient
 
 from adapters.providers.base import Capabilities, Provider, out_id
 from warnd import inbound, messages, pacing, templates
@@ -383,3 +385,134 @@ class TencentSms(Provider):
             if len(replies) < PULL_LIMIT:
                 break
         return found
+
+
+class TencentVoice(Provider):
+    """Voice messages through Tencent Cloud VMS (语音消息, SendTtsVoice), key 1 confirms (叫应).
+
+    A delivery that asks for a confirmation is sent with the kind's `ack_code` template, which
+    ends with the key prompt ("收到请按1"); Tencent calls back the key pressed (voicekey_callback)
+    and how the call ended (voiceprompt_callback: 0 answered, 1 not answered, 2 failed) on
+    `/hooks/tencent/{token}/voice`, so this provider needs `[tencent] callback_token`. Tencent
+    offers no lookup of a call by our id, so a call in doubt is placed again.
+
+    Args:
+        ctx: what the daemon lends the channel.
+        pacer: the channel's pacer.
+    """
+
+    name = "tencent"
+    channel = "voice"
+
+    def __init__(self, ctx: AdapterContext, pacer: Pacer) -> None:
+        """Declare what Tencent takes; the client is built in start()."""
+        super().__init__(ctx, pacer)
+        self.caps = Capabilities(
+            free_text=False, batch_size=1, rate_per_s=self.settings.rate_per_s, concurrency=8
+        )
+        self.limits = Limits(max_text_chars=350, concurrency=8, batch_size=100)
+        self.client: Any = None
+
+    @property
+    def settings(self) -> TencentSettings:
+        """The [tencent] settings."""
+        return self.ctx.settings.tencent
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        """A SecretId, a voice application, voice templates and a callback token."""
+        t = settings.tencent
+        return bool(t.secret_id and t.voice_sdk_app_id and t.voice_templates and t.callback_token)
+
+    async def start(self) -> None:
+        """Build the VMS SDK client."""
+        t = self.settings
+        if not t.secret_key:
+            raise AuthError("no SecretKey: set WARND_TENCENT__SECRET_KEY or the credential")
+        cred, profile = client(t, t.vms_endpoint)
+        self.client = VmsClient(cred, t.region, profile)
+
+    async def send(self, message: Message) -> Receipt:
+        """Place one voice message; the template with the key prompt when a confirmation is asked."""
+        d = message.delivery
+        kind, values = messages.for_message(message, self.ctx.settings, self.ctx.directory())
+        t = self.settings.voice_templates.get(kind)
+        if t is None:
+            raise PermanentError(
+                f"tencent: no approved voice template for {kind!r} ([tencent.voice_templates])"
+            )
+        filled = templates.fill(self.name, t, values)
+        request = vms_models.SendTtsVoiceRequest()
+        request.TemplateId = str(t.ack_code if d.ack_required and t.ack_code else t.code)
+        request.CalledNumber = d.address or ""
+        request.VoiceSdkAppid = self.settings.voice_sdk_app_id
+        request.TemplateParamSet = [filled[k] for k in sorted(filled, key=int)]
+        request.PlayTimes = 2
+        request.SessionContext = out_id(d)
+        if self.client is None:
+            raise TransientError("tencent client not started")
+        spacer = self.pacer.spacer(self.name, self.settings.voice_sdk_app_id, self.caps.rate_per_s or 1.0)
+        try:
+            with pacing.bound(spacer):
+                async with pacing.slot():
+                    pacing.on_wire()
+                    response = await asyncio.to_thread(self.client.SendTtsVoice, request)
+        except TencentCloudSDKException as exc:
+            raise sdk_error(exc) from None
+        return Receipt("sent", provider_ref=f"tencent-call:{response.SendStatus.CallId}", provider=self.name)
+
+    async def apply(self, call_id: str, *, keypress: str = "", result: str = "") -> bool:
+        """Apply a key press or the call's end: 1 confirms; answered without it, or unanswered, fails."""
+        row = await self.ctx.store.delivery_by_provider_ref(f"tencent-call:{call_id}")
+        if row is None:
+            return False
+        fb, by = self.ctx.feedback, {"msg_id": row["msg_id"], "target": row["target"]}
+        detail: dict[str, Any] = {"call_id": call_id}
+        if keypress == "1":
+            await fb.ack(
+                source="tencent.voice", status="acknowledged", detail={**detail, "digits": "1"}, **by
+            )
+        elif keypress:
+            pressed = {**detail, "detail": f"pressed {keypress}"}
+            await fb.ack(source="tencent.voice", status="failed", detail=pressed, **by)
+        elif result in ("1", "2"):
+            why = "call not answered" if result == "1" else "call failed"
+            await fb.ack(source="tencent.voice", status="failed", detail={**detail, "detail": why}, **by)
+        elif result == "0":
+            # Answered: the key press, when there was one, came first (and decides).
+            if row["state"] in ("acknowledged", "failed"):
+                return True
+            if row["ack_required"]:
+                why = "call ended without key 1"
+                await fb.ack(source="tencent.voice", status="failed", detail={**detail, "detail": why}, **by)
+            else:
+                await fb.ack(source="tencent.voice", status="delivered", detail=detail, **by)
+        else:
+            return False
+        return True
+
+    async def hook(self, request: web.Request) -> web.Response:
+        """POST /hooks/tencent/{token}/voice: voicekey_callback and voiceprompt_callback."""
+        token = self.settings.callback_token or ""
+        given = request.match_info.get("token", "")
+        if not token or hashlib.sha256(given.encode()).digest() != hashlib.sha256(token.encode()).digest():
+            return web.json_response({"result": 403, "errmsg": "forbidden"}, status=403)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"result": 400, "errmsg": "not JSON"}, status=400)
+        if isinstance(body, dict):
+            key = body.get("voicekey_callback")
+            prompt = body.get("voiceprompt_callback")
+            if isinstance(key, dict):
+                await self.apply(str(key.get("callid", "")), keypress=str(key.get("keypress", "")))
+            if isinstance(prompt, dict):
+                await self.apply(str(prompt.get("callid", "")), result=str(prompt.get("result", "")))
+        return web.json_response(CALLBACK_OK)
+
+    def routes(self) -> list[Webhook]:
+        """Tencent's voice callbacks, behind the [tencent] callback_token."""
+        return [
+            Webhook("POST", "/hooks/tencent/{token}/voice", self.hook,
+                    "Tencent voice key presses and call ends (callback; the path's token is the check)"),
+        ]  # fmt: skip

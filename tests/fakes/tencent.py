@@ -65,6 +65,9 @@ class FakeTencent:
     limited: set[str] = field(default_factory=set)
     unpulled: list[Sent] = field(default_factory=list)
     replies: list[dict[str, Any]] = field(default_factory=list)
+    # Voice messages (VMS, the same fake): the calls placed, as the request bodies plus "CallId".
+    placed: list[dict[str, Any]] = field(default_factory=list)
+    voice_app_id: str = "1400000009"
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     base: str = ""
@@ -117,6 +120,8 @@ class FakeTencent:
         self.calls.append({"action": action, **body})
         if f"Credential={self.secret_id}/" not in request.headers.get("Authorization", ""):
             return self._error("AuthFailure.SecretIdNotFound", "The SecretId is not found")
+        if action == "SendTtsVoice":
+            return self._voice(body)
         if body.get("SmsSdkAppId") != self.app_id:
             return self._error("UnauthorizedOperation.SmsSdkAppIdVerifyFail", "SmsSdkAppId verify fail")
         if action == "SendSms":
@@ -165,6 +170,37 @@ class FakeTencent:
                         "SessionContext": body.get("SessionContext", ""), "Code": code, "Message": message,
                         "IsoCode": "CN"})  # fmt: skip
         return self._ok({"SendStatusSet": out})
+
+    def _voice(self, body: dict[str, Any]) -> web.Response:
+        """SendTtsVoice: one call to one number with a TTS template."""
+        if body.get("VoiceSdkAppid") != self.voice_app_id:
+            return self._error("UnauthorizedOperation.SdkAppidVerifyFail", "VoiceSdkAppid verify fail")
+        if str(body.get("TemplateId", "")) not in self.templates:
+            return self._error("FailedOperation.TemplateIncorrectOrUnapproved", "template")
+        call = {**body, "CallId": f"{next(self._ids):08d}-call"}
+        self.placed.append(call)
+        return self._ok(
+            {"SendStatus": {"CallId": call["CallId"], "SessionContext": body.get("SessionContext", "")}}
+        )
+
+    async def push_key(self, url: str, call: dict[str, Any], key: str) -> int:
+        """Call back the key pressed during a voice message (voicekey_callback)."""
+        mobile = str(call["CalledNumber"]).removeprefix("+86")
+        body = {"voicekey_callback": {"call_from": "", "callid": call["CallId"], "keypress": key,
+                                      "mobile": mobile, "nationcode": "86"}}  # fmt: skip
+        async with aiohttp.ClientSession() as http, http.post(url, json=body) as resp:
+            return resp.status
+
+    async def push_call_end(self, url: str, call: dict[str, Any], result: str) -> int:
+        """Call back how a voice message ended (voiceprompt_callback: 0 answered, 1 not, 2 failed)."""
+        at = str(int(self.now().timestamp()))
+        body = {"voiceprompt_callback": {
+            "result": result, "accept_time": at, "call_from": "", "callid": call["CallId"],
+            "end_calltime": at, "fee": "1", "mobile": str(call["CalledNumber"]).removeprefix("+86"),
+            "nationcode": "86", "start_calltime": at,
+        }}  # fmt: skip
+        async with aiohttp.ClientSession() as http, http.post(url, json=body) as resp:
+            return resp.status
 
     @staticmethod
     def _status(s: Sent) -> dict[str, Any]:

@@ -97,6 +97,22 @@ ALIYUN_VOICE = {
 }
 
 
+# Tencent voice messages: the ack template ends with the key prompt.
+TENCENT_VOICE_FILED = {
+    "300001": "这里是{1}。{2}预警（{3}）。",
+    "300002": "这里是{1}。{2}预警（{3}），收到请按1。",
+}
+TENCENT_VOICE = {
+    "issue": {
+        "code": "300001",
+        "text": TENCENT_VOICE_FILED["300001"],
+        "ack_code": "300002",
+        "ack_text": TENCENT_VOICE_FILED["300002"],
+        "variables": {"1": {"field": "org"}, "2": {"field": "event"}, "3": {"field": "level"}},
+    }
+}
+
+
 def tencent_settings(fake: FakeTencent, *, push: bool) -> dict[str, Any]:
     """[tencent] for the fake: the SDK's endpoint at the fake, plain HTTP."""
     return {
@@ -127,13 +143,19 @@ async def china_harness(
     """A started harness whose sms channel sends through `providers`, in that order, each at its fake."""
     fake = FakeAliyun(templates={"SMS_100001": ISSUE, "SMS_100002": ISSUE_ACK, **VOICE_FILED}, sign_name=SIGN)
     await fake.start()
-    tencent = FakeTencent(templates={"100001": TENCENT_ISSUE, "100002": TENCENT_ISSUE_ACK}, sign_name=SIGN)
+    filed = {"100001": TENCENT_ISSUE, "100002": TENCENT_ISSUE_ACK, **TENCENT_VOICE_FILED}
+    tencent = FakeTencent(templates=filed, sign_name=SIGN)
     await tencent.start()
     async with FakeTwilio() as twilio:
         settings: dict[str, Any] = {
             "sms": {"providers": list(providers), "signature": SIGN},
             "aliyun": {**aliyun_settings(fake, push=push), **ALIYUN_VOICE, "voice_endpoint": fake.base},
-            "tencent": tencent_settings(tencent, push=push),
+            "tencent": {
+                **tencent_settings(tencent, push=push),
+                "vms_endpoint": tencent.base,
+                "voice_sdk_app_id": tencent.voice_app_id,
+                "voice_templates": TENCENT_VOICE,
+            },
             "dispatch": {"batch_size": 2000, **(dispatch or {})},
         }
         if "twilio" in providers:

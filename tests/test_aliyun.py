@@ -231,3 +231,14 @@ async def test_ivr_call_key_1_confirms_and_silence_does_not(tmp_path: Path) -> N
         assert rows["off-1"]["state"] == "failed"
         assert "without key 1" in rows["off-1"]["last_error"]
         assert (await h.client.post("/hooks/aliyun/guess/voice/report", json=[])).status == 403
+
+
+async def test_the_preview_shows_the_filled_template(tmp_path: Path) -> None:
+    """With Aliyun first, the preview's SMS is the approved template, filled and signed."""
+    async with china_harness(tmp_path) as (h, _, _, _):
+        resp = await h.client.post("/api/v1/warnings/preview", json=warning_body(), headers=h.headers())
+        assert resp.status == 200, await resp.text()
+        texts = (await resp.json())["messages"]
+        assert texts["issue"]["sms"].startswith(f"【{SIGN}】塘甸镇应急办发布暴雨预警（红色）")
+        assert texts["issue"]["sms"].endswith("收到请回复1。")
+        assert "模板" in texts["all_clear"]["sms"]  # no approved template: the next provider sends it

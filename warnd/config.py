@@ -27,7 +27,7 @@ from pydantic_settings import (
 )
 
 from warnd.audio import AudioSettings
-from warnd.messages import MessageSettings
+from warnd.messages import FIELDS, KINDS, MessageSettings
 from warnd.model import Level
 from warnd.templates import ProviderTemplate
 from warnd.templates import problems as template_problems
@@ -341,7 +341,7 @@ class SmsSettings(_Section):
 
 def _registry_ok(provider: str, value: dict[str, ProviderTemplate]) -> dict[str, ProviderTemplate]:
     """A template registry that keeps the provider's rules (warnd.templates)."""
-    found = template_problems(provider, value)
+    found = template_problems(provider, value, kinds=KINDS, fields=FIELDS)
     if found:
         raise ValueError("; ".join(found))
     return value

@@ -15,12 +15,11 @@ side by side in the text (both providers refuse to approve such a template).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field
-
-from warnd.messages import FIELDS, KINDS
 
 
 @dataclass(frozen=True)
@@ -80,14 +79,23 @@ class ProviderTemplate(BaseModel):
 Registry = dict[str, ProviderTemplate]
 
 
-def problems(provider: str, registry: Mapping[str, ProviderTemplate]) -> list[str]:
-    """What breaks the provider's rules, each naming the template (kind) and the variable."""
+def problems(
+    provider: str,
+    registry: Mapping[str, ProviderTemplate],
+    *,
+    kinds: Collection[str],
+    fields: Collection[str],
+) -> list[str]:
+    """What breaks the provider's rules, each naming the template (kind) and the variable.
+
+    `kinds` and `fields`: warnd's message kinds and template fields (warnd.messages KINDS, FIELDS).
+    """
     rules = RULES[provider]
     out: list[str] = []
     for kind, t in registry.items():
         where = f"template {kind!r}"
-        if kind not in KINDS:
-            out.append(f"{where}: not a message kind of warnd ({', '.join(KINDS)})")
+        if kind not in kinds:
+            out.append(f"{where}: not a message kind of warnd ({', '.join(kinds)})")
         texts = [t.text] + ([t.ack_text] if t.ack_text else [])
         if bool(t.ack_code) != bool(t.ack_text):
             out.append(f"{where}: ack_code and ack_text go together")
@@ -103,8 +111,8 @@ def problems(provider: str, registry: Mapping[str, ProviderTemplate]) -> list[st
                 out.append(f"{at}: not in the template's text")
             if (var.field is None) == (var.value is None):
                 out.append(f"{at}: give either field (a message value) or value (fixed text)")
-            if var.field is not None and var.field not in FIELDS:
-                out.append(f"{at}: field {var.field!r} is not a message value ({', '.join(FIELDS)})")
+            if var.field is not None and var.field not in fields:
+                out.append(f"{at}: field {var.field!r} is not a message value ({', '.join(fields)})")
             if var.field in LINK_FIELDS or (var.value is not None and URL.search(var.value)):
                 out.append(f"{at}: a URL in a variable (the provider refuses it; put links in the text)")
             if var.max_chars is not None and var.max_chars > rules.max_var_chars:
@@ -136,3 +144,27 @@ def render(provider: str, text: str, filled: Mapping[str, str], signature: str) 
     """The text a person reads: the signature, then the template with its variables filled."""
     body = RULES[provider].placeholder.sub(lambda m: filled.get(m.group(1), ""), text)
     return f"【{signature}】{body}" if signature else body
+
+
+# Providers that send only templates, and where their registries are in the settings.
+TEMPLATE_PROVIDERS = ("aliyun", "tencent")
+
+
+def provider_text(
+    settings: Any, channel: str, kind: str, values: Mapping[str, str], *, ack: bool
+) -> str | None:
+    """What the channel's first provider sends for `kind`, when it sends only templates; else None.
+
+    A kind without an approved template says so, since that provider cannot send it (the next
+    provider in the fallback order does).
+    """
+    provider = getattr(settings, channel).providers[0]
+    if provider not in TEMPLATE_PROVIDERS:
+        return None
+    section = getattr(settings, provider)
+    t = getattr(section, f"{channel}_templates").get(kind)
+    if t is None:
+        return f"（{provider} 无 {kind} 模板：由下一个服务商发送）"
+    text = t.ack_text if ack and t.ack_text else t.text
+    signature = (section.sign_name or settings.sms.signature) if channel == "sms" else ""
+    return render(provider, text, fill(provider, t, values), signature)

@@ -129,3 +129,22 @@ async def test_voice_message_key_1_confirms(tmp_path: Path) -> None:
         assert [rows[f"off-{k}"]["state"] for k in range(3)] == ["acknowledged", "failed", "failed"]
         assert "without key 1" in rows["off-1"]["last_error"]
         assert "not answered" in rows["off-2"]["last_error"]
+
+
+async def test_the_local_daily_quota_hands_lesser_messages_on_never_a_red_warning(tmp_path: Path) -> None:
+    """A number at its Aliyun quota: a blue warning goes through Tencent, a red one still through Aliyun."""
+    order = ("aliyun", "tencent")
+    async with china_harness(tmp_path, villages=1, providers=order) as (h, aliyun, tencent, _):
+        h.settings.aliyun.daily_quota = 1
+        await h.issue(warning_body(level="blue", headline="蓝色预警一"))
+        await h.run_until_idle()
+        assert len(tencent.sends) == 0
+        second = await h.issue(warning_body(level="blue", headline="蓝色预警二", event="大风"))
+        await h.run_until_idle()
+        rows = await deliveries(h, second, "sms")
+        assert {s.phone for s in tencent.sends} == {r["address"] for r in rows.values()}
+        red = await h.issue(warning_body(level="red", headline="红色预警", event="山洪"))
+        await h.run_until_idle()
+        rows = await deliveries(h, red, "sms")
+        stored = await providers_of(h)
+        assert {stored[t] for t in rows} == {"aliyun"}

@@ -83,6 +83,9 @@ class Provider:
         self.ctx = ctx
         self.pacer = pacer
         self.disabled_reason: str | None = None
+        # Whether a provider after this one can send what this one will not (set by the channel):
+        # a local quota may then hand a message on rather than spend the provider's quota on it.
+        self.hand_on = False
 
     @classmethod
     def configured(cls, settings: Settings) -> bool:

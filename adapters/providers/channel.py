@@ -40,6 +40,8 @@ class ProviderChannel(Adapter):
         classes = provider_classes(self.kind, ctx.settings)
         configured = [cls for cls in classes if cls.configured(ctx.settings)]
         self.providers: list[Provider] = [cls(ctx, self.pacer) for cls in configured]
+        for p in self.providers[:-1]:
+            p.hand_on = True
         if self.providers:
             self.limits = self.providers[0].limits  # type: ignore[misc]
 

@@ -148,3 +148,6 @@ async def test_the_local_daily_quota_hands_lesser_messages_on_never_a_red_warnin
         rows = await deliveries(h, red, "sms")
         stored = await providers_of(h)
         assert {stored[t] for t in rows} == {"aliyun"}
+        assert {"+86" + s.phone for s in aliyun.sends if "山洪" in s.content} == {
+            r["address"] for r in rows.values()
+        }

@@ -63,6 +63,7 @@ def test_install_config_writes_once_and_keeps_edits(tmp_path: Path) -> None:
     assert config.read_text(encoding="utf-8").endswith("# edited by the sysadmin\n")
 
 
+
 # One real venv with every dependency from the package index: ~30 s with pip's cache, minutes without.
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -121,7 +122,6 @@ def test_install_destdir_stages_a_venv_that_runs_from_its_prefix(tmp_path: Path)
     venv_prefix, warnd_file = where.split()
     assert venv_prefix == str(prefix / "venv")
     assert warnd_file.startswith(str(prefix / "venv/lib/"))
-
 
 async def test_only_feeds_expected_to_speak_have_an_expected_interval(tmp_path: Path) -> None:
     """Poll feeds and push/MQTT feeds with expected_interval_s get the series; quiet ones and `api` do not."""

@@ -280,6 +280,7 @@ def test_symbols_are_dropped_not_spelled() -> None:
 # --- what espeak-ng really says ---------------------------------------------------------------
 
 
+
 @needs_espeak
 @pytest.mark.parametrize("kind", MESSAGES)
 def test_every_kind_of_message_is_spoken_as_mandarin(kind: str) -> None:

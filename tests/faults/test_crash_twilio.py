@@ -97,7 +97,6 @@ def test_sigkill_mid_fanout_ten_times_each_person_gets_one_sms_and_one_call(tmp_
                 # Kill after a random number of this round's 2 × 200 creates (short of the last few:
                 # the kill itself takes a moment).
                 kill_after = created + rng.randrange(1, 2 * PEOPLE - 40)
-
                 def past(k: int = kill_after) -> bool:
                     """The fake has taken more than k sends."""
                     return len(ft.fake.messages) + len(ft.fake.calls) > k

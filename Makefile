@@ -9,8 +9,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # mosquitto: the broker loudspeakers and LED boards use (and tests start their own);
 # espeak-ng + ffmpeg: spoken warnings as MP3; systemd: systemd-analyze checks the unit;
-# libfaketime: tests/faults/test_clock.py steps a running warnd's wall clock.
-DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd libfaketime
+# libfaketime: tests/faults/test_clock.py steps a running warnd's wall clock;
+# chromium + fonts-wqy-microhei: the console's end-to-end tests (Playwright drives Debian's
+# chromium, no browser download) and their screenshots in Chinese.
+DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd libfaketime chromium fonts-wqy-microhei
 
 .PHONY: run test bench lint deps venv clean install
 
@@ -43,6 +45,7 @@ run: deps venv
 # pytest exits 5 when it collected no tests: make treats that as the failure it is.
 test: deps venv
 	$(VENV)/bin/ruff check warnd adapters tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: deps venv
@@ -50,6 +53,7 @@ bench: deps venv
 
 lint: venv
 	$(VENV)/bin/ruff check warnd adapters tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

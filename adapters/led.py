@@ -25,8 +25,8 @@ import structlog
 from adapters.mqtt import MqttDeviceAdapter
 from warnd.adapter import AdapterContext, Limits, Message, NotReadyError, Receipt, TransientError
 from warnd.clock import parse_iso
-from warnd.devices import device_topic
 from warnd.model import Level
+from warnd.mqtt import topics
 
 if TYPE_CHECKING:
     from warnd.config import LedSettings
@@ -128,7 +128,7 @@ class LedAdapter(MqttDeviceAdapter):
                 try:
                     cmd = await self.command_for(m)
                     payload = json.dumps(cmd, ensure_ascii=False).encode()
-                    await self.link.publish(device_topic(board, "cmd"), payload)
+                    await self.link.publish(topics.device_cmd(board), payload, retain=topics.COMMAND_RETAIN)
                 except TransientError as exc:
                     return exc
             log.info(
@@ -167,7 +167,7 @@ class LedAdapter(MqttDeviceAdapter):
         now = d.sent_at if d.republish and d.sent_at else self._now()
         village = d.village or self.ctx.directory().device_village.get(d.target)
         shown = await self.showing(d.target, village)
-        base = {"v": 1, "msg_id": d.msg_id, "ack_topic": device_topic(d.target, "ack")}
+        base = {"v": 1, "msg_id": d.msg_id, "ack_topic": topics.device_ack(d.target)}
         if not shown:
             return {
                 **base,

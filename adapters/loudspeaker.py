@@ -1,11 +1,11 @@
 """Village loudspeakers (村村响) over MQTT: spoken warnings out, play confirmations back.
 
-A batch of deliveries becomes MQTT commands: one publish to `warnd/v1/village/{code}/speaker`
-when every speaker of the village is in the batch for a msg_id, one to
-`warnd/v1/device/{id}/cmd` per speaker otherwise. A warning or update is a `play` command with
-an MP3 rendered by `warnd.audio.AudioCache` and served at `/audio/{sha256}.mp3`; a cancel is a
-`stop` with the spoken all-clear (解除预警); an expiry is a silent `stop`. Acks and device
-health come back through the shared `warnd.devices.DeviceHub`.
+A batch of deliveries becomes MQTT commands (topics: warnd.mqtt.topics): one publish to
+`warnd/v1/village/{code}/speaker` when every speaker of the village is in the batch for a
+msg_id, one to `warnd/v1/device/{id}/cmd` per speaker otherwise. A warning or update is a
+`play` command with an MP3 rendered by `warnd.audio.AudioCache` and served at
+`/audio/{sha256}.mp3`; a cancel is a `stop` with the spoken all-clear (解除预警); an expiry is a
+silent `stop`. Acks and device health come back through the shared `warnd.mqtt.devices.DeviceHub`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import structlog
 
@@ -24,16 +24,11 @@ from warnd.adapter import AdapterContext, Limits, Message, NotReadyError, Receip
 from warnd.api.routes import Route
 from warnd.audio import MAX_TEXT_CHARS, AudioCache, AudioError, AudioFile, audio_routes
 from warnd.clock import parse_iso
-from warnd.devices import TOPIC_ROOT, device_topic
 from warnd.model import Level
-
-if TYPE_CHECKING:
-    pass
+from warnd.mqtt import topics
 
 log = structlog.get_logger("warnd.adapters.loudspeaker")
 
-# A village command is shared by all its speakers: each puts its own id into the ack topic.
-VILLAGE_ACK_TOPIC = f"{TOPIC_ROOT}/device/{{device_id}}/ack"
 # Renders kept in memory per process: a warning's play, update and all-clear, for a few warnings.
 AUDIO_MEMO = 64
 # What /audio answers, as the OpenAPI document states it (an unknown name is the JSON 404).
@@ -45,11 +40,6 @@ AUDIO_RESPONSES: dict[int, Any] = {
     412: "If-Match names another file",
     416: "range not satisfiable",
 }
-
-
-def village_topic(code: str) -> str:
-    """`warnd/v1/village/{code}/speaker`: every speaker of a village listens here."""
-    return f"{TOPIC_ROOT}/village/{code}/speaker"
 
 
 def spoken(
@@ -123,7 +113,7 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
     """Publishes play/stop commands to village loudspeakers over the shared MQTT link.
 
     Args:
-        ctx: the daemon's adapter context; the MQTT link lives in `ctx.extra["mqtt"]`.
+        ctx: the daemon's adapter context; the shared MQTT link lives in `ctx.extra["mqtt"]`.
     """
 
     kind: ClassVar[str] = "loudspeaker"
@@ -263,19 +253,22 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
                 audio=audio,
                 public_url=public_url,
                 text=text,
-                ack_topic=VILLAGE_ACK_TOPIC,
+                # Shared by all the village's speakers: each puts its own id into the ack topic.
+                ack_topic=topics.VILLAGE_ACK_TOPIC,
                 now=now,
                 max_age_min=settings.loudspeaker.max_age_min,
             )
             if whole and village is not None:
-                publishes.append((village_topic(village.code), _encode(base), indexes))
+                publishes.append((topics.village_speakers(village.code), _encode(base), indexes))
             else:
                 for i in indexes:
                     target = messages[i].delivery.target
-                    cmd = {**base, "ack_topic": device_topic(target, "ack")}
-                    publishes.append((device_topic(target, "cmd"), _encode(cmd), [i]))
+                    cmd = {**base, "ack_topic": topics.device_ack(target)}
+                    publishes.append((topics.device_cmd(target), _encode(cmd), [i]))
+        retain = topics.COMMAND_RETAIN
         results = await asyncio.gather(
-            *(self.link.publish(topic, payload) for topic, payload, _ in publishes), return_exceptions=True
+            *(self.link.publish(topic, payload, retain=retain) for topic, payload, _ in publishes),
+            return_exceptions=True,
         )
         out: list[Receipt | BaseException] = [TransientError("not published")] * len(messages)
         for (_, _, indexes), result in zip(publishes, results, strict=True):

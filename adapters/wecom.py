@@ -35,7 +35,6 @@ from warnd.acklink import AckLinks, AckSigner, link, load_secret
 from warnd.adapter import (
     Adapter,
     AdapterContext,
-    AuthError,
     Limits,
     Message,
     PermanentError,
@@ -132,15 +131,15 @@ def errcode_error(errcode: int, errmsg: str, *, robot: bool) -> Exception | None
 
 
 def http_error(status: int, retry_after: str | None = None) -> Exception | None:
-    """An HTTP status outside WeCom's errcodes (warnd.adapter.classify_http; 401/403 permanent here).
+    """An HTTP status outside WeCom's errcodes: 2xx ok, 429/5xx retry, 401/403 auth, other 4xx permanent.
 
     WeCom itself answers 200 with an errcode; a 429 or 503 comes from a gateway in between, and
-    its Retry-After (delta-seconds or an HTTP date) is the earliest retry.
+    its Retry-After (delta-seconds or an HTTP date) is the earliest retry. A 401 or 403 means
+    warnd is not let through (a proxy's credentials, an IP allow-list): as on every HTTP channel,
+    the channel stops until the operator fixes it.
     """
-    err = classify_http(status, f"wecom HTTP {status}", retry_after_s(retry_after))
-    # WeCom answers its own auth failures with errcodes under a 200; a 401/403 comes from a proxy
-    # in between and says nothing about WeCom's credentials: the request cannot go through as is.
-    return PermanentError(err.reason) if isinstance(err, AuthError) else err
+    # The one status table every HTTP adapter shares (warnd.adapter.classify_http).
+    return classify_http(status, f"wecom HTTP {status}", retry_after_s(retry_after))
 
 
 class WecomAdapter(Adapter):
@@ -275,7 +274,7 @@ class WecomAdapter(Adapter):
                     for i in range(len(msgs)):
                         if results[i] is None:
                             results[i] = exc
-                    return results  # type: ignore[return-value]
+                    return results  # type: ignore[return-value]  # the None slots were replaced just above  # every slot filled just above
                 receipt = Receipt("sent")
                 for i in chunk:
                     results[i] = receipt
@@ -404,7 +403,7 @@ class WecomAdapter(Adapter):
             now = self.clock.now()
             fresh = self._token is not None and self._token_expires is not None and now < self._token_expires
             if fresh and (stale is None or self._token != stale):
-                return self._token  # type: ignore[return-value]
+                return self._token  # type: ignore[return-value]  # `fresh` says it is set
             config = self._app_config()
             if config is None:
                 raise PermanentError("wecom application messages are not configured")

@@ -91,7 +91,6 @@ async def run_warnd(
     from warnd.api.auth import hash_token
     from warnd.config import Settings
     from warnd.daemon import run
-    from warnd.store import from_ts
 
     port = free_port()
     settings = Settings(
@@ -100,6 +99,7 @@ async def run_warnd(
         mqtt={"url": broker.url},
         http={"port": port, "public_url": f"http://127.0.0.1:{port}"},
         auth={"tokens": [{"name": "bench", "role": "operator", "hash": hash_token(TOKEN)}]},
+        approval={"levels": []},  # the bench's warning goes straight out (no sign-off)
     )
     # Logs at info, as in production, to a file rather than a terminal.
     log_file = (workdir / "warnd.log").open("w")
@@ -141,19 +141,18 @@ async def run_warnd(
         # Completion is checked four times a second with one cheap count; the times themselves come
         # from the store afterwards (acked_at, sent_at: warnd's clock when it recorded them), so
         # the measuring does not compete with the acks it measures.
-        count = "SELECT COUNT(*) AS n FROM deliveries WHERE warning_id = ? AND acked_at IS NOT NULL"
         while True:
-            acked = (await daemon.store._one(count, (wid,)))["n"]
+            acked = await daemon.store.count_acked(wid)
             if acked == expected:
                 break
             if time.perf_counter() - t0 > 300:
                 raise RuntimeError(f"{acked} of {expected} played after 300 s")
             await asyncio.sleep(0.25)
-        last = await daemon.store._one(
-            "SELECT MAX(acked_at) AS acked, MAX(sent_at) AS sent FROM deliveries WHERE warning_id = ?", (wid,)
-        )
-    elapsed = (from_ts(last["acked"]) - accepted).total_seconds()
-    all_sent = (from_ts(last["sent"]) - accepted).total_seconds()
+        last_sent, last_acked = await daemon.store.last_times(wid)
+        assert last_sent is not None  # every speaker played …
+        assert last_acked is not None
+    elapsed = (last_acked - accepted).total_seconds()
+    all_sent = (last_sent - accepted).total_seconds()
     stop.set()
     await daemon_task
     log_file.close()

@@ -23,7 +23,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
   echo "make run: started a local mosquitto on 127.0.0.1:1883 (log: var/mosquitto.log)"
 fi
 
-if "$PY" -m warnd.ctl simulate-speakers --help >/dev/null 2>&1; then
+if "$PY" -m warnd.tools.simulator --help >/dev/null 2>&1; then
   villages=$("$PY" - "$CONFIG" <<'PYEOF'
 import sys
 from warnd.config import load_settings
@@ -34,11 +34,13 @@ print(" ".join(Directory.load(s.directory.path).villages))
 PYEOF
 )
   # shellcheck disable=SC2086
-  "$PY" -m warnd.ctl simulate-speakers --broker mqtt://127.0.0.1:1883 --village $villages >var/simulator.log 2>&1 &
+  "$PY" -m warnd.tools.simulator --broker mqtt://127.0.0.1:1883 --village $villages >var/simulator.log 2>&1 &
   pids+=($!)
   echo "make run: simulated speakers for villages: $villages (log: var/simulator.log)"
 fi
 
 echo "make run: warnd on http://127.0.0.1:8080 — try:"
+echo "  the console: http://127.0.0.1:8080/ (sign in with demo-operator-token; sign off with demo-approver-token)"
 echo "  WARND_TOKEN=demo-operator-token .venv/bin/warnctl issue --event 暴雨 --level red --headline 暴雨红色预警 --instruction 立即转移 --code 330502101201"
+echo "  WARND_TOKEN=demo-approver-token .venv/bin/warnctl approve W…   (审核签发: the draft waits until then)"
 "$PY" -m warnd.cli run --config "$CONFIG"

@@ -13,6 +13,7 @@ import pytest
 
 from adapters.wecom import WecomAdapter
 from tests.fakes.wecom import FakeWecom
+from tests.support import db
 from tests.support.harness import Harness, warning_body
 from tests.support.harness import test_settings as make_settings
 from tests.support.live import close_live, live_harness
@@ -99,7 +100,7 @@ async def test_three_of_five_press_and_exactly_those_are_acknowledged(
         assert "已确认收到" in await again.text()
         w = await h.get(wid)
         assert w["coverage"]["wechat"]["acknowledged"] == 3
-        acks = await h.store._all("SELECT source, status, target FROM acks ORDER BY id")
+        acks = await db.query(h.store, "SELECT source, status, target FROM acks ORDER BY id")
         assert [(a["source"], a["status"], a["target"]) for a in acks] == [
             ("acklink", "acknowledged", p) for p in ("off-0", "off-2", "off-4")
         ]
@@ -165,7 +166,7 @@ async def test_tampered_and_expired_links_are_refused_and_change_nothing(
             assert resp.status == 410
             assert "已过期" in await resp.text()
         assert set((await person_states(h, wid)).values()) == {"sent"}
-        acks = await h.store._all("SELECT COUNT(*) AS n FROM acks")
+        acks = await db.query(h.store, "SELECT COUNT(*) AS n FROM acks")
         assert acks[0]["n"] == 0
     finally:
         await close_live(h)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import db
 from tests.support.china_harness import SIGN, TOKEN, TOWNSHIP, china_harness
 from tests.support.county import write_directory
 from tests.support.harness import warning_body
@@ -40,7 +41,7 @@ async def test_red_warning_to_2000_people_batches_receipts_and_replies(tmp_path:
         assert sorted(got) == sorted(national(r["address"]) for r in rows.values())
         assert set(got.values()) == {1}
         assert {r["state"] for r in rows.values()} == {"sent"}
-        stored = await h.store._all("SELECT provider FROM deliveries WHERE channel = 'sms'")
+        stored = await db.query(h.store, "SELECT provider FROM deliveries WHERE channel = 'sms'")
         assert {r["provider"] for r in stored} == {"aliyun"}
         # The ack template goes to those asked to confirm, the plain one to grid workers.
         sec = fake.received(national(rows["sec-7"]["address"]))[0]
@@ -67,7 +68,7 @@ async def test_red_warning_to_2000_people_batches_receipts_and_replies(tmp_path:
         assert await fake.push_reply(reply, national(rows["sec-0"]["address"]), "1", 0) == 200
         rows = await deliveries(h, wid, "sms")
         assert sorted(t for t, r in rows.items() if r["state"] == "acknowledged") == sorted(confirmers)
-        assert len(await h.store._all("SELECT * FROM inbound")) == len(confirmers)
+        assert len(await db.query(h.store, "SELECT * FROM inbound")) == len(confirmers)
 
 
 async def test_pushes_without_the_token_are_refused(tmp_path: Path) -> None:
@@ -111,7 +112,7 @@ async def test_business_limit_control_falls_back_to_the_next_provider(
         wid = await h.issue(warning_body(area=TOWNSHIP))
         await h.run_until_idle()
         rows = await deliveries(h, wid, "sms")
-        stored = {r["target"]: r for r in await h.store._all("SELECT target, provider FROM deliveries")}
+        stored = {r["target"]: r for r in await db.query(h.store, "SELECT target, provider FROM deliveries")}
         by_twilio = {m["to"] for m in twilio.messages.values()}
         by_aliyun = {"+86" + s.phone for s in fake.sends}
         # Every number once, over both providers.

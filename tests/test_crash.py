@@ -10,8 +10,9 @@ import pytest
 from tests.support.county import write_directory
 from tests.support.harness import warning_body
 from tests.support.mqtt import free_port
-from tests.support.process import DaemonProcess, wait_for, write_config
+from tests.support.process import DaemonProcess, write_config
 from tests.support.recording import read_records
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 

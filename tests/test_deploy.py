@@ -118,6 +118,7 @@ def test_install_destdir_stages_a_venv_that_runs_from_its_prefix(tmp_path: Path)
 
     assert "usage:" in run("warnctl", "--help")
     assert "usage:" in run("warnd", "--help")
+    assert "usage:" in run("warnd-sim", "--help")
     where = run("python", "-c", "import sys, warnd; print(sys.prefix, warnd.__file__)")
     venv_prefix, warnd_file = where.split()
     assert venv_prefix == str(prefix / "venv")

@@ -12,6 +12,8 @@ import asyncio
 import shutil
 import socket
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import db
 from tests.support.harness import Harness, warning_body
 from tests.support.mqtt import Broker
 from tests.test_loudspeaker import VILLAGES, Rig
@@ -34,13 +37,13 @@ AUDIT = {"at": "x", "actor": "t", "action": "issue"}
 
 async def _fill(store: Store) -> None:
     """The database may not grow by one page: the next write that needs a page gets SQLITE_FULL."""
-    (pages,) = await (await store.db.execute("PRAGMA page_count")).fetchone()  # type: ignore[misc]
-    await store.db.execute(f"PRAGMA max_page_count = {pages}")
+    pages = await db.pragma(store, "PRAGMA page_count")
+    await db.pragma(store, f"PRAGMA max_page_count = {pages}")
 
 
 async def _unfill(store: Store) -> None:
     """Room again."""
-    await store.db.execute("PRAGMA max_page_count = 1073741823")
+    await db.pragma(store, "PRAGMA max_page_count = 1073741823")
 
 
 def _big(warning_id: str) -> dict[str, Any]:
@@ -50,7 +53,7 @@ def _big(warning_id: str) -> dict[str, Any]:
 
 async def _integrity(store: Store) -> str:
     """PRAGMA integrity_check's verdict."""
-    return (await store._one("PRAGMA integrity_check"))["integrity_check"]  # type: ignore[index]
+    return str(await db.pragma(store, "PRAGMA integrity_check"))
 
 
 async def test_a_full_disk_is_store_unavailable_inside_the_lock_and_remembered(
@@ -64,14 +67,14 @@ async def test_a_full_disk_is_store_unavailable_inside_the_lock_and_remembered(
                 await store.accept(_big(wid), audit=AUDIT, jobs=[])
             assert caught.value.reason == "disk full"
             assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
-            assert not store._lock.locked()
-            assert not store.db.in_transaction
+            assert not store.writing
+            assert not await db.in_transaction(store)
         assert store.write_problem == "disk full"
         assert [e["reason"] for e in log_events if e["event"] == "store.write_failed"] == ["disk full"]
         # The whole-in-the-thread path (claims, outcomes, acks) says the same.
         with pytest.raises(StoreUnavailable):
             await store.devices_seen({f"spk-{i}": datetime(2026, 7, 1, tzinfo=UTC) for i in range(2000)})
-        assert not store._lock.locked()
+        assert not store.writing
         await _unfill(store)
         assert (await store.accept(_big("W3"), audit=AUDIT, jobs=[])).created
         assert store.write_problem is None
@@ -87,53 +90,66 @@ async def test_a_failed_commit_is_rolled_back_inside_the_lock(tmp_path: Path) ->
     """A COMMIT that fails raises its own error (not "Lock is not acquired"); the next write works."""
     async with Store(tmp_path / "w.db") as store:
 
-        async def orphan() -> None:
-            async with store.transaction() as db:
-                # A deferred foreign key fails at COMMIT, not at the INSERT.
-                await db.execute("PRAGMA defer_foreign_keys = ON")
-                await db.execute(
-                    "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at,"
-                    " created_at, updated_at)"
-                    " VALUES ('m', 'no-such-warning', 'issue', 'warning', 'sms', 't', 'x', 'x', 'x')"
-                )
+        def orphan(con: sqlite3.Connection) -> None:
+            # A deferred foreign key fails at COMMIT, not at the INSERT.
+            con.execute("PRAGMA defer_foreign_keys = ON")
+            con.execute(
+                "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at,"
+                " created_at, updated_at)"
+                " VALUES ('m', 'no-such-warning', 'issue', 'warning', 'sms', 't', 'x', 'x', 'x')"
+            )
 
         with pytest.raises(sqlite3.IntegrityError):
-            await orphan()
-        assert not store._lock.locked()
-        assert not store.db.in_transaction
+            await store.write(orphan)
+        assert not store.writing
+        assert not await db.in_transaction(store)
         assert store.write_problem is None  # a bad write is not a full disk
         assert (await store.accept(ROW, audit=AUDIT, jobs=[])).created
-        assert (await store._one("SELECT COUNT(*) AS n FROM deliveries"))["n"] == 0  # type: ignore[index]
+        assert (await db.query(store, "SELECT COUNT(*) AS n FROM deliveries"))[0]["n"] == 0
 
 
-async def test_a_cancelled_transaction_is_rolled_back_before_the_lock_is_free(tmp_path: Path) -> None:
-    """Cancelled between statements: nothing of it stays, the connection is out of the transaction."""
+async def test_a_transaction_that_fails_midway_leaves_nothing_and_one_not_started_never_runs(
+    tmp_path: Path,
+) -> None:
+    """A write that raises after a statement is rolled back; one cancelled while queued never runs."""
     async with Store(tmp_path / "w.db") as store:
-        inside = asyncio.Event()
 
-        async def write() -> None:
-            async with store.transaction() as db:
-                await db.execute("INSERT INTO devices (id, last_seen) VALUES ('d1', 'x')")
-                inside.set()
-                await asyncio.Event().wait()  # cancelled here, mid-transaction
+        def half(con: sqlite3.Connection) -> None:
+            con.execute("INSERT INTO devices (id, last_seen) VALUES ('d1', 'x')")
+            raise RuntimeError("midway")
 
-        task = asyncio.create_task(write())
-        await inside.wait()
-        task.cancel()
+        with pytest.raises(RuntimeError, match="midway"):
+            await store.write(half)
+        assert not store.writing
+        assert not await db.in_transaction(store)
+        assert await db.query(store, "SELECT id FROM devices") == []
+
+        started = threading.Event()
+
+        def slow(con: sqlite3.Connection) -> None:
+            started.set()
+            time.sleep(0.2)
+
+        first = asyncio.create_task(store.write(slow))
+        await asyncio.to_thread(started.wait)
+        queued = asyncio.create_task(
+            store.write(lambda con: con.execute("INSERT INTO devices (id) VALUES ('d3')"))
+        )
+        await asyncio.sleep(0.01)  # handed to the thread, behind `slow`
+        queued.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
-        assert not store._lock.locked()
-        assert not store.db.in_transaction
-        assert await store._all("SELECT id FROM devices") == []
+            await queued
+        await first
+        assert not store.writing
         await store.device_status("d2", True, {}, datetime(2026, 7, 1, tzinfo=UTC))
-        assert [r["id"] for r in await store._all("SELECT id FROM devices")] == ["d2"]
+        assert [r["id"] for r in await db.query(store, "SELECT id FROM devices")] == ["d2"]
 
 
 async def test_read_only_store_answers_503_and_readyz_says_why_until_it_can_write(harness: Harness) -> None:
     """Accepts get 503 store_unavailable with Retry-After, never 500 or 202; /readyz recovers by itself."""
     client, store = harness.client, harness.store
     assert (await client.get("/readyz")).status == 200
-    await store.db.execute("PRAGMA query_only = ON")
+    await db.pragma(store, "PRAGMA query_only = ON")
     try:
         resp = await client.post("/api/v1/warnings", json=warning_body(), headers=harness.headers())
         assert resp.status == 503, await resp.text()
@@ -150,7 +166,7 @@ async def test_read_only_store_answers_503_and_readyz_says_why_until_it_can_writ
         resp = await client.get("/api/v1/warnings", headers=harness.headers("viewer"))
         assert resp.status == 200 and (await resp.json())["warnings"] == []
     finally:
-        await store.db.execute("PRAGMA query_only = OFF")
+        await db.pragma(store, "PRAGMA query_only = OFF")
     # Writable again: /readyz's probe write finds out without waiting for a warning to come.
     resp = await client.get("/readyz")
     assert resp.status == 200, await resp.text()
@@ -209,10 +225,10 @@ async def test_watchdog_stops_while_the_store_cannot_write_and_resumes(
     task = asyncio.create_task(harness.daemon.watchdog_loop(notifier))
     try:
         assert await _pings(sock, 0.5) >= 2
-        await harness.store.db.execute("PRAGMA query_only = ON")
+        await db.pragma(harness.store, "PRAGMA query_only = ON")
         await _pings(sock, 0.3)  # a check already under way may still report healthy
         assert await _pings(sock, 1.0) == 0, "pinged while the store could not write"
-        await harness.store.db.execute("PRAGMA query_only = OFF")
+        await db.pragma(harness.store, "PRAGMA query_only = OFF")
         assert await _pings(sock, 1.0) >= 2
     finally:
         task.cancel()

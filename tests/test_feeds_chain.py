@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from tests.support.feeds import feed, feed_harness, push_headers
 from tests.support.harness import Harness
 from tests.support.mqtt import Broker
+from tests.support.wait import until
 
 SENDER = "33050241600000"
 ALERT_ID = "33050241600000_20260701080000_1"
@@ -78,10 +79,11 @@ async def update_server() -> AsyncIterator[TestServer]:
 
 async def wait_state(h: Harness, wid: str, state: str, timeout_s: float = 10.0) -> None:
     """Wait (real time: the broker delivers asynchronously) for the warning to reach a state."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (await h.daemon.store.get_warning(wid))["state"] != state:  # type: ignore[index]
-        assert asyncio.get_running_loop().time() < deadline, f"warning never became {state}"
-        await asyncio.sleep(0.05)
+
+    async def current() -> str:
+        return (await h.daemon.store.get_warning(wid) or {})["state"]
+
+    await until(current, timeout_s, what=f"warning {wid} state", want=state)
 
 
 async def test_alert_update_cancel_through_three_sources(

@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestServer
 from tests.support.data import read
 from tests.support.feeds import feed, feed_harness, inside_points, villages_toml
 from tests.support.harness import Harness
+from tests.test_backoff import Fixed
 from warnd.cap import parse_cap
-from warnd.feeds.poll import backoff_s, index_links
+from warnd.feeds.poll import index_links, poll_delay_s
 
 ICELAND = "cap/intl/iceland_imo_en_is_polygons.cap"
 SEYCHELLES = "cap/intl/seychelles_signed_polygon.xml"
@@ -182,10 +183,11 @@ async def test_bad_entry_is_not_fetched_again(tmp_path: Path, upstream: Upstream
 
 
 def test_backoff_and_index_parsing() -> None:
-    assert backoff_s(0, 60, 3600) == 60
-    assert backoff_s(3, 60, 3600, rand=1.0) == 480
-    assert backoff_s(30, 60, 3600, rand=1.0) == 3600
-    assert backoff_s(1, 60, 3600, rand=0.0) == 60
+    """A failing feed waits double the interval per failure, capped, up to half off; then index links."""
+    assert poll_delay_s(0, 60, 3600) == 60
+    assert poll_delay_s(3, 60, 3600, Fixed(1.0)) == 480
+    assert poll_delay_s(30, 60, 3600, Fixed(1.0)) == 3600
+    assert poll_delay_s(1, 60, 3600, Fixed(0.0)) == 60
     links = index_links(read("cap/meteoalarm/meteoalarm_legacy_atom_poland.xml"), "https://example.org/")
     assert links
     assert all(link.startswith("https://feeds.meteoalarm.org/api/v1/warnings/") for link in links)

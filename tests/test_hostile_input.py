@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.support.feeds import feed, push_headers
 from tests.support.harness import Harness, warning_body
+from tests.support.wait import until
 from warnd.api import make_app
 
 TWILIO = {"account_sid": "AC" + "0" * 32, "auth_token": "t" * 32, "from_number": "+15005550006"}
@@ -304,10 +305,7 @@ async def test_client_hanging_up_mid_body_is_info_not_error(
     await asyncio.sleep(0.2)  # the handler is waiting for the rest of the body
     writer.close()
     await writer.wait_closed()
-    for _ in range(100):
-        if any(e["event"] == "api.client_gone" for e in log_events):
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: any(e["event"] == "api.client_gone" for e in log_events), 2, what="api.client_gone")
     gone = [e for e in log_events if e["event"] == "api.client_gone"]
     assert gone and gone[0]["log_level"] == "info" and gone[0]["path"] == "/api/v1/warnings"
     assert "exc_info" not in gone[0]

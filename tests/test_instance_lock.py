@@ -18,6 +18,7 @@ from tests.support.feeds import feed
 from tests.support.harness import Harness
 from tests.support.mqtt import Broker, free_port
 from tests.support.process import ROOT, DaemonProcess, write_config
+from tests.support.wait import wait_for
 from warnd.config import mqtt_client_id
 
 # The host part as the default id spells it: first DNS label, letters, digits and hyphens.
@@ -26,13 +27,12 @@ HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname().split(".")[0]).strip(
 
 def _connected_as(log: Path, within_s: float = 20) -> str:
     """The client id of the first `mqtt.connected` line in a daemon's log."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        for line in log.read_text(encoding="utf-8").splitlines():
-            if '"mqtt.connected"' in line:
-                return json.loads(line)["client_id"]
-        time.sleep(0.1)
-    raise AssertionError(f"never connected:\n{log.read_text(encoding='utf-8')[-2000:]}")
+
+    def first() -> str | None:
+        lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if '"mqtt.connected"' in ln]
+        return lines[0] if lines else None
+
+    return json.loads(wait_for(first, within_s, "an mqtt.connected line in the log"))["client_id"]
 
 
 def test_a_second_warnd_on_the_same_state_directory_exits_at_once(tmp_path: Path, broker: Broker) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import io
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,36 +21,23 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydub import AudioSegment
 
-from adapters.loudspeaker import LoudspeakerAdapter, spoken, village_topic
+from adapters.loudspeaker import LoudspeakerAdapter, spoken
 from tests.support.county import village_code, write_directory
 from tests.support.harness import Driven, warning_body
 from tests.support.harness import test_settings as make_settings
 from tests.support.mqtt import Broker
+from tests.support.wait import until
 from warnd.adapter import Message
 from warnd.api import make_app
 from warnd.audio import AudioCache
 from warnd.clock import FakeClock
 from warnd.daemon import Daemon
 from warnd.directory import Directory
-from warnd.simulator import SpeakerSimulator
+from warnd.mqtt.topics import village_speakers
 from warnd.store import Delivery, Store
+from warnd.tools.simulator import SpeakerSimulator
 
 VILLAGES = [village_code(0), village_code(1)]
-
-
-async def until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> None:
-    """Poll (real time, bounded) until predicate() is truthy; awaits coroutine predicates."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class Rig(Driven):
@@ -259,8 +246,10 @@ async def test_audio_is_rendered_while_the_step_is_written_not_after_the_first_c
     assert shas == {next(e for e in log_events if e["event"] == "audio.rendered")["sha256"]}
 
 
-async def test_broker_outage_after_accept_delivers_exactly_once(rig: Rig) -> None:
-    """Broker down after the 202, back 10 s later: every speaker still plays it, once per msg_id.
+async def test_broker_outage_after_accept_delivers_exactly_once(
+    rig: Rig, log_events: list[dict[str, Any]]
+) -> None:
+    """Broker down after the 202, back after warnd retried it: every speaker plays it, once per msg_id.
 
     While it is away nothing is claimed and no attempt is counted (a broker that is down is not a
     failure of the delivery), and /readyz says not ready.
@@ -284,7 +273,11 @@ async def test_broker_outage_after_accept_delivers_exactly_once(rig: Rig) -> Non
     assert {(d["state"], d["attempts"], d["last_error"]) for d in rows} == {
         ("pending", 0, "broker unavailable")
     }
-    await asyncio.sleep(10)
+    # The outage lasts until warnd has retried the broker and failed three more times.
+    def refused() -> int:
+        return sum(e["event"] == "mqtt.connect_failed" and e["link"] == rig.link.name for e in log_events)
+
+    await until(lambda: refused() >= 3, timeout_s=30, what="three failed reconnects")
     rig.broker.start()
     await rig.wait_up()
     await rig.run_until_idle()  # due at once: no backoff to wait out, nothing failed
@@ -359,15 +352,18 @@ async def test_partial_village_goes_per_device(rig: Rig, broker: Broker) -> None
     """Deliveries for part of a village are published to each device's own topic."""
     seen: list[tuple[str, dict[str, Any]]] = []
 
+    subscribed = asyncio.Event()
+
     async def watch() -> None:
         async with aiomqtt.Client(broker.host, broker.port, identifier="watcher") as c:
-            await c.subscribe("warnd/v1/+/+/+", qos=1)
+            await c.subscribe("warnd/v1/+/+/+", qos=1)  # returns once the broker's SUBACK is in
+            subscribed.set()
             async for m in c.messages:
                 if str(m.topic).endswith(("/cmd", "/speaker")):
                     seen.append((str(m.topic), json.loads(m.payload)))  # type: ignore[arg-type]
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.3)
+    await until(subscribed.is_set, what="the watcher's subscription")
     warning = {**warning_body(), "id": "W-partial", "status": "actual", "expires": None}
     code = VILLAGES[1]
     targets = [f"spk-{code}-1", f"spk-{code}-2"]
@@ -409,7 +405,7 @@ async def test_partial_village_goes_per_device(rig: Rig, broker: Broker) -> None
     await until(lambda: all(s.final.get("m-whole") == "played" for s in village), what="acks")
     await until(lambda: rig.adapter.hub.queue.empty(), what="acks applied")
     topics = sorted(t for t, _ in seen)
-    assert topics == [*sorted(f"warnd/v1/device/{t}/cmd" for t in targets), village_topic(code)]
+    assert topics == [*sorted(f"warnd/v1/device/{t}/cmd" for t in targets), village_speakers(code)]
     for topic, cmd in seen:
         if topic.endswith("/cmd"):
             assert cmd["ack_topic"] == topic.replace("/cmd", "/ack")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import db
 from tests.support.harness import Harness, warning_body
 from warnd.api.auth import hash_token
 
@@ -130,14 +131,15 @@ async def test_metrics_token_when_configured(tmp_path: Path) -> None:
 
 async def test_devices_and_feeds_from_the_store(harness: Harness) -> None:
     """Devices by last status (unknown when never reported) and feed health come from their tables."""
-    db = harness.store.db
     await db.execute(
+        harness.store,
         "INSERT INTO devices (id, online) VALUES ('spk-330502101201-1', 1), ('spk-330502101201-2', 0),"
-        " ('led-330502101201-1', 0), ('not-in-the-directory', 0)"
+        " ('led-330502101201-1', 0), ('not-in-the-directory', 0)",
     )
     await db.execute(
+        harness.store,
         "INSERT INTO feed_health (feed, last_success, failures) VALUES"
-        " ('cma', '2026-07-01T00:00:00.000000Z', 0), ('never', NULL, 3)"
+        " ('cma', '2026-07-01T00:00:00.000000Z', 0), ('never', NULL, 3)",
     )
     m = await scrape(harness)
     speakers = sum(len(v.speakers) for v in harness.daemon.directory().villages.values())

@@ -36,7 +36,8 @@ from tests.support.live import close_live, live_harness
 from tests.support.mqtt import Broker, stop_client_task
 from tests.support.process import ROOT
 from tests.test_loudspeaker import Rig, until
-from warnd.simulator import SpeakerSimulator
+from warnd.mqtt import topics
+from warnd.tools.simulator import SpeakerSimulator
 
 DOCS = ROOT / "docs"
 SCHEMA_NAMES = ("command", "ack", "status")
@@ -495,6 +496,97 @@ async def test_warnd_is_lenient_where_the_schema_is_strict(
     ack = {k: v for k, v in {"msg_id": msg_id, "status": "shown", **extra}.items() if v is not None}
     assert problems("ack", ack) is not None
     assert await stored_from(h, broker, msg_id, json.dumps(ack).encode()) == ["shown"]
+
+
+# --- the topics: warnd.mqtt.topics against docs/mqtt.md and the schemas ---------------------
+
+
+def doc_topic_rows() -> list[tuple[str, str, int, bool, str]]:
+    """(pattern, publisher, QoS, retained, schema) of each `warnd/v1/…` row of docs/mqtt.md's topic table."""
+    text = (DOCS / "mqtt.md").read_text(encoding="utf-8")
+    table = text.split("\n## Topics\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        pattern = re.fullmatch(r"`(warnd/v1/[^`]+)`", cells[0])
+        if pattern is None:
+            continue
+        schema = re.search(r"\(schemas/(\w+)\.json\)", cells[4])
+        assert schema is not None, line
+        publisher = cells[1].split("→")[0].strip()
+        retained = {"no": False, "**yes**": True}[cells[3]]
+        rows.append((pattern.group(1), publisher, int(cells[2]), retained, schema.group(1)))
+    return rows
+
+
+def test_docs_topic_table_is_the_contract_warnd_uses() -> None:
+    """docs/mqtt.md's topic table is warnd.mqtt.topics.CONTRACT: topics, who publishes, QoS, retain."""
+    expected = [(t.pattern, t.publisher, t.qos, t.retain, t.schema) for t in topics.CONTRACT]
+    assert doc_topic_rows() == expected
+
+
+def test_docs_acl_grants_what_warnd_and_the_terminals_use() -> None:
+    """The ACL example lets warnd write its command topics and read acks and statuses, and no more;
+    a terminal (`%c`) reads its own commands and writes its own ack and status."""
+    text = (DOCS / "mqtt.md").read_text(encoding="utf-8")
+    match = re.search(r"^```text\n(.*?)^```", text, flags=re.M | re.S)
+    assert match is not None
+    lines = match.group(1).splitlines()
+    warnd = lines[lines.index("user warnd") + 1 :]
+    warnd = warnd[: warnd.index("")]
+    assert tuple(ln.split()[2] for ln in warnd if ln.startswith("topic write ")) == topics.WARND_WRITES
+    assert tuple(ln.split()[2] for ln in warnd if ln.startswith("topic read ")) == topics.WARND_READS
+    assert len(warnd) == len(topics.WARND_WRITES) + len(topics.WARND_READS)
+    terminal = {tuple(ln.split()[1:]) for ln in lines if ln.startswith("pattern ")}
+    assert terminal == {
+        ("read" if t.publisher == "warnd" else "write", t.pattern.replace(topics.DEVICE_ID_PLACEHOLDER, "%c"))
+        for t in topics.CONTRACT
+        if topics.DEVICE_ID_PLACEHOLDER in t.pattern
+    }
+
+
+@pytest.mark.parametrize("topic", topics.CONTRACT, ids=lambda t: t.pattern)
+def test_each_schema_says_its_topics_qos_and_retain(topic: topics.Topic) -> None:
+    """A payload's schema names the topic it travels on, with the contract's QoS and retain."""
+    description = SCHEMAS[topic.schema]["description"]
+    assert topic.pattern in description
+    assert f"QoS {topic.qos}" in description
+    assert ("not retained" in description) == (not topic.retain)
+    assert ("RETAINED" in description) == topic.retain
+
+
+def test_command_schema_takes_the_ack_topics_warnd_sends() -> None:
+    """A village command's literal `{device_id}` ack topic and a device's own both pass; a filter does not."""
+    pattern = re.compile(SCHEMAS["command"]["$defs"]["ack_topic"]["pattern"])
+    assert pattern.search(topics.VILLAGE_ACK_TOPIC)
+    assert pattern.search(topics.device_ack("spk-330502101201-1"))
+    assert not pattern.search(topics.ACK_FILTER)
+
+
+def test_topic_builders_and_parser_agree() -> None:
+    """What the builders make, the parser reads back and the filters match; nothing else parses."""
+    device = "spk-330502101201-1"
+    builders = ((topics.device_cmd, "cmd"), (topics.device_ack, "ack"), (topics.device_status, "status"))
+    for build, leaf in builders:
+        assert topics.parse_device(build(device)) == (device, leaf)
+    assert topics.matches(topics.device_ack(device).split("/"), topics.ACK_FILTER.split("/"))
+    assert topics.matches(topics.device_status(device).split("/"), topics.STATUS_FILTER.split("/"))
+    assert topics.village_speakers("330502101201") == "warnd/v1/village/330502101201/speaker"
+    assert topics.parse_village(topics.village_speakers("330502101201")) == "330502101201"
+    for other in (
+        topics.village_speakers("330502101201"),
+        "warnd/v2/device/spk-1/ack",
+        "warnd/v1/device//ack",
+        "warnd/v1/device/spk-1/volume",
+        "warnd/v1/device/spk-1/ack/more",
+    ):
+        assert topics.parse_device(other) is None, other
+    for other in (topics.device_cmd(device), "warnd/v1/village//speaker", "warnd/v1/village/1/2/speaker"):
+        assert topics.parse_village(other) is None, other
+    # A village command's ack topic is filled in by each speaker; a missing one means its own.
+    assert topics.ack_topic_for(topics.VILLAGE_ACK_TOPIC, device) == topics.device_ack(device)
+    assert topics.ack_topic_for("", device) == topics.device_ack(device)
+    assert topics.feeds_client_id("warnd-host-town") == "warnd-host-town-feeds"
 
 
 # --- the examples in docs/mqtt.md --------------------------------------------------------------

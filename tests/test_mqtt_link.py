@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
-from adapters.mqtt import MqttLink, _matches
 from tests.support.mqtt import Broker
+from tests.support.process import ROOT
+from tests.support.wait import until
 from warnd.config import MqttSettings
+from warnd.mqtt.link import MqttLink
+from warnd.mqtt.topics import matches
 
 
 def test_topic_filters_follow_mqtt_wildcards() -> None:
     """`+` is one level, `#` the rest including the parent level; nothing else is a wildcard."""
 
     def m(topic: str, topic_filter: str) -> bool:
-        return _matches(topic.split("/"), topic_filter.split("/"))
+        return matches(topic.split("/"), topic_filter.split("/"))
 
     assert m("warnd/v1/device/spk-1/ack", "warnd/v1/device/+/ack")
     assert not m("warnd/v1/device/spk-1/status", "warnd/v1/device/+/ack")
@@ -54,10 +59,7 @@ async def test_plain_and_coroutine_handlers_and_shared_subscriptions(broker: Bro
             async def done() -> Any:
                 return plain and len(ordered) == 5 and shared
 
-            for _ in range(200):
-                if await done():
-                    break
-                await asyncio.sleep(0.02)
+            await until(done, 4, what="every subscribed message")
         assert plain == ["t/plain/a"]
         assert ordered == [b"1", b"2", b"3", b"4", b"5"]
         assert shared == ["t/shared/a/b"]
@@ -119,3 +121,27 @@ async def test_a_cancel_kept_on_purpose_does_not_fail_later_publishes(broker: Br
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports, at any depth of its code."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_mqtt_package_needs_no_adapter_and_no_tool() -> None:
+    """warnd.mqtt, the feeds and the simulator import no adapter; nothing in the daemon imports the tools."""
+    warnd = ROOT / "warnd"
+    for path in sorted(warnd.rglob("*.py")):
+        modules = imported_modules(path)
+        name = str(path.relative_to(ROOT))
+        if any(path.is_relative_to(warnd / part) for part in ("mqtt", "tools", "feeds")):
+            assert not any(m == "adapters" or m.startswith("adapters.") for m in modules), name
+        if not path.is_relative_to(warnd / "tools") and path.name != "ctl.py":
+            # warnctl runs the simulator for `simulate-speakers`: a command line, not the daemon.
+            assert not any(m.startswith("warnd.tools") for m in modules), name

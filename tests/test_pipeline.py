@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from tests.support import db
 from tests.support.harness import Harness, warning_body
 from warnd.store import from_ts
 
@@ -215,8 +216,7 @@ async def test_recover_does_not_resend_a_warning_cancelled_meanwhile(harness: Ha
     await harness.daemon.scheduler.run_once()
     claimed = await harness.store.claim(harness.clock.now(), 100, ["sms"])  # a crash mid-send
     assert claimed
-    async with harness.store.transaction():
-        await harness.store.db.execute("UPDATE warnings SET state = 'cancelled' WHERE id = ?", (wid,))
+    await db.execute(harness.store, "UPDATE warnings SET state = 'cancelled' WHERE id = ?", (wid,))
     await harness.store.recover()
     states = {d["state"] for d in await harness.store.deliveries_for(wid) if d["channel"] == "sms"}
     assert states == {"cancelled"}

@@ -5,8 +5,8 @@
   written by warnd's CAP writer read back to the same warning;
 - the operator's JSON warning (`WarningIn`): only pydantic's `ValidationError`, and through the
   API never a 5xx;
-- the MQTT ack parser (`warnd.devices.parse_ack`): never raises, refuses with a reason, and what it passes
-  on is recorded by the feedback stage without raising.
+- the MQTT ack parser (`warnd.mqtt.devices.parse_ack`): never raises, refuses with a reason, and
+  what it passes on is recorded by the feedback stage without raising.
 
 Examples are derandomized (the same on every run and in CI) and bounded to keep the module
 within a few seconds; `HYPOTHESIS_EXAMPLES` raises the bound for a longer local hunt.
@@ -30,10 +30,10 @@ from pydantic import ValidationError
 from tests.support.data import DATA
 from tests.support.harness import Harness, warning_body
 from warnd.cap import CapError, parse_cap, parse_cap_many, to_cap_xml, to_warning_fields
-from warnd.devices import parse_ack
 from warnd.feedback import AckReport
 from warnd.feeds.ingest import warning_in
 from warnd.model import WarningIn
+from warnd.mqtt.devices import parse_ack
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "150"))
 # derandomize: a fixed sequence per test, so CI is reproducible; no example database is written.

@@ -16,6 +16,7 @@ from tests.support.county import write_directory
 from tests.support.harness import TOKENS, warning_body
 from tests.support.mqtt import free_port
 from tests.support.process import DaemonProcess, write_config
+from tests.support.wait import wait_for
 from warnd.directory import Directory
 
 ROTATED = "rotated-viewer-token-0123456789"
@@ -34,13 +35,11 @@ def _reload(d: DaemonProcess, log: Path, event: str) -> str:
     before = log.read_text(encoding="utf-8").count(event)
     assert d.proc is not None
     d.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if event in ln]
-        if len(lines) > before:
-            return lines[-1]
-        time.sleep(0.05)
-    raise AssertionError(f"no {event} after SIGHUP:\n{log.read_text(encoding='utf-8')[-2000:]}")
+
+    def lines() -> list[str]:
+        return [ln for ln in log.read_text(encoding="utf-8").splitlines() if event in ln]
+
+    return wait_for(lambda: len(lines()) > before and lines(), 15, f"{event} after SIGHUP", 0.05)[-1]
 
 
 def test_reload_revokes_and_adds_tokens_and_takes_the_new_directory(tmp_path: Path) -> None:
@@ -107,13 +106,12 @@ def _notifications(sock: socket.socket, count: int, within_s: float = 15) -> lis
 
 def _nth(log: Path, event: str, n: int) -> dict[str, Any]:
     """The n-th log line of an event (1-based), waiting for it to be written."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if f'"{event}"' in ln]
-        if len(lines) >= n:
-            return json.loads(lines[n - 1])
-        time.sleep(0.05)
-    raise AssertionError(f"no {event} #{n} in the log")
+
+    def lines() -> list[str]:
+        return [ln for ln in log.read_text(encoding="utf-8").splitlines() if f'"{event}"' in ln]
+
+    found = wait_for(lambda: len(lines()) >= n and lines(), 15, f"{event} #{n} in the log", 0.05)
+    return json.loads(found[n - 1])
 
 
 def _reload_failures(d: DaemonProcess) -> float:

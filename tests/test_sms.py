@@ -11,6 +11,7 @@ from twilio.request_validator import RequestValidator
 from adapters.providers.twilio import auth_token, classify
 from adapters.sms import SmsAdapter
 from tests.fakes.twilio import Answer
+from tests.support import db
 from tests.support.harness import warning_body
 from tests.support.twilio_harness import FROM, deliveries, hook_url, twilio_harness
 from warnd.adapter import AuthError, PermanentError, TransientError
@@ -136,8 +137,8 @@ async def test_forged_callbacks_are_refused_and_change_nothing(tmp_path: Path, f
         assert [r.status for r in results] == [403, 403]
         rows = await deliveries(h, wid, "sms")
         assert {r["state"] for r in rows.values()} == {"sent"}
-        assert await h.store._all("SELECT * FROM inbound") == []
-        assert await h.store._all("SELECT * FROM acks") == []
+        assert await db.query(h.store, "SELECT * FROM inbound") == []
+        assert await db.query(h.store, "SELECT * FROM acks") == []
         # The same requests, properly signed, are accepted: the endpoint is not refusing everything.
         assert (await fake.post_signed(status_url, status)).status == 200
         assert (await fake.post_signed(inbound_url, reply)).status == 200

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import db
 from warnd.store import (
     ACK_LOOKUP_SQL,
     TS_FORMAT,
@@ -15,8 +16,8 @@ from warnd.store import (
     Outcome,
     SchemaTooNew,
     Store,
-    _migrations,
     from_ts,
+    migrations,
     ts,
 )
 
@@ -30,7 +31,7 @@ async def test_migrations_apply_once_and_record_versions(tmp_path: Path) -> None
         pass
     con = sqlite3.connect(path)
     versions = [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")]
-    assert versions == [n for n, _ in _migrations()]
+    assert versions == [n for n, _ in migrations()]
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"warnings", "audit", "jobs", "deliveries", "acks"} <= tables
@@ -70,10 +71,9 @@ async def test_recover_puts_sending_back_to_pending(tmp_path: Path) -> None:
             audit={"at": "x", "actor": "t", "action": "issue"},
             jobs=[],
         )
-        async with store.transaction():
-            await store._insert_deliveries(
-                [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", now) for i in range(3)], now
-            )
+        await store.add_deliveries(
+            [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", now) for i in range(3)], now
+        )
         claimed = await store.claim(now, 10, ["sms"])
         assert len(claimed) == 3
         assert await store.claim(now, 10, ["sms"]) == []  # nothing left to claim while sending
@@ -140,9 +140,9 @@ async def test_a_failed_commit_leaves_the_store_usable(tmp_path: Path) -> None:
             )
 
         with pytest.raises(sqlite3.IntegrityError):
-            await store._run(orphan)
+            await store.write(orphan)
         assert await store.claim(datetime(2026, 7, 1, tzinfo=UTC), 10, ["sms"]) == []
-        assert (await store._one("SELECT COUNT(*) AS n FROM deliveries"))["n"] == 0  # type: ignore[index]
+        assert (await db.query(store, "SELECT COUNT(*) AS n FROM deliveries"))[0]["n"] == 0
 
 
 async def test_a_cancelled_transaction_finishes_before_the_store_is_free(tmp_path: Path) -> None:
@@ -156,17 +156,17 @@ async def test_a_cancelled_transaction_finishes_before_the_store_is_free(tmp_pat
             time.sleep(0.3)
             con.execute("INSERT INTO devices (id, last_seen) VALUES ('d1', 'x')")
 
-        task = asyncio.create_task(store._run(slow_write))
+        task = asyncio.create_task(store.write(slow_write))
         await asyncio.sleep(0.05)
         task.cancel()
         await asyncio.sleep(0.05)
         task.cancel()
         await asyncio.sleep(0.05)
-        assert store._lock.locked()  # the thread is still inside the transaction
+        assert store.writing  # the thread is still inside the transaction
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not store._lock.locked()
-        assert await store._one("SELECT id FROM devices") == {"id": "d1"}
+        assert not store.writing
+        assert await db.query(store, "SELECT id FROM devices") == [{"id": "d1"}]
 
 
 async def test_an_ack_with_odd_detail_does_not_spoil_its_batch(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ async def test_an_ack_with_odd_detail_does_not_spoil_its_batch(tmp_path: Path) -
         ]
         rows = await store.apply_acks(acks, now=now)
         assert [r["state"] for r in rows] == ["acknowledged", "acknowledged"]  # type: ignore[index]
-        stored = {r["target"]: r["detail"] for r in await store._all("SELECT target, detail FROM acks")}
+        stored = {r["target"]: r["detail"] for r in await db.query(store, "SELECT target, detail FROM acks")}
         assert json.loads(stored["spk-2"]) == {"detail": "功放正常"}
         assert "NaN" in stored["spk-1"]
 
@@ -205,13 +205,15 @@ def test_timestamps_keep_the_stored_format() -> None:
 
 async def _warning_with(store: Store, deliveries: list[tuple[str, str, str, str]]) -> None:
     """Warning W1 with pending deliveries (msg_id, channel, target, due_at), written as rows."""
-    await store.db.execute(
+    await db.execute(
+        store,
         "INSERT INTO warnings (id, source, msg_type, event, level, status, headline, description,"
         " instruction, area, villages, state, version, created_at, updated_at, document)"
         " VALUES ('W1', 'api', 'Alert', 'e', 'red', 'actual', 'h', '', '', '{}', '[]', 'active', 1,"
-        " 'x', 'x', '{}')"
+        " 'x', 'x', '{}')",
     )
-    await store.db.executemany(
+    await db.executemany(
+        store,
         "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at, created_at,"
         " updated_at) VALUES (?1, 'W1', 'issue', 'warning', ?2, ?3, ?4, ?4, ?4)",
         deliveries,
@@ -227,10 +229,9 @@ async def test_a_send_in_doubt_stays_in_doubt_until_one_succeeds(tmp_path: Path)
                    "headline": "h", "area": "{}", "villages": "[]", "state": "active", "created_at": "x",
                    "updated_at": "x"}  # fmt: skip
         await store.accept(warning, audit={"at": "x", "actor": "t", "action": "issue"}, jobs=[])
-        async with store.transaction():
-            await store._insert_deliveries(
-                [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", t0) for i in range(2)], t0
-            )
+        await store.add_deliveries(
+            [NewDelivery("m1", "W1", "issue", "warning", "sms", f"p{i}", t0) for i in range(2)], t0
+        )
         first = await store.claim(t0, 10, ["sms"])
         assert [d.maybe_sent_at for d in first] == [None, None]  # a first claim doubts nothing
         await store.recover()
@@ -285,12 +286,12 @@ async def test_work_due_when_written_stays_due_after_the_clock_steps_back(tmp_pa
     async with Store(tmp_path / "w.db") as store:
         await _warning_with(store, [("now", "sms", "p-1", ts(t0)), ("now", "sms", "p-2", ts(t0))])
         # p-3 was written at t0 to wait until the morning (quiet hours): not due either way.
-        await store.db.execute(
+        await db.execute(
+            store,
             "INSERT INTO deliveries (msg_id, warning_id, step, kind, channel, target, due_at, created_at,"
             " updated_at) VALUES ('held', 'W1', 'issue', 'warning', 'sms', 'p-3', ?, ?, ?)",
             (ts(t0 + timedelta(hours=2)), ts(t0), ts(t0)),
         )
-        await store.db.commit()
         claimed = await store.claim(back, 10, ["sms"])
         assert sorted(d.target for d in claimed) == ["p-1", "p-2"]
         # p-1 fails: its retry (due in 30 s of the stepped-back clock) waits by the wall clock.

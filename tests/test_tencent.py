@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tests.support import db
 from tests.support.china_harness import SIGN, TOKEN, TOWNSHIP, china_harness
 from tests.support.harness import Harness, warning_body
 from tests.support.twilio_harness import deliveries, hook_url
@@ -14,7 +15,7 @@ from tests.support.twilio_harness import deliveries, hook_url
 
 async def providers_of(h: Harness) -> dict[str, str]:
     """Which provider sent each delivery, by target."""
-    rows = await h.store._all("SELECT target, provider FROM deliveries")
+    rows = await db.query(h.store, "SELECT target, provider FROM deliveries")
     return {r["target"]: r["provider"] for r in rows}
 
 
@@ -36,7 +37,7 @@ async def test_red_warning_to_2000_people_through_tencent(tmp_path: Path) -> Non
         assert sec.template == "100002"
         assert sec.content.startswith(f"【{SIGN}】")
         assert all(len(v) <= 12 for v in sec.params)
-        stored = await h.store._all("SELECT provider FROM deliveries WHERE channel = 'sms'")
+        stored = await db.query(h.store, "SELECT provider FROM deliveries WHERE channel = 'sms'")
         assert {r["provider"] for r in stored} == {"tencent"}
 
         assert await fake.push_reports(hook_url(h, f"/hooks/tencent/{TOKEN}/sms/report")) == 200

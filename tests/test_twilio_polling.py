@@ -10,8 +10,10 @@ from xml.etree import ElementTree
 from adapters.providers.twilio_voice import POLLING_NOTE
 from adapters.sms import SmsAdapter
 from adapters.voice import VoiceAdapter
+from tests.support import db
 from tests.support.harness import warning_body
 from tests.support.twilio_harness import FROM, deliveries, twilio_harness
+from tests.support.wait import until
 
 TOWNSHIP = {"codes": ["330502101"]}
 
@@ -73,11 +75,11 @@ async def test_poll_loop_runs_in_polling_mode_only(tmp_path: Path) -> None:
         await fake.advance(row["provider_ref"], "delivered")
         task = asyncio.create_task(loop)
         try:
-            for _ in range(200):
-                if (await deliveries(h, wid, "sms"))["sec-0"]["state"] == "delivered":
-                    break
-                await asyncio.sleep(0.02)
-            assert (await deliveries(h, wid, "sms"))["sec-0"]["state"] == "delivered"
+
+            async def state() -> str:
+                return (await deliveries(h, wid, "sms"))["sec-0"]["state"]
+
+            await until(state, 4, what="the polled status", want="delivered")
         finally:
             task.cancel()
         h.settings.twilio.public_base_url = "https://warnd.example.org"
@@ -105,6 +107,6 @@ async def test_voice_by_polling_is_delivered_never_confirmed(tmp_path: Path) -> 
         assert rows["off-0"]["state"] == "delivered"
         assert rows["off-1"]["state"] == "failed"
         assert "busy" in rows["off-1"]["last_error"]
-        acks = await h.store._all("SELECT * FROM acks WHERE target = 'off-0'")
+        acks = await db.query(h.store, "SELECT * FROM acks WHERE target = 'off-0'")
         assert json.loads(acks[-1]["detail"])["note"] == POLLING_NOTE
         assert fake.gathered == {}

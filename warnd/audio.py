@@ -726,12 +726,12 @@ class _ContentFileResponse(web.FileResponse):
     @property
     def etag(self) -> Any:
         """The ETag header as sent."""
-        return web.StreamResponse.etag.fget(self)  # type: ignore[attr-defined]
+        return web.StreamResponse.etag.fget(self)  # type: ignore[attr-defined]  # aiohttp types etag as an attribute, it is a property
 
     @etag.setter
     def etag(self, _value: Any) -> None:
         """Ignore aiohttp's mtime-size tag: the sha256 names the bytes across copies and moves."""
-        web.StreamResponse.etag.fset(self, self._sha256)  # type: ignore[attr-defined]
+        web.StreamResponse.etag.fset(self, self._sha256)  # type: ignore[attr-defined]  # as above
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         """Serve, with If-Match/If-None-Match already decided against the sha256 by the handler."""

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
 
+from warnd.model import Level
+
 CAP12_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 CAP11_NS = "urn:oasis:names:tc:emergency:cap:1.1"
 CAP10_NS = "http://www.incident.com/cap/1.0"
@@ -85,9 +87,9 @@ URGENCIES = ("Immediate", "Expected", "Future", "Past", "Unknown")
 SEVERITIES = ("Extreme", "Severe", "Moderate", "Minor", "Unknown")
 CERTAINTIES = ("Observed", "Likely", "Possible", "Unlikely", "Unknown")
 
-LEVEL_SEVERITY = {"red": "Extreme", "orange": "Severe", "yellow": "Moderate", "blue": "Minor"}
+LEVEL_SEVERITY = {level.value: level.cap_severity for level in Level}
 _SEVERITY_LEVEL = {severity: level for level, severity in LEVEL_SEVERITY.items()}
-_LEVEL_CHINESE = {"red": "红色", "orange": "橙色", "yellow": "黄色", "blue": "蓝色"}
+_LEVEL_CHINESE = {level.value: level.chinese for level in Level}
 
 # English colour words stand alone ("2; yellow; Moderate", not "bored"); Chinese colour characters
 # in simplified and traditional forms (红/紅, 黄/黃, 蓝/藍) need no boundary.
@@ -479,7 +481,7 @@ def parse_cap_many(
     namespace, local = _split_tag(root.tag)
     if not (local == "alerts" and namespace in CAP_VERSIONS):
         return [_alert_from_element(root, "/alert", geocode_names=geocode_names, validate=validate)]
-    alerts = []
+    alerts: list[CapAlert] = []
     for child in root:
         if _split_tag(child.tag)[1] != "alert":
             continue
@@ -634,9 +636,9 @@ def _read_pair(elem: ET.Element, path: str, namespace: str, version: str) -> Val
         if not sep or not name.strip():
             raise CapError(f"{text!r} is not valueName=value", path)
         return ValuePair(name.strip(), value.strip())
-    name = fields.token("valueName", required=True)
+    token = fields.token("valueName", required=True)
     value = fields.text("value", required=True) or ""
-    return ValuePair(name or "", value.strip())
+    return ValuePair(token or "", value.strip())
 
 
 def _read_alert(

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from warnd.backoff import backoff_s
 from warnd.clock import parse_iso
-from warnd.store import ts
+from warnd.store import JobKind, NewJob, new_job, ts
 
 # Delivery kinds that matter only while their warning is in force (all-clears and stops do not).
 IN_FORCE_KINDS = ("warning", "update")
@@ -37,9 +38,9 @@ NOT_READY_RECHECK_S = 5.0
 
 def delay_s(round_no: int, timeout_s: float, cap_s: float, rng: random.Random | None = None) -> float:
     """Wait before round `round_no` (1, 2, …): the timeout, doubling, capped, spread up to a quarter."""
-    ceiling = min(cap_s, timeout_s * 2 ** max(0, round_no - 1))
-    # Never sooner than the timeout: a speaker needs that long to fetch and play the audio.
-    return max(ceiling, timeout_s) * (rng or random).uniform(1.0, 1.25)
+    # Never sooner than the timeout (a speaker needs that long to fetch and play the audio): the
+    # cap is raised to it, and the spread only adds.
+    return backoff_s(round_no, timeout_s, max(cap_s, timeout_s), rng, spread=(1.0, 1.25))
 
 
 def chain_key(channel: str, first_id: int) -> str:
@@ -59,15 +60,15 @@ def job(
     timeout_s: float,
     cap_s: float,
     suffix: str = "",
-) -> dict[str, Any]:
+) -> NewJob:
     """A `confirm` job row: round `round_no` of a chain, watching (delivery id, publish-until) pairs."""
-    return {
-        "key": f"{chain}:r{round_no}{suffix}",
-        "warning_id": warning_id,
-        "kind": "confirm",
-        "due_at": ts(due),
-        "created_at": ts(now),
-        "payload": {
+    return new_job(
+        JobKind.CONFIRM,
+        f"{chain}:r{round_no}{suffix}",
+        warning_id,
+        due=due,
+        now=now,
+        payload={
             "chain": chain,
             "channel": channel,
             "round": round_no,
@@ -75,7 +76,7 @@ def job(
             "cap_s": cap_s,
             "deliveries": [[i, u if isinstance(u, str) else ts(u)] for i, u in watched],
         },
-    }
+    )
 
 
 @dataclass
@@ -105,7 +106,7 @@ def decide(
         if r["state"] in FINAL or (r["kind"] in IN_FORCE_KINDS and not in_force):
             continue
         end = until[r["id"]]
-        if parse_iso(end) <= now:  # type: ignore[operator]
+        if parse_iso(end) <= now:  # type: ignore[operator]  # `until` holds times, never None
             if r["state"] in ("sent", "delivered"):
                 out.gave_up.append(dict(r))
             continue

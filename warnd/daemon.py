@@ -15,6 +15,7 @@ from aiohttp import web
 
 from warnd.adapter import Adapter, AdapterContext, AuthError
 from warnd.api.auth import TokenBook
+from warnd.approval import SignOff
 from warnd.clock import Clock, SystemClock, Wakeup
 from warnd.config import ConfigError, Settings, load_settings, mqtt_client_id
 from warnd.directory import Directory
@@ -85,6 +86,9 @@ class Daemon:
             ready=self.dispatcher.ready,
         )
         self.feedback = Feedback(store, self.clock, self.wake, settings.dispatch)
+        # Sign-off (issue 15): drafts wait for an approver; the scheduler pages approvers.
+        self.intake.approval = self.scheduler.approval = lambda: self.settings.approval
+        self.signoff = SignOff(self.intake, lambda: self.settings.approval)
         self.cap_intake: Callable[..., Awaitable[web.Response]] | None = None
         self.http: Any = None
         # Upstream CAP feeds and hydrology: sets cap_intake, adds routes and loops below.
@@ -197,6 +201,7 @@ class Daemon:
         directory = Directory.load(fresh.directory.path)
         self.settings.policy = fresh.policy
         self.settings.auth = fresh.auth
+        self.settings.approval = fresh.approval
         self.tokens.replace(fresh.auth.tokens)
         self._directory = directory
         log.info(

@@ -24,12 +24,11 @@ import structlog
 
 from warnd import confirm
 from warnd.adapter import Adapter, Message
+from warnd.backoff import backoff_s
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
-from warnd.store import Delivery, Outcome, Store, StoreUnavailable
-
-# Warning states in which a warning is still in force (its deliveries must not be given up).
-IN_FORCE = ("active", "updated")
+from warnd.model import IN_FORCE
+from warnd.store import Delivery, NewJob, Outcome, Store, StoreUnavailable
 
 log = structlog.get_logger("warnd.dispatcher")
 
@@ -42,11 +41,8 @@ def retry_delay_s(
     cap_s: float,
     rng: random.Random | None = None,
 ) -> float:
-    """Exponential backoff with full jitter, never sooner than the far end's Retry-After."""
-    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
-    # Full jitter spreads a thousand retries after a broker outage instead of stampeding.
-    delay = (rng or random).uniform(ceiling / 2, ceiling)
-    return max(delay, retry_after_s or 0.0)
+    """The backoff (up to half off, so retries after an outage spread), never sooner than Retry-After."""
+    return max(backoff_s(attempt, base_s, cap_s, rng), retry_after_s or 0.0)
 
 
 def keeps_trying(message: Message) -> bool:
@@ -170,7 +166,7 @@ class Dispatcher:
 
     def _confirm_jobs(
         self, adapter: Adapter, messages: Sequence[Message], outcomes: Sequence[Outcome], now: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[NewJob]:
         """The first confirmation round for deliveries handed over for the first time (warnd.confirm).
 
         One chain per warning per batch; a delivery published again stays in its first chain.
@@ -205,7 +201,8 @@ class Dispatcher:
         warnings: dict[str, dict[str, Any]] = {}
         for d in claimed:
             if d.warning_id not in warnings:
-                warnings[d.warning_id] = await self.store.get_warning(d.warning_id) or {}
+                row = await self.store.get_warning(d.warning_id)
+                warnings[d.warning_id] = dict(row) if row else {}
         return [Message(d, warnings[d.warning_id]) for d in claimed]
 
     async def run_once(self) -> int:

@@ -12,26 +12,26 @@ import structlog
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
 from warnd.dispatcher import retry_delay_s
-from warnd.store import AckIn, Store
+from warnd.store import AckedDelivery, AckIn, DeliveryState, Store
 
 log = structlog.get_logger("warnd.feedback")
 
 # What each reported status means for the delivery. Device statuses follow GD/J 082's
 # broadcast states: 1 waiting (received), 2 broadcasting (playing), 3 success (played),
 # 4 failed, 5 cancelled.
-STATUS_STATE: dict[str, str | None] = {
-    "received": "delivered",
-    "playing": "delivered",
-    "delivered": "delivered",
-    "played": "acknowledged",
-    "shown": "acknowledged",
-    "acknowledged": "acknowledged",
-    "cancelled": "acknowledged",
-    "cleared": "acknowledged",
-    "failed": "failed",
-    "undelivered": "failed",
+STATUS_STATE: dict[str, DeliveryState | None] = {
+    "received": DeliveryState.DELIVERED,
+    "playing": DeliveryState.DELIVERED,
+    "delivered": DeliveryState.DELIVERED,
+    "played": DeliveryState.ACKNOWLEDGED,
+    "shown": DeliveryState.ACKNOWLEDGED,
+    "acknowledged": DeliveryState.ACKNOWLEDGED,
+    "cancelled": DeliveryState.ACKNOWLEDGED,
+    "cleared": DeliveryState.ACKNOWLEDGED,
+    "failed": DeliveryState.FAILED,
+    "undelivered": DeliveryState.FAILED,
     # A provider's final refusal reported after the send (Twilio 30005 unknown number …): no retry.
-    "dead": "dead",
+    "dead": DeliveryState.DEAD,
 }
 
 
@@ -79,14 +79,14 @@ class Feedback:
         target: str | None = None,
         provider_ref: str | None = None,
         detail: dict[str, Any] | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> AckedDelivery | None:
         """Record one acknowledgement; returns the matched delivery, or None if it matches nothing."""
         ack = AckReport(source, status, msg_id, target, provider_ref, detail)
         return (await self.ack_many([ack]))[0]
 
     async def ack_many(
         self, reports: Sequence[AckReport], *, log_unmatched: bool = True
-    ) -> list[dict[str, Any] | None]:
+    ) -> list[AckedDelivery | None]:
         """Record many acknowledgements in one store transaction, in order.
 
         `log_unmatched=False`: the caller reports acks that match no delivery itself (the device
@@ -110,7 +110,9 @@ class Feedback:
                         target=r.target,
                         provider_ref=r.provider_ref,
                         detail=r.detail,
-                        error=_reason(r) if STATUS_STATE[r.status] in ("failed", "dead") else None,
+                        error=_reason(r)
+                        if STATUS_STATE[r.status] in (DeliveryState.FAILED, DeliveryState.DEAD)
+                        else None,
                         retry=lambda attempts: self._retry_at(attempts, now),
                     )
                     for r in known
@@ -121,11 +123,11 @@ class Feedback:
             else []
         )
         by_report = dict(zip(map(id, known), rows, strict=True))
-        out: list[dict[str, Any] | None] = []
+        out: list[AckedDelivery | None] = []
         retry_due = False
         # One line per (message, status, resulting state): a village's ten speakers saying
         # `played` in one batch are one line with receivers=10, not ten.
-        lines: dict[tuple[Any, ...], list[tuple[AckReport, dict[str, Any]]]] = {}
+        lines: dict[tuple[Any, ...], list[tuple[AckReport, AckedDelivery]]] = {}
         for r in reports:
             row = by_report.get(id(r))
             out.append(row)

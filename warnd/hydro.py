@@ -39,9 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, f
 
 from warnd import jsonsafe
 from warnd.api.routes import Route, principal
-from warnd.intake import IN_FORCE, Actor, InputError
-from warnd.model import Area, Level, UpdateIn, WarningIn, require_offset
-from warnd.store import from_ts, ts
+from warnd.intake import Actor, InputError
+from warnd.model import IN_FORCE, Area, Level, UpdateIn, WarningIn, require_offset
+from warnd.store import from_ts
 
 if TYPE_CHECKING:
     from warnd.config import HydroStation
@@ -70,7 +70,7 @@ class Reading(BaseModel):
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         """A reading's time needs its offset."""
-        return require_offset(value)  # type: ignore[return-value]
+        return require_offset(value)  # type: ignore[return-value]  # a datetime in, a datetime out
 
 
 class Readings(BaseModel):
@@ -212,25 +212,15 @@ class HydroMonitor:
 
     async def _last(self, station: str) -> tuple[datetime, float] | None:
         """The station's newest accepted reading."""
-        row = await self.daemon.store._one(
-            "SELECT at, level_m FROM hydro_readings WHERE station = ? AND accepted = 1"
-            " ORDER BY at DESC LIMIT 1",
-            (station,),
-        )
-        return (from_ts(row["at"]), row["level_m"]) if row else None  # type: ignore[return-value]
+        return await self.daemon.store.last_reading(station)
 
     async def _window(self, st: HydroStation, at: datetime) -> list[tuple[datetime, float]]:
         """The station's accepted readings of the rise window ending at `at`, oldest first."""
-        rows = await self.daemon.store._all(
-            "SELECT at, level_m FROM hydro_readings WHERE station = ? AND accepted = 1"
-            " AND at >= ? AND at <= ? ORDER BY at",
-            (st.id, ts(at - timedelta(minutes=st.rise_window_min)), ts(at)),
-        )
-        return [(from_ts(r["at"]), r["level_m"]) for r in rows]  # type: ignore[misc]
+        return await self.daemon.store.readings_between(st.id, at - timedelta(minutes=st.rise_window_min), at)
 
     async def _state(self, station: str) -> StationState:
         """The station's state; a warning an operator cancelled meanwhile is no longer in force."""
-        row = await self.daemon.store._one("SELECT * FROM hydro_state WHERE station = ?", (station,))
+        row = await self.daemon.store.station_state(station)
         if row is None or row["warning_id"] is None:
             return StationState()
         w = await self.daemon.store.get_warning(row["warning_id"])
@@ -240,50 +230,28 @@ class HydroMonitor:
 
     async def _save_state(self, station: str, state: StationState) -> None:
         """Write the station's state."""
-        await self.daemon.store._tx(
-            [
-                (
-                    "INSERT INTO hydro_state (station, warning_id, level, below_since, updated_at)"
-                    " VALUES (?,?,?,?,?) ON CONFLICT (station) DO UPDATE SET"
-                    " warning_id = excluded.warning_id, level = excluded.level,"
-                    " below_since = excluded.below_since, updated_at = excluded.updated_at",
-                    (
-                        station,
-                        state.warning_id,
-                        state.level.value if state.level else None,
-                        ts(state.below_since) if state.below_since else None,
-                        ts(self.daemon.clock.now()),
-                    ),
-                    False,
-                )
-            ]
+        await self.daemon.store.set_station_state(
+            station,
+            warning_id=state.warning_id,
+            level=state.level.value if state.level else None,
+            below_since=state.below_since,
+            now=self.daemon.clock.now(),
         )
 
     async def _store_reading(self, reading: Reading, reason: str | None) -> None:
         """Keep a reading, accepted or with the reason it was refused."""
-        await self.daemon.store._tx(
-            [
-                (
-                    "INSERT INTO hydro_readings (station, at, level_m, received_at, accepted, reason)"
-                    " VALUES (?,?,?,?,?,?)",
-                    (
-                        reading.station,
-                        ts(reading.at),
-                        reading.level_m if math.isfinite(reading.level_m) else -1.0,
-                        ts(self.daemon.clock.now()),
-                        int(reason is None),
-                        reason,
-                    ),
-                    False,
-                )
-            ]
+        await self.daemon.store.add_reading(
+            reading.station,
+            reading.at,
+            reading.level_m if math.isfinite(reading.level_m) else -1.0,
+            accepted=reason is None,
+            reason=reason,
+            now=self.daemon.clock.now(),
         )
 
     async def readings(self, station: str, limit: int = 1000) -> list[dict[str, Any]]:
         """A station's stored readings, oldest first."""
-        return await self.daemon.store._all(
-            "SELECT * FROM hydro_readings WHERE station = ? ORDER BY id LIMIT ?", (station, limit)
-        )
+        return await self.daemon.store.hydro_readings(station, limit)
 
     # -- taking readings ----------------------------------------------------------------------
 

@@ -17,15 +17,15 @@ import structlog
 
 from warnd.phone import mask_phone, to_e164
 from warnd.smstext import is_ack_reply
-from warnd.store import Store, ts
+from warnd.store import Store
 
 log = structlog.get_logger("warnd.inbound")
 
 ANSWER_ACK = "已确认收到，谢谢。请按预警要求做好防范。"
 ANSWER_TEXT = "已收到您的回复，值班员会查看。如确认收到预警请回复1。"
 
-# Delivery states that mean the delivery actually went out to the person.
-_SENT_STATES = ("sent", "delivered", "acknowledged", "failed")
+# The channels a reply can answer: what warnd sent a person to their phone.
+_PHONE_CHANNELS = ("sms", "voice")
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,8 @@ def normalize(phone: str) -> str:
 
 async def _latest(store: Store, phone: str, *, ack_required: bool) -> dict[str, Any] | None:
     """The person's most recently sent SMS/voice delivery (ack-required ones only, if asked)."""
-    marks = ",".join("?" * len(_SENT_STATES))
-    extra = " AND ack_required = 1 AND kind = 'warning'" if ack_required else ""
-    return await store._one(
-        # A receipt can beat the dispatcher's own bookkeeping (sent_at) when a batch is long:
-        # delivered_at then says it went out.
-        "SELECT * FROM deliveries WHERE address = ? AND channel IN ('sms', 'voice')"  # noqa: S608
-        f" AND COALESCE(sent_at, delivered_at, acked_at) IS NOT NULL AND state IN ({marks}){extra}"
-        " ORDER BY COALESCE(sent_at, delivered_at, acked_at) DESC, id DESC LIMIT 1",
-        (phone, *_SENT_STATES),
-    )
+    row = await store.latest_sent_to(phone, _PHONE_CHANNELS, ack_required=ack_required)
+    return dict(row) if row is not None else None
 
 
 async def receive(
@@ -82,32 +74,19 @@ async def receive(
     context = target or await _latest(store, phone, ack_required=False)
     warning_id = context["warning_id"] if context else None
     person_id = context["person_id"] if context else None
-    async with store.transaction() as db:
-        if provider_ref is not None and await store._one(
-            "SELECT 1 FROM inbound WHERE provider_ref = ?", (provider_ref,)
-        ):
-            return Reply(duplicate=True)
-        # Answer only someone warnd wrote to, and only once per warning: no reply storms.
-        answered = warning_id is not None and not await store._one(
-            "SELECT 1 FROM inbound WHERE phone = ? AND warning_id = ? AND answered = 1",
-            (phone, warning_id),
-        )
-        await db.execute(
-            "INSERT INTO inbound (provider_ref, channel, phone, person_id, warning_id, delivery_id,"
-            " body, is_ack, answered, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                provider_ref,
-                channel,
-                phone,
-                person_id,
-                warning_id,
-                target["id"] if target else None,
-                body,
-                int(target is not None),
-                int(answered),
-                ts(now),
-            ),
-        )
+    answered = await store.add_inbound(
+        provider_ref=provider_ref,
+        channel=channel,
+        phone=phone,
+        person_id=person_id,
+        warning_id=warning_id,
+        delivery_id=target["id"] if target else None,
+        body=body,
+        is_ack=target is not None,
+        now=now,
+    )
+    if answered is None:
+        return Reply(duplicate=True)
     row = None
     if target is not None:
         row = await feedback.ack(
@@ -134,21 +113,9 @@ async def receive(
 
 async def replies(store: Store, warning_id: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
     """Inbound messages, newest first, optionally those about one warning."""
-    if warning_id is not None:
-        rows = await store._all(
-            "SELECT * FROM inbound WHERE warning_id = ? ORDER BY id DESC LIMIT ?", (warning_id, limit)
-        )
-    else:
-        rows = await store._all("SELECT * FROM inbound ORDER BY id DESC LIMIT ?", (limit,))
-    for r in rows:
-        r["is_ack"], r["answered"] = bool(r["is_ack"]), bool(r["answered"])
-    return rows
+    return await store.inbound(warning_id, limit)
 
 
 async def in_flight(store: Store, channel: str, limit: int = 2000) -> list[dict[str, Any]]:
     """Sent deliveries of a channel still waiting for a receipt (polling mode)."""
-    return await store._all(
-        "SELECT id, msg_id, target, provider_ref, ack_required FROM deliveries"
-        " WHERE channel = ? AND state = 'sent' AND provider_ref IS NOT NULL ORDER BY id LIMIT ?",
-        (channel, limit),
-    )
+    return await store.awaiting_receipt(channel, limit)

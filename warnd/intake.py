@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -11,9 +11,9 @@ from typing import Any
 import structlog
 
 from warnd.clock import Clock, Wakeup, iso, parse_iso
-from warnd.config import PolicySettings
+from warnd.config import ApprovalSettings, PolicySettings
 from warnd.directory import Directory
-from warnd.model import Area, Level, State, UpdateIn, WarningIn, fingerprint
+from warnd.model import IN_FORCE, Area, Level, State, UpdateIn, WarningIn, fingerprint
 from warnd.planner import (
     Step,
     end_of_quiet,
@@ -26,11 +26,9 @@ from warnd.planner import (
     step_jobs,
     steps_for,
 )
-from warnd.store import AcceptResult, Store, new_warning_id, ts
+from warnd.store import AcceptResult, JobKind, NewJob, Store, WarningRow, new_job, new_warning_id, ts
 
 log = structlog.get_logger("warnd.intake")
-
-IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
 
 
 class InputError(Exception):
@@ -60,6 +58,9 @@ class Actor:
 class Intake:
     """The front door of the pipeline.
 
+    `approval` (set by the daemon) returns the `[approval]` settings: a draft that needs sign-off
+    is stored awaiting it, with only a reminder scheduled (warnd.approval). None: nothing waits.
+
     Args:
         store: the store.
         directory: returns the current directory (reloadable).
@@ -78,6 +79,7 @@ class Intake:
     ) -> None:
         """Keep the collaborators."""
         self.store, self.directory, self.policy, self.clock, self.wake = store, directory, policy, clock, wake
+        self.approval: Callable[[], ApprovalSettings] | None = None
 
     def match(self, area: Area, *, required: bool) -> list[str]:
         """The villages an area reaches; an operator's area that reaches none is refused."""
@@ -127,7 +129,17 @@ class Intake:
             "updated_at": ts(now),
             "document": document,
         }
-        jobs = step_jobs(row, steps_for(row, self.policy(), now), now)
+        held = self.approval is not None and self.approval().needed(w.level, source)
+        if held:
+            assert self.approval is not None
+            from warnd.approval import reminder_job
+
+            # Nothing is planned until an approver releases it; only the reminder is due.
+            row["state"] = State.AWAITING_APPROVAL.value
+            remind_at = now + timedelta(minutes=self.approval().remind_after_min)
+            jobs = [reminder_job(row["id"], 1, remind_at, now)]
+        else:
+            jobs = step_jobs(row, steps_for(row, self.policy(), now), now)
         result = await self.store.accept(
             row,
             audit=_audit(
@@ -141,6 +153,7 @@ class Intake:
                     "source": source,
                     "villages": len(villages),
                     "status": w.status.value,
+                    **({"awaiting_approval": True} if held else {}),
                 },
             ),
             jobs=jobs,
@@ -155,14 +168,15 @@ class Intake:
                 hazard=w.event,
                 villages=len(villages),
                 source=source,
-                steps=len(jobs),
+                steps=0 if held else len(jobs),
+                awaiting_approval=held,
             )
             self.wake.set()
         else:
             log.info("warning.duplicate", warning_id=result.id, source=source)
         return result
 
-    async def _in_force(self, warning_id: str) -> dict[str, Any]:
+    async def _in_force(self, warning_id: str) -> WarningRow:
         """The warning, which must exist and still be in force."""
         w = await self.store.get_warning(warning_id)
         if w is None:
@@ -317,17 +331,17 @@ class Intake:
         self.wake.set()
 
 
-def _announce_job(w: dict[str, Any], kind: str, now: Any, context: dict[str, Any]) -> dict[str, Any]:
+def _announce_job(w: Mapping[str, Any], kind: str, now: Any, context: dict[str, Any]) -> NewJob:
     """A job that tells everyone already reached about an update or the all-clear."""
     version = w.get("version", 1)
-    return {
-        "key": f"{w['id']}:v{version}:{kind}",
-        "warning_id": w["id"],
-        "kind": "announce",
-        "due_at": ts(now),
-        "created_at": ts(now),
-        "payload": {"step": kind, "kind": kind, "version": version, "context": context},
-    }
+    return new_job(
+        JobKind.ANNOUNCE,
+        f"{w['id']}:v{version}:{kind}",
+        w["id"],
+        due=now,
+        now=now,
+        payload={"step": kind, "kind": kind, "version": version, "context": context},
+    )
 
 
 def _audit(now: Any, actor: Actor, action: str, warning_id: str, detail: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ Kinds:
                          never the old instruction
     escalation_self      叫应 again to someone who has not confirmed
     escalation_superior  叫应 to the superior of someone who has not confirmed: who, what, since when
+    approval_reminder    a draft waits for sign-off (审核签发): pages the approvers
 An exercise or test warning (演练) is marked in every kind, at the start and again at the end.
 
 Pure functions: no I/O, no clock.
@@ -35,7 +36,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from warnd import templates
-from warnd.model import Level
+from warnd.model import PERSON_CHANNELS, Level
 from warnd.smstext import longest_fitting, sms_segments
 from warnd.speech import spoken_text
 
@@ -48,6 +49,7 @@ Kind = Literal[
     "all_clear",
     "escalation_self",
     "escalation_superior",
+    "approval_reminder",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 
@@ -229,6 +231,23 @@ _DEFAULTS: dict[str, dict[str, str]] = {
             "{drill_say}",
         ),
     },
+    "approval_reminder": {
+        "title": "{drill_mark}待签发：{event}{level}预警",
+        "text": _lines(
+            "{recipient}您好，{event}{level}预警自{sent_at}起等待审核签发，尚未发出，请立即登录值班台审核。",
+            "预警内容：{headline}",
+            "{drill_note}",
+        ),
+        "speech": _lines(
+            "{drill_say}",
+            "{greeting}",
+            "这里是{org}。",
+            "{event}{level}预警自{sent_at}起等待您审核签发，还没有发出。",
+            "预警内容：{headline}。",
+            "请立即登录值班台审核。",
+            "{drill_say}",
+        ),
+    },
 }
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -293,7 +312,7 @@ class MessageSettings(BaseModel):
 
     def template(self, kind: str, form: str) -> str:
         """The template of a kind's form: the configured one, else the default."""
-        override = self.templates.get(kind)  # type: ignore[call-overload]
+        override = self.templates.get(kind)  # type: ignore[call-overload]  # keyed by the Literal kinds; any str may ask
         value = getattr(override, form) if override is not None else None
         return value if value is not None else _DEFAULTS[kind][form]
 
@@ -472,7 +491,12 @@ def compose_sms(
         full = vals.get(name, "")
         if not full:
             continue
-        vals[name] = longest_fitting(full, lambda cut, n=name: fits(build({**vals, n: cut})))
+
+        def fits_as(cut: str, n: str = name) -> bool:
+            """Whether the text fits with this field cut to `cut`."""
+            return fits(build({**vals, n: cut}))
+
+        vals[name] = longest_fitting(full, fits_as)
         text = build(vals)
     return text
 
@@ -626,12 +650,14 @@ def preview(
     }
     contexts["escalation_self"] = escalation
     contexts["escalation_superior"] = escalation
+    contexts["approval_reminder"] = {"sent_at": sent_at}
     out: dict[str, dict[str, str]] = {}
     for kind, ctx in contexts.items():
         texts = {}
         for channel in chans:
-            person_channel = channel in ("sms", "voice", "wechat")
-            if kind.startswith("escalation") and not person_channel:
+            person_channel = channel in PERSON_CHANNELS
+            paging = kind.startswith("escalation") or kind == "approval_reminder"
+            if paging and not person_channel:
                 continue
             vals = values_for(
                 warning, kind, ctx, settings=settings, directory=directory, channel=channel

@@ -36,6 +36,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from warnd.model import DEVICE_CHANNELS
 from warnd.store import Outcome, from_ts
 
 if TYPE_CHECKING:
@@ -212,7 +213,7 @@ class Metrics:
         self.acks.labels(channel, status).inc()
         if row.get("first_confirmation") and row.get("sent_at"):
             sent = from_ts(row["sent_at"])
-            self.ack_seconds.labels(channel).observe(max(0.0, (now - sent).total_seconds()))  # type: ignore[operator]
+            self.ack_seconds.labels(channel).observe(max(0.0, (now - sent).total_seconds()))  # type: ignore[operator]  # sent_at checked above
 
     # -- scrape -------------------------------------------------------------------------------
 
@@ -305,7 +306,7 @@ class StoreCollector(Collector):
                 "Directory loudspeakers and LED boards by last reported status: online, offline, unknown",
                 labels=["kind", "status"],
             )
-            for kind in ("loudspeaker", "led"):
+            for kind in DEVICE_CHANNELS:
                 for status in ("online", "offline", "unknown"):
                     g.add_metric([kind, status], self.devices.get((kind, status), 0))
             yield g

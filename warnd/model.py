@@ -6,8 +6,9 @@ import enum
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -85,6 +86,19 @@ class State(enum.StrEnum):
     UPDATED = "updated"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # Sign-off (审核签发, warnd.approval): a draft nothing of which is sent yet, and one turned down.
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"
+
+
+# Warning states in which a warning is still in force: its deliveries are never given up, its
+# repeats and reminders still go out, an update or cancel may still refer to it.
+IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
+
+# Channels that reach a device (acknowledged by the device itself, stopped by a cancel or expiry)
+# and channels that reach a person in the directory (by role).
+DEVICE_CHANNELS = ("loudspeaker", "led")
+PERSON_CHANNELS = ("sms", "voice", "wechat")
 
 
 # 6-digit county (GB/T 2260), 9-digit township, 12-digit village statistical codes; ASCII digits
@@ -217,12 +231,12 @@ class Area(BaseModel):
     codes: list[str] = Field(
         default_factory=list,
         max_length=10_000,
-        json_schema_extra=lambda s: s["items"].update(pattern=ADMIN_CODE.pattern),  # type: ignore[index,union-attr]
+        json_schema_extra=lambda s: s["items"].update(pattern=ADMIN_CODE.pattern),  # type: ignore[union-attr]  # a list field's "items" is a dict
     )
     polygons: list[list[LatLon]] = Field(
         default_factory=list,
         max_length=100,
-        json_schema_extra=lambda s: s["items"].update(minItems=3),  # type: ignore[index,union-attr]
+        json_schema_extra=lambda s: s["items"].update(minItems=3),  # type: ignore[union-attr]  # a list field's "items" is a dict
     )
     circles: list[Circle] = Field(default_factory=list, max_length=100)
 
@@ -371,13 +385,7 @@ def fingerprint(w: WarningIn) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-DeliveryState = Literal[
-    "pending", "sending", "sent", "delivered", "acknowledged", "failed", "dead", "cancelled"
-]
-OPEN_STATES = ("pending", "failed")
-
-
-def warning_json(row: dict[str, Any]) -> dict[str, Any]:
+def warning_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """The content fields of a stored warning, in docs/architecture.md's JSON contract order."""
     keys = (
         "event",

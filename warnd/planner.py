@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,11 +12,9 @@ from zoneinfo import ZoneInfo
 from warnd.clock import parse_iso
 from warnd.config import LevelPolicy, PolicySettings
 from warnd.directory import Directory
-from warnd.model import Level
-from warnd.store import NewDelivery, ts
+from warnd.model import DEVICE_CHANNELS, Level
+from warnd.store import JobKind, NewDelivery, NewJob, new_job
 
-PERSON_CHANNELS = ("sms", "voice", "wechat")
-DEVICE_CHANNELS = ("loudspeaker", "led")
 REMINDER = {"message": "reminder"}
 
 
@@ -180,7 +178,7 @@ def step_jobs(
     kind: str = "warning",
     reached: Collection[str] = (),
     first: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[NewJob]:
     """Job rows for steps (and the warning's expiry).
 
     Each step's payload says which receiver classes hear the warning for the first time there
@@ -190,7 +188,7 @@ def step_jobs(
     """
     version = warning.get("version", 1)
     seen = set(reached)
-    jobs = []
+    jobs: list[NewJob] = []
     for s in steps:
         classes = receiver_classes(s.channels, s.roles)
         message: dict[str, Any] = {"message": "issue"}
@@ -201,14 +199,14 @@ def step_jobs(
             new = [c for c in classes if c not in seen]
         seen.update(classes)
         jobs.append(
-            {
+            new_job(
+                JobKind.STEP,
                 # The held part of a step is a job of its own, after the rest of the step.
-                "key": f"{warning['id']}:v{version}:{s.name}" + (":held" if s.held else ""),
-                "warning_id": warning["id"],
-                "kind": "step",
-                "due_at": ts(s.at),
-                "created_at": ts(now),
-                "payload": {
+                f"{warning['id']}:v{version}:{s.name}" + (":held" if s.held else ""),
+                warning["id"],
+                due=s.at,
+                now=now,
+                payload={
                     "step": s.name,
                     "channels": list(s.channels),
                     "roles": list(s.roles),
@@ -219,19 +217,19 @@ def step_jobs(
                     "context": message,
                     "new": new,
                 },
-            }
+            )
         )
     expires = parse_iso(warning.get("expires"))
     if expires is not None:
         jobs.append(
-            {
-                "key": f"{warning['id']}:v{version}:expire",
-                "warning_id": warning["id"],
-                "kind": "expire",
-                "due_at": ts(max(expires, now)),
-                "created_at": ts(now),
-                "payload": {"version": version},
-            }
+            new_job(
+                JobKind.EXPIRE,
+                f"{warning['id']}:v{version}:expire",
+                warning["id"],
+                due=max(expires, now),
+                now=now,
+                payload={"version": version},
+            )
         )
     return jobs
 
@@ -241,19 +239,17 @@ def compact(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
 
 
-def repeat_job(
-    warning: dict[str, Any], due: datetime, now: datetime, n: int, *, first: bool
-) -> dict[str, Any]:
+def repeat_job(warning: dict[str, Any], due: datetime, now: datetime, n: int, *, first: bool) -> NewJob:
     """A loudspeaker re-broadcast job; the first of a version has a fixed key so steps start one chain."""
     base = f"{warning['id']}:v{warning['version']}:repeat"
-    return {
-        "key": base if first else f"{base}@{compact(due)}",
-        "warning_id": warning["id"],
-        "kind": "repeat",
-        "due_at": ts(due),
-        "created_at": ts(now),
-        "payload": {"n": n, "version": warning["version"]},
-    }
+    return new_job(
+        JobKind.REPEAT,
+        base if first else f"{base}@{compact(due)}",
+        warning["id"],
+        due=due,
+        now=now,
+        payload={"n": n, "version": warning["version"]},
+    )
 
 
 def holds_repeats(warning: dict[str, Any], policy: PolicySettings) -> bool:
@@ -261,7 +257,7 @@ def holds_repeats(warning: dict[str, Any], policy: PolicySettings) -> bool:
     return level_policy(warning, policy).quiet_hours and warning["level"] != Level.RED.value
 
 
-def schedule_view(jobs: list[dict[str, Any]], tz: str = "Asia/Shanghai") -> list[dict[str, Any]]:
+def schedule_view(jobs: Sequence[Mapping[str, Any]], tz: str = "Asia/Shanghai") -> list[dict[str, Any]]:
     """Jobs as the API shows a schedule: [{"at", "step", "channels", "state", "held"}].
 
     The preview and `GET /api/v1/warnings/{id}` both show this, so what they show is the
@@ -379,7 +375,7 @@ def step_deliveries(
                     for b in v.led_boards
                 )
         else:
-            wanted = set(lp.roles.get(channel, ()))  # type: ignore[call-overload]
+            wanted = set(lp.roles.get(channel, ()))
             if roles:
                 wanted &= roles
             people = directory.people_in(codes, wanted) if wanted else []

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from warnd.directory import Directory
 from warnd.phone import mask_phone
-from warnd.store import Store, from_ts
+from warnd.store import COVERAGE_COUNTS, DeliveryState, Store, count_receiver, from_ts
 
-COUNTS = ("expected", "sent", "delivered", "acknowledged", "failed")
-PERSON_CHANNELS = ("sms", "voice", "wechat")
+COUNTS = COVERAGE_COUNTS
 # Deliveries read per warning: a county-wide red warning with half-hourly repeats stays far below.
 MAX_ROWS = 2_000_000
 # The pseudo-village of receivers attached to none of the warning's villages (a superior).
@@ -34,28 +33,18 @@ def _zero() -> dict[str, int]:
 
 def _count(counter: dict[str, int], states: set[str]) -> None:
     """Count one receiver at the furthest state its deliveries reached."""
-    counter["expected"] += 1
-    if "acknowledged" in states:
-        counter["acknowledged"] += 1
-    if states & {"delivered", "acknowledged"}:
-        counter["delivered"] += 1
-    if states & {"sent", "delivered", "acknowledged"}:
-        counter["sent"] += 1
-    elif states & {"dead", "failed"}:
-        counter["failed"] += 1
+    count_receiver(counter, states)
 
 
 def _best(states: Iterable[str]) -> str:
     """The furthest state among a receiver's deliveries (for showing one word)."""
-    order = ("acknowledged", "delivered", "sent", "sending", "pending", "failed", "dead", "cancelled")
-    have = set(states)
-    return next((s for s in order if s in have), "unknown")
+    return DeliveryState.furthest(states)
 
 
 def build(
-    warning: dict[str, Any],
-    rows: list[dict[str, Any]],
-    audit: list[dict[str, Any]],
+    warning: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    audit: Sequence[Mapping[str, Any]],
     directory: Directory,
     tz: str,
     now: datetime,
@@ -134,7 +123,7 @@ def build(
             acked[pid] = at
     escalations = escalation_list(audit, tz)
     escalated = {e["person_id"] for e in escalations}
-    unconfirmed = []
+    unconfirmed: list[dict[str, Any]] = []
     for pid in sorted(p for p in must if p not in acked):
         person = directory.people.get(pid)
         unconfirmed.append(
@@ -201,7 +190,7 @@ def _person_state(receivers: dict[tuple[str, str], dict[str, Any]], pid: str) ->
     return _best(states)
 
 
-def escalation_list(audit: list[dict[str, Any]], tz: str) -> list[dict[str, Any]]:
+def escalation_list(audit: Sequence[Mapping[str, Any]], tz: str) -> list[dict[str, Any]]:
     """The 叫应 escalations recorded in a warning's audit trail, oldest first."""
     zone = ZoneInfo(tz)
     out = []

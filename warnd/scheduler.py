@@ -20,12 +20,11 @@ import structlog
 
 from warnd import confirm
 from warnd.clock import Clock, Wakeup, parse_iso
-from warnd.config import PolicySettings
+from warnd.config import ApprovalSettings, PolicySettings
 from warnd.directory import Directory, Person
 from warnd.escalation import Action, Confirmation, Watched, decide, next_due
-from warnd.model import State
+from warnd.model import DEVICE_CHANNELS, IN_FORCE, PERSON_CHANNELS, State
 from warnd.planner import (
-    DEVICE_CHANNELS,
     REMINDER,
     compact,
     end_of_quiet,
@@ -36,11 +35,9 @@ from warnd.planner import (
     repeat_job,
     step_deliveries,
 )
-from warnd.store import Job, NewDelivery, Store, StoreUnavailable, from_ts, ts
+from warnd.store import Job, JobKind, NewDelivery, NewJob, Store, StoreUnavailable, from_ts, new_job, ts
 
 log = structlog.get_logger("warnd.scheduler")
-
-IN_FORCE = (State.ACTIVE.value, State.UPDATED.value)
 # Two loudspeaker plays closer than this are one play: a step and a repeat due together.
 SAME_PLAY_S = 1.0
 # An all-clear waits for sends in flight (each ends within dispatch.send_timeout_s, 30 s by
@@ -80,6 +77,8 @@ class Scheduler:
         self.channels, self.clock, self.wake = channels, clock, wake
         self.prepare = prepare
         self.ready = ready or (lambda channel: channel in self.channels())
+        # `[approval]` settings, set by the daemon: who is paged about a draft (warnd.approval).
+        self.approval: Callable[[], ApprovalSettings] | None = None
 
     async def run_once(self, limit: int = 100) -> int:
         """Fire every job due now; return how many fired."""
@@ -99,20 +98,20 @@ class Scheduler:
         if warning is None:
             blog.warning("job.orphaned")
             return await self.store.fire_job(job, [], now=now)
-        if job.kind == "step":
-            return await self._step(job, warning, now, blog)
-        if job.kind == "repeat":
-            return await self._repeat(job, warning, now, blog)
-        if job.kind == "escalate":
-            return await self._escalate(job, warning, now, blog)
-        if job.kind == "announce":
-            return await self._announce(job, warning, now, blog)
-        if job.kind == "expire":
-            return await self._expire(job, warning, now, blog)
-        if job.kind == "confirm":
-            return await self._confirm(job, warning, now, blog)
-        blog.error("job.unknown_kind")
-        return await self.store.fire_job(job, [], now=now)
+        handlers = {
+            JobKind.STEP: self._step,
+            JobKind.REPEAT: self._repeat,
+            JobKind.ESCALATE: self._escalate,
+            JobKind.ANNOUNCE: self._announce,
+            JobKind.EXPIRE: self._expire,
+            JobKind.CONFIRM: self._confirm,
+            JobKind.APPROVAL_REMINDER: self._remind_approvers,
+        }
+        handler = handlers.get(job.kind)  # type: ignore[call-overload]  # a StrEnum key is its text
+        if handler is None:
+            blog.error("job.unknown_kind")
+            return await self.store.fire_job(job, [], now=now)
+        return await handler(job, warning, now, blog)
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -148,7 +147,7 @@ class Scheduler:
 
     def _chains(
         self, warning: dict[str, Any], job: Job, deliveries: list[NewDelivery], now: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[NewJob]:
         """One escalation job per person with an ack-required delivery in this step."""
         lp = level_policy(warning, self.policy())
         if not lp.escalation:
@@ -159,13 +158,13 @@ class Scheduler:
                 origin.setdefault(d.person_id, []).append([d.msg_id, d.target])
         due = now + timedelta(minutes=lp.escalation[0].after_min)
         return [
-            {
-                "key": f"{job.key}:esc:{pid}:s0",
-                "warning_id": warning["id"],
-                "kind": "escalate",
-                "due_at": ts(due),
-                "created_at": ts(now),
-                "payload": {
+            new_job(
+                JobKind.ESCALATE,
+                f"{job.key}:esc:{pid}:s0",
+                warning["id"],
+                due=due,
+                now=now,
+                payload={
                     "person_id": pid,
                     "stage": 0,
                     "step": job.payload["step"],
@@ -173,7 +172,7 @@ class Scheduler:
                     "chain": f"{job.key}:esc:{pid}",
                     "reached": [],
                 },
-            }
+            )
             for pid, pairs in origin.items()
         ]
 
@@ -265,7 +264,7 @@ class Scheduler:
             warning_state=warning["state"],
         )
         acks = [
-            Confirmation(r["person_id"], r["channel"], from_ts(r["acked_at"]))  # type: ignore[arg-type]
+            Confirmation(r["person_id"], r["channel"], from_ts(r["acked_at"]))  # type: ignore[arg-type]  # an ack row has acked_at
             for r in rows
             if r["state"] == "acknowledged" and r["acked_at"]
         ]
@@ -302,7 +301,7 @@ class Scheduler:
             address = target.phone if step.channel in ("sms", "voice") else target.wecom_user
             if step.channel not in self.channels():
                 skipped = f"channel {step.channel} unavailable"
-            elif step.channel not in ("sms", "voice", "wechat"):
+            elif step.channel not in PERSON_CHANNELS:
                 skipped = f"channel {step.channel} cannot reach a person"
             elif not address:
                 skipped = f"{target.id} has no address for {step.channel}"
@@ -342,7 +341,7 @@ class Scheduler:
             )
         lp = level_policy(warning, self.policy())
         due = next_due(watched, lp, stage + 1, now)
-        jobs = []
+        jobs: list[NewJob] = []
         if due is not None:
             jobs.append(self._chain_job(warning, job, stage + 1, due, now, reached=reached))
         audit = {
@@ -384,17 +383,17 @@ class Scheduler:
         *,
         suffix: str = "",
         reached: list[str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> NewJob:
         """The escalation job for a chain's step `stage`, keyed by chain, stage and (when waiting) time."""
         p = job.payload
-        return {
-            "key": f"{p['chain']}:s{stage}{suffix}",
-            "warning_id": warning["id"],
-            "kind": "escalate",
-            "due_at": ts(due),
-            "created_at": ts(now),
-            "payload": {**p, "stage": stage, "reached": p["reached"] if reached is None else reached},
-        }
+        return new_job(
+            JobKind.ESCALATE,
+            f"{p['chain']}:s{stage}{suffix}",
+            warning["id"],
+            due=due,
+            now=now,
+            payload={**p, "stage": stage, "reached": p["reached"] if reached is None else reached},
+        )
 
     # -- devices that have not confirmed -------------------------------------------------------
 
@@ -422,7 +421,7 @@ class Scheduler:
         until = dict(p["deliveries"])
         rows = await self.store.deliveries_by_ids(list(until))
         decided = confirm.decide(rows, until, warning["state"] in IN_FORCE, now, timeout_s)
-        jobs = []
+        jobs: list[NewJob] = []
         if decided.watch:
             due = now + timedelta(seconds=confirm.delay_s(round_no + 1, timeout_s, p["cap_s"]))
             jobs.append(
@@ -456,6 +455,23 @@ class Scheduler:
             )
         return ok
 
+    # -- sign-off (issue 15) ---------------------------------------------------------------------
+
+    async def _remind_approvers(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """A draft still waits for sign-off: page the approvers, and plan the next page."""
+        from warnd import approval as signoff
+
+        if warning["state"] != State.AWAITING_APPROVAL.value or self.approval is None:
+            return await self.store.fire_job(job, [], now=now)
+        settings = self.approval()
+        directory, channels = self.directory(), self.channels()
+        deliveries = signoff.reminder_deliveries(warning, job, settings, directory, channels, now)
+        jobs = signoff.next_reminder(job, settings, now)
+        ok = await self.store.fire_job(job, deliveries, jobs=jobs, now=now)
+        if ok:
+            blog.info("approval.reminded", n=job.payload.get("n", 1), deliveries=len(deliveries))
+        return ok
+
     # -- announcements and expiry -------------------------------------------------------------
 
     def _prepare(self, warning: dict[str, Any], deliveries: list[NewDelivery]) -> None:
@@ -477,14 +493,14 @@ class Scheduler:
         if in_flight and waited < ANNOUNCE_WAITS:
             # A warning still on its way to someone: wait so the all-clear does not miss them.
             due = now + timedelta(seconds=ANNOUNCE_WAIT_S)
-            nxt = {
-                "key": f"{job.key}@{waited + 1}",
-                "warning_id": warning["id"],
-                "kind": "announce",
-                "due_at": ts(due),
-                "created_at": ts(now),
-                "payload": {**job.payload, "waited": waited + 1},
-            }
+            nxt = new_job(
+                JobKind.ANNOUNCE,
+                f"{job.key}@{waited + 1}",
+                warning["id"],
+                due=due,
+                now=now,
+                payload={**job.payload, "waited": waited + 1},
+            )
             blog.info("announce.waiting", in_flight=in_flight, retry_in_s=ANNOUNCE_WAIT_S)
             return await self.store.fire_job(job, [], jobs=[nxt], now=now)
         deliveries = await self._to_reached(warning, job, job.payload["kind"], None, now)

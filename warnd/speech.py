@@ -329,7 +329,11 @@ def _sandhi(chars: str, syllables: list[str]) -> list[str]:
 def _han_syllables(han: str) -> list[str]:
     """Tone-numbered pinyin of a run of Chinese characters, one syllable a character."""
     raw = lazy_pinyin(
-        han, style=Style.TONE3, neutral_tone_with_five=True, errors=lambda chars: ["?"] * len(chars)
+        han,
+        style=Style.TONE3,
+        neutral_tone_with_five=True,
+        # pypinyin's stub says `errors` returns a str; a list (one item per character) is documented.
+        errors=lambda chars: ["?"] * len(chars),  # type: ignore[arg-type,return-value]
     )
     # A character pypinyin has no reading for (rare variants) is "" and is left out below.
     syllables = [s if _SYLLABLE.fullmatch(s) else "" for s in raw]

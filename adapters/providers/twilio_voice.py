@@ -181,10 +181,8 @@ class TwilioVoice(TwilioProvider):
         """The delivery a callback URL names."""
         if not msg_id or not target:
             return None
-        return await self.ctx.store._one(
-            "SELECT msg_id, target, ack_required, state FROM deliveries WHERE msg_id = ? AND target = ?",
-            (msg_id, target),
-        )
+        row = await self.ctx.store.delivery_to(msg_id, target)
+        return dict(row) if row is not None else None
 
     def routes(self) -> list[Webhook]:
         """Twilio's call webhooks: signature-checked, no token."""

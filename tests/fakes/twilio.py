@@ -262,6 +262,10 @@ class FakeTwilio:
         """Queue answers for the next create requests, in order; then normal handling resumes."""
         self._script.extend(answers)
 
+    def unscript(self) -> None:
+        """Drop the create answers still queued: normal handling from the next request."""
+        self._script.clear()
+
     def script_lists(self, answers: list[Answer]) -> None:
         """Queue answers for the next list requests (GET Messages.json or Calls.json), in order."""
         self._list_script.extend(answers)

@@ -99,6 +99,8 @@ class FakeWecom:
     _tokens: dict[str, datetime] = field(default_factory=dict)
     _expire_next: int = 0
     _robot_script: dict[str, list[int]] = field(default_factory=dict)
+    # (HTTP status, Retry-After) a gateway in front of WeCom answers to every request, or None.
+    _http_answer: tuple[int, int | None] | None = None
     # request JSON of an accepted application message with its duplicate check → when it came
     _accepted: dict[str, datetime] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
@@ -134,6 +136,10 @@ class FakeWecom:
         """The next calls to this robot answer these errcodes (e.g. 45009) before normal handling."""
         self._robot_script.setdefault(key, []).extend(errcodes)
 
+    def answer_http(self, status: int | None, retry_after_s: int | None = None) -> None:
+        """Every request from now on gets this HTTP status (a gateway in front of WeCom); None: normal."""
+        self._http_answer = None if status is None else (status, retry_after_s)
+
     def calls_in_window(self, key: str, end: datetime, window_s: float = 60) -> int:
         """How many calls this robot got in the window (end - window_s, end]."""
         start = end - timedelta(seconds=window_s)
@@ -148,6 +154,10 @@ class FakeWecom:
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Apply an outage: refuse, or do the send and lose its answer; then hold a sent answer latency_s."""
         send = request.method == "POST"
+        if self._http_answer is not None:
+            status, retry_after_s = self._http_answer
+            headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+            return web.json_response({"error": status}, status=status, headers=headers)
         fault = self.fault
         if fault is not None:
             # An application message is for its user, a robot message for its group.

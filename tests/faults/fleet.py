@@ -27,13 +27,13 @@ from typing import Any
 from tests.support.county import directory_toml, village_code
 from tests.support.harness import warning_body
 from tests.support.mqtt import Broker, free_port
-from tests.support.process import ROOT, DaemonProcess, wait_for, write_config
+from tests.support.process import ROOT, DaemonProcess, write_config
+from tests.support.wait import wait_for
+from warnd.model import DEVICE_CHANNELS, IN_FORCE
 
 VILLAGES = 200
 SPEAKERS = 10
 CODES = [village_code(i) for i in range(VILLAGES)]
-IN_FORCE = ("active", "updated")
-DEVICE_CHANNELS = ("loudspeaker", "led")
 
 
 class Fleet:

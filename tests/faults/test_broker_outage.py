@@ -15,7 +15,7 @@ import pytest
 
 from tests.faults.fleet import CODES, Fleet
 from tests.support.mqtt import Broker, mosquitto_binary
-from tests.support.process import wait_for
+from tests.support.wait import wait_for
 
 pytestmark = [
     pytest.mark.slow,

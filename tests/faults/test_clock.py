@@ -26,13 +26,14 @@ import pytest
 from tests.support.county import write_directory
 from tests.support.harness import warning_body
 from tests.support.mqtt import free_port
-from tests.support.process import DaemonProcess, wait_for, write_config
+from tests.support.process import DaemonProcess, write_config
 from tests.support.recording import read_records
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 
 # Debian's libfaketime (package libfaketime); the MT build is the one for threaded programs
-# (aiosqlite's thread).
+# (the store's thread).
 LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
 # Steps before the onset, in hours: 32.4, 21.6, 14.4 and 7.2 s, and the onset itself.
 STEP_HOURS = (0.009, 0.006, 0.004, 0.002, 0.0)

@@ -21,8 +21,9 @@ import pytest
 from tests.support.county import village_code, write_directory
 from tests.support.harness import warning_body
 from tests.support.mqtt import free_port
-from tests.support.process import DaemonProcess, wait_for, write_config
+from tests.support.process import DaemonProcess, write_config
 from tests.support.twilio_harness import FROM, FakeTwilioThread
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 

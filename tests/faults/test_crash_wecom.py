@@ -34,8 +34,8 @@ from tests.faults.people import (
     store_problems,
 )
 from tests.support.mqtt import free_port
-from tests.support.process import wait_for
 from tests.support.threaded import ThreadedFake
+from tests.support.wait import wait_for
 from warnd.clock import SystemClock
 
 pytestmark = pytest.mark.slow

@@ -24,8 +24,8 @@ from tests.support.county import village_code, write_directory
 from tests.support.harness import warning_body
 from tests.support.mqtt import Broker, free_port
 from tests.support.process import DaemonProcess, write_config
-from warnd.simulator import SpeakerSimulator
 from warnd.tokenhash import pbkdf2_hash
+from warnd.tools.simulator import SpeakerSimulator
 
 pytestmark = pytest.mark.slow
 

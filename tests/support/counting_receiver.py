@@ -33,7 +33,8 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-TOPIC_ROOT = "warnd/v1"
+from warnd.mqtt import topics
+
 # Acks of a 2,000-speaker fan-out go out without waiting for each PUBACK.
 MAX_INFLIGHT = 1000
 
@@ -71,7 +72,7 @@ class Receiver:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         """Subscribe on every connect: a broker that lost its sessions forgot ours."""
-        client.subscribe([(f"{TOPIC_ROOT}/village/+/speaker", 1), (f"{TOPIC_ROOT}/device/+/cmd", 1)])
+        client.subscribe([(t.filter(), t.qos) for t in (topics.VILLAGE_SPEAKERS, topics.DEVICE_CMD)])
 
     def _on_subscribe(self, *_: Any) -> None:
         """Tell the parent process we are listening (once)."""
@@ -83,23 +84,23 @@ class Receiver:
         """One command, for a village's speakers or one device."""
         if self.delay_s:
             time.sleep(self.delay_s)
-        parts = message.topic.split("/")
-        if parts[2] == "village":
-            targets = self.by_village.get(parts[3], [])
+        village, device = topics.parse_village(message.topic), topics.parse_device(message.topic)
+        if village is not None:
+            targets = self.by_village.get(village, [])
         else:
-            targets = [parts[3]] if parts[3] in self.speakers or parts[3] in self.boards else []
+            own = device[0] if device is not None else ""
+            targets = [own] if own in self.speakers or own in self.boards else []
         try:
             cmd = json.loads(message.payload)
             msg_id, kind = cmd["msg_id"], cmd["kind"]
         except (ValueError, KeyError, TypeError):
             return
-        ack_topic = str(cmd.get("ack_topic") or f"{TOPIC_ROOT}/device/{{device_id}}/ack")
         stale = _stale(cmd.get("not_after"))
         lines = []
         for device in targets:
             base = {"d": device, "m": msg_id, "k": kind, "w": cmd.get("warning_id")}
             lines.append({"e": "recv", **base})
-            topic = ack_topic.replace("{device_id}", device)
+            topic = topics.ack_topic_for(str(cmd.get("ack_topic") or ""), device)
             done = self.final.get((device, msg_id))
             if done is not None:
                 # Carried out already: say so again (warnd may be waiting for it), never twice.
@@ -129,7 +130,7 @@ class Receiver:
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
         for status in statuses:
             body = {"msg_id": msg_id, "status": status, "at": at, "detail": detail}
-            self.client.publish(topic, json.dumps(body), qos=1)
+            self.client.publish(topic, json.dumps(body), qos=topics.QOS, retain=topics.ACK_RETAIN)
 
     def run(self, url: str) -> None:
         """Connect and serve until SIGTERM; reconnects by itself while the broker is away."""

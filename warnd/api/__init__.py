@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from warnd import devices
 from warnd.adapter import Webhook
-from warnd.api import audit, warnings
+from warnd.api import approval, audit, console, devices, events, warnings
 from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
 from warnd.api.errors import error_middleware, error_response
@@ -83,9 +82,12 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> we
             responses={200: "Prometheus text exposition", 401: "metrics_token_hash is set"},
         ),
         *warnings.ROUTES,
+        *approval.ROUTES,  # sign-off (issue 15)
+        *console.ROUTES,  # the console and its live events (issue 15)
+        *events.ROUTES,
         *report_api.ROUTES,
         *audit.ROUTES,
-        *devices.routes(),
+        *devices.ROUTES,
         *(as_route(r) for r in extra_routes),
     ]
 
@@ -108,6 +110,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> we
         ],
     )
     app[DAEMON] = daemon
+    events.setup(app)  # the console's event streams end at shutdown (issue 15)
     app[GATE] = AuthGate(daemon.tokens, auth_failure_limiter(daemon.settings.http), daemon.metrics)
     slow = slow_hash_keys(daemon.settings)
     if slow:

@@ -13,7 +13,7 @@ through `Daemon.background`:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -103,7 +103,7 @@ class Feeds:
             dt = from_ts(text)
             return dt.astimezone(tz).isoformat(timespec="seconds") if dt else None
 
-        names = [(f.name, f.kind) for f in self.daemon.settings.feed]
+        names: list[tuple[str, str]] = [(f.name, f.kind) for f in self.daemon.settings.feed]
         names += [(n, "api") for n in health if n not in {f.name for f in self.daemon.settings.feed}]
         out = []
         for name, kind in names:
@@ -147,7 +147,7 @@ class Feeds:
         host = urlsplit(self.daemon.settings.http.public_url).hostname or "localhost"
         return f"warnd@{host}"
 
-    async def cap_view(self, w: dict[str, Any]) -> dict[str, Any]:
+    async def cap_view(self, w: Mapping[str, Any]) -> dict[str, Any]:
         """A stored warning as the CAP writer needs it: the latest message of its chain.
 
         The chain is the warning's first message, one message per update, then the cancel, if
@@ -162,7 +162,7 @@ class Feeds:
 
         def local(text: str) -> str:
             """A store time as CAP's sent: the township's offset, whole seconds."""
-            return from_ts(text).astimezone(tz).isoformat(timespec="seconds")  # type: ignore[union-attr]
+            return from_ts(text).astimezone(tz).isoformat(timespec="seconds")  # type: ignore[union-attr]  # never called with None
 
         sender = w.get("sender") or self.default_sender()
         identifier = w.get("identifier") or f"warnd-{w['id']}"

@@ -16,6 +16,7 @@ What is stored but not acted on, and flagged for the operator (GET /api/v1/feeds
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,9 @@ from warnd.cap import (
     parse_cap_many,
     to_warning_fields,
 )
-from warnd.intake import IN_FORCE, Actor
-from warnd.model import Area, Level, Status, UpdateIn, WarningIn
-from warnd.store import ts
+from warnd.intake import Actor
+from warnd.model import IN_FORCE, Area, Level, Status, UpdateIn, WarningIn
+from warnd.store import WarningRow, ts
 
 if TYPE_CHECKING:
     from warnd.config import FeedSettings
@@ -246,7 +247,7 @@ class CapIngest:
         outcome = "accepted" if result.created else "duplicate"
         return await self._record(row, outcome, result.id, flag, created=result.created)
 
-    async def _target(self, alert: CapAlert) -> dict[str, Any] | None:
+    async def _target(self, alert: CapAlert) -> WarningRow | None:
         """The warning the references name: newest reference first, directly or via an earlier Update."""
         for ref in reversed(alert.references):
             w = await self.daemon.store.find_warning(ref.sender, ref.identifier)
@@ -285,7 +286,7 @@ class CapIngest:
         await self.daemon.intake.update(wid, update, actor=actor, message=message)
         return await self._record(row, "updated", wid, flag, created=True)
 
-    def update_in(self, fields: dict[str, Any], target: dict[str, Any]) -> tuple[UpdateIn, str | None]:
+    def update_in(self, fields: dict[str, Any], target: Mapping[str, Any]) -> tuple[UpdateIn, str | None]:
         """The content of a CAP Update as an UpdateIn; an area reaching no village is left out."""
         w = warning_in(fields)
         flag = None

@@ -1,6 +1,6 @@
 """MQTT feeds: CAP documents published on a broker topic (`[[feed]] kind = "mqtt"`, `topic`).
 
-The feeds use the project's `adapters.mqtt.MqttLink` (reconnect with a capped random delay,
+The feeds use warnd's `warnd.mqtt.link.MqttLink` (reconnect with a capped random delay,
 subscriptions renewed on every connect, persistent session) on a connection of their own,
 client id `<mqtt.client_id>-feeds`: they must run whether or not an MQTT channel (loudspeakers,
 LED boards) is enabled, and a persistent session keeps QoS-1 documents published while warnd
@@ -16,6 +16,8 @@ import structlog
 
 from warnd.cap import CapError
 from warnd.intake import Actor, InputError
+from warnd.mqtt import topics
+from warnd.mqtt.link import MqttLink
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -36,11 +38,11 @@ class MqttFeeds:
 
     def __init__(self, feeds: Feeds, settings: list[FeedSettings]) -> None:
         """Make the link and subscribe each feed's topic."""
-        from adapters.mqtt import MqttLink
-
         self.feeds = feeds
         mqtt = feeds.daemon.settings.mqtt
-        self.link = MqttLink(mqtt, client_id=f"{mqtt.client_id}-feeds", name="warnd.feeds.mqtt")
+        # `[mqtt] client_id` is filled in (warnd-{host}-{township}) before the feeds are made.
+        client_id = str(mqtt.client_id)
+        self.link = MqttLink(mqtt, client_id=topics.feeds_client_id(client_id), name="warnd.feeds.mqtt")
         for feed in settings:
             self.link.subscribe(feed.topic or "", self._handler(feed))
 
@@ -49,7 +51,7 @@ class MqttFeeds:
 
         async def handle(message: aiomqtt.Message) -> None:
             """Ingest a CAP document from the topic."""
-            await self.take(feed, bytes(message.payload) if message.payload is not None else b"")  # type: ignore[arg-type]
+            await self.take(feed, bytes(message.payload) if message.payload is not None else b"")
 
         return handle
 

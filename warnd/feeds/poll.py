@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 import aiohttp
 import structlog
 
+from warnd.backoff import backoff_s
 from warnd.cap import CAP_VERSIONS, CapError, parse_xml
 from warnd.intake import Actor, InputError
 
@@ -38,15 +39,14 @@ class FetchError(Exception):
     """An upstream answer that was not usable now (network, 5xx, too large): try again later."""
 
 
-def backoff_s(failures: int, interval_s: float, cap_s: float, rand: float | None = None) -> float:
-    """Delay before the next poll after `failures` failures in a row: doubling, capped, jittered.
+def poll_delay_s(failures: int, interval_s: float, cap_s: float, rng: random.Random | None = None) -> float:
+    """Delay before the next poll after `failures` failures in a row: the interval, doubling while failing.
 
-    The jitter takes up to half off so that pollers restarted together drift apart.
+    The backoff's jitter takes up to half off so that pollers restarted together drift apart.
     """
     if failures <= 0:
         return interval_s
-    base = min(cap_s, interval_s * 2 ** min(failures, 30))
-    return base * (0.5 + 0.5 * (random.random() if rand is None else rand))
+    return backoff_s(failures + 1, interval_s, cap_s, rng)  # the first failure already doubles
 
 
 @dataclass
@@ -90,8 +90,8 @@ def index_links(data: bytes, base_url: str) -> list[str] | None:
             enclosure = item.find("enclosure")
             href = enclosure.get("url") if enclosure is not None else None
             if not href:
-                link = item.find("link")
-                href = link.text if link is not None else None
+                link_el = item.find("link")
+                href = link_el.text if link_el is not None else None
             if href:
                 links.append(urljoin(base_url, href.strip()))
         return links
@@ -154,7 +154,7 @@ class Poller:
             report = await self._poll(url)
         except (FetchError, CapError) as exc:
             self.failures += 1
-            self.next_delay_s = backoff_s(
+            self.next_delay_s = poll_delay_s(
                 self.failures, self.settings.interval_s, self.settings.max_backoff_s
             )
             await self.feeds.records.failed(self.name, now(), str(exc), outcome=None)
@@ -247,7 +247,7 @@ class Poller:
                 # A bug must not stop the feed for good; it is logged and the poll retried.
                 log.exception("feed.poll_crashed", feed=self.name)
                 self.failures += 1
-                self.next_delay_s = backoff_s(
+                self.next_delay_s = poll_delay_s(
                     self.failures, self.settings.interval_s, self.settings.max_backoff_s
                 )
             await self.feeds.daemon.clock.sleep(self.next_delay_s)

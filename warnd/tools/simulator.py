@@ -5,30 +5,35 @@ status with a last will saying offline, downloads the audio and checks its sha25
 `received`, `playing`, `played` (or `failed`), ignores a msg_id it has already handled,
 refuses to play after `not_after`, and stops on `stop`. A simulated LED board shows a
 `display`, blanks on `clear` (acking `shown` for both) and refuses a stale command.
-`warnctl simulate-speakers` runs them; tests run them in-process. The benchmark's load peer
-is `bench/_swarm.py`.
+`warnd-sim` (or `warnctl simulate-speakers`) runs them; tests run them in-process. A tool, not
+part of the daemon: nothing in warnd imports it. The benchmark's load peer is `bench/_swarm.py`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
 import json
 import random
+import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiomqtt
 import structlog
 
-from adapters.mqtt import MqttLink
+from warnd import log as warnd_log
 from warnd.adapter import TransientError
 from warnd.config import MqttSettings
-from warnd.devices import TOPIC_ROOT, device_topic
+from warnd.directory import Directory
+from warnd.mqtt import topics
+from warnd.mqtt.link import MqttLink
 
 log = structlog.get_logger("warnd.simulator")
 
@@ -86,7 +91,7 @@ class SimSpeaker:
     async def ack(self, topic: str, msg_id: str, status: str, detail: str = "") -> None:
         """Publish one ack."""
         self.final[msg_id] = status
-        await self.publish(topic, _ack(msg_id, status, self.now(), detail), False)
+        await self.publish(topic, _ack(msg_id, status, self.now(), detail), topics.ACK_RETAIN)
 
     async def handle(self, payload: bytes) -> None:
         """One command from the village or device topic."""
@@ -114,7 +119,7 @@ class SimSpeaker:
             return
         task = asyncio.current_task()
         if task is not None:
-            self._playing[cmd.get("warning_id", "")] = task  # type: ignore[assignment]
+            self._playing[cmd.get("warning_id", "")] = task
         try:
             await self._play(cmd, ack_topic)
         except asyncio.CancelledError:
@@ -210,7 +215,7 @@ class SimBoard:
         else:
             status, detail = self.final[msg_id] = ("shown", "" if kind == "display" else "cleared")
             self.showing = cmd if kind == "display" else None
-        await self.publish(ack_topic, _ack(msg_id, status, self.now(), detail), False)
+        await self.publish(ack_topic, _ack(msg_id, status, self.now(), detail), topics.ACK_RETAIN)
 
 
 def _ack(msg_id: str, status: str, at: datetime, detail: str) -> bytes:
@@ -227,7 +232,7 @@ def _command(device_id: str, payload: bytes) -> tuple[dict[str, Any], str, str, 
     except (ValueError, KeyError, TypeError):
         log.warning("sim.bad_command", target=device_id, body_len=len(payload))
         return None
-    ack_topic = str(cmd.get("ack_topic") or device_topic(device_id, "ack")).replace("{device_id}", device_id)
+    ack_topic = topics.ack_topic_for(str(cmd.get("ack_topic") or ""), device_id)
     return cmd, msg_id, kind, ack_topic
 
 
@@ -332,13 +337,15 @@ class SpeakerSimulator:
     def _link_for(self, device_id: str) -> MqttLink:
         """A device's own link: persistent session, retained status, last will offline."""
         device = self._devices[device_id]
-        status_topic = device_topic(device_id, "status")
-        will = aiomqtt.Will(status_topic, json.dumps({"online": False}).encode(), qos=1, retain=True)
+        status_topic = topics.device_status(device_id)
+        will = aiomqtt.Will(
+            status_topic, json.dumps({"online": False}).encode(), qos=topics.QOS, retain=topics.STATUS_RETAIN
+        )
 
         async def on_connect() -> None:
             """Say online (retained) on every connect."""
             body = {"online": True, "village": device.village, "model": "warnd-sim", "at": _iso(self.now())}
-            await link.publish(status_topic, json.dumps(body).encode(), retain=True)
+            await link.publish(status_topic, json.dumps(body).encode(), retain=topics.STATUS_RETAIN)
 
         link = MqttLink(
             self.settings,
@@ -350,8 +357,8 @@ class SpeakerSimulator:
         )
         handler = self._handler(device)
         if isinstance(device, SimSpeaker):  # a board takes commands on its own topic only
-            link.subscribe(f"{TOPIC_ROOT}/village/{device.village}/speaker", handler)
-        link.subscribe(device_topic(device_id, "cmd"), handler)
+            link.subscribe(topics.village_speakers(device.village), handler)
+        link.subscribe(topics.device_cmd(device_id), handler)
         return link
 
     def _handler(self, device: SimSpeaker | SimBoard) -> Callable[[aiomqtt.Message], None]:
@@ -359,7 +366,7 @@ class SpeakerSimulator:
 
         def handler(message: aiomqtt.Message) -> None:
             """Handle the command in its own task."""
-            self._spawn(device.handle(bytes(message.payload)))  # type: ignore[arg-type]
+            self._spawn(device.handle(bytes(message.payload)))
 
         return handler
 
@@ -376,7 +383,9 @@ class SpeakerSimulator:
         link = self._links[device_id]
         body = {"online": False, "village": self._devices[device_id].village, "at": _iso(self.now())}
         with contextlib.suppress(Exception):
-            await link.publish(device_topic(device_id, "status"), json.dumps(body).encode(), retain=True)
+            await link.publish(
+                topics.device_status(device_id), json.dumps(body).encode(), retain=topics.STATUS_RETAIN
+            )
         task = self._running.pop(device_id)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -423,10 +432,6 @@ class SpeakerSimulator:
 
 def devices_of(directory_path: str, villages: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """(speakers, LED boards) of the given villages in directory.toml, each device id → village."""
-    from pathlib import Path
-
-    from warnd.directory import Directory
-
     directory = Directory.load(Path(directory_path))
     speakers: dict[str, str] = {}
     boards: dict[str, str] = {}
@@ -447,6 +452,46 @@ async def simulate(
     fail_rate: float = 0.0,
     delay_ms: float = 0.0,
 ) -> None:
-    """`warnctl simulate-speakers`: run the speakers (and boards) until interrupted."""
+    """Run the speakers (and boards) until interrupted."""
     sim = SpeakerSimulator(broker_url, speakers, boards=boards, fail_rate=fail_rate, delay_ms=delay_ms)
     await sim.run()
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "warnd-sim") -> int:
+    """`warnd-sim` (and `warnctl simulate-speakers`): simulate the villages' devices until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="simulated village loudspeakers (and LED boards) that play or show and confirm"
+    )
+    parser.add_argument("--village", nargs="+", required=True, metavar="CODE", help="villages to simulate")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL")
+    parser.add_argument(
+        "--directory", default="config/directory.toml", help="directory.toml naming the speakers"
+    )
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="share of plays that fail (0–1)")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="time from received to played")
+    parser.add_argument(
+        "--no-led", action="store_true", help="leave the villages' LED boards to real hardware"
+    )
+    args = parser.parse_args(argv)
+    try:
+        speakers, boards = devices_of(args.directory, args.village)
+    except Exception as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    if args.no_led:
+        boards = {}
+    warnd_log.configure("info")
+    print(
+        f"simulating on {args.broker}: villages {' '.join(args.village)};"
+        f" speakers: {len(speakers)}, LED boards: {len(boards)}",
+        file=sys.stderr,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            simulate(args.broker, speakers, boards=boards, fail_rate=args.fail_rate, delay_ms=args.delay_ms)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

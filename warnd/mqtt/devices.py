@@ -1,10 +1,11 @@
-"""MQTT devices (loudspeakers, LED boards): their acknowledgements and their health.
+"""The device hub: acknowledgements and health of every MQTT device (loudspeakers, LED boards).
 
 Every device acknowledges on `warnd/v1/device/{id}/ack` and keeps a retained
-`warnd/v1/device/{id}/status` (`{"online": bool, …}`, with a last will saying offline). One
-`DeviceHub` per daemon subscribes to both on the shared MQTT link, whichever channel asks for it
-first: acks go to the feedback stage, statuses to the `devices` table, shown at
-`GET /api/v1/devices` and as `offline` in a warning's device coverage.
+`warnd/v1/device/{id}/status` (`{"online": bool, …}`, with a last will saying offline; topics in
+warnd.mqtt.topics). One `DeviceHub` per daemon subscribes to both on the shared device link,
+built once by `device_hub` for whichever channel asks first: acks go to the feedback stage,
+statuses (online/offline, last seen) to the `devices` table, shown at `GET /api/v1/devices`
+(warnd.api.devices) and as `offline` in a warning's device coverage.
 
 Nothing is lost on the way in: the hub acknowledges a message to the broker only once what it
 says is committed to the store (the link's manual acknowledgement). A store that cannot write
@@ -20,7 +21,6 @@ device (one line a minute for all devices not in the directory), with how many w
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -30,22 +30,17 @@ import structlog
 
 from warnd import jsonsafe
 from warnd.feedback import AckReport
-from warnd.store import StoreError
+from warnd.model import DEVICE_CHANNELS
+from warnd.mqtt import topics
+from warnd.store import DatabaseError, StoreError
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from warnd.adapter import AdapterContext
     from warnd.directory import Directory
     from warnd.store import Store
 
 log = structlog.get_logger("warnd.devices")
 
-TOPIC_ROOT = "warnd/v1"
-ACK_FILTER = f"{TOPIC_ROOT}/device/+/ack"
-STATUS_FILTER = f"{TOPIC_ROOT}/device/+/status"
-# Device channels whose coverage says how many receivers are offline.
-DEVICE_CHANNELS = ("loudspeaker", "led")
 # An ack larger than this is not an ack; its size is logged, never its body.
 MAX_PAYLOAD_BYTES = 16 * 1024
 # An ack is flat ({"msg_id", "status", "at", "detail"}); a detail object may nest a little. Deeper
@@ -70,11 +65,6 @@ STORE_RETRY_FIRST_S = 0.5
 STORE_RETRY_MAX_S = 10.0
 # Log lines name at most this much of a topic's device id (an unknown one is anybody's text).
 MAX_LOGGED_ID_CHARS = 64
-
-
-def device_topic(device_id: str, leaf: str) -> str:
-    """`warnd/v1/device/{id}/{leaf}` (cmd, ack, status)."""
-    return f"{TOPIC_ROOT}/device/{device_id}/{leaf}"
 
 
 class Refusals:
@@ -118,7 +108,7 @@ class DeviceHub:
     """Acks and health of every MQTT device, on a link shared by the MQTT channels.
 
     Args:
-        link: the shared MQTT link (`adapters.mqtt.MqttLink`).
+        link: the shared device link (`warnd.mqtt.link.MqttLink`).
         directory: returns the current directory (which devices exist).
         feedback: the feedback stage acks are handed to.
         store: where device health is kept.
@@ -142,15 +132,19 @@ class DeviceHub:
         self.online: dict[str, bool] = {}
         self._seen: dict[str, datetime] = {}
         self.refusals = Refusals(lambda: getattr(self.feedback, "metrics", None))
-        link.subscribe(ACK_FILTER, self._on_message, acks=True)
-        link.subscribe(STATUS_FILTER, self._on_message, acks=True)
+        link.subscribe(topics.ACK_FILTER, self._on_message, acks=True)
+        link.subscribe(topics.STATUS_FILTER, self._on_message, acks=True)
         link.add_loop("warnd.mqtt.devices", self.devices_loop)
 
     def _on_message(self, message: Any) -> None:
         """Queue a message: the receive loop never waits for the store."""
-        parts = str(message.topic).split("/")
+        token = self.link.token(message)
+        parsed = topics.parse_device(str(message.topic))
+        if parsed is None:  # not a device topic: nothing to store, so nothing to wait for
+            self.link.ack(token)
+            return
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        self.queue.put_nowait((parts[3], parts[4], payload, self.link.token(message)))
+        self.queue.put_nowait((*parsed, payload, token))
 
     async def devices_loop(self) -> None:
         """Apply queued acks and statuses, many at a time, forever."""
@@ -302,7 +296,7 @@ def _json_object(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
 
 def _store_trouble(exc: BaseException) -> bool:
     """Whether an error is the store's (a full disk, a failed write), not one message's."""
-    return isinstance(exc, sqlite3.Error | OSError | StoreError)
+    return isinstance(exc, DatabaseError | OSError | StoreError)
 
 
 def device_hub(ctx: AdapterContext, link: Any) -> DeviceHub:
@@ -323,53 +317,3 @@ async def coverage_with_offline(store: Store, warning_id: str) -> dict[str, dict
         if channel in DEVICE_CHANNELS:
             counts["offline"] = offline.get(channel, 0)
     return coverage
-
-
-async def list_devices(request: web.Request) -> web.Response:
-    """Every device of the directory with online / offline / unknown and when it was last heard from."""
-    from aiohttp import web
-
-    from warnd.api.warnings import daemon, json_dumps, local_time
-
-    d = daemon(request)
-    tz = d.settings.policy.timezone
-    rows = {r["id"]: r for r in await d.store.devices()}
-    directory = d.directory()
-    wanted_state = request.query.get("state")
-    wanted_village = request.query.get("village")
-    out = []
-    for device_id, kind in sorted(directory.device_kind.items()):
-        village = directory.device_village[device_id]
-        r = rows.get(device_id, {})
-        online = r.get("online")
-        state = "unknown" if online is None else ("online" if online else "offline")
-        if (wanted_state and state != wanted_state) or (wanted_village and village != wanted_village):
-            continue
-        out.append(
-            {
-                "id": device_id,
-                "kind": kind,
-                "village": village,
-                "state": state,
-                "online": None if online is None else bool(online),
-                "last_seen": local_time(r.get("last_seen"), tz),
-                "status_at": local_time(r.get("status_at"), tz),
-                "status": r.get("status", {}),
-            }
-        )
-    return web.json_response({"devices": out}, dumps=json_dumps)
-
-
-def routes() -> list[Any]:
-    """The devices API (`GET /api/v1/devices?state=offline&village=CODE`)."""
-    from warnd.api.routes import Route
-
-    return [
-        Route(
-            "GET",
-            "/api/v1/devices",
-            list_devices,
-            "viewer",
-            "Loudspeakers and LED boards: online/offline and last seen (?state=, ?village=)",
-        )
-    ]

@@ -1,0 +1,37 @@
+"""Raw SQL for tests, through the store's own thread and transaction primitive (Store.read/write).
+
+Tests set up rows the API cannot make (a device that reported, a row from an old schema) and
+look at tables no endpoint shows; warnd's own code never writes SQL outside warnd/store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from warnd.store import Store
+
+
+async def execute(store: Store, sql: str, params: Any = ()) -> None:
+    """One statement, committed as its own transaction."""
+    await store.write(lambda con: con.execute(sql, params))
+
+
+async def executemany(store: Store, sql: str, params: Any) -> None:
+    """One statement over many parameter rows, committed as one transaction."""
+    await store.write(lambda con: con.executemany(sql, params))
+
+
+async def query(store: Store, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    """All rows of a query as dicts."""
+    return await store.read(lambda con: [dict(r) for r in con.execute(sql, params).fetchall()])
+
+
+async def pragma(store: Store, statement: str) -> Any:
+    """A PRAGMA on the store's connection, outside any transaction; its first value, if any."""
+    row = await store.read(lambda con: con.execute(statement).fetchone())
+    return row[0] if row is not None else None
+
+
+async def in_transaction(store: Store) -> bool:
+    """Whether the store's connection is inside a transaction (none must be left open)."""
+    return await store.read(lambda con: con.in_transaction)

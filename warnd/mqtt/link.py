@@ -1,0 +1,389 @@
+"""The MQTT connection: one long-lived broker link with subscriptions that survive reconnects.
+
+The daemon has one for its devices (loudspeakers, LED boards: `shared_link`), the CAP feeds one
+of their own (warnd.feeds.mqtt), and each simulated device one (warnd.tools.simulator).
+
+The link owns reconnection: `run_loop` keeps `async with client:` inside `while True`, waits a
+randomised, capped delay after each failure, and re-makes every subscription on each connect.
+Channels never wait for the broker: `publish` raises NotReadyError while the link is down, so
+their deliveries stay in the outbox, no attempt counted, until it is back.
+
+With `manual_ack` (the daemon's device link) a QoS-1 message is acknowledged to the broker (its
+PUBACK) only when its handler says it is done — the device hub, once the ack is committed to the
+store. Until then the broker keeps it in warnd's persistent session: if warnd dies or cannot
+write, the broker delivers it again on the next connect. An acknowledgement belongs to the
+connection the message came on; after a reconnect the broker resends what was not acknowledged,
+so an old one is dropped rather than sent for a message id the new connection may reuse.
+
+Sharing: `shared_link(ctx)` creates the device link once per daemon and keeps it in
+`ctx.extra["mqtt"]`; a channel calls `link.subscribe(topic_filter, handler)` and returns
+`link.background()` from its own `background()` — the link's loops are handed out only once.
+Topics, QoS and retain come from warnd.mqtt.topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+
+from warnd.adapter import NotReadyError, TransientError
+from warnd.mqtt.topics import QOS, matches
+
+if TYPE_CHECKING:
+    from warnd.adapter import AdapterContext
+    from warnd.config import MqttSettings
+
+log = structlog.get_logger("warnd.mqtt")
+
+Handler = Callable[[aiomqtt.Message], Awaitable[None] | None]
+# What acknowledges one received message later: (connection number, message id, QoS).
+AckToken = tuple[int, int, int]
+
+# paho's default of 20 messages in flight throttles a fan-out of thousands to one round trip
+# per 20; 1,000 keeps a county-wide warning to a few round trips and within Mosquitto's queue.
+MAX_INFLIGHT = 1000
+# A publish not acknowledged by the broker within this time is retried by the dispatcher.
+PUBLISH_TIMEOUT_S = 10.0
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    """Host, port and whether TLS is used, from mqtt://host[:1883] or mqtts://host[:8883]."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "mqtts"
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    """Randomised reconnect delay (aiomqtt's own formula), capped: a thousand terminals never stampede."""
+    return random.uniform(0, min(cap_s, 1.5 ** min(10, attempt)))
+
+
+class MqttLink:
+    """A broker connection with subscriptions that survive reconnects.
+
+    Args:
+        settings: the `[mqtt]` section (url, username, password, ca_file, client_id, keepalive_s).
+        client_id: overrides `settings.client_id` (the speaker simulator uses device ids).
+        will: the last will the broker publishes if this connection dies.
+        clean_session: False keeps a persistent session, so the broker holds QoS-1 messages
+            that arrive while this client is away.
+        on_connect: called (awaited) after each connect and resubscribe, e.g. to publish status.
+        name: for log events and the loop's task name.
+        manual_ack: acknowledge a QoS-1 message to the broker only when its handler is done with it.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str | None = None,
+        will: aiomqtt.Will | None = None,
+        clean_session: bool = False,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        name: str = "warnd.mqtt",
+        manual_ack: bool = False,
+    ) -> None:
+        """Remember how to connect; `run_loop` connects."""
+        self.settings = settings
+        self.client_id = client_id or settings.client_id
+        self.will = will
+        self.clean_session = clean_session
+        self.on_connect = on_connect
+        self.name = name
+        self.manual_ack = manual_ack
+        self.connects = 0
+        # Moves on at every disconnect: an acknowledgement is only sent on the connection it is for.
+        self._connection = 0
+        self._handlers: list[tuple[str, Handler]] = []
+        # (filter levels, handler, whether it is a coroutine function, whether it acks itself).
+        self._routes: list[tuple[list[str], Handler, bool, bool]] = []
+        # Tokens of queued messages whose coroutine handlers have not run yet, by id(message).
+        self._waiting_ack: dict[int, AckToken] = {}
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._claimed = False
+        self._loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        """Wait until connected (tests, tools); TimeoutError otherwise."""
+        async with asyncio.timeout(timeout_s):
+            await self._connected.wait()
+
+    def subscribe(self, topic_filter: str, handler: Handler, *, acks: bool = False) -> None:
+        """Call handler for every message matching topic_filter, from now on and after every reconnect.
+
+        With `acks`, a plain handler acknowledges each message itself (`link.ack(link.token(m))`)
+        once it is safe; otherwise the link does when the handlers have run.
+        """
+        known = any(f == topic_filter for f, _ in self._handlers)
+        self._handlers.append((topic_filter, handler))
+        levels = topic_filter.split("/")
+        if levels[0] == "$share":
+            levels = levels[2:]  # $share/<group>/<filter>: messages arrive on the plain topic
+        self._routes.append((levels, handler, inspect.iscoroutinefunction(handler), acks))
+        if self._client is not None and self.connected and not known:
+            task = asyncio.get_running_loop().create_task(self._subscribe(self._client, topic_filter))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def add_loop(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A loop that runs beside the connection (e.g. acknowledgement processing), started once."""
+        self._loops.append((name, factory))
+
+    def background(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The link's loops, handed out once however many channels share the link."""
+        if self._claimed:
+            return []
+        self._claimed = True
+        return [(self.name, self.run_loop()), *((n, f()) for n, f in self._loops)]
+
+    def token(self, message: aiomqtt.Message) -> AckToken | None:
+        """What acknowledges this message later (None: nothing to acknowledge); take it on arrival."""
+        if not self.manual_ack or message.qos == 0:
+            return None
+        return (self._connection, message.mid, message.qos)
+
+    def ack(self, token: AckToken | None) -> None:
+        """Send the broker its PUBACK for a message, if its connection is still the one up.
+
+        A message received on an earlier connection is not acknowledged: the broker sends it
+        again on the new one, where it gets its own token.
+        """
+        client = self._client
+        # Not `connected`: messages come right after CONNACK, before the subscriptions are remade.
+        if token is None or client is None or token[0] != self._connection:
+            return
+        # paho's own call, which aiomqtt does not wrap; made from the event loop, as aiomqtt's are.
+        client._client.ack(token[1], token[2])
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = QOS, retain: bool = False) -> None:
+        """Publish and wait for the broker's PUBACK; NotReadyError while the broker is unreachable."""
+        client = self._client
+        if client is None or not self.connected:
+            raise NotReadyError("broker unavailable")
+        before = _cancels()
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            _raise_if_cancelled_since(before)
+            raise TransientError(f"broker: {exc}") from None
+        _raise_if_cancelled_since(before)
+
+    def _client_for(self) -> aiomqtt.Client:
+        """The aiomqtt client, made once: reusing it lets paho resend unacknowledged QoS-1 messages."""
+        host, port, tls = parse_url(self.settings.url)
+        context = None
+        if tls:
+            ca = str(self.settings.ca_file) if self.settings.ca_file else None
+            context = ssl.create_default_context(cafile=ca)
+        client = aiomqtt.Client(
+            host,
+            port,
+            username=self.settings.username,
+            password=self.settings.password,
+            identifier=self.client_id,
+            clean_session=self.clean_session,
+            keepalive=self.settings.keepalive_s,
+            will=self.will,
+            tls_context=context,
+            max_inflight_messages=MAX_INFLIGHT,
+            timeout=PUBLISH_TIMEOUT_S,
+            queue_type=self._inbox_type(),
+        )
+        # aiomqtt warns on every publish beyond 10 pending; a fan-out has thousands on purpose.
+        client.pending_calls_threshold = MAX_INFLIGHT * 10
+        if self.manual_ack:
+            # aiomqtt 2.5 has no manual acknowledgement of its own; its paho client does.
+            client._client.manual_ack_set(True)
+        return client
+
+    async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
+        """One QoS-1 subscription; a failure shows up as a disconnect in the run loop."""
+        before = _cancels()
+        try:
+            await client.subscribe(topic_filter, qos=QOS)
+        except aiomqtt.MqttError as exc:
+            log.warning("mqtt.subscribe_failed", link=self.name, topic=topic_filter, reason=str(exc))
+        _raise_if_cancelled_since(before)
+
+    async def run_loop(self) -> None:
+        """Connect, subscribe, dispatch messages; on any broker error wait a capped random delay, again."""
+        client = self._client_for()
+        # Made once and kept: `publish` still checks `connected` before using it.
+        self._client = client
+        attempt = 0
+        # Connecting, subscribing and disconnecting all wait for the broker's reply the same way.
+        before = _cancels()
+        while True:
+            try:
+                async with client:
+                    _raise_if_cancelled_since(before)
+                    for topic_filter in dict.fromkeys(f for f, _ in self._handlers):
+                        await client.subscribe(topic_filter, qos=QOS)
+                        _raise_if_cancelled_since(before)
+                    self._client = client
+                    self._connected.set()
+                    self.connects += 1
+                    self._last_error = None
+                    log.info(
+                        "mqtt.connected", link=self.name, url=self.settings.url, client_id=self.client_id
+                    )
+                    if self.on_connect is not None:
+                        await self.on_connect()
+                        _raise_if_cancelled_since(before)
+                    attempt = 0  # only now: a connect whose on_connect keeps failing backs off
+                    async for message in client.messages:
+                        await self._dispatch(message)
+                        _raise_if_cancelled_since(before)
+            except (aiomqtt.MqttError, TransientError) as exc:  # TransientError: on_connect's publish
+                _raise_if_cancelled_since(before)
+                was_connected = self.connected
+                self._connected.clear()
+                self._connection += 1
+                attempt += 1
+                delay = backoff_s(attempt, self.settings.reconnect_max_s)
+                reason = str(exc)
+                # One warning per change of error: a broker down for an hour is not a log flood.
+                emit = log.warning if (was_connected or reason != self._last_error) else log.info
+                self._last_error = reason
+                emit(
+                    "mqtt.disconnected" if was_connected else "mqtt.connect_failed",
+                    link=self.name,
+                    reason=reason,
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+            finally:
+                if self.connected:
+                    self._connection += 1
+                self._connected.clear()
+
+    def _inbox_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's incoming queue (its `queue_type`), with plain handlers called on arrival.
+
+        aiomqtt's message iterator makes a task and an `asyncio.wait` per message; 10,000
+        speakers acking at once made that a tenth of warnd's CPU. Plain (non-async) handlers,
+        such as the device hub's, only queue the message for their own loop, so they are called
+        as the message arrives; messages for coroutine handlers (CAP feeds, handled in order)
+        still go through the queue to `run_loop`.
+        """
+        link = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                if link._deliver_now(item):
+                    super().put_nowait(item)
+
+        return Inbox
+
+    def _matching(self, message: aiomqtt.Message) -> list[tuple[Handler, bool, bool]]:
+        """The handlers whose filter matches the message's topic."""
+        levels = str(message.topic).split("/")
+        return [(h, is_async, acks) for f, h, is_async, acks in self._routes if matches(levels, f)]
+
+    def _deliver_now(self, message: aiomqtt.Message) -> bool:
+        """Call the plain handlers of a message; True if coroutine handlers are still to run.
+
+        With manual acknowledgement, a message no handler acknowledges itself is acknowledged
+        here, or after its coroutine handlers (`_dispatch`): one nobody wants must not stay
+        unacknowledged, holding a place in the broker's window of messages in flight.
+        """
+        pending = False
+        handled = False
+        token = self.token(message)
+        for handler, is_async, acks in self._matching(message):
+            handled = handled or acks
+            if is_async:
+                pending = True
+                continue
+            try:
+                result = handler(message)
+                if inspect.isawaitable(result):  # a plain callable that returned a coroutine
+                    task = asyncio.ensure_future(result)
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            except Exception:
+                log.exception("mqtt.handler_failed", link=self.name, topic=str(message.topic))
+        if token is not None and not handled:
+            if pending:
+                self._waiting_ack[id(message)] = token
+            else:
+                self.ack(token)
+        return pending
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        """Run, in order, the coroutine handlers whose filter matches a queued message."""
+        token = self._waiting_ack.pop(id(message), None)
+        failed = False
+        for handler, is_async, _ in self._matching(message):
+            if not is_async:
+                continue  # already called on arrival
+            try:
+                result = handler(message)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                failed = True
+                log.exception("mqtt.handler_failed", link=self.name, topic=str(message.topic))
+        if not failed:
+            # A handler that failed (a store that cannot write) leaves it to the broker to resend.
+            self.ack(token)
+
+
+def _cancels() -> int:
+    """Cancellation requests of the current task not yet taken back (`Task.cancelling()`)."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _raise_if_cancelled_since(before: int) -> None:
+    """Raise a cancellation requested since `before` that aiomqtt's wait for the broker swallowed.
+
+    Python 3.11's `asyncio.wait_for`, which aiomqtt awaits CONNACK, SUBACK, PUBACK and the
+    disconnect with, returns the reply instead of raising when the task is cancelled just as the
+    reply arrives. The task then runs on as if never cancelled: a stopping daemon or simulator
+    waits for it forever. The request is still counted by `Task.cancelling()`; comparing with
+    the count from before the wait leaves alone a cancel that was caught and kept on purpose.
+    """
+    if _cancels() > before:
+        raise asyncio.CancelledError
+
+
+def device_link(
+    settings: MqttSettings, *, on_connect: Callable[[], Awaitable[None]] | None = None
+) -> MqttLink:
+    """The daemon's link to its devices: `[mqtt] client_id`, persistent session, manual acknowledgement.
+
+    Acks from devices are acknowledged to the broker only once stored (warnd.mqtt.devices).
+    """
+    return MqttLink(settings, on_connect=on_connect, manual_ack=True)
+
+
+def shared_link(ctx: AdapterContext) -> MqttLink:
+    """The daemon's one device link, created by the first channel that asks for it."""
+    link: MqttLink | None = ctx.extra.get("mqtt")
+    if link is None:
+        wake = ctx.wake
+
+        async def connected() -> None:
+            """The channels are ready again: what waited for the broker goes out now."""
+            if wake is not None:
+                wake.set()
+
+        link = ctx.extra["mqtt"] = device_link(ctx.settings.mqtt, on_connect=connected)
+    return link

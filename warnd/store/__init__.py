@@ -1,0 +1,132 @@
+"""The store: all persistent state behind one interface, and the only place SQL lives.
+
+- core.py: the connection in its own thread, `read(fn)` / `write(fn)` (the one transaction
+  primitive), migrations, health.
+- sqlite.py: the dialect seam, every SQLite-only trick (a PostgreSQL backend replaces it).
+- rows.py: typed rows, DeliveryState (the one progress order) and JobKind.
+- one module per table group: warnings (+audit), jobs, schedule (firing a job), deliveries
+  (+acks), devices, feeds, hydro, inbound.
+
+`Store` composes the table groups; callers use its methods and never its connection. What the
+database itself refused (a constraint, a bug in a statement) is raised as the driver's
+DatabaseError; what the disk refused, as StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from warnd.store import sqlite
+from warnd.store.approval import Approval
+from warnd.store.core import TS_FORMAT, StoreCore, every, from_ts, migrations, new_warning_id, ts
+from warnd.store.deliveries import ACK_LOOKUP_SQL, Deliveries
+from warnd.store.devices import Devices
+from warnd.store.errors import IdempotencyConflict, SchemaTooNew, StoreError, StoreUnavailable
+from warnd.store.feeds import Feeds
+from warnd.store.hydro import Hydro
+from warnd.store.inbound import Inbound
+from warnd.store.jobs import Jobs
+from warnd.store.rows import (
+    COVERAGE_COUNTS,
+    REACHED,
+    AcceptResult,
+    AckedDelivery,
+    AckIn,
+    AuditIn,
+    AuditRow,
+    Delivery,
+    DeliveryRow,
+    DeliveryState,
+    Job,
+    JobKind,
+    NewDelivery,
+    NewJob,
+    Outcome,
+    WarningRow,
+    count_receiver,
+    new_job,
+)
+from warnd.store.schedule import Schedule
+from warnd.store.sqlite import DatabaseError, unavailable_reason
+from warnd.store.warnings import Warnings
+
+__all__ = [
+    "ACK_LOOKUP_SQL",
+    "COVERAGE_COUNTS",
+    "REACHED",
+    "TS_FORMAT",
+    "AcceptResult",
+    "AckIn",
+    "AckedDelivery",
+    "AuditIn",
+    "AuditRow",
+    "DatabaseError",
+    "Delivery",
+    "DeliveryRow",
+    "DeliveryState",
+    "IdempotencyConflict",
+    "Job",
+    "JobKind",
+    "NewDelivery",
+    "NewJob",
+    "Outcome",
+    "SchemaTooNew",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "WarningRow",
+    "count_receiver",
+    "from_ts",
+    "migrations",
+    "new_job",
+    "new_warning_id",
+    "ts",
+    "unavailable_reason",
+]
+
+
+class Store(Warnings, Jobs, Schedule, Deliveries, Devices, Feeds, Hydro, Inbound, Approval, StoreCore):
+    """All persistent state. Every write is one transaction; the pipeline is driven from here.
+
+    Args:
+        path: the SQLite file.
+    """
+
+    async def open(self) -> Store:
+        """Connect, set durability pragmas and apply migrations."""
+        await super().open()
+        return self
+
+    async def __aenter__(self) -> Store:
+        """Open on entry."""
+        return await self.open()
+
+    async def gauges(self) -> dict[str, list[dict[str, Any]]]:
+        """Current counts for /metrics (warnd.metrics); tables added by later migrations if present."""
+
+        def work(con: sqlite.Connection) -> dict[str, list[dict[str, Any]]]:
+            """Every count in one trip to the store's thread."""
+            out = {
+                "warnings": every(
+                    con, "SELECT level, state, COUNT(*) AS n FROM warnings GROUP BY level, state"
+                ),
+                "deliveries": every(
+                    con, "SELECT channel, state, COUNT(*) AS n FROM deliveries GROUP BY channel, state"
+                ),
+                "jobs": every(
+                    con, "SELECT kind, COUNT(*) AS n FROM jobs WHERE state = 'pending' GROUP BY kind"
+                ),
+                "oldest_due": every(
+                    con,
+                    "SELECT channel, MIN(due_at) AS due_at FROM deliveries"
+                    " WHERE state IN ('pending', 'failed', 'sending') GROUP BY channel",
+                ),
+            }
+            tables = sqlite.tables(con)
+            if "feed_health" in tables:
+                out["feeds"] = every(con, "SELECT feed, last_success, failures FROM feed_health")
+            if "devices" in tables:
+                out["devices"] = every(con, "SELECT id, online FROM devices")
+            return out
+
+        return await self.read(work)

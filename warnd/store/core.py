@@ -1,0 +1,268 @@
+"""The store's core: one connection in one thread, one transaction primitive, migrations.
+
+Every statement runs in the store's own thread, whole functions at a time: `read(fn)` runs
+fn(connection) there, `write(fn)` runs it as one transaction (BEGIN IMMEDIATE … COMMIT).
+Under load the event loop is busy with thousands of acks; a transaction that needed the loop
+between statements would hold the store for as many loop turns as it has statements. One
+thread, one connection: every read sees every write, and writes never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from warnd.diskspace import disk_problem
+from warnd.store import sqlite
+from warnd.store.errors import SchemaTooNew, StoreError, StoreUnavailable
+
+log = structlog.get_logger("warnd.store")
+
+T = TypeVar("T")
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+Connection = sqlite.Connection
+Row = dict[str, Any]
+
+
+def ts(dt: datetime) -> str:
+    """A datetime as the store's sortable UTC text (TS_FORMAT, by the faster isoformat)."""
+    return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def from_ts(text: str | None) -> datetime | None:
+    """The store's UTC text back to an aware datetime."""
+    return datetime.fromisoformat(text) if text else None
+
+
+def new_warning_id(now: datetime) -> str:
+    """A warning id that sorts by creation time and is unguessable enough: W20260701-3f9a2c1b."""
+    return f"W{now.astimezone(UTC):%Y%m%d}-{secrets.token_hex(4)}"
+
+
+def one(con: Connection, sql: str, params: Any = ()) -> Row | None:
+    """One row of a query as a dict, or None."""
+    row = con.execute(sql, params).fetchone()
+    return dict(row) if row is not None else None
+
+
+def every(con: Connection, sql: str, params: Any = ()) -> list[Row]:
+    """All rows of a query as dicts."""
+    return [dict(r) for r in con.execute(sql, params).fetchall()]
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The numbered SQL files shipped in warnd/migrations, in order."""
+    out = []
+    for entry in resources.files("warnd.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+class StoreCore:
+    """The connection, its thread and the one way to run statements; the table groups build on it.
+
+    Args:
+        path: the SQLite file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Remember where the database lives; `open()` connects."""
+        self.path = path
+        self._con: Connection | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        # Write transactions handed to the thread and not yet ended (tests and /readyz look).
+        self._writes_in_flight = 0
+        # Why the last write failed for the disk's sake (StoreUnavailable), until one succeeds:
+        # /readyz and the watchdog read it; the failure is logged once, not once per write.
+        self.write_problem: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> Any:
+        """Connect, set durability pragmas and apply migrations; returns the store."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warnd-store")
+        try:
+            self._con = await self._call(lambda _: sqlite.connect(self.path), with_con=False)
+            await self._migrate()
+        except BaseException:
+            # Close what we opened: a half-open store would keep its thread alive.
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Close the connection and end its thread."""
+        thread, con = self._thread, self._con
+        self._thread = self._con = None
+        if thread is None:
+            return
+        if con is not None:
+            sqlite.forget(con)
+            await asyncio.wrap_future(thread.submit(con.close))
+        thread.shutdown(wait=False)
+
+    async def __aenter__(self) -> Any:
+        """Open on entry."""
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close on exit."""
+        await self.close()
+
+    @property
+    def writing(self) -> bool:
+        """Whether a write transaction is in the store's thread or waiting for it."""
+        return self._writes_in_flight > 0
+
+    # -- the one primitive --------------------------------------------------------------------
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """fn(connection) in the store's thread, outside any transaction; its result."""
+        return await self._call(fn)
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """fn(connection) as one write transaction, run whole in the store's thread.
+
+        BEGIN IMMEDIATE, fn, COMMIT; whatever fails — a statement, a COMMIT the disk refuses —
+        is rolled back, then raised; a failure for lack of disk is raised as StoreUnavailable.
+        A write handed to the thread runs to its end even if its caller is cancelled (a cancelled
+        claim stays committed as `sending`, which recover() puts back at the next start); one not
+        yet started is dropped. Either way the caller then sees CancelledError.
+        """
+        self._writes_in_flight += 1
+        try:
+            return await self._call(lambda con: self._transaction(con, fn))
+        except BaseException as exc:
+            reason = sqlite.unavailable_reason(exc)
+            if reason is None:
+                raise
+            self._write_failed(reason, exc)
+            raise StoreUnavailable(reason) from exc
+        finally:
+            self._writes_in_flight -= 1
+
+    async def _call(self, fn: Callable[[Connection], T], *, with_con: bool = True) -> T:
+        """Run fn in the store's thread; a cancelled caller waits for a started fn to end."""
+        if self._thread is None or (with_con and self._con is None):
+            raise StoreError("store is not open")
+        con = self._con
+        cfut = self._thread.submit(fn, con)  # type: ignore[arg-type]  # None only for connect
+        fut = asyncio.wrap_future(cfut)
+        cancelled = False
+        while True:
+            try:
+                result = await asyncio.shield(fut)
+                break
+            except asyncio.CancelledError:
+                if fut.done() or cfut.cancel():
+                    raise  # ended, or never started: nothing runs on behind the caller's back
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
+
+    def _transaction(self, con: Connection, fn: Callable[[Connection], T]) -> T:
+        """BEGIN IMMEDIATE, fn, COMMIT (ROLLBACK on any error, a failed COMMIT too); in the thread."""
+        changes = sqlite.changes(con)
+        sqlite.begin(con)
+        try:
+            out = fn(con)
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                sqlite.rollback_if_open(con)
+            except sqlite.DatabaseError as exc:
+                # The original error is the one to raise; this one is for the operator.
+                log.error("store.rollback_failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        # Only a transaction that wrote proves the disk takes writes (a claim that found nothing
+        # due commits nothing, full disk or not); ping_write's header write changes no rows.
+        if sqlite.changes(con) != changes or fn is sqlite.touch_header:
+            self._write_succeeded()
+        return out
+
+    def _write_failed(self, reason: str, exc: BaseException) -> None:
+        """Remember why writes fail; log it once per outage, not once per write."""
+        if self.write_problem is None:
+            log.error("store.write_failed", reason=reason, error=f"{type(exc).__name__}: {exc}"[:300])
+        self.write_problem = reason
+
+    def _write_succeeded(self) -> None:
+        """A write went through: whatever failed before is over (called in the store's thread)."""
+        if self.write_problem is not None:
+            log.info("store.write_recovered", was=self.write_problem)
+            self.write_problem = None
+
+    # -- schema -------------------------------------------------------------------------------
+
+    async def _migrate(self) -> None:
+        """Apply the numbered migrations this database lacks; refuse a newer database."""
+        await self.write(
+            lambda con: con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        )
+        rows = await self.read(lambda con: every(con, "SELECT version FROM schema_version"))
+        applied = {r["version"] for r in rows}
+        known = migrations()
+        unknown = applied - {number for number, _ in known}
+        if unknown:
+            raise SchemaTooNew(
+                f"{self.path} has schema version(s) {sorted(unknown)} this warnd does not know: "
+                "it was written by a newer warnd"
+            )
+        for number, sql in known:
+            # Every known migration not yet applied, in order (not only those above the highest,
+            # so a migration merged from a parallel branch is not skipped).
+            if number in applied:
+                continue
+
+            def apply(con: Connection, number: int = number, sql: str = sql) -> None:
+                """One migration and its schema_version row."""
+                for statement in sqlite.split_sql(sql):
+                    con.execute(statement)
+                con.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+            await self.write(apply)
+            log.info("store.migrated", version=number)
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """A cheap read that proves the database answers (readiness)."""
+        await self.read(lambda con: con.execute("SELECT 1").fetchone())
+
+    async def ping_write(self) -> None:
+        """Commit a write that reaches the disk: proves warnd can still store (watchdog, /readyz).
+
+        The database header is rewritten with the value it already has: a WAL frame and, with
+        synchronous=FULL, an fsync. A full or read-only disk raises StoreUnavailable; a disk that
+        hangs or a writer that never lets go blocks it, and raises after busy_timeout.
+        """
+        await self.write(sqlite.touch_header)
+
+    async def write_check(self) -> str | None:
+        """Why the store cannot take writes right now, or None (/readyz).
+
+        A write that failed for the disk's sake counts until one succeeds; while it does, a
+        probe write finds out whether space came back. The file system is looked at too: a full
+        disk may still take a small write into the WAL SQLite already has, not the next warning.
+        """
+        if self.write_problem is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.ping_write()
+        if self.write_problem is not None:
+            return f"not writable: {self.write_problem}"
+        return await asyncio.to_thread(disk_problem, self.path.parent)

@@ -1,0 +1,65 @@
+"""Devices: what loudspeakers and boards last reported, and when they were last heard."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from warnd.store import sqlite
+from warnd.store.core import StoreCore, every, ts
+
+
+class Devices(StoreCore):
+    """The devices table (schema 2)."""
+
+    async def device_status(
+        self, device_id: str, online: bool | None, status: dict[str, Any], now: datetime
+    ) -> None:
+        """Record a device's reported status (retained status message or last will)."""
+        stamp = ts(now)
+        params = (
+            device_id,
+            None if online is None else int(online),
+            json.dumps(status, ensure_ascii=False),
+            stamp,
+            stamp,
+        )
+        await self.write(
+            lambda con: con.execute(
+                "INSERT INTO devices (id, online, status, status_at, last_seen) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (id) DO UPDATE SET online = excluded.online, status = excluded.status,"
+                " status_at = excluded.status_at, last_seen = excluded.last_seen",
+                params,
+            )
+        )
+
+    async def devices_seen(self, seen: dict[str, datetime]) -> None:
+        """Move devices' last_seen forward (acks prove a device is alive)."""
+        later = sqlite.greatest("COALESCE(last_seen, '')", "excluded.last_seen")
+        sql = (
+            "INSERT INTO devices (id, last_seen) VALUES (?, ?)"
+            f" ON CONFLICT (id) DO UPDATE SET last_seen = {later}"
+        )
+        params = [(d, ts(at)) for d, at in seen.items()]
+        await self.write(lambda con: con.executemany(sql, params))
+
+    async def devices(self) -> list[dict[str, Any]]:
+        """Every device warnd has heard from, with its last status decoded."""
+        rows = await self.read(lambda con: every(con, "SELECT * FROM devices ORDER BY id"))
+        for r in rows:
+            r["status"] = json.loads(r["status"])
+        return rows
+
+    async def offline_targets(self, warning_id: str) -> dict[str, int]:
+        """Per channel: receivers of a warning whose device last reported itself offline."""
+        rows = await self.read(
+            lambda con: every(
+                con,
+                "SELECT d.channel, COUNT(DISTINCT d.target) AS n FROM deliveries d"
+                " JOIN devices v ON v.id = d.target"
+                " WHERE d.warning_id = ? AND d.kind = 'warning' AND v.online = 0 GROUP BY d.channel",
+                (warning_id,),
+            )
+        )
+        return {r["channel"]: r["n"] for r in rows}

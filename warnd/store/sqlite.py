@@ -1,0 +1,204 @@
+"""The SQLite dialect: every SQLite-only trick the store uses, in one place.
+
+The table modules (warnd/store/*.py) write plain SQL with `?` placeholders and ask this module
+for whatever is SQLite's own: PRAGMAs, `INSERT OR IGNORE`, JSON arrays as parameters
+(`json_each`, `->>`), `GROUP_CONCAT`, two-argument `MAX`, index hints and the one-step JSON
+fetch, the join order, the driver's connection and errors. A PostgreSQL backend implements the
+same names (`= ANY(%s)`, `jsonb_array_elements`, `string_agg`, `GREATEST`, `ON CONFLICT DO
+NOTHING` …) and the table modules stay as they are.
+
+Shared by both and so written in the table modules: `ON CONFLICT … DO UPDATE SET … excluded.…`,
+`CASE WHEN`, `COALESCE`. Not abstracted yet: the `?` placeholders (a PostgreSQL driver wants
+`%s`: translate them in its `read`/`write`) and the migrations, which are SQLite's SQL.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Connection = sqlite3.Connection
+# What the driver raises for anything the database refused.
+DatabaseError = sqlite3.Error
+IntegrityError = sqlite3.IntegrityError
+
+# SQLite result codes (the low byte of an extended code) that mean "the disk will not take it"
+# rather than "this write is wrong": the request may be made again once the disk is back.
+_UNAVAILABLE_SQLITE = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_IOERR: "disk I/O error",
+    sqlite3.SQLITE_READONLY: "read-only",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the database files",
+    # busy_timeout ran out: another process holds the write lock (a backup, a stuck sqlite3 shell).
+    sqlite3.SQLITE_BUSY: "busy: another process holds the write lock",
+}
+# The same from the operating system, for what the store writes beside SQLite.
+_UNAVAILABLE_ERRNO = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only",
+    errno.EIO: "disk I/O error",
+}
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why a failed write is the disk's doing (full, read-only, I/O error, busy), or None."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return _UNAVAILABLE_SQLITE.get(code & 0xFF) if isinstance(code, int) else None
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _UNAVAILABLE_ERRNO.get(exc.errno)
+    return None
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the database with warnd's durability settings (called in the store's thread)."""
+    # Autocommit (isolation_level=None): the store says BEGIN IMMEDIATE itself. The connection
+    # lives in the store's one thread; check_same_thread is off only so close() can be told apart.
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con.row_factory = sqlite3.Row
+    con.execute("PRAGMA journal_mode=WAL")
+    # FULL: a warning answered 202 survives power loss, not only a crash.
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA foreign_keys=ON")
+    con.execute("PRAGMA busy_timeout=5000")
+    return con
+
+
+def begin(con: sqlite3.Connection) -> None:
+    """Start a write transaction that takes the write lock at once (no upgrade deadlock later)."""
+    con.execute("BEGIN IMMEDIATE")
+
+
+def rollback_if_open(con: sqlite3.Connection) -> None:
+    """ROLLBACK unless SQLite ended the transaction itself (it does on a full disk or an I/O error).
+
+    A ROLLBACK with no transaction fails ("no transaction is active") and would hide the error
+    that ended it; a transaction left open would make every later BEGIN fail.
+    """
+    if con.in_transaction:
+        con.execute("ROLLBACK")
+
+
+def touch_header(con: sqlite3.Connection) -> None:
+    """Write the database header with what it holds: a WAL frame and an fsync, no row changed.
+
+    `PRAGMA user_version` is unused by warnd (its schema is in schema_version).
+    """
+    (version,) = con.execute("PRAGMA user_version").fetchone()
+    con.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def tables(con: sqlite3.Connection) -> set[str]:
+    """The names of the database's tables."""
+    return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def split_sql(sql: str) -> list[str]:
+    """Split a migration file into statements (ours hold no semicolons inside literals).
+
+    A piece is joined to the next until SQLite calls it complete: a trigger's body has its own.
+    """
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    out, buf = [], ""
+    for piece in "\n".join(lines).split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \t\n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
+# -- SQL fragments ------------------------------------------------------------------------------
+
+# INSERT that leaves a row with a known unique key as it is.
+INSERT_IGNORE = "INSERT OR IGNORE INTO"
+# The values of a JSON array parameter (json_list()) as a subquery: `id IN (SELECT …)`.
+IN_LIST = "(SELECT value FROM json_each(?))"
+# A join the planner must take in the order written, the left side outer (SQLite: CROSS JOIN).
+JOIN_IN_ORDER = "CROSS JOIN"
+
+
+def json_list(values: Sequence[Any]) -> str:
+    """A list as the parameter IN_LIST and json_rows() take."""
+    return json.dumps(list(values))
+
+
+def json_table(alias: str) -> str:
+    """A JSON array parameter (json_list()) as a table of its items, `alias`."""
+    return f"json_each(?) AS {alias}"
+
+
+def json_item(alias: str, index: int) -> str:
+    """Item `index` of a json_table() row that is itself an array."""
+    return f"{alias}.value ->> {index}"
+
+
+def json_agg(expr: str) -> str:
+    """An aggregate collecting a column's values (NULLs too) as a JSON array, read by json.loads."""
+    return f"json_group_array({expr})"
+
+
+def changes(con: sqlite3.Connection) -> int:
+    """Rows changed on this connection since it opened (a write that changed nothing proves nothing)."""
+    return con.total_changes
+
+
+def json_rows(width: int) -> str:
+    """`SELECT v0, v1 … FROM <a JSON array of arrays>`: many rows passed as one parameter.
+
+    One statement over a JSON array instead of one statement step per row: each step hands the
+    GIL back and forth with a busy event loop.
+    """
+    cols = ", ".join(json_item("v", i) for i in range(width))
+    return f"SELECT {cols} FROM {json_table('v')}"
+
+
+def greatest(a: str, b: str) -> str:
+    """The larger of two expressions (SQLite's two-argument MAX)."""
+    return f"MAX({a}, {b})"
+
+
+def group_concat(expr: str) -> str:
+    """An aggregate joining a column's values with commas."""
+    return f"GROUP_CONCAT({expr})"
+
+
+def by_rowid(column: str) -> str:
+    """A column reference the planner must not use an index for (`+column`): look rows up by id."""
+    return f"+{column}"
+
+
+# Column names per (connection, table), read from the schema after migrations; dropped on close.
+_COLUMNS: dict[tuple[int, str], list[str]] = {}
+_COLUMNS_LOCK = threading.Lock()
+
+
+def forget(con: sqlite3.Connection) -> None:
+    """Drop what was cached about a connection that is closing."""
+    with _COLUMNS_LOCK:
+        for key in [k for k in _COLUMNS if k[0] == id(con)]:
+            del _COLUMNS[key]
+
+
+def rows(con: sqlite3.Connection, table: str, select: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    """The rows of `select` (a `SELECT * FROM table …`), fetched as one JSON array.
+
+    One statement step for the whole result instead of one per row: each step hands the GIL
+    back and forth with the event loop, which under load costs far more than the row.
+    """
+    columns = _COLUMNS.get((id(con), table))
+    if columns is None:
+        columns = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+        with _COLUMNS_LOCK:
+            _COLUMNS[(id(con), table)] = columns
+    fields = ",".join(f"'{c}', r.{c}" for c in columns)
+    sql = f"SELECT json_group_array(json_object({fields})) FROM ({select}) AS r"
+    out: list[dict[str, Any]] = json.loads(con.execute(sql, params).fetchone()[0])
+    return out

@@ -1,0 +1,1 @@
+"""Tools beside the daemon (the device simulator, `warnd-sim`): they import warnd, never the reverse."""

@@ -152,3 +152,25 @@ async def test_the_local_daily_quota_hands_lesser_messages_on_never_a_red_warnin
         assert {"+86" + s.phone for s in aliyun.sends if "山洪" in s.content} == {
             r["address"] for r in rows.values()
         }
+
+
+async def test_a_timeout_after_tencent_accepted_is_found_by_session_context(tmp_path: Path) -> None:
+    """Tencent took the batch but answered late: once its receipts are in, the retry finds each
+    message by our SessionContext (PullSmsSendStatusByPhoneNumber) and sends nothing again."""
+    only = ("tencent",)
+    async with china_harness(tmp_path, providers=only, dispatch={"send_timeout_s": 1.5}) as (h, _, fake, _):
+        fake.stall_s.append(3.0)
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        rows = await deliveries(h, wid, "sms")
+        assert {r["state"] for r in rows.values()} == {"failed"}
+        sent = len(fake.sends)
+        assert sent == len(rows)
+        fake.deliver_all()  # the carriers report: Tencent now lists them by number
+        h.clock.advance(3600)
+        await h.run_until_idle()
+        rows = await deliveries(h, wid, "sms")
+        assert {r["state"] for r in rows.values()} == {"delivered"}
+        assert len(fake.sends) == sent
+        looked_up = [c for c in fake.calls if c["action"] == "PullSmsSendStatusByPhoneNumber"]
+        assert len(looked_up) == len(rows)

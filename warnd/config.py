@@ -317,11 +317,16 @@ def _distinct(value: list[str]) -> list[str]:
 Providers = Annotated[list[Provider], AfterValidator(_distinct)]
 
 
+def _twilio_only() -> list[Provider]:
+    """The default fallback order: Twilio alone, as before there were others."""
+    return ["twilio"]
+
+
 class SmsSettings(_Section):
     """What every SMS carries, whichever provider sends it."""
 
     # The providers SMS goes through, in fallback order: the next sends what the one before could not.
-    providers: Providers = Field(default_factory=lambda: ["twilio"], min_length=1)
+    providers: Providers = Field(default_factory=_twilio_only, min_length=1)
 
     # The registered signature (签名) Chinese carriers require, shown as 【…】 at the start of
     # every SMS and spoken as the office's name ("这里是…"). Providers approve 2–12 characters.
@@ -425,7 +430,7 @@ class VoiceSettings(_Section):
     """Calls (叫应 by phone), whichever provider places them."""
 
     # The providers calls go through, in fallback order.
-    providers: Providers = Field(default_factory=lambda: ["twilio"], min_length=1)
+    providers: Providers = Field(default_factory=_twilio_only, min_length=1)
 
 
 class EscalationStep(_Section):

@@ -26,7 +26,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -269,7 +269,6 @@ class TwilioProvider(Provider):
     # How long one batch may take at most, as a share of the dispatcher's send timeout:
     # half leaves room for slow answers, so a rate-limited batch never times out half-sent.
     _BATCH_SHARE = 0.5
-    limits: ClassVar[Limits] = Limits(concurrency=16, batch_size=50)
 
     name = "twilio"
 
@@ -314,7 +313,7 @@ class TwilioProvider(Provider):
     async def aclose(self) -> None:
         """Close the SDK's HTTP session."""
         if self.client is not None:
-            await self.client.http_client.close()  # type: ignore[attr-defined]
+            await self.client.http_client.close()
             self.client = None
 
     def limiter(self, sender: str) -> Spacer:

@@ -15,6 +15,7 @@ or are pulled: PullSmsSendStatus and PullSmsReplyStatus hand each out once, as T
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -68,6 +69,8 @@ class FakeTencent:
     # Voice messages (VMS, the same fake): the calls placed, as the request bodies plus "CallId".
     placed: list[dict[str, Any]] = field(default_factory=list)
     voice_app_id: str = "1400000009"
+    # Seconds the next SendSms answers late, after taking the messages (a timeout after accept).
+    stall_s: list[float] = field(default_factory=list)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     base: str = ""
@@ -125,7 +128,10 @@ class FakeTencent:
         if body.get("SmsSdkAppId") != self.app_id:
             return self._error("UnauthorizedOperation.SmsSdkAppIdVerifyFail", "SmsSdkAppId verify fail")
         if action == "SendSms":
-            return self._send(body)
+            answer = self._send(body)
+            if self.stall_s:
+                await asyncio.sleep(self.stall_s.pop(0))
+            return answer
         if action == "PullSmsSendStatus":
             taken, self.unpulled = self.unpulled[: body["Limit"]], self.unpulled[body["Limit"] :]
             return self._ok({"PullSmsSendStatusSet": [self._status(s) for s in taken]})

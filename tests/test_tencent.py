@@ -7,10 +7,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
+
+from adapters.providers import aliyun, tencent
 from tests.support import db
 from tests.support.china_harness import SIGN, TOKEN, TOWNSHIP, china_harness
 from tests.support.harness import Harness, warning_body
 from tests.support.twilio_harness import deliveries, hook_url
+from warnd.adapter import AuthError, PermanentError, TransientError
 
 
 async def providers_of(h: Harness) -> dict[str, str]:
@@ -174,3 +178,23 @@ async def test_a_timeout_after_tencent_accepted_is_found_by_session_context(tmp_
         assert len(fake.sends) == sent
         looked_up = [c for c in fake.calls if c["action"] == "PullSmsSendStatusByPhoneNumber"]
         assert len(looked_up) == len(rows)
+
+
+def test_vendor_codes_map_to_transient_permanent_or_auth() -> None:
+    """Each provider's codes, mapped on purpose; a refused connection is not a send in doubt, a timeout is."""
+    assert type(aliyun.vendor_error("isv.BUSINESS_LIMIT_CONTROL")) is TransientError
+    assert type(aliyun.vendor_error("isv.MOBILE_NUMBER_ILLEGAL")) is PermanentError
+    assert type(aliyun.vendor_error("isv.AMOUNT_NOT_ENOUGH")) is AuthError
+    assert type(aliyun.vendor_error("Unknown.Code", "busy", 503)) is TransientError
+    leaked = aliyun.vendor_error("Unknown.Code", "number 13800000001 refused", 400)
+    assert type(leaked) is PermanentError
+    assert "13800000001" not in str(leaked)
+    assert type(tencent.vendor_error("LimitExceeded.PhoneNumberDailyLimit")) is TransientError
+    assert type(tencent.vendor_error("InvalidParameterValue.IncorrectPhoneNumber")) is PermanentError
+    assert type(tencent.vendor_error("AuthFailure.SecretIdNotFound")) is AuthError
+    refused = tencent.sdk_error(
+        TencentCloudSDKException("ClientNetworkError", "Failed to establish a new connection")
+    )
+    timeout = tencent.sdk_error(TencentCloudSDKException("ClientNetworkError", "Read timed out."))
+    assert isinstance(refused, TransientError) and not refused.maybe_sent
+    assert isinstance(timeout, TransientError) and timeout.maybe_sent

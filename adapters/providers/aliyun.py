@@ -37,7 +37,7 @@ from alibabacloud_tea_openapi import models as openapi_models
 from darabonba.runtime import RuntimeOptions
 from Tea.exceptions import TeaException
 
-from adapters.providers.base import Capabilities, Provider, out_id
+from adapters.providers.base import Capabilities, Provider, mask_numbers, out_id
 from warnd import inbound, messages, pacing, templates
 from warnd.adapter import (
     AdapterContext,
@@ -122,16 +122,19 @@ def national(address: str | None) -> str:
 
 
 def ref(oid: str, phone: str) -> str:
-    """The provider_ref of one number of one send: our OutId and the number (both in every report)."""
-    return f"aliyun:{oid}:{phone}"
+    """The provider_ref of one number of one send: our OutId and the number (both in every report).
+
+    The number in E.164, as warnd writes numbers (and masks them wherever they are logged).
+    """
+    return f"aliyun:{oid}:+86{phone}"
 
 
 def vendor_error(code: str, message: str = "", status: int = 200) -> Exception:
     """What an Aliyun code means (see VENDOR_CODES); an unknown one by its HTTP status."""
     kind, why = VENDOR_CODES.get(code, ("", ""))
     if not kind:
-        # Aliyun's message never names a number in these answers; it is cut all the same.
-        err = classify_http(status if status >= 400 else 400, f"aliyun {code}: {message[:120]}")
+        # Aliyun's message may quote the request: numbers are masked.
+        err = classify_http(status if status >= 400 else 400, f"aliyun {code}: {mask_numbers(message)[:120]}")
         return err or PermanentError(f"aliyun {code}")
     reason = f"aliyun {code}: {why}"
     if kind == "transient":
@@ -451,7 +454,8 @@ class AliyunSms(Provider):
 
         async def one(row: dict[str, Any]) -> int:
             """Look one delivery's message up and apply its report if it is final."""
-            _, oid, phone = str(row["provider_ref"]).split(":", 2)
+            _, oid, e164 = str(row["provider_ref"]).split(":", 2)
+            phone = e164.removeprefix("+86")
             sent = from_ts(row.get("sent_at")) or self.ctx.clock.now().astimezone(BEIJING)
             for r in await self.details(phone, sent):
                 if r.out_id == oid:

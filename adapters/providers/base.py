@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -36,6 +37,7 @@ from warnd.adapter import (
     Receipt,
     TransientError,
 )
+from warnd.log import mask_phones
 from warnd.pacing import Pacer
 
 if TYPE_CHECKING:
@@ -163,3 +165,12 @@ def out_id(d: Delivery) -> str:
     """
     planned = d.created_at.isoformat() if d.created_at else ""
     return hashlib.sha256(f"{d.warning_id}|{d.step}|{d.kind}|{planned}".encode()).hexdigest()[:24]
+
+
+# A mainland mobile number written without +86, as Aliyun and Tencent quote them.
+_NATIONAL = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+
+
+def mask_numbers(text: str) -> str:
+    """A provider's text with every phone number masked, E.164 or national (138****0001)."""
+    return _NATIONAL.sub(lambda m: m[0][:3] + "****" + m[0][-4:], mask_phones(text))

@@ -141,7 +141,13 @@ class ProviderChannel(Adapter):
     async def reconcile(self, message: Message) -> Receipt | None:
         """Ask each provider, in order, whether it has the message by our id; the first that has it wins."""
         for p in self.active():
-            found = await p.reconcile(message)
+            try:
+                found = await p.reconcile(message)
+            except AuthError as exc:
+                # That provider's credentials: it stops, and nobody can tell yet whether it sent this.
+                p.disabled_reason = exc.reason
+                log.error("provider.auth_failed", channel=self.kind, provider=p.name, reason=exc.reason)
+                raise TransientError(f"{p.name} cannot look the message up: {exc.reason}") from None
             if found is not None:
                 return tagged(found, p.name)  # type: ignore[return-value]
         return None

@@ -39,7 +39,7 @@ from tencentcloud.sms.v20210111.sms_client import SmsClient
 from tencentcloud.vms.v20200902 import models as vms_models
 from tencentcloud.vms.v20200902.vms_client import VmsClient
 
-from adapters.providers.base import Capabilities, Provider, out_id
+from adapters.providers.base import Capabilities, Provider, mask_numbers, out_id
 from warnd import inbound, messages, pacing, templates
 from warnd.adapter import (
     AdapterContext,
@@ -108,7 +108,7 @@ DEAD_REPORT_CODES = {"MK:0001": "number not in service", "UNDELIV": "undeliverab
 
 def vendor_error(code: str, message: str = "") -> Exception:
     """What a Tencent code means (VENDOR_CODES); an unknown one is permanent for this provider."""
-    kind, why = VENDOR_CODES.get(code, ("permanent", message[:120] or "refused"))
+    kind, why = VENDOR_CODES.get(code, ("permanent", mask_numbers(message)[:120] or "refused"))
     reason = f"tencent {code}: {why}"
     if kind == "transient":
         return TransientError(reason, 60.0)

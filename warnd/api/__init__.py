@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from warnd.adapter import Webhook
 from warnd.api import approval, audit, console, devices, events, warnings
 from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
@@ -49,7 +50,15 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
 
-def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Application:
+def as_route(r: Route | Webhook) -> Route:
+    """An adapter's Webhook as a Route of the API (a Route stays as it is)."""
+    if isinstance(r, Webhook):
+        return Route(r.method, r.path, r.handler, r.role, r.summary, body_types=r.body_types,
+                     query=dict(r.query), responses=dict(r.responses))  # fmt: skip
+    return r
+
+
+def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> web.Application:
     """Build the aiohttp application for a daemon."""
     from warnd import __version__
     from warnd.daemon import DAEMON
@@ -79,7 +88,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         *report_api.ROUTES,
         *audit.ROUTES,
         *devices.ROUTES,
-        *extra_routes,
+        *(as_route(r) for r in extra_routes),
     ]
 
     async def openapi_json(_request: web.Request) -> web.Response:

@@ -113,6 +113,10 @@ class ProviderChannel(Adapter):
         results: list[Receipt | BaseException] = [TransientError("no provider can send")] * len(messages)
         remaining = list(range(len(messages)))
         providers = self.active()
+        if not providers and self.providers:
+            # Every provider's credentials were refused: the channel is misconfigured, as with one.
+            reason = "; ".join(f"{p.name}: {p.disabled_reason}" for p in self.providers)
+            return [AuthError(reason) for _ in messages]
         for n, p in enumerate(providers):
             if not remaining:
                 break

@@ -409,8 +409,16 @@ async function issuePage() {
       audioButton.disabled = false;
     } }, t("audio"));
     const kinds = Object.entries(p.messages || {});
+    // People near a provider's daily quota per number: the warning may be the message it blocks.
+    const near = p.quota_warnings || [];
+    const quota = near.length ? h("div", { class: "quota", testid: "quota-warnings" },
+      h("strong", {}, t("quota_title", { n: near.length })),
+      h("table", {}, h("tr", {}, h("th", {}, t("person")), h("th", {}, t("channel")), h("th", {}, t("provider")), h("th", {}, t("quota_used"))),
+        near.map((q) => h("tr", {}, h("td", {}, q.name || q.person), h("td", {}, channelName(q.channel)), h("td", {}, q.provider),
+          h("td", {}, `${q.used} / ${q.limit}`))))) : null;
     put(preview, h("div", { class: "card" },
       h("h2", {}, t("preview_title")),
+      quota,
       h("p", {}, `${t("villages")}（${p.villages.length}）：${p.villages.map((v) => v.name).join("、")}`),
       h("h2", {}, t("timeline")),
       h("div", { class: "scroll" }, h("table", { testid: "timeline" },

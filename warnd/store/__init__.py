@@ -1,7 +1,7 @@
 """The store: all persistent state behind one interface, and the only place SQL lives.
 
-- core.py: the connection in its own thread, `read(fn)` / `write(fn)` (the one transaction
-  primitive), migrations, health.
+- core.py: the writer connection in its own thread, reader connections beside it, `write(fn)`
+  / `read(fn)` (the transaction primitives), migrations, health.
 - sqlite.py: the dialect seam, every SQLite-only trick (a PostgreSQL backend replaces it).
 - rows.py: typed rows, DeliveryState (the one progress order) and JobKind.
 - one module per table group: warnings (+audit), jobs, schedule (firing a job), deliveries

@@ -56,12 +56,18 @@ def unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open the database with warnd's durability settings (called in the store's thread)."""
-    # Autocommit (isolation_level=None): the store says BEGIN IMMEDIATE itself. The connection
-    # lives in the store's one thread; check_same_thread is off only so close() can be told apart.
+def connect(path: Path, *, reader: bool = False) -> sqlite3.Connection:
+    """Open the database with warnd's durability settings (the writer) or as a reader."""
+    # Autocommit (isolation_level=None): the store says BEGIN (IMMEDIATE) itself. A connection is
+    # used by one thread at a time, not always the same one (readers are pooled, close() runs
+    # elsewhere): check_same_thread is off.
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     con.row_factory = sqlite3.Row
+    if reader:
+        # query_only: a write slipped into read() fails at once instead of racing the writer.
+        con.execute("PRAGMA query_only=ON")
+        con.execute("PRAGMA busy_timeout=5000")
+        return con
     con.execute("PRAGMA journal_mode=WAL")
     # FULL: a warning answered 202 survives power loss, not only a crash.
     con.execute("PRAGMA synchronous=FULL")

@@ -7,6 +7,10 @@ fetch, the join order, the driver's connection and errors. A PostgreSQL backend 
 same names (`= ANY(%s)`, `jsonb_array_elements`, `string_agg`, `GREATEST`, `ON CONFLICT DO
 NOTHING` …) and the table modules stay as they are.
 
+Kept by the database itself: the delivery counters (delivery_counts, coverage_receivers,
+coverage_counts) follow every change of a delivery through the triggers COUNTER_TRIGGERS names
+(migration 0013); a PostgreSQL backend creates the same as trigger functions.
+
 Shared by both and so written in the table modules: `ON CONFLICT … DO UPDATE SET … excluded.…`,
 `CASE WHEN`, `COALESCE`. Not abstracted yet: the `?` placeholders (a PostgreSQL driver wants
 `%s`: translate them in its `read`/`write`) and the migrations, which are SQLite's SQL.
@@ -119,6 +123,26 @@ def split_sql(sql: str) -> list[str]:
                 out.append(buf.strip())
             buf = ""
     return out
+
+
+# The triggers that keep the delivery counters in the transaction that changes a delivery
+# (migration 0013): whoever writes deliveries, by whichever statement, keeps them true.
+COUNTER_TRIGGERS = (
+    "delivery_counts_insert",
+    "delivery_counts_update",
+    "delivery_counts_delete",
+    "coverage_receivers_insert",
+    "coverage_receivers_update",
+    "coverage_receivers_delete",
+    "coverage_counts_insert",
+    "coverage_counts_update",
+    "coverage_counts_delete",
+)
+
+
+def triggers(con: sqlite3.Connection) -> set[str]:
+    """The names of the database's triggers."""
+    return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
 
 
 # -- SQL fragments ------------------------------------------------------------------------------

@@ -184,3 +184,20 @@ async def test_an_existing_database_gets_its_counters(tmp_path: Path) -> None:
         assert await _grouped(store) == expected
         await _check(store)
 
+
+async def test_the_gauges_and_coverage_read_no_more_rows_as_deliveries_grow(tmp_path: Path) -> None:
+    """No statement /metrics or coverage runs scans the deliveries: counters, and an index search."""
+    from warnd.store import COVERAGE_SQL, DELIVERY_GAUGE_SQL, OLDEST_DUE_SQL
+
+    async with Store(tmp_path / "w.db") as store:
+        plans = {
+            sql: " / ".join(r["detail"] for r in await db.query(store, f"EXPLAIN QUERY PLAN {sql}", params))
+            for sql, params in (
+                (DELIVERY_GAUGE_SQL, ()),
+                (OLDEST_DUE_SQL, ("pending", "sms")),
+                (COVERAGE_SQL, ("W1",)),
+            )
+        }
+    assert "deliveries" not in plans[DELIVERY_GAUGE_SQL] + plans[COVERAGE_SQL]
+    # In due order through the (state, due_at) index: the first row of the channel ends it.
+    assert plans[OLDEST_DUE_SQL] == "SEARCH deliveries USING INDEX deliveries_due (state=?)"

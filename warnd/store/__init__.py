@@ -5,7 +5,7 @@
 - sqlite.py: the dialect seam, every SQLite-only trick (a PostgreSQL backend replaces it).
 - rows.py: typed rows, DeliveryState (the one progress order) and JobKind.
 - one module per table group: warnings (+audit), jobs, schedule (firing a job), deliveries
-  (+acks), devices, feeds, hydro, inbound.
+  (+acks), devices, feeds, hydro, inbound, retention (archive and delete what ended long ago).
 
 `Store` composes the table groups; callers use its methods and never its connection. What the
 database itself refused (a constraint, a bug in a statement) is raised as the driver's
@@ -26,6 +26,7 @@ from warnd.store.feeds import Feeds
 from warnd.store.hydro import Hydro
 from warnd.store.inbound import Inbound
 from warnd.store.jobs import Jobs
+from warnd.store.retention import RetentionRecords
 from warnd.store.rows import (
     COVERAGE_COUNTS,
     REACHED,
@@ -98,7 +99,19 @@ __all__ = [
 ]
 
 
-class Store(Warnings, Jobs, Schedule, Deliveries, Devices, Feeds, Hydro, Inbound, Approval, StoreCore):
+class Store(
+    Warnings,
+    Jobs,
+    Schedule,
+    Deliveries,
+    Devices,
+    Feeds,
+    Hydro,
+    Inbound,
+    Approval,
+    RetentionRecords,
+    StoreCore,
+):
     """All persistent state. Every write is one transaction; the pipeline is driven from here.
 
     Args:

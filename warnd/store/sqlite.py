@@ -2,9 +2,9 @@
 
 The table modules (warnd/store/*.py) write plain SQL with `?` placeholders and ask this module
 for whatever is SQLite's own: PRAGMAs, `INSERT OR IGNORE`, JSON arrays as parameters
-(`json_each`, `->>`), `GROUP_CONCAT`, two-argument `MAX`, index hints and the one-step JSON
+(`json_each`, `->>`), two-argument `MAX`, index hints and the one-step JSON
 fetch, the join order, the driver's connection and errors. A PostgreSQL backend implements the
-same names (`= ANY(%s)`, `jsonb_array_elements`, `string_agg`, `GREATEST`, `ON CONFLICT DO
+same names (`= ANY(%s)`, `jsonb_array_elements`, `GREATEST`, `ON CONFLICT DO
 NOTHING` …) and the table modules stay as they are.
 
 Kept by the database itself: the delivery counters (delivery_counts, coverage_receivers,
@@ -193,11 +193,6 @@ def json_rows(width: int) -> str:
 def greatest(a: str, b: str) -> str:
     """The larger of two expressions (SQLite's two-argument MAX)."""
     return f"MAX({a}, {b})"
-
-
-def group_concat(expr: str) -> str:
-    """An aggregate joining a column's values with commas."""
-    return f"GROUP_CONCAT({expr})"
 
 
 def by_rowid(column: str) -> str:

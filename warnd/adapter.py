@@ -71,6 +71,22 @@ def retry_after_s(value: str | None) -> float | None:
         return None
 
 
+def classify_http(status: int, reason: str, retry_after_s: float | None = None) -> Exception | None:
+    """The one HTTP status table every HTTP adapter shares: None for 2xx, else the error to raise.
+
+    429 and 5xx are transient (not before `retry_after_s`); 401 and 403 are auth failures that
+    disable the channel; any other status is permanent. Vendor codes in the body, where a vendor
+    has them, are mapped by the adapter before it falls back to this.
+    """
+    if 200 <= status < 300:
+        return None
+    if status == 429 or status >= 500:
+        return TransientError(reason, retry_after_s)
+    if status in (401, 403):
+        return AuthError(reason)
+    return PermanentError(reason)
+
+
 class PermanentError(Exception):
     """A failure no retry will fix: an invalid number, an unknown device."""
 
@@ -118,6 +134,35 @@ class Receipt:
 
     state: str = "sent"
     provider_ref: str | None = None
+    # Which provider took it (twilio, aliyun, tencent), for channels that have several.
+    provider: str | None = None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """An HTTP endpoint an adapter serves (a provider's callback, a view of its data); the API mounts it.
+
+    Adapters declare their endpoints with this plain dataclass instead of importing warnd.api.
+
+    Args:
+        method: HTTP method.
+        path: aiohttp path pattern.
+        handler: the coroutine serving it.
+        summary: one line for the OpenAPI document.
+        role: least role needed; None: no token (the endpoint checks a signature or a path token).
+        body_types: media types the body may come in.
+        query: query parameters the handler reads, and what each means.
+        responses: the endpoint's own status codes and what they mean.
+    """
+
+    method: str
+    path: str
+    handler: Callable[..., Any]
+    summary: str
+    role: str | None = None
+    body_types: tuple[str, ...] = ("application/json",)
+    query: dict[str, Any] = field(default_factory=dict)
+    responses: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from warnd.adapter import Webhook
 from warnd.api import approval, audit, console, devices, events, warnings
 from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
@@ -15,7 +16,7 @@ from warnd.api.errors import error_middleware, error_response
 from warnd.api.openapi import openapi
 from warnd.api.routes import GATE, Route, auth_middleware
 from warnd.metrics import metrics_handler
-from warnd.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters
+from warnd.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters, token_limiter
 
 if TYPE_CHECKING:
     from warnd.daemon import Daemon
@@ -49,7 +50,15 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
 
-def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Application:
+def as_route(r: Route | Webhook) -> Route:
+    """An adapter's Webhook as a Route of the API (a Route stays as it is)."""
+    if isinstance(r, Webhook):
+        return Route(r.method, r.path, r.handler, r.role, r.summary, body_types=r.body_types,
+                     query=dict(r.query), responses=dict(r.responses))  # fmt: skip
+    return r
+
+
+def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> web.Application:
     """Build the aiohttp application for a daemon."""
     from warnd import __version__
     from warnd.daemon import DAEMON
@@ -79,7 +88,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         *report_api.ROUTES,
         *audit.ROUTES,
         *devices.ROUTES,
-        *extra_routes,
+        *(as_route(r) for r in extra_routes),
     ]
 
     async def openapi_json(_request: web.Request) -> web.Response:
@@ -95,7 +104,11 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route] = ()) -> web.Applicat
         client_max_size=max_bytes,
         middlewares=[
             error_middleware,
-            rate_limit_middleware(limiters),
+            rate_limit_middleware(
+                limiters,
+                known=lambda request: app[GATE].known(request.headers.get("Authorization", "")),
+                per_token=token_limiter(daemon.settings.http),
+            ),
             _size_middleware(max_bytes),
             auth_middleware({(r.method, r.path): r.role for r in routes}),
         ],

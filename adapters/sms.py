@@ -12,7 +12,6 @@ is added to the text to tell messages apart: a villager reads every character of
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
@@ -32,8 +31,7 @@ from adapters.twilio_common import (
     twiml,
 )
 from warnd import inbound, messages
-from warnd.adapter import Message, PermanentError, Receipt, TransientError
-from warnd.api.routes import Route
+from warnd.adapter import Message, PermanentError, Receipt, TransientError, Webhook
 from warnd.phone import mask_phone
 
 if TYPE_CHECKING:
@@ -50,11 +48,6 @@ _OVERLAP = timedelta(minutes=10)
 _POLL_CONCURRENCY = 8
 # Message statuses that mean it never reached the phone: such a message does not count as sent.
 _NOT_SENT = {"failed", "undelivered", "canceled"}
-
-
-def _dumps(obj: Any) -> str:
-    """JSON with Chinese text kept readable."""
-    return json.dumps(obj, ensure_ascii=False)
 
 
 def sms_text(message: Message, settings: Settings, directory: Any, max_segments: int) -> str:
@@ -196,28 +189,14 @@ class SmsAdapter(TwilioAdapter):
             return twiml(f"<Message>{escape(reply.answer)}</Message>")
         return twiml("")
 
-    async def replies_view(self, request: web.Request) -> web.Response:
-        """GET /api/v1/replies or /api/v1/warnings/{id}/replies: what people answered."""
-        wid = request.match_info.get("id") or request.query.get("warning_id")
-        rows = await inbound.replies(self.ctx.store, wid)
-        directory = self.ctx.directory()
-        for r in rows:
-            person = directory.people.get(r["person_id"]) if r["person_id"] else None
-            r["name"] = person.name if person else None
-        return web.json_response({"warning_id": wid, "replies": rows}, dumps=_dumps)
-
-    def routes(self) -> list[Route]:
-        """Twilio's webhooks (signature-checked, no token) and the operator's view of replies."""
+    def webhooks(self) -> list[Webhook]:
+        """Twilio's webhooks: signature-checked, no token (the replies' view is warnd.api.replies)."""
         return [
-            Route("POST", "/hooks/twilio/status", self.status_hook, None,
-                  "Twilio SMS status callback (X-Twilio-Signature)", body_types=(FORM,),
-                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
-            Route("POST", "/hooks/twilio/inbound", self.inbound_hook, None,
-                  "Twilio incoming SMS (X-Twilio-Signature)", body_types=(FORM,), responses=HOOK_RESPONSES),
-            Route("GET", "/api/v1/replies", self.replies_view, "viewer", "SMS replies, newest first",
-                  query={"warning_id": "only replies about this warning"}),
-            Route("GET", "/api/v1/warnings/{id}/replies", self.replies_view, "viewer",
-                  "SMS replies about a warning: confirmations and feedback text"),
+            Webhook("POST", "/hooks/twilio/status", self.status_hook,
+                    "Twilio SMS status callback (X-Twilio-Signature)", body_types=(FORM,),
+                    query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
+            Webhook("POST", "/hooks/twilio/inbound", self.inbound_hook,
+                    "Twilio incoming SMS (X-Twilio-Signature)", body_types=(FORM,), responses=HOOK_RESPONSES),
         ]  # fmt: skip
 
     # -- polling ---------------------------------------------------------------------------

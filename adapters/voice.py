@@ -30,8 +30,7 @@ from adapters.twilio_common import (
     twiml,
 )
 from warnd import inbound, messages
-from warnd.adapter import Message, Receipt
-from warnd.api.routes import Route
+from warnd.adapter import Message, Receipt, Webhook
 from warnd.phone import mask_phone
 from warnd.speech import spoken_text
 
@@ -184,15 +183,15 @@ class VoiceAdapter(TwilioAdapter):
         row = await self.ctx.store.delivery_to(msg_id, target)
         return dict(row) if row is not None else None
 
-    def routes(self) -> list[Route]:
+    def webhooks(self) -> list[Webhook]:
         """Twilio's call webhooks: signature-checked, no token."""
         return [
-            Route("POST", "/hooks/twilio/voice/status", self.status_hook, None,
-                  "Twilio call status callback (X-Twilio-Signature)", body_types=(FORM,),
-                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
-            Route("POST", "/hooks/twilio/voice/gather", self.gather_hook, None,
-                  "Twilio <Gather> action: the key pressed (X-Twilio-Signature)", body_types=(FORM,),
-                  query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
+            Webhook("POST", "/hooks/twilio/voice/status", self.status_hook,
+                    "Twilio call status callback (X-Twilio-Signature)", body_types=(FORM,),
+                    query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
+            Webhook("POST", "/hooks/twilio/voice/gather", self.gather_hook,
+                    "Twilio <Gather> action: the key pressed (X-Twilio-Signature)", body_types=(FORM,),
+                    query={"m": "our msg_id", "t": "the target"}, responses=HOOK_RESPONSES),
         ]  # fmt: skip
 
     async def poll_once(self) -> int:

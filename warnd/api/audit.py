@@ -10,7 +10,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from warnd.api.routes import Route
-from warnd.api.warnings import daemon, json_dumps, local_time
+from warnd.api.services import services
+from warnd.api.warnings import json_dumps, local_time
 from warnd.intake import InputError
 
 # A page a person can read; older events by warning_id.
@@ -19,7 +20,7 @@ MAX_LIMIT = 1000
 
 async def audit(request: web.Request) -> web.Response:
     """Audit events: newest first, or oldest first for one warning (`?warning_id=`)."""
-    d = daemon(request)
+    d = services(request)
     warning_id = request.query.get("warning_id") or None
     try:
         limit = int(request.query.get("limit", "200"))

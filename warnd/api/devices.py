@@ -8,12 +8,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from warnd.api.routes import Route
-from warnd.api.warnings import daemon, json_dumps, local_time
+from warnd.api.services import services
+from warnd.api.warnings import json_dumps, local_time
 
 
 async def list_devices(request: web.Request) -> web.Response:
     """Every device of the directory with online / offline / unknown and when it was last heard from."""
-    d = daemon(request)
+    d = services(request)
     tz = d.settings.policy.timezone
     rows = {r["id"]: r for r in await d.store.devices()}
     directory = d.directory()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -11,7 +11,9 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from warnd import jsonsafe, messages
+from warnd.api.feeds import CAP_TYPES, cap_intake
 from warnd.api.routes import Route, principal
+from warnd.api.services import ApiServices, services
 from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
 from warnd.mqtt.devices import coverage_with_offline
@@ -19,22 +21,11 @@ from warnd.planner import level_policy, schedule_view, step_deliveries, step_job
 from warnd.report import escalations
 from warnd.store import IdempotencyConflict, from_ts, new_warning_id
 
-if TYPE_CHECKING:
-    from warnd.daemon import Daemon
-
 log = structlog.get_logger("warnd.api")
 
 JSON_TYPES = ("application/json",)
 # What `?state=` takes on the list (active: in force, i.e. active or updated).
 STATES = ("active", "updated", "cancelled", "expired")
-CAP_TYPES = ("application/cap+xml", "application/xml", "text/xml")
-
-
-def daemon(request: web.Request) -> Daemon:
-    """The daemon this request is served by."""
-    from warnd.daemon import DAEMON
-
-    return request.app[DAEMON]
 
 
 def actor(request: web.Request) -> Actor:
@@ -72,7 +63,7 @@ def local_time(text: str | None, tz: str) -> str | None:
     return dt.astimezone(ZoneInfo(tz)).isoformat(timespec="seconds") if dt else None
 
 
-async def present(d: Daemon, w: dict[str, Any]) -> dict[str, Any]:
+async def present(d: ApiServices, w: dict[str, Any]) -> dict[str, Any]:
     """A stored warning as `GET /api/v1/warnings/{id}` shows it."""
     tz = d.settings.policy.timezone
     return {
@@ -93,11 +84,9 @@ async def present(d: Daemon, w: dict[str, Any]) -> dict[str, Any]:
 
 async def create(request: web.Request) -> web.Response:
     """Issue a warning (预警发布): 202 with its id once it is durably stored."""
-    d = daemon(request)
+    d = services(request)
     if request.content_type in CAP_TYPES:
-        if d.cap_intake is None:
-            raise InputError("unsupported_media_type", "CAP XML intake is not available", "Content-Type", 415)
-        return await d.cap_intake(request, source="api", actor=actor(request))
+        return await cap_intake(request, d.feeds, source="api", actor=actor(request))
     w = await read_json(request, WarningIn)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
@@ -119,7 +108,7 @@ async def create(request: web.Request) -> web.Response:
 
 async def preview(request: web.Request) -> web.Response:
     """Who a warning would reach, on which channels, when: nothing is stored or sent."""
-    d = daemon(request)
+    d = services(request)
     w = await read_json(request, WarningIn)
     now = d.clock.now()
     villages = d.intake.match(w.area, required=True)
@@ -162,7 +151,7 @@ async def preview(request: web.Request) -> web.Response:
 
 async def list_(request: web.Request) -> web.Response:
     """Warnings, newest first; `?state=active` means in force (active or updated)."""
-    d = daemon(request)
+    d = services(request)
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise InputError("invalid", f"state must be one of {', '.join(STATES)}", "state", 400)
@@ -193,7 +182,7 @@ async def list_(request: web.Request) -> web.Response:
     )
 
 
-async def _get_or_404(d: Daemon, warning_id: str) -> dict[str, Any]:
+async def _get_or_404(d: ApiServices, warning_id: str) -> dict[str, Any]:
     """The warning, or a 404 naming the id."""
     w = await d.store.get_warning(warning_id)
     if w is None:
@@ -203,14 +192,14 @@ async def _get_or_404(d: Daemon, warning_id: str) -> dict[str, Any]:
 
 async def show(request: web.Request) -> web.Response:
     """One warning with its schedule and coverage."""
-    d = daemon(request)
+    d = services(request)
     w = await _get_or_404(d, request.match_info["id"])
     return web.json_response(await present(d, w), dumps=json_dumps)
 
 
 async def deliveries(request: web.Request) -> web.Response:
     """Every delivery of a warning: channel, target, state, attempts, last error."""
-    d = daemon(request)
+    d = services(request)
     w = await _get_or_404(d, request.match_info["id"])
     tz = d.settings.policy.timezone
     rows = await d.store.deliveries_for(w["id"])
@@ -240,7 +229,7 @@ async def deliveries(request: web.Request) -> web.Response:
 
 async def update(request: web.Request) -> web.Response:
     """Update a warning in force (预警更新): new content, rescheduled steps, an announcement."""
-    d = daemon(request)
+    d = services(request)
     await _get_or_404(d, request.match_info["id"])
     u = await read_json(request, UpdateIn)
     new = await d.intake.update(request.match_info["id"], u, actor=actor(request))
@@ -249,7 +238,7 @@ async def update(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     """Cancel a warning (解除预警): stop what is pending, send the all-clear."""
-    d = daemon(request)
+    d = services(request)
     await _get_or_404(d, request.match_info["id"])
     body = CancelIn()
     if request.can_read_body:

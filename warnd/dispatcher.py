@@ -103,9 +103,11 @@ class Dispatcher:
         return {name for name, a in self.adapters.items() if a.disabled_reason is None}
 
     def ready(self, channel: str) -> bool:
-        """Whether a channel can send right now (enabled, and its broker or provider reachable)."""
+        """Whether a channel can send right now (enabled, started, and its broker or provider reachable)."""
         adapter = self.adapters.get(channel)
-        return adapter is not None and adapter.disabled_reason is None and adapter.ready()
+        if adapter is None or adapter.disabled_reason is not None or adapter.not_ready_reason is not None:
+            return False
+        return adapter.ready()
 
     async def run_channel_once(self, channel: str) -> int:
         """Claim one batch for a channel, send it, record outcomes; return how many were handled."""

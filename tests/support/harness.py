@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from adapters import registry
 from tests.support.county import write_directory
 from tests.support.recording import RecordingAdapter
+from warnd.acklink import AckLinks, AckSigner, load_secret
 from warnd.adapter import AdapterContext
 from warnd.api import make_app
 from warnd.api.auth import hash_token
@@ -147,7 +150,13 @@ class Harness(Driven):
         ctx = self.daemon.context
         configured = [cls for cls in registry().values() if cls.configured(self.settings)]
         hooks = [w for cls in configured for w in cls(ctx).webhooks()]
-        return make_app(self.daemon, hooks)
+        services = self.daemon
+        if services.ack_links is None and any(cls.sends_ack_links for cls in configured):
+            # As warnd.app.build makes them when such a channel runs.
+            signer = AckSigner(load_secret(self.settings), timedelta(hours=self.settings.ack_links.ttl_h))
+            links = AckLinks(signer, ctx.store, ctx.feedback, ctx.clock, self.settings, ctx.directory)
+            services = replace(services, ack_links=links)
+        return make_app(services, hooks)
 
     async def serve_every_route(self) -> TestClient:
         """A second server for this warnd, serving `every_route_app()`."""

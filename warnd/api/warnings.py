@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -187,7 +188,8 @@ async def _get_or_404(d: ApiServices, warning_id: str) -> dict[str, Any]:
     w = await d.store.get_warning(warning_id)
     if w is None:
         raise InputError("not_found", f"no warning {warning_id}", "id", status=404)
-    return w
+    # Read as a plain mapping by the views (present, report), which also add keys of their own.
+    return cast("dict[str, Any]", w)
 
 
 async def show(request: web.Request) -> web.Response:
@@ -218,7 +220,9 @@ async def deliveries(request: web.Request) -> web.Response:
         "provider_ref",
     )
     out = []
-    for r in rows:
+    for row in rows:
+        # A delivery row read by field name (the TypedDict's keys are the columns).
+        r = cast("Mapping[str, Any]", row)
         item = {k: r[k] for k in keep}
         item["ack_required"] = bool(item["ack_required"])
         for k in ("due_at", "sent_at", "delivered_at", "acked_at"):

@@ -9,8 +9,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # mosquitto: the broker loudspeakers and LED boards use (and tests start their own);
 # espeak-ng + ffmpeg: spoken warnings as MP3; systemd: systemd-analyze checks the unit;
-# libfaketime: tests/faults/test_clock.py steps a running warnd's wall clock.
-DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd libfaketime
+# libfaketime: tests/faults/test_clock.py steps a running warnd's wall clock;
+# chromium + fonts-wqy-microhei: the console's end-to-end tests (Playwright drives Debian's
+# chromium, no browser download) and their screenshots in Chinese.
+DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd libfaketime chromium fonts-wqy-microhei
 
 .PHONY: run test bench lint deps venv clean install
 

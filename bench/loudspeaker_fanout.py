@@ -99,6 +99,7 @@ async def run_warnd(
         mqtt={"url": broker.url},
         http={"port": port, "public_url": f"http://127.0.0.1:{port}"},
         auth={"tokens": [{"name": "bench", "role": "operator", "hash": hash_token(TOKEN)}]},
+        approval={"levels": []},  # the bench's warning goes straight out (no sign-off)
     )
     # Logs at info, as in production, to a file rather than a terminal.
     log_file = (workdir / "warnd.log").open("w")

@@ -40,5 +40,7 @@ PYEOF
 fi
 
 echo "make run: warnd on http://127.0.0.1:8080 — try:"
+echo "  the console: http://127.0.0.1:8080/ (sign in with demo-operator-token; sign off with demo-approver-token)"
 echo "  WARND_TOKEN=demo-operator-token .venv/bin/warnctl issue --event 暴雨 --level red --headline 暴雨红色预警 --instruction 立即转移 --code 330502101201"
+echo "  WARND_TOKEN=demo-approver-token .venv/bin/warnctl approve W…   (审核签发: the draft waits until then)"
 "$PY" -m warnd.cli run --config "$CONFIG"

@@ -228,7 +228,7 @@ async def test_openapi_describes_the_routes_that_exist(harness: Harness) -> None
     assert "level" in doc["components"]["schemas"]["WarningIn"]["properties"]
     for path, ops in paths.items():
         for method in ops:
-            url = path.replace("{id}", "W-none").replace("{feed}", "none")
+            url = path.replace("{id}", "W-none").replace("{feed}", "none").replace("{name}", "app.js")
             resp = await harness.client.request(method.upper(), url, headers=harness.headers("admin"))
             assert resp.status not in (404, 405) or "{id}" in path, (method, path, resp.status)
 

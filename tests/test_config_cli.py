@@ -181,7 +181,7 @@ def test_warnctl_issue_list_show_cancel_against_a_real_daemon(tmp_path: Path) ->
         r = _ctl("list", env=env)
         assert wid in r.stdout and "山洪" in r.stdout
         r = _ctl("show", wid, env=env)
-        assert "塘甸镇气象台发布暴雨红色预警" in r.stdout and "villages: 1" in r.stdout
+        assert "塘甸镇气象台发布暴雨红色预警" in r.stdout and "村（社区）: 1" in r.stdout
         r = _ctl("issue", "--event", "暴雨", "--level", "red", "--headline", "x", "--code", "110101", env=env)
         assert r.returncode == 1 and "[area]" in r.stderr
         r = _ctl("cancel", wid, "--reason", "雨停", env={"WARND_URL": d.url, "WARND_TOKEN": ""})
@@ -225,7 +225,8 @@ def test_warnctl_marks_an_exercise_unmistakably(tmp_path: Path) -> None:
         shown = _ctl("show", ids["actual"], env=env).stdout
         assert "演练" not in shown
         # The T-12h loudspeaker play waits for the end of quiet hours, and says so.
-        assert "T-12h at " + (onset - timedelta(hours=7)).isoformat() + "  loudspeaker" in shown
+        local_12h = (onset - timedelta(hours=7)).strftime("%Y-%m-%d %H:%M")
+        assert f"T-12h  {local_12h}  大喇叭" in shown
         assert "held: quiet hours" in shown
     finally:
         assert d.terminate() == 0

@@ -38,7 +38,7 @@ async def test_replay_is_200_and_a_reused_key_with_other_content_is_422(harness:
     same["onset"] = "2026-07-01T12:00:00Z"
     same["expires"] = "2026-07-02T00:00:00+00:00"
     status, replay = await _post_raw(harness, json.dumps(same, indent=4).encode())
-    assert (status, replay) == (200, {"id": first["id"], "created": False})
+    assert (status, replay) == (200, {"id": first["id"], "created": False, "state": "active"})
 
     for change in (
         {"headline": "塘甸镇暴雨橙色预警"},

@@ -242,7 +242,8 @@ def test_every_spoken_message_is_mandarin_with_no_english_fallback(
             for text in texts.values():
                 assert_mandarin(text)  # on failure: the text, its pinyin and the transcript
                 checked += 1
-    assert checked == 2 * (2 * 5 + 2)  # 5 kinds of a red warning on both channels, escalations by call
+    # 5 kinds of a red warning on both channels; escalations and the sign-off reminder by call.
+    assert checked == 2 * (2 * 5 + 3)
     # Numbers and times come out as a Chinese reader says them.
     said = spoken_text("预计7月1日08:00开始影响，水位4.55米，风力12级，请拨打110")
     assert said == "预计七月一日八点开始影响，水位四点五五米，风力十二级，请拨打幺幺零"

@@ -32,7 +32,7 @@ from warnd.acklink import AckLinks, AckSigner, load_secret
 from warnd.adapter import Adapter, AdapterContext
 from warnd.api.auth import TokenBook
 from warnd.clock import Clock, SystemClock, Wakeup
-from warnd.config import PolicySettings, Settings, mqtt_client_id
+from warnd.config import ApprovalSettings, PolicySettings, Settings, mqtt_client_id
 from warnd.directory import Directory
 from warnd.dispatcher import Dispatcher
 from warnd.feedback import Feedback
@@ -45,6 +45,7 @@ from warnd.mqtt.devices import DeviceHub
 from warnd.mqtt.link import MqttLink, device_link
 from warnd.scheduler import Scheduler
 from warnd.setup import start_adapters
+from warnd.signoff import SignOff
 from warnd.store import Store
 
 log = structlog.get_logger("warnd.app")
@@ -96,6 +97,7 @@ class Services:
         adapters: the channels, by name.
         feedback: acks from every channel → delivery states.
         intake: accept, update, cancel.
+        signoff: approve, reject, hold changes that need sign-off.
         dispatcher: one worker per channel.
         scheduler: fires due jobs.
         feeds: upstream CAP feeds.
@@ -119,6 +121,7 @@ class Services:
     adapters: Mapping[str, Adapter]
     feedback: Feedback
     intake: Intake
+    signoff: SignOff
     dispatcher: Dispatcher
     scheduler: Scheduler
     feeds: Feeds
@@ -235,7 +238,11 @@ async def build(
             """The policy in force (replaced on reload)."""
             return settings.policy
 
-        intake = Intake(store, directory, policy, clock, wake)
+        def approval() -> ApprovalSettings:
+            """The `[approval]` settings in force (replaced on reload)."""
+            return settings.approval
+
+        intake = Intake(store, directory, policy, clock, wake, approval=approval)
         dispatcher = Dispatcher(store, channels, clock, settings.dispatch, wake, metrics=metrics)
         scheduler = Scheduler(
             store,
@@ -246,6 +253,7 @@ async def build(
             wake,
             preparer(channels),
             ready=dispatcher.ready,
+            approval=approval,
         )
         ack_links = None
         if any(a.sends_ack_links for a in channels.values()):
@@ -268,6 +276,7 @@ async def build(
             adapters=channels,
             feedback=feedback,
             intake=intake,
+            signoff=SignOff(intake, approval),
             dispatcher=dispatcher,
             scheduler=scheduler,
             feeds=Feeds(settings, store, clock, intake),

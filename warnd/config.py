@@ -434,6 +434,44 @@ class PolicySettings(_Section):
         return self.events.get(event, {}).get(level) or self.levels[level]
 
 
+def _paging_channels() -> list[Channel]:
+    """Who pages an approver by default: the person channels (SMS, voice, WeCom)."""
+    return ["sms", "voice", "wechat"]
+
+
+class ApprovalSettings(_Section):
+    """Sign-off (审核签发): the duty officer drafts, the leader on duty releases.
+
+    Args:
+        levels: levels whose warnings need sign-off.
+        sources: where a warning came from for it to need sign-off: `api` is an operator's
+            draft (JSON or CAP through the API); feeds (`push`, `poll`, `mqtt`) and `hydro`
+            were signed off upstream or are automatic, and go straight out.
+        bypass_levels: levels that skip sign-off although listed (a county that lets red go
+            out at once, as some 应急广播 platforms do for level I).
+        self_approval: whether the drafter may release their own draft.
+        cancel_needs_approval: whether a cancel (解除) of a warning needing sign-off waits too.
+        remind_after_min: a draft waiting this long pages the approvers, and again each time
+            as long again (at most REMINDERS_MAX times).
+        remind_people: directory ids of the people paged (带班领导); empty: every `official`.
+        remind_channels: the channels they are paged on, those with a running adapter.
+    """
+
+    levels: list[Level] = Field(default_factory=lambda: list(Level))
+    sources: list[str] = Field(default_factory=lambda: ["api"])
+    bypass_levels: list[Level] = Field(default_factory=list)
+    self_approval: bool = False
+    cancel_needs_approval: bool = False
+    remind_after_min: float = Field(default=10, gt=0)
+    remind_people: list[str] = Field(default_factory=list)
+    remind_channels: list[Channel] = Field(default_factory=lambda: _paging_channels())
+
+    def needed(self, level: Level | str, source: str) -> bool:
+        """Whether a warning of this level from this source waits for sign-off."""
+        level = Level(level)
+        return source in self.sources and level in self.levels and level not in self.bypass_levels
+
+
 class DispatchSettings(_Section):
     """Outbox tuning."""
 
@@ -521,6 +559,7 @@ class Settings(BaseSettings):
     wecom: WecomSettings = Field(default_factory=WecomSettings)
     ack_links: AckLinkSettings = Field(default_factory=AckLinkSettings)
     led: LedSettings = Field(default_factory=LedSettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
 
     @classmethod
     def settings_customise_sources(

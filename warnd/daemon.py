@@ -71,6 +71,7 @@ class Reloader:
         directory = Directory.load(fresh.directory.path)
         self.settings.policy = fresh.policy
         self.settings.auth = fresh.auth
+        self.settings.approval = fresh.approval
         self.tokens.replace(fresh.auth.tokens)
         self.services.directory.replace(directory)
         log.info(

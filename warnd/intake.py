@@ -10,8 +10,9 @@ from typing import Any
 
 import structlog
 
+from warnd.approval import reminder_job
 from warnd.clock import Clock, Wakeup, iso, parse_iso
-from warnd.config import PolicySettings
+from warnd.config import ApprovalSettings, PolicySettings
 from warnd.directory import Directory
 from warnd.model import IN_FORCE, Area, Level, State, UpdateIn, WarningIn, fingerprint
 from warnd.planner import (
@@ -64,6 +65,8 @@ class Intake:
         policy: returns the current policy (reloadable).
         clock: time.
         wake: set whenever new work is committed, so the loops look at once.
+        approval: returns the `[approval]` settings (reloadable): a draft that needs sign-off is
+            stored awaiting it, with only a reminder scheduled (warnd.approval). None: nothing waits.
     """
 
     def __init__(
@@ -73,9 +76,11 @@ class Intake:
         policy: Callable[[], PolicySettings],
         clock: Clock,
         wake: Wakeup,
+        approval: Callable[[], ApprovalSettings] | None = None,
     ) -> None:
         """Keep the collaborators."""
         self.store, self.directory, self.policy, self.clock, self.wake = store, directory, policy, clock, wake
+        self.approval = approval
 
     def match(self, area: Area, *, required: bool) -> list[str]:
         """The villages an area reaches; an operator's area that reaches none is refused."""
@@ -125,7 +130,15 @@ class Intake:
             "updated_at": ts(now),
             "document": document,
         }
-        jobs = step_jobs(row, steps_for(row, self.policy(), now), now)
+        held = self.approval is not None and self.approval().needed(w.level, source)
+        if held:
+            assert self.approval is not None
+            # Nothing is planned until an approver releases it; only the reminder is due.
+            row["state"] = State.AWAITING_APPROVAL.value
+            remind_at = now + timedelta(minutes=self.approval().remind_after_min)
+            jobs = [reminder_job(row["id"], 1, remind_at, now)]
+        else:
+            jobs = step_jobs(row, steps_for(row, self.policy(), now), now)
         result = await self.store.accept(
             row,
             audit=_audit(
@@ -139,6 +152,7 @@ class Intake:
                     "source": source,
                     "villages": len(villages),
                     "status": w.status.value,
+                    **({"awaiting_approval": True} if held else {}),
                 },
             ),
             jobs=jobs,
@@ -153,7 +167,8 @@ class Intake:
                 hazard=w.event,
                 villages=len(villages),
                 source=source,
-                steps=len(jobs),
+                steps=0 if held else len(jobs),
+                awaiting_approval=held,
             )
             self.wake.set()
         else:

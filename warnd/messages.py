@@ -18,6 +18,7 @@ Kinds:
                          never the old instruction
     escalation_self      叫应 again to someone who has not confirmed
     escalation_superior  叫应 to the superior of someone who has not confirmed: who, what, since when
+    approval_reminder    a draft waits for sign-off (审核签发): pages the approvers
 An exercise or test warning (演练) is marked in every kind, at the start and again at the end.
 
 Pure functions: no I/O, no clock.
@@ -47,6 +48,7 @@ Kind = Literal[
     "all_clear",
     "escalation_self",
     "escalation_superior",
+    "approval_reminder",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 
@@ -225,6 +227,23 @@ _DEFAULTS: dict[str, dict[str, str]] = {
             "{role}{person}自{sent_at}起未确认{event}{level}预警。",
             "预警内容：{headline}。",
             "请您督促落实，或直接联系{person}。",
+            "{drill_say}",
+        ),
+    },
+    "approval_reminder": {
+        "title": "{drill_mark}待签发：{event}{level}预警",
+        "text": _lines(
+            "{recipient}您好，{event}{level}预警自{sent_at}起等待审核签发，尚未发出，请立即登录值班台审核。",
+            "预警内容：{headline}",
+            "{drill_note}",
+        ),
+        "speech": _lines(
+            "{drill_say}",
+            "{greeting}",
+            "这里是{org}。",
+            "{event}{level}预警自{sent_at}起等待您审核签发，还没有发出。",
+            "预警内容：{headline}。",
+            "请立即登录值班台审核。",
             "{drill_say}",
         ),
     },
@@ -625,12 +644,14 @@ def preview(
     }
     contexts["escalation_self"] = escalation
     contexts["escalation_superior"] = escalation
+    contexts["approval_reminder"] = {"sent_at": sent_at}
     out: dict[str, dict[str, str]] = {}
     for kind, ctx in contexts.items():
         texts = {}
         for channel in chans:
             person_channel = channel in PERSON_CHANNELS
-            if kind.startswith("escalation") and not person_channel:
+            paging = kind.startswith("escalation") or kind == "approval_reminder"
+            if paging and not person_channel:
                 continue
             vals = values_for(
                 warning, kind, ctx, settings=settings, directory=directory, channel=channel

@@ -86,6 +86,9 @@ class State(enum.StrEnum):
     UPDATED = "updated"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # Sign-off (审核签发, warnd.approval): a draft nothing of which is sent yet, and one turned down.
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"
 
 
 # Warning states in which a warning is still in force: its deliveries are never given up, its

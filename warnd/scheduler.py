@@ -18,9 +18,10 @@ from typing import Any
 
 import structlog
 
+from warnd import approval as signoff
 from warnd import confirm
 from warnd.clock import Clock, Wakeup, parse_iso
-from warnd.config import PolicySettings
+from warnd.config import ApprovalSettings, PolicySettings
 from warnd.directory import Directory, Person
 from warnd.escalation import Action, Confirmation, Watched, decide, next_due
 from warnd.model import DEVICE_CHANNELS, IN_FORCE, PERSON_CHANNELS, State
@@ -59,6 +60,7 @@ class Scheduler:
         prepare: told (warning, channels, delivery kind) once a step is planned, so channels
             can get ready (render audio) while its deliveries are written.
         ready: whether a channel can send right now (a confirmation round waits while it cannot).
+        approval: returns the `[approval]` settings: who is paged about a draft.
     """
 
     def __init__(
@@ -71,12 +73,15 @@ class Scheduler:
         wake: Wakeup,
         prepare: Callable[[dict[str, Any], Iterable[str], str, dict[str, Any] | None], None] | None = None,
         ready: Callable[[str], bool] | None = None,
+        approval: Callable[[], ApprovalSettings] | None = None,
     ) -> None:
         """Keep the collaborators."""
         self.store, self.directory, self.policy = store, directory, policy
         self.channels, self.clock, self.wake = channels, clock, wake
         self.prepare = prepare
         self.ready = ready or (lambda channel: channel in self.channels())
+        # `[approval]` settings (reloadable): who is paged about a draft (warnd.approval).
+        self.approval = approval
 
     async def run_once(self, limit: int = 100) -> int:
         """Fire every job due now; return how many fired."""
@@ -103,6 +108,7 @@ class Scheduler:
             JobKind.ANNOUNCE: self._announce,
             JobKind.EXPIRE: self._expire,
             JobKind.CONFIRM: self._confirm,
+            JobKind.APPROVAL_REMINDER: self._remind_approvers,
         }
         handler = handlers.get(job.kind)  # type: ignore[call-overload]  # a StrEnum key is its text
         if handler is None:
@@ -450,6 +456,21 @@ class Scheduler:
                 receivers=len(decided.gave_up),
                 targets=sorted(r["target"] for r in decided.gave_up)[:20],
             )
+        return ok
+
+    # -- sign-off (issue 15) ---------------------------------------------------------------------
+
+    async def _remind_approvers(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
+        """A draft still waits for sign-off: page the approvers, and plan the next page."""
+        if warning["state"] != State.AWAITING_APPROVAL.value or self.approval is None:
+            return await self.store.fire_job(job, [], now=now)
+        settings = self.approval()
+        directory, channels = self.directory(), self.channels()
+        deliveries = signoff.reminder_deliveries(warning, job, settings, directory, channels, now)
+        jobs = signoff.next_reminder(job, settings, now)
+        ok = await self.store.fire_job(job, deliveries, jobs=jobs, now=now)
+        if ok:
+            blog.info("approval.reminded", n=job.payload.get("n", 1), deliveries=len(deliveries))
         return ok
 
     # -- announcements and expiry -------------------------------------------------------------

@@ -40,6 +40,8 @@ def test_settings(tmp_path: Path, directory: Path, **overrides: Any) -> Settings
         "directory": {"path": directory},
         "auth": {"tokens": [{"name": f"{r}-1", "role": r, "hash": hash_token(t)} for r, t in TOKENS.items()]},
         "http": {"port": 0},
+        # Warnings go straight out unless a test asks for sign-off (tests/test_approval.py).
+        "approval": {"levels": []},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

@@ -10,7 +10,20 @@ from aiohttp import web
 
 from warnd import __version__
 from warnd.adapter import Webhook
-from warnd.api import acks, audit, devices, feeds, hydro, metrics, replies, warnings, webhooks
+from warnd.api import (
+    acks,
+    approval,
+    audit,
+    console,
+    devices,
+    events,
+    feeds,
+    hydro,
+    metrics,
+    replies,
+    warnings,
+    webhooks,
+)
 from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
 from warnd.api.errors import error_middleware, error_response
@@ -67,6 +80,9 @@ def make_app(svc: ApiServices, extra_webhooks: Iterable[Webhook] = ()) -> web.Ap
         ),
         *metrics.ROUTES,
         *warnings.ROUTES,
+        *approval.ROUTES,  # sign-off (issue 15)
+        *console.ROUTES,  # the console and its live events (issue 15)
+        *events.ROUTES,
         *report_api.ROUTES,
         *audit.ROUTES,
         *devices.ROUTES,
@@ -96,6 +112,7 @@ def make_app(svc: ApiServices, extra_webhooks: Iterable[Webhook] = ()) -> web.Ap
         ],
     )
     app[SERVICES] = svc
+    events.setup(app)  # the console's event streams end at shutdown (issue 15)
     app[GATE] = AuthGate(svc.tokens, auth_failure_limiter(svc.settings.http), svc.metrics)
     slow = slow_hash_keys(svc.settings)
     if slow:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from warnd.acklink import AckLinks
     from warnd.adapter import Adapter
     from warnd.api.auth import TokenBook
-    from warnd.clock import Clock
+    from warnd.clock import Clock, Wakeup
     from warnd.config import Settings
     from warnd.directory import Directory
     from warnd.dispatcher import Dispatcher
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from warnd.hydro import HydroMonitor
     from warnd.intake import Intake
     from warnd.metrics import Metrics
+    from warnd.signoff import SignOff
     from warnd.store import Store
 
 
@@ -51,12 +52,20 @@ class ApiServices(Protocol):
         """The API's bearer tokens."""
 
     @property
+    def wake(self) -> Wakeup:
+        """Set when anything changes (the console's event streams wait on it)."""
+
+    @property
     def metrics(self) -> Metrics:
         """Prometheus metrics."""
 
     @property
     def intake(self) -> Intake:
         """Accept, update, cancel."""
+
+    @property
+    def signoff(self) -> SignOff:
+        """Approve, reject, hold changes that need sign-off."""
 
     @property
     def dispatcher(self) -> Dispatcher:

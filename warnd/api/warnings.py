@@ -26,7 +26,7 @@ log = structlog.get_logger("warnd.api")
 
 JSON_TYPES = ("application/json",)
 # What `?state=` takes on the list (active: in force, i.e. active or updated).
-STATES = ("active", "updated", "cancelled", "expired")
+STATES = ("active", "updated", "cancelled", "expired", "awaiting_approval", "rejected")
 
 
 def actor(request: web.Request) -> Actor:
@@ -72,6 +72,8 @@ async def present(d: ApiServices, w: dict[str, Any]) -> dict[str, Any]:
         **warning_json(w),
         "state": w["state"],
         "version": w["version"],
+        "drafted_by": await d.store.drafter(w["id"]),
+        "pending_change": _pending(await d.store.pending_change(w["id"]), tz),
         "msg_type": w["msg_type"],
         "source": w["source"],
         "created_at": local_time(w["created_at"], tz),
@@ -80,6 +82,18 @@ async def present(d: ApiServices, w: dict[str, Any]) -> dict[str, Any]:
         "schedule": schedule_view(await d.store.jobs_for(w["id"]), tz),
         "coverage": await coverage_with_offline(d.store, w["id"]),
         "escalations": await escalations(d.store, w["id"], tz),
+    }
+
+
+def _pending(change: dict[str, Any] | None, tz: str) -> dict[str, Any] | None:
+    """An update or cancel waiting for sign-off, as the warning's page shows it."""
+    if change is None:
+        return None
+    return {
+        "kind": change["kind"],
+        "body": change["body"],
+        "drafted_by": change["drafted_by"],
+        "created_at": local_time(change["created_at"], tz),
     }
 
 
@@ -104,7 +118,10 @@ async def create(request: web.Request) -> web.Response:
             "Idempotency-Key",
         ) from None
     status = 202 if result.created else 200
-    return web.json_response({"id": result.id, "created": result.created}, status=status)
+    stored = await d.store.get_warning(result.id)
+    # `awaiting_approval`: stored, nothing sent until an approver signs it off (审核签发).
+    state = stored["state"] if stored is not None else None
+    return web.json_response({"id": result.id, "created": result.created, "state": state}, status=status)
 
 
 async def preview(request: web.Request) -> web.Response:
@@ -236,8 +253,11 @@ async def update(request: web.Request) -> web.Response:
     d = services(request)
     await _get_or_404(d, request.match_info["id"])
     u = await read_json(request, UpdateIn)
+    held = await d.signoff.hold_update(request.match_info["id"], u, actor(request))
+    if held is not None:
+        return web.json_response({"id": request.match_info["id"], "state": held}, status=202)
     new = await d.intake.update(request.match_info["id"], u, actor=actor(request))
-    return web.json_response({"id": new["id"], "version": new["version"]}, status=202)
+    return web.json_response({"id": new["id"], "version": new["version"], "state": new["state"]}, status=202)
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -247,6 +267,9 @@ async def cancel(request: web.Request) -> web.Response:
     body = CancelIn()
     if request.can_read_body:
         body = await read_json(request, CancelIn)
+    held = await d.signoff.hold_cancel(request.match_info["id"], body, actor(request))
+    if held is not None:
+        return web.json_response({"id": request.match_info["id"], "state": held}, status=202)
     await d.intake.cancel(
         request.match_info["id"], actor=actor(request), reason=body.reason, advice=body.advice
     )
@@ -262,7 +285,10 @@ ROUTES = [
         "Issue a warning (JSON or CAP XML)",
         body="WarningIn",
         body_types=(*JSON_TYPES, *CAP_TYPES),
-        responses={202: "accepted", 200: "duplicate of an accepted warning"},
+        responses={
+            202: "accepted (state awaiting_approval: stored, nothing sent until signed off)",
+            200: "duplicate of an accepted warning",
+        },
     ),
     Route(
         "POST",
@@ -295,7 +321,10 @@ ROUTES = [
         "operator",
         "Update a warning in force",
         body="UpdateIn",
-        responses={202: "updated", 409: "the warning is no longer in force"},
+        responses={
+            202: "updated, or (state awaiting_approval) held for sign-off",
+            409: "the warning is no longer in force",
+        },
     ),
     Route(
         "POST",
@@ -305,6 +334,9 @@ ROUTES = [
         "Cancel a warning (all-clear)",
         body="CancelIn",
         body_required=False,
-        responses={202: "cancelled", 409: "the warning is no longer in force"},
+        responses={
+            202: "cancelled, or (state awaiting_approval) held for sign-off",
+            409: "the warning is no longer in force",
+        },
     ),
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from warnd.store import sqlite
+from warnd.store.approval import Approval
 from warnd.store.core import TS_FORMAT, StoreCore, every, from_ts, migrations, new_warning_id, ts
 from warnd.store.deliveries import ACK_LOOKUP_SQL, Deliveries
 from warnd.store.devices import Devices
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 
-class Store(Warnings, Jobs, Schedule, Deliveries, Devices, Feeds, Hydro, Inbound, StoreCore):
+class Store(Warnings, Jobs, Schedule, Deliveries, Devices, Feeds, Hydro, Inbound, Approval, StoreCore):
     """All persistent state. Every write is one transaction; the pipeline is driven from here.
 
     Args:

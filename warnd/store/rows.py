@@ -97,6 +97,7 @@ class JobKind(enum.StrEnum):
     ESCALATE = "escalate"
     ANNOUNCE = "announce"
     CONFIRM = "confirm"
+    APPROVAL_REMINDER = "approval_reminder"  # pages the approvers of a waiting draft (warnd.approval)
 
 
 class NewJob(TypedDict):

@@ -1,0 +1,1 @@
+"""The duty officer's console: static files served at / (warnd.api.console)."""

@@ -1,0 +1,123 @@
+// The console's words: Chinese first (the words of the township's own documents), English beside.
+const WORDS = {
+  zh: {
+    title: "预警发布值班台", signin: "登录", signout: "退出", token: "值班令牌（API token）",
+    token_hint: "令牌只保存在本浏览器标签页中，关闭后需重新登录。", board: "预警看板", issue: "发布预警",
+    devices: "设备", audit: "审计日志", lang: "English",
+    board_empty: "当前没有生效或待签发的预警。", onset: "影响开始", expires: "结束", villages: "村（社区）",
+    created: "起草时间", state: "状态", coverage: "覆盖率", version: "版本",
+    "state.awaiting_approval": "待签发", "state.active": "生效中", "state.updated": "已更新",
+    "state.cancelled": "已解除", "state.expired": "已过期", "state.rejected": "已驳回",
+    "level.red": "红色", "level.orange": "橙色", "level.yellow": "黄色", "level.blue": "蓝色",
+    "ch.loudspeaker": "大喇叭", "ch.sms": "短信", "ch.voice": "语音电话", "ch.wechat": "企业微信", "ch.led": "电子屏",
+    "role.viewer": "查看员", "role.operator": "值班员", "role.approver": "带班领导", "role.admin": "管理员",
+    template: "常见预警模板", event: "预警类型（事件）", level: "预警级别", headline: "标题",
+    description: "描述", instruction: "防御指引（应对措施）", area: "预警区域", search: "搜索村（社区）",
+    select_all: "全选", clear: "清空", map: "村（社区）分布图（点击选择）", selected: "已选 {n} 个",
+    status: "性质", "status.actual": "真实预警", "status.exercise": "演练", "status.test": "测试",
+    preview: "预览", preview_title: "发布前预览", timeline: "发布计划（时间线）", reaches: "覆盖对象",
+    texts: "各渠道发送内容", audio: "生成并播放大喇叭音频", audio_busy: "正在生成音频…",
+    send: "发布预警", confirm_send: "确认发布这条预警？发布后将进入审核签发流程（如需要）。",
+    yes: "确认", no: "取消", step: "步骤", at: "时间", unavailable: "不可用渠道",
+    "kind.issue": "首次发布", "kind.reminder": "提醒", "kind.update": "更新", "kind.upgrade": "升级",
+    "kind.downgrade": "降级", "kind.all_clear": "解除", "kind.escalation_self": "叫应本人",
+    "kind.escalation_superior": "叫应上级", "kind.approval_reminder": "待签发提醒",
+    missing: "请填写必填项：{fields}", viewer_cannot_issue: "您的角色（{role}）不能发布预警：需要值班员及以上权限。",
+    issued_waiting: "预警已提交，正在等待带班领导审核签发；签发前不会发出任何信息。",
+    issued: "预警已发布。", approve: "审核签发", reject: "驳回", reject_reason: "驳回理由",
+    confirm_approve: "确认签发这条预警？签发后立即按计划发出。", confirm_reject: "确认驳回？驳回后不会发出任何信息。",
+    approved: "已签发。", rejected: "已驳回。", update: "更新预警", cancel: "解除预警", cancel_reason: "解除原因",
+    confirm_cancel: "确认解除这条预警？将向已收到预警的对象发送解除通知。", cancelled: "已解除。",
+    updated: "已提交更新。", update_waiting: "更新已提交，等待审核签发。", cancel_waiting: "解除已提交，等待审核签发。",
+    report_csv: "下载报告（CSV）", per_village: "各村（社区）各渠道覆盖情况", expected: "应发", sent: "已发",
+    delivered: "送达", confirmed: "已确认", failed: "失败", offline: "离线",
+    unconfirmed: "未确认人员（请电话叫应）", none: "无", name: "姓名", role: "角色", phone: "电话",
+    not_played: "未播放的大喇叭", escalations: "叫应记录", replies: "群众回复（非确认）", schedule: "发布计划",
+    pending_change: "待签发的变更：{kind}（{who} 起草）", drafted_by: "起草人", drafted_by_you: "这是您起草的预警，需由其他带班领导签发。",
+    device: "设备", kind: "类型", channel: "渠道", township: "乡镇（街道）", last_seen: "最后在线", online: "在线", "dev.online": "在线",
+    "dev.offline": "离线", "dev.unknown": "未知", speaker: "大喇叭", led_board: "电子屏", refresh: "刷新",
+    actor: "操作人", action: "操作", warning: "预警", remote: "来源地址", detail: "详情",
+    "act.issue": "起草/发布", "act.approve": "签发", "act.reject": "驳回", "act.update": "更新", "act.cancel": "解除",
+    "act.escalate": "叫应", "act.expire": "过期", "act.update_drafted": "起草更新", "act.cancel_drafted": "起草解除",
+    not_allowed: "您的角色无权执行此操作。", live: "实时", back: "返回看板",
+    "err.unauthorized": "令牌无效：请检查值班令牌后重新登录。", "err.forbidden": "您的角色无权执行此操作。",
+    "err.self_approval": "不能签发自己起草的预警：须由另一位带班领导审核签发。",
+    "err.area_unmatched": "所选区域没有匹配到任何村（社区）。", "err.invalid": "填写有误：{field}",
+    "err.not_in_force": "该预警已不在生效状态。", "err.rate_limited": "操作过于频繁，请稍后再试。",
+    "err.change_pending": "已有一项变更在等待审核签发。", "err.expired": "结束时间已过。",
+    "err.network": "无法连接预警系统，请检查网络。", "err.other": "操作失败（{status}）：{message}",
+    "err.audio_unavailable": "音频暂时无法生成。", "err.nothing_to_approve": "没有需要签发的内容。",
+    "field.event": "预警类型", "field.level": "预警级别", "field.headline": "标题", "field.area": "预警区域",
+    "field.expires": "结束时间", "field.onset": "开始时间", "field.reason": "理由",
+    "prole.official": "责任人", "prole.village_secretary": "村（社区）书记", "prole.grid_worker": "网格员", "prole.resident": "群众",
+  },
+  en: {
+    title: "Warning duty console", signin: "Sign in", signout: "Sign out", token: "API token",
+    token_hint: "The token is kept in this browser tab only; closing it signs you out.", board: "Board", issue: "Issue",
+    devices: "Devices", audit: "Audit", lang: "中文",
+    board_empty: "No warning is in force or awaiting sign-off.", onset: "Onset", expires: "Expires", villages: "Villages",
+    created: "Drafted", state: "State", coverage: "Coverage", version: "Version",
+    "state.awaiting_approval": "Awaiting sign-off", "state.active": "In force", "state.updated": "Updated",
+    "state.cancelled": "Cancelled", "state.expired": "Expired", "state.rejected": "Rejected",
+    "level.red": "Red", "level.orange": "Orange", "level.yellow": "Yellow", "level.blue": "Blue",
+    "ch.loudspeaker": "Loudspeaker", "ch.sms": "SMS", "ch.voice": "Voice call", "ch.wechat": "WeCom", "ch.led": "LED board",
+    "role.viewer": "viewer", "role.operator": "duty officer", "role.approver": "leader on duty", "role.admin": "admin",
+    template: "Templates", event: "Event", level: "Level", headline: "Headline",
+    description: "Description", instruction: "Instruction", area: "Area", search: "Search villages",
+    select_all: "Select all", clear: "Clear", map: "Villages (click to select)", selected: "{n} selected",
+    status: "Status", "status.actual": "Actual", "status.exercise": "Exercise (drill)", "status.test": "Test",
+    preview: "Preview", preview_title: "Preview before sending", timeline: "Schedule (timeline)", reaches: "Reaches",
+    texts: "Text per channel", audio: "Render and play the loudspeaker audio", audio_busy: "Rendering audio…",
+    send: "Issue warning", confirm_send: "Issue this warning? It then waits for sign-off if required.",
+    yes: "Confirm", no: "Cancel", step: "Step", at: "At", unavailable: "Unavailable channels",
+    "kind.issue": "Issue", "kind.reminder": "Reminder", "kind.update": "Update", "kind.upgrade": "Upgrade",
+    "kind.downgrade": "Downgrade", "kind.all_clear": "All-clear", "kind.escalation_self": "Escalation (self)",
+    "kind.escalation_superior": "Escalation (superior)", "kind.approval_reminder": "Sign-off reminder",
+    missing: "Please fill in: {fields}", viewer_cannot_issue: "Your role ({role}) cannot issue warnings: a duty officer or above can.",
+    issued_waiting: "Submitted; it waits for the leader on duty to sign it off. Nothing is sent until then.",
+    issued: "Warning issued.", approve: "Approve", reject: "Reject", reject_reason: "Reason for rejecting",
+    confirm_approve: "Sign this warning off? It goes out on its schedule at once.", confirm_reject: "Reject? Nothing of it is sent.",
+    approved: "Approved.", rejected: "Rejected.", update: "Update", cancel: "Cancel (all-clear)", cancel_reason: "Reason",
+    confirm_cancel: "Cancel this warning? Everyone reached gets the all-clear.", cancelled: "Cancelled.",
+    updated: "Update submitted.", update_waiting: "Update submitted; it waits for sign-off.", cancel_waiting: "Cancel submitted; it waits for sign-off.",
+    report_csv: "Report (CSV)", per_village: "Coverage per village and channel", expected: "Expected", sent: "Sent",
+    delivered: "Delivered", confirmed: "Confirmed", failed: "Failed", offline: "Offline",
+    unconfirmed: "Not confirmed (call them)", none: "None", name: "Name", role: "Role", phone: "Phone",
+    not_played: "Speakers that did not play", escalations: "Escalations", replies: "Replies that are not confirmations", schedule: "Schedule",
+    pending_change: "Change awaiting sign-off: {kind} (drafted by {who})", drafted_by: "Drafted by", drafted_by_you: "You drafted this warning: another approver must sign it off.",
+    device: "Device", kind: "Kind", channel: "Channel", township: "Township", last_seen: "Last seen", online: "Online", "dev.online": "online",
+    "dev.offline": "offline", "dev.unknown": "unknown", speaker: "Loudspeaker", led_board: "LED board", refresh: "Refresh",
+    actor: "Actor", action: "Action", warning: "Warning", remote: "From", detail: "Detail",
+    "act.issue": "issue", "act.approve": "approve", "act.reject": "reject", "act.update": "update", "act.cancel": "cancel",
+    "act.escalate": "escalate", "act.expire": "expire", "act.update_drafted": "update drafted", "act.cancel_drafted": "cancel drafted",
+    not_allowed: "Your role may not do this.", live: "live", back: "Back to the board",
+    "err.unauthorized": "Wrong token: check it and sign in again.", "err.forbidden": "Your role may not do this.",
+    "err.self_approval": "You cannot sign off your own draft: another approver must.",
+    "err.area_unmatched": "The area matches no village.", "err.invalid": "Invalid: {field}",
+    "err.not_in_force": "The warning is no longer in force.", "err.rate_limited": "Too many requests; try again shortly.",
+    "err.change_pending": "Another change already awaits sign-off.", "err.expired": "The expiry is already past.",
+    "err.network": "Cannot reach warnd: check the network.", "err.other": "Failed ({status}): {message}",
+    "err.audio_unavailable": "The audio cannot be rendered right now.", "err.nothing_to_approve": "Nothing awaits sign-off.",
+    "field.event": "event", "field.level": "level", "field.headline": "headline", "field.area": "area",
+    "field.expires": "expires", "field.onset": "onset", "field.reason": "reason",
+    "prole.official": "official", "prole.village_secretary": "village secretary", "prole.grid_worker": "grid worker", "prole.resident": "resident",
+  },
+};
+
+let current = localStorage.getItem("warnd.lang") === "en" ? "en" : "zh";
+
+/** The current language: "zh" or "en". */
+export function lang() { return current; }
+
+/** Switch language (kept for the next visit). */
+export function setLang(value) {
+  current = value === "en" ? "en" : "zh";
+  localStorage.setItem("warnd.lang", current);
+  document.documentElement.lang = current === "en" ? "en" : "zh-CN";
+}
+
+/** A word in the current language, with {name} filled from vars; the key itself if unknown. */
+export function t(key, vars = {}) {
+  const text = WORDS[current][key] ?? WORDS.zh[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? ""));
+}

@@ -183,14 +183,11 @@ async def build(
     *,
     clock: Clock | None = None,
     config_path: Path | None = None,
-    lock: bool = True,
 ) -> AsyncIterator[Services]:
     """Open the store and make every part once; on exit close what was opened, last first.
 
     The channels are started (warnd.setup: an unready one is retried later by the caller's loop,
-    one with bad credentials is disabled, any other error stops warnd). `lock`: hold the state
-    directory's instance lock (a second warnd on it exits with AlreadyRunning); in-process
-    tests that restart warnd on one directory build without it.
+    one with bad credentials is disabled, any other error stops warnd).
     """
     clock = clock or SystemClock()
     directory = DirectoryHolder(Directory.load(settings.directory.path))
@@ -198,9 +195,8 @@ async def build(
         # Before the MQTT links are made: the device link's and the feeds' ids derive from it.
         settings.mqtt.client_id = mqtt_client_id(socket.gethostname(), directory().villages)
     async with AsyncExitStack() as stack:
-        if lock:
-            # Before the store: a second warnd on this state directory exits here (AlreadyRunning).
-            stack.enter_context(instance_lock(settings.state_dir))
+        # Before the store: a second warnd on this state directory exits here (AlreadyRunning).
+        stack.enter_context(instance_lock(settings.state_dir))
         store = await Store(settings.state_dir / "warnd.db").open()
         stack.push_async_callback(store.close)
         recovered = await store.recover()

@@ -55,6 +55,7 @@ def principal(request: web.Request) -> Principal:
 
 def auth_middleware(roles: dict[tuple[str, str], str | None]) -> Any:
     """Require a bearer token with at least the route's role: 401 without one, 403 below it."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         """Check the token before the handler runs (and before the body is read)."""

@@ -100,26 +100,27 @@ class Receipt:
 
 @dataclass(frozen=True)
 class Webhook:
-    """An HTTP endpoint a channel needs (a provider's callback, media its devices fetch).
+    """An HTTP endpoint a channel needs (a provider's callback, media its devices fetch); the API mounts it.
 
-    The API mounts it without a bearer token: a webhook checks its caller its own way (a
-    provider's signature) or serves what anyone may fetch (audio by content hash). Adapters
-    declare webhooks; they never import the API.
+    Adapters declare their endpoints with this plain dataclass; they never import warnd.api.
 
     Args:
         method: HTTP method.
         path: aiohttp path pattern.
         handler: the coroutine serving it.
         summary: one line for the OpenAPI document.
+        role: least role needed; None: no token (the endpoint checks its caller its own way, a
+            provider's signature or a path token, or serves what anyone may fetch).
         body_types: media types the body may come in.
         query: query parameters the handler reads, and what each means.
-        responses: status codes beyond those every route answers, and what they mean.
+        responses: the endpoint's own status codes and what they mean.
     """
 
     method: str
     path: str
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     summary: str
+    role: str | None = None
     body_types: tuple[str, ...] = ("application/json",)
     query: dict[str, str] = field(default_factory=dict)
     responses: dict[int, str | dict[str, Any]] = field(default_factory=dict)

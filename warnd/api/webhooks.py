@@ -1,8 +1,9 @@
-"""The endpoints channels declare (warnd.adapter.Webhook), mounted as routes without a bearer token.
+"""The endpoints channels declare (warnd.adapter.Webhook), mounted as routes of the API.
 
-A webhook checks its caller its own way (Twilio's signature) or serves what anyone may fetch
-(audio by content hash): `/hooks/twilio/…` from the SMS and voice channels, `/audio/{name}` from
-the loudspeaker channel. Which channel declares which is in its module's `webhooks()`.
+Most need no bearer token (`role` None): such a webhook checks its caller its own way (Twilio's
+signature) or serves what anyone may fetch (audio by content hash): `/hooks/twilio/…` from the
+SMS and voice channels, `/audio/{name}` from the loudspeaker channel. Which channel declares
+which is in its module's `webhooks()`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def routes(webhooks: Iterable[Webhook]) -> list[Route]:
             w.method,
             w.path,
             w.handler,
-            None,
+            w.role,
             w.summary,
             body_types=w.body_types,
             query=dict(w.query),

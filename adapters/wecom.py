@@ -35,12 +35,12 @@ from warnd.acklink import AckSigner, link, load_secret
 from warnd.adapter import (
     Adapter,
     AdapterContext,
-    AuthError,
     Limits,
     Message,
     PermanentError,
     Receipt,
     TransientError,
+    classify_http,
     retry_after_s,
 )
 from warnd.store import from_ts
@@ -137,13 +137,8 @@ def http_error(status: int, retry_after: str | None = None) -> Exception | None:
     warnd is not let through (a proxy's credentials, an IP allow-list): as on every HTTP channel,
     the channel stops until the operator fixes it.
     """
-    if 200 <= status < 300:
-        return None
-    if status == 429 or status >= 500:
-        return TransientError(f"wecom HTTP {status}", retry_after_s(retry_after))
-    if status in (401, 403):
-        return AuthError(f"wecom HTTP {status}")
-    return PermanentError(f"wecom HTTP {status}")
+    # The one status table every HTTP adapter shares (warnd.adapter.classify_http).
+    return classify_http(status, f"wecom HTTP {status}", retry_after_s(retry_after))
 
 
 class WecomAdapter(Adapter):

@@ -343,7 +343,7 @@ async def test_http_status_means_the_same_on_every_channel(
     assert {o.state for o in outcomes} == {state}, outcomes
     assert rig.adapter.ready() is (raised is not AuthError)
     if raised is AuthError:
-        assert all(o.error and o.error.startswith("auth: ") for o in outcomes)
+        assert all(o.error and o.error.startswith("auth: ") for o in outcomes), outcomes
     if raised is TransientError:
         # The dispatcher's rule makes the retry due no sooner than the far end asked.
         now = rig.h.clock.now()

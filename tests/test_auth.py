@@ -249,3 +249,19 @@ def test_check_config_accepts_both_forms_and_names_the_old_ones(
     assert "auth.tokens[1] (old)" in captured.err
     assert "auth.tokens[0]" not in captured.err
     assert "warnd hash-token --rehash" in captured.err
+
+
+async def test_known_names_tokens_the_gate_knows_and_never_counts_a_failure() -> None:
+    """API tokens and a feed's token once checked are known (for the rate limit); guesses are not."""
+    api, feed_token = "wnd_" + secrets.token_urlsafe(32), "wnd_" + secrets.token_urlsafe(32)
+    gate, metrics = gate_for(
+        [TokenSettings(name="duty", role="operator", hash=hash_token(api))], RateLimiter(0.01, 1)
+    )
+    assert gate.known(f"Bearer {api}") == "duty"
+    assert gate.known(f"Bearer {feed_token}") is None
+    book = gate.book_for("feed:cma", hash_token(feed_token))
+    assert await gate.check("192.0.2.1", f"Bearer {feed_token}", book) == Principal("feed:cma", "viewer")
+    assert gate.known(f"bearer {feed_token}") == "feed:cma"
+    for guess in ("Bearer wnd_" + secrets.token_urlsafe(32), "Basic abc", "", "Bearer "):
+        assert gate.known(guess) is None
+    assert sample(metrics, "warnd_auth_failures_total", reason="unknown") == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.county import directory_toml, village_code
+from tests.support.county import county_toml, county_village_code, directory_toml, village_code
+from warnd.config import ConfigError
 from warnd.directory import Directory
 from warnd.model import Area
 
@@ -24,3 +25,49 @@ def test_codes_reach_a_village_its_township_or_its_county(tmp_path: Path) -> Non
     assert d.by_prefix("3305") == []  # not an administrative code
     area = Area(codes=[village_code(0), "330503"])
     assert d.match(area) == [village_code(0), "330503100201"]
+
+
+def _problems(tmp_path: Path, text: str) -> list[tuple[str, str]]:
+    """The problems Directory.load names for a directory file."""
+    path = tmp_path / "directory.toml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        Directory.load(path)
+    except ConfigError as exc:
+        return exc.problems
+    raise AssertionError("the directory was accepted")
+
+
+def test_a_county_directory_loads_and_every_reference_resolves(tmp_path: Path) -> None:
+    """200 villages and 10,010 people, each but the first official with a superior: all found."""
+    path = tmp_path / "directory.toml"
+    path.write_text(county_toml(villages=200), encoding="utf-8")
+    d = Directory.load(path)
+    assert len(d.villages) == 200 and len(d.people) == 10_010
+    assert all(p.superior is None or p.superior in d.people for p in d.people.values())
+    assert d.people["v199-49"].superior == "v199-5" and d.people["v199-0"].superior == "off-0"
+    assert len(d.people_in([county_village_code(199)], roles=["grid_worker"])) == 9
+    # Compact records: no per-instance __dict__ (a county holds 50,000 of them).
+    assert not hasattr(d.people["v0-1"], "__dict__") and not hasattr(
+        d.villages[county_village_code(0)], "__dict__"
+    )
+
+
+def test_bad_references_at_county_scale_are_named(tmp_path: Path) -> None:
+    """A 10,011th person with a missing superior, a taken id, an unknown village or key: each named."""
+    base = county_toml(villages=200)
+    last = (
+        '\n[[person]]\nid = "late"\nname = "某"\nrole = "resident"\n'
+        'superior = "{sup}"\nvillages = ["{code}"]\n'
+    )
+    ok_code = county_village_code(0)
+    [(key, message)] = _problems(tmp_path, base + last.format(sup="nobody", code=ok_code))
+    assert message == "Value error, person late: superior 'nobody' is not in the directory"
+    [(key, message)] = _problems(
+        tmp_path, base + last.format(sup="v0-0", code=ok_code).replace("late", "v3-3")
+    )
+    assert message == "Value error, person id 'v3-3' appears twice"
+    [(key, message)] = _problems(tmp_path, base + last.format(sup="v0-0", code="330502101999"))
+    assert message == "Value error, person late: village 330502101999 is not in the directory"
+    [(key, message)] = _problems(tmp_path, base + last.format(sup="v0-0", code=ok_code) + "mobile = 1\n")
+    assert key == "person[10010].mobile" and message == "Extra inputs are not permitted"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -150,3 +153,18 @@ async def test_devices_and_feeds_from_the_store(harness: Harness) -> None:
     assert value(m, "warnd_feed_last_success_timestamp_seconds", feed="cma") == 1782864000
     assert value(m, "warnd_feed_last_success_timestamp_seconds", feed="never") == 0
     assert value(m, "warnd_feed_consecutive_failures", feed="never") == 3
+
+
+async def test_event_loop_lag_is_exported_and_shows_a_blocked_loop(harness: Harness) -> None:
+    """warnd_event_loop_lag_seconds is on /metrics; a loop blocked 0.3 s shows as ≥ 0.25 s of lag."""
+    assert ("warnd_event_loop_lag_seconds", ()) in await scrape(harness)
+    probe = asyncio.create_task(harness.daemon.metrics.loop_lag_loop(interval_s=0.02))
+    try:
+        await asyncio.sleep(0.1)
+        time.sleep(0.3)  # noqa: ASYNC251 - blocking the loop is the point: the probe must see it
+        await asyncio.sleep(0.1)
+        assert value(await scrape(harness), "warnd_event_loop_lag_seconds") >= 0.25
+    finally:
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -169,8 +170,9 @@ async def test_api_answers_429_with_retry_after(tmp_path: Path) -> None:
     h = await Harness(
         tmp_path,
         channels=["led"],
-        settings={"http": {"port": 0, "rate_limit_per_s": 0.5, "rate_limit_burst": 3}},
-    ).start()
+        settings={"http": {"port": 0, "rate_limit_per_s": 0.5, "rate_limit_burst": 3,
+                           "token_rate_limit_per_s": 0.5, "token_rate_limit_burst": 3}},
+    ).start()  # fmt: skip
     try:
         statuses = [
             (await h.client.get("/api/v1/warnings", headers=h.headers("viewer"))).status for _ in range(3)
@@ -181,10 +183,35 @@ async def test_api_answers_429_with_retry_after(tmp_path: Path) -> None:
         assert resp.headers["Retry-After"] == "2"
         body = await resp.json()
         assert body["error"]["code"] == "rate_limited"
-        # Unauthenticated guessing is limited too.
-        assert (await h.client.get("/api/v1/warnings")).status == 429
+        # Requests without a known token spend the address's own bucket: guessing is limited too.
+        anonymous = [(await h.client.get("/api/v1/warnings")).status for _ in range(4)]
+        assert anonymous == [401, 401, 401, 429]
+        # Nor does a guessed token count as known.
+        guess = {"Authorization": "Bearer wnd_" + "x" * 43}
+        assert (await h.client.get("/api/v1/warnings", headers=guess)).status == 429
         assert (await h.client.get("/healthz")).status == 200
         assert (await h.client.get("/metrics")).status == 200
+    finally:
+        await h.close()
+
+
+async def test_an_upstream_posting_50_per_second_is_not_throttled_like_an_anonymous_client(
+    tmp_path: Path,
+) -> None:
+    """Shipped limits: 200 requests at once with a known token all pass; anonymous ones stop at 60."""
+    h = await Harness(tmp_path, channels=["led"], settings={"http": {"port": 0}}).start()
+    try:
+        assert h.settings.http.rate_limit_per_s == 10 and h.settings.http.rate_limit_burst == 60
+        operator = await asyncio.gather(
+            *(h.client.get("/api/v1/warnings", headers=h.headers("operator")) for _ in range(200))
+        )
+        assert [r.status for r in operator] == [200] * 200
+        anonymous = await asyncio.gather(*(h.client.get("/api/v1/openapi.json") for _ in range(200)))
+        statuses = [r.status for r in anonymous]
+        # 60 at once, plus what 10/s refills while they are answered.
+        assert statuses.count(200) >= 60 and statuses.count(429) >= 100, statuses.count(200)
+        # The token's bucket is its own: the operator still gets in from the throttled address.
+        assert (await h.client.get("/api/v1/warnings", headers=h.headers("operator"))).status == 200
     finally:
         await h.close()
 

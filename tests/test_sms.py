@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from twilio.request_validator import RequestValidator
 
+from adapters.providers.twilio import auth_token, classify
 from adapters.sms import SmsAdapter
-from adapters.twilio_common import auth_token, classify
 from tests.fakes.twilio import Answer
 from tests.support import db
 from tests.support.harness import warning_body

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from xml.etree import ElementTree
 
+from adapters.providers.twilio_voice import POLLING_NOTE
 from adapters.sms import SmsAdapter
-from adapters.voice import POLLING_NOTE, VoiceAdapter
+from adapters.voice import VoiceAdapter
 from tests.support import db
 from tests.support.harness import warning_body
 from tests.support.twilio_harness import FROM, deliveries, twilio_harness

@@ -62,6 +62,22 @@ def retry_after_s(value: str | None) -> float | None:
         return None
 
 
+def classify_http(status: int, reason: str, retry_after_s: float | None = None) -> Exception | None:
+    """The one HTTP status table every HTTP adapter shares: None for 2xx, else the error to raise.
+
+    429 and 5xx are transient (not before `retry_after_s`); 401 and 403 are auth failures that
+    disable the channel; any other status is permanent. Vendor codes in the body, where a vendor
+    has them, are mapped by the adapter before it falls back to this.
+    """
+    if 200 <= status < 300:
+        return None
+    if status == 429 or status >= 500:
+        return TransientError(reason, retry_after_s)
+    if status in (401, 403):
+        return AuthError(reason)
+    return PermanentError(reason)
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a channel can take.
@@ -96,6 +112,8 @@ class Receipt:
 
     state: str = "sent"
     provider_ref: str | None = None
+    # Which provider took it (twilio, aliyun, tencent), for channels that have several.
+    provider: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +140,7 @@ class Webhook:
     summary: str
     role: str | None = None
     body_types: tuple[str, ...] = ("application/json",)
-    query: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str | dict[str, Any]] = field(default_factory=dict)
     responses: dict[int, str | dict[str, Any]] = field(default_factory=dict)
 
 

@@ -43,32 +43,60 @@ class Reloader:
         self.settings, self.tokens, self.metrics = services.settings, services.tokens, services.metrics
         self.config_path = services.config_path
         self.notifier = notifier
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     def reload(self) -> None:
-        """Re-read directory, policy and API tokens (SIGHUP); work in flight is untouched.
+        """SIGHUP: reload in the background; one arriving during a reload runs another after it.
 
-        A file with errors changes nothing, and says so where a sysadmin looks: the STATUS of
-        `systemctl status`, the log (`config.reload_failed` with `file` and `key`) and the metric
-        `warnd_config_reload_failures_total`. A leaked token in `[[auth.tokens]]` is revoked by
-        removing it and reloading; the `api_token_hashes` credential is re-read too, but systemd
-        copies credentials only when the service starts, so a change there needs a restart.
+        The signal handler runs on the event loop: reading a county directory there froze the
+        daemon for 9–17 s. The files are read in a thread (`reload_now`).
+        """
+        self._reload_again = True
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self._reloads(), name="warnd.reload")
+
+    async def _reloads(self) -> None:
+        """Reload until no SIGHUP came in meanwhile (the files may have changed again)."""
+        while self._reload_again:
+            self._reload_again = False
+            await self.reload_now()
+
+    async def reload_now(self) -> None:
+        """Re-read directory, policy and API tokens; work in flight is untouched.
+
+        Both files are loaded in a worker thread and put in force together on the event loop
+        when both are good, so a request sees the old directory and policy or the new ones,
+        never a mix. A file with errors changes nothing, and says so where a sysadmin looks: the
+        STATUS of `systemctl status`, the log (`config.reload_failed` with `file` and `key`) and
+        the metric `warnd_config_reload_failures_total`. A leaked token in `[[auth.tokens]]` is
+        revoked by removing it and reloading; the `api_token_hashes` credential is re-read too,
+        but systemd copies credentials only when the service starts, so a change there needs a
+        restart.
         """
         self.notifier.reloading()
-        # Replaced below; left only if something unforeseen broke (asyncio logs the traceback).
+        # Replaced below; left only if something unforeseen broke (logged with its traceback).
         status = "reload failed: unexpected error, see the log; the old config stays"
         try:
-            status = self._reload()
+            fresh, directory = await asyncio.to_thread(self._load_files)
+            status = self._put_in_force(fresh, directory)
         except ConfigError as exc:
             status = self._reload_failed(exc)
+        except Exception:
+            # A background task's exception would surface only when the task is collected.
+            log.exception("config.reload_crashed")
         finally:
             # Success or not, warnd keeps serving: READY=1 ends the reload, so `systemctl reload`
             # does not hang; the STATUS beside it tells which way it went.
             self.notifier.ready(status)
 
-    def _reload(self) -> str:
-        """Load both files, then put them in force; the status line for systemd."""
+    def _load_files(self) -> tuple[Settings, Directory]:
+        """Both files, read and validated (in a worker thread: no shared state touched)."""
         fresh = load_settings(self.config_path)
-        directory = Directory.load(fresh.directory.path)
+        return fresh, Directory.load(fresh.directory.path)
+
+    def _put_in_force(self, fresh: Settings, directory: Directory) -> str:
+        """Swap in the new policy, tokens and directory at once; the status line for systemd."""
         self.settings.policy = fresh.policy
         self.settings.auth = fresh.auth
         self.settings.approval = fresh.approval
@@ -210,6 +238,7 @@ async def run(
                                 name=f"warnd.setup.{channel}",
                             )
                     tg.create_task(watchdog_loop(services.store, notifier), name="warnd.watchdog")
+                    tg.create_task(services.metrics.loop_lag_loop(), name="warnd.loop_lag")
                     for name, coro in services.background():
                         tg.create_task(coro, name=name)
             except* Shutdown:

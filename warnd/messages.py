@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from warnd import templates
 from warnd.model import PERSON_CHANNELS, Level
 from warnd.smstext import longest_fitting, sms_segments
 from warnd.speech import spoken_text
@@ -577,6 +578,11 @@ def channel_text(
 ) -> str:
     """A message as one channel sends it (SMS framed and fitted; a call with its key prompt)."""
     r = render(kind, values, settings.messages)
+    if channel in ("sms", "voice"):
+        # A provider that sends only approved templates sends its template, filled.
+        filled = templates.provider_text(settings, channel, kind, values, ack=ack)
+        if filled is not None:
+            return filled
     if channel == "sms":
         return compose_sms(
             kind,

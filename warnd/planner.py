@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from warnd.clock import parse_iso
 from warnd.config import LevelPolicy, PolicySettings
-from warnd.directory import Directory
+from warnd.directory import Directory, Person
 from warnd.model import DEVICE_CHANNELS, Level
 from warnd.store import JobKind, NewDelivery, NewJob, new_job
 
@@ -302,6 +302,65 @@ def end_of_quiet(when: datetime, policy: PolicySettings) -> datetime:
     return end
 
 
+class Receiver(NamedTuple):
+    """One receiver of a step on one channel, before it becomes a delivery row."""
+
+    channel: str
+    target: str
+    # What the msg_id is made from: a village for its loudspeakers (one command per village).
+    group: str
+    village: str | None
+    person: Person | None
+    address: str | None
+    # Which receiver class's message context applies (see step_deliveries).
+    context_class: str
+
+
+def step_receivers(
+    warning: dict[str, Any], payload: dict[str, Any], directory: Directory, policy: PolicySettings
+) -> Iterator[Receiver]:
+    """Who one step reaches: devices of the matched villages, people by role, robots."""
+    lp = level_policy(warning, policy)
+    drill = warning.get("status", "actual") != "actual"
+    roles = set(payload.get("roles") or ())
+    villages = [directory.villages[c] for c in warning["villages"] if c in directory.villages]
+    if drill:
+        # Exercises and tests never reach the public: only test villages and test people.
+        villages = [v for v in villages if v.test]
+    codes = [v.code for v in villages]
+    for channel in payload["channels"]:
+        if channel not in lp.channels:
+            continue
+        if channel == "loudspeaker":
+            for v in villages:
+                for spk in v.speakers:
+                    yield Receiver(channel, spk, v.code, v.code, None, None, channel)
+        elif channel == "led":
+            for v in villages:
+                for b in v.led_boards:
+                    yield Receiver(channel, b, b, v.code, None, None, channel)
+        else:
+            wanted = set(lp.roles.get(channel, ()))
+            if roles:
+                wanted &= roles
+            people = directory.people_in(codes, wanted) if wanted else []
+            for p in people:
+                if drill and not p.test:
+                    continue
+                address = p.phone if channel in ("sms", "voice") else p.wecom_user
+                if not address:
+                    continue
+                yield Receiver(channel, p.id, p.id, None, p, address, f"{channel}:{p.role}")
+            if channel == "wechat":
+                for r in directory.robots_for(codes):
+                    if drill and not r.test:
+                        continue
+                    # A work group hears every step: tell it anew only where officials are.
+                    yield Receiver(
+                        channel, f"robot:{r.key_env}", r.key_env, None, None, None, f"{channel}:official"
+                    )
+
+
 def step_deliveries(
     warning: dict[str, Any],
     job_key: str,
@@ -310,18 +369,10 @@ def step_deliveries(
     policy: PolicySettings,
     now: datetime,
 ) -> list[NewDelivery]:
-    """Delivery rows for one step: devices of the matched villages, people by role, robots."""
+    """Delivery rows for one step: one per receiver (`step_receivers`)."""
     lp = level_policy(warning, policy)
-    drill = warning.get("status", "actual") != "actual"
     kind = payload.get("kind", "warning")
     step = payload["step"]
-    roles = set(payload.get("roles") or ())
-    villages = [directory.villages[c] for c in warning["villages"] if c in directory.villages]
-    if drill:
-        # Exercises and tests never reach the public: only test villages and test people.
-        villages = [v for v in villages if v.test]
-    codes = [v.code for v in villages]
-    out: list[NewDelivery] = []
     wid = warning["id"]
     # Receivers told for the first time get the step's message (issue, upgrade); the rest a
     # reminder. A payload from before messages had kinds tells everyone afresh.
@@ -338,83 +389,39 @@ def step_deliveries(
             return end_of_quiet(now, policy)
         return now
 
-    for channel in payload["channels"]:
-        if channel not in lp.channels:
-            continue
-        if channel == "loudspeaker":
-            for v in villages:
-                mid = msg_id(job_key, channel, v.code)
-                out.extend(
-                    NewDelivery(
-                        mid,
-                        wid,
-                        step,
-                        kind,
-                        channel,
-                        spk,
-                        due(channel),
-                        village=v.code,
-                        context=context(channel),
-                    )
-                    for spk in v.speakers
-                )
-        elif channel == "led":
-            for v in villages:
-                out.extend(
-                    NewDelivery(
-                        msg_id(job_key, channel, b),
-                        wid,
-                        step,
-                        kind,
-                        channel,
-                        b,
-                        due(channel),
-                        village=v.code,
-                        context=context(channel),
-                    )
-                    for b in v.led_boards
-                )
-        else:
-            wanted = set(lp.roles.get(channel, ()))
-            if roles:
-                wanted &= roles
-            people = directory.people_in(codes, wanted) if wanted else []
-            for p in people:
-                if drill and not p.test:
-                    continue
-                address = p.phone if channel in ("sms", "voice") else p.wecom_user
-                if not address:
-                    continue
-                out.append(
-                    NewDelivery(
-                        msg_id(job_key, channel, p.id),
-                        wid,
-                        step,
-                        kind,
-                        channel,
-                        p.id,
-                        due(channel),
-                        person_id=p.id,
-                        address=address,
-                        ack_required=kind == "warning" and p.role in lp.ack_roles,
-                        context=context(f"{channel}:{p.role}"),
-                    )
-                )
-            if channel == "wechat":
-                for r in directory.robots_for(codes):
-                    if drill and not r.test:
-                        continue
-                    out.append(
-                        NewDelivery(
-                            msg_id(job_key, channel, r.key_env),
-                            wid,
-                            step,
-                            kind,
-                            channel,
-                            f"robot:{r.key_env}",
-                            due(channel),
-                            # A work group hears every step: tell it anew only where officials are.
-                            context=context(f"{channel}:official"),
-                        )
-                    )
-    return out
+    return [
+        NewDelivery(
+            msg_id(job_key, r.channel, r.group),
+            wid,
+            step,
+            kind,
+            r.channel,
+            r.target,
+            due(r.channel),
+            village=r.village,
+            person_id=r.person.id if r.person is not None else None,
+            address=r.address,
+            ack_required=r.person is not None and kind == "warning" and r.person.role in lp.ack_roles,
+            context=context(r.context_class),
+        )
+        for r in step_receivers(warning, payload, directory, policy)
+    ]
+
+
+def step_counts(
+    warning: dict[str, Any], payload: dict[str, Any], directory: Directory, policy: PolicySettings
+) -> tuple[dict[str, int], int]:
+    """What `step_deliveries` would make, counted: (receivers per channel, how many must confirm).
+
+    A preview of a county-wide red reaches 60,000 receivers over its steps: counting them
+    builds no rows and hashes no msg_ids.
+    """
+    ack_roles = level_policy(warning, policy).ack_roles
+    confirm = payload.get("kind", "warning") == "warning"
+    per_channel: dict[str, int] = {}
+    ack_required = 0
+    for r in step_receivers(warning, payload, directory, policy):
+        per_channel[r.channel] = per_channel.get(r.channel, 0) + 1
+        if confirm and r.person is not None and r.person.role in ack_roles:
+            ack_required += 1
+    return per_channel, ack_required

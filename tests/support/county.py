@@ -80,3 +80,49 @@ def write_directory(path: Path, **kwargs: object) -> Path:
     """Write a generated directory.toml and return its path."""
     path.write_text(directory_toml(**kwargs), encoding="utf-8")  # type: ignore[arg-type]
     return path
+
+
+def county_village_code(i: int) -> str:
+    """The 12-digit code of the i-th village of a made-up county: 500 villages per township."""
+    return f"330502{101 + i // 500:03d}{201 + i % 500:03d}"
+
+
+def county_toml(villages: int = 1000, people_per_village: int = 50, officials: int = 10) -> str:
+    """A county directory: 1,000 villages × 10 speakers and 50 people each, plus 10 officials (50,010).
+
+    Each village has a secretary, 9 grid workers and residents, all with a phone; grid workers
+    answer to their secretary, secretaries to the first official, each official to the one
+    before: every person but the first has a superior the validation must find.
+    """
+    out = []
+    for i in range(villages):
+        code = county_village_code(i)
+        spk = ", ".join(f'"spk-{code}-{k + 1}"' for k in range(10))
+        out.append(
+            f'[[village]]\ncode = "{code}"\nname = "村{i + 1}"\nlat = {30.0 + (i % 100) * 0.01:.4f}\n'
+            f'lon = {120.0 + (i // 100) * 0.01:.4f}\nspeakers = [{spk}]\nled_boards = ["led-{code}-1"]\n'
+        )
+    codes = ", ".join(f'"{county_village_code(i)}"' for i in range(villages))
+    for k in range(officials):
+        sup = f'superior = "off-{k - 1}"\n' if k else ""
+        out.append(
+            f'[[person]]\nid = "off-{k}"\nname = "领导{k}"\nphone = "+86138000{k:05d}"\n'
+            f'role = "official"\nvillages = [{codes}]\nwecom_user = "official{k}"\n{sup}'
+        )
+    n = 0
+    for i in range(villages):
+        code = county_village_code(i)
+        for j in range(people_per_village):
+            role, sup = (
+                ("village_secretary", "off-0")
+                if j == 0
+                else ("grid_worker", f"v{i}-0")
+                if j < 10
+                else ("resident", f"v{i}-{1 + j % 9}")
+            )
+            out.append(
+                f'[[person]]\nid = "v{i}-{j}"\nname = "村民{n}"\nphone = "+86137{n:08d}"\n'
+                f'role = "{role}"\nvillages = ["{code}"]\nsuperior = "{sup}"\n'
+            )
+            n += 1
+    return "\n".join(out)

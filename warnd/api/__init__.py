@@ -28,7 +28,7 @@ from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
 from warnd.api.errors import error_middleware, error_response
 from warnd.api.openapi import openapi
-from warnd.api.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters
+from warnd.api.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters, token_limiter
 from warnd.api.routes import GATE, Route, auth_middleware
 from warnd.api.services import SERVICES, ApiServices, services
 
@@ -106,7 +106,11 @@ def make_app(svc: ApiServices, extra_webhooks: Iterable[Webhook] = ()) -> web.Ap
         client_max_size=max_bytes,
         middlewares=[
             error_middleware,
-            rate_limit_middleware(limiters),
+            rate_limit_middleware(
+                limiters,
+                known=lambda request: app[GATE].known(request.headers.get("Authorization", "")),
+                per_token=token_limiter(svc.settings.http),
+            ),
             _size_middleware(max_bytes),
             auth_middleware({(r.method, r.path): r.role for r in routes}),
         ],

@@ -196,6 +196,22 @@ class AuthGate:
             book = self._singles[(name, stored)] = TokenBook.single(name, stored)
         return book
 
+    def known(self, authorization: str) -> str | None:
+        """The name of a bearer token this gate already knows (the API's, or a feed's it checked).
+
+        For choosing a rate limit before the route's own check: never a slow hash, never counted
+        as a failure. A feed's token is known from its first accepted push on.
+        """
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        for book in (self.book, *self._singles.values()):
+            who = book.lookup(token)
+            if who is not None:
+                return who.name
+        return None
+
     async def check(
         self, remote: str | None, authorization: str, book: TokenBook | None = None
     ) -> Principal | Refusal:

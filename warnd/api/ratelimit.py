@@ -5,6 +5,11 @@ unauthenticated and guessable only by brute force, so they get the tighter limit
 metrics and provider webhooks (`/hooks/`, signature-checked, arriving in bursts from a few
 provider addresses) are not limited.
 
+A request whose bearer token is known (`AuthGate.known`: one hash and dict lookups, never a
+slow check) is not an anonymous client: it spends from its token's own, larger bucket
+(`[http] token_rate_limit_per_s`), wherever it comes from. Guessed tokens are not known, so
+guessing stays under the address's limit and the auth gate's failure budget.
+
 Behind a reverse proxy every request comes from the proxy's address: set the limits for the
 whole township then, or let the proxy limit.
 """
@@ -82,16 +87,29 @@ class RateLimiter:
 
 
 def rate_limit_middleware(
-    limiters: dict[str, RateLimiter], clock: Callable[[], float] = time.monotonic
+    limiters: dict[str, RateLimiter],
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    known: Callable[[web.Request], str | None] | None = None,
+    per_token: RateLimiter | None = None,
 ) -> Any:
-    """Limit requests whose path starts with one of `limiters`' prefixes, per remote address."""
+    """Limit requests whose path starts with one of `limiters`' prefixes, per remote address.
+
+    known: the name of a request's token if it is a known one (None: anonymous); such a request
+        spends from `per_token`'s bucket for that name instead (no limit when that is None).
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        """429 with Retry-After (whole seconds, at least 1) when the address's bucket is empty."""
+        """429 with Retry-After (whole seconds, at least 1) when the request's bucket is empty."""
         for prefix, limiter in limiters.items():
             if request.path.startswith(prefix):
                 remote = request.remote or "?"
+                name = known(request) if known is not None else None
+                if name is not None:
+                    if per_token is None:
+                        break
+                    limiter, remote = per_token, f"token:{name}"
                 wait_s = limiter.take(remote, clock())
                 if wait_s > 0:
                     retry = max(1, math.ceil(wait_s))
@@ -114,6 +132,13 @@ def rate_limiters(http: HttpSettings) -> dict[str, RateLimiter]:
     if http.ack_rate_limit_per_s > 0:
         out["/ack/"] = RateLimiter(http.ack_rate_limit_per_s, http.ack_rate_limit_burst)
     return out
+
+
+def token_limiter(http: HttpSettings) -> RateLimiter | None:
+    """The bucket per known token `[http]` asks for, or None when turned off."""
+    if http.token_rate_limit_per_s <= 0:
+        return None
+    return RateLimiter(http.token_rate_limit_per_s, http.token_rate_limit_burst)
 
 
 def auth_failure_limiter(http: HttpSettings) -> RateLimiter | None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -18,9 +19,15 @@ from warnd.api.services import ApiServices, services
 from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
 from warnd.mqtt.devices import coverage_with_offline
-from warnd.planner import level_policy, schedule_view, step_deliveries, step_jobs, steps_for
+from warnd.planner import level_policy, schedule_view, step_counts, step_jobs, steps_for
 from warnd.report import escalations
 from warnd.store import IdempotencyConflict, from_ts, new_warning_id
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from warnd.config import Settings
+    from warnd.directory import Directory
 
 log = structlog.get_logger("warnd.api")
 
@@ -129,42 +136,51 @@ async def preview(request: web.Request) -> web.Response:
     d = services(request)
     w = await read_json(request, WarningIn)
     now = d.clock.now()
-    villages = d.intake.match(w.area, required=True)
+    available = d.dispatcher.channels()
+    # A county-wide red is 60,000 receivers over its steps: worked out in a thread, over the
+    # directory and policy in force now (a reload swaps them, never changes them in place).
+    body = await asyncio.to_thread(_preview, w, d.intake, d.directory(), d.settings, available, now)
+    return web.json_response(body, dumps=json_dumps)
+
+
+def _preview(
+    w: WarningIn,
+    intake: Any,
+    directory: Directory,
+    settings: Settings,
+    available: Collection[str],
+    now: datetime,
+) -> dict[str, Any]:
+    """The preview's body: villages, schedule with counts per channel, the messages as sent."""
+    villages = intake.match(w.area, required=True)
     row = {
         "id": new_warning_id(now),
         **w.model_dump(mode="json"),
         "villages": villages,
         "version": 1,
     }
-    jobs = [j for j in step_jobs(row, steps_for(row, d.settings.policy, now), now) if j["kind"] == "step"]
-    available = d.dispatcher.channels()
+    policy = settings.policy
+    jobs = [j for j in step_jobs(row, steps_for(row, policy, now), now) if j["kind"] == "step"]
     out_steps = []
     # The same view as a stored warning's schedule: the times shown are the times the send keeps.
-    for job, view in zip(jobs, schedule_view(jobs, d.settings.policy.timezone), strict=True):
+    for job, view in zip(jobs, schedule_view(jobs, policy.timezone), strict=True):
         payload = {**job["payload"], "channels": [c for c in job["payload"]["channels"] if c in available]}
-        deliveries = step_deliveries(row, job["key"], payload, d.directory(), d.settings.policy, now)
-        per_channel: dict[str, int] = {}
-        for dv in deliveries:
-            per_channel[dv.channel] = per_channel.get(dv.channel, 0) + 1
+        per_channel, ack_required = step_counts(row, payload, directory, policy)
         out_steps.append(
             {
                 **view,
                 "unavailable_channels": [c for c in job["payload"]["channels"] if c not in available],
                 "targets": per_channel,
-                "ack_required": sum(dv.ack_required for dv in deliveries),
+                "ack_required": ack_required,
             }
         )
-    directory = d.directory()
-    channels = level_policy(row, d.settings.policy).channels
-    return web.json_response(
-        {
-            "villages": [{"code": c, "name": directory.villages[c].name} for c in villages],
-            "schedule": out_steps,
-            # What each kind of message this warning can lead to says, per channel, as sent.
-            "messages": messages.preview(row, d.settings, directory, channels, now=now),
-        },
-        dumps=json_dumps,
-    )
+    channels = level_policy(row, policy).channels
+    return {
+        "villages": [{"code": c, "name": directory.villages[c].name} for c in villages],
+        "schedule": out_steps,
+        # What each kind of message this warning can lead to says, per channel, as sent.
+        "messages": messages.preview(row, settings, directory, channels, now=now),
+    }
 
 
 async def list_(request: web.Request) -> web.Response:

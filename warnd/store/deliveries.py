@@ -540,3 +540,45 @@ class Deliveries(StoreCore):
                 (channel, limit),
             )
         )
+
+    # -- providers (issue 16): which provider sent a person's SMS or call, its quota, its receipts --
+
+    async def set_delivery_providers(self, pairs: Sequence[tuple[int, str]]) -> None:
+        """Record which provider took each delivery: (delivery id, provider name) pairs."""
+        if not pairs:
+            return
+        rows = [(p, i) for i, p in pairs]
+        await self.write(lambda con: con.executemany("UPDATE deliveries SET provider = ? WHERE id = ?", rows))
+
+    async def provider_sends_since(
+        self, provider: str, channel: str, addresses: Sequence[str], since: datetime
+    ) -> dict[str, int]:
+        """How many deliveries a provider has sent to each address since a time (local daily quotas)."""
+        if not addresses:
+            return {}
+        sql = (
+            "SELECT address, COUNT(*) AS n FROM deliveries"
+            " WHERE provider = ? AND channel = ? AND sent_at >= ?"
+            f" AND address IN {sqlite.IN_LIST} GROUP BY address"
+        )
+        params = (provider, channel, ts(since), sqlite.json_list(addresses))
+        rows = await self.read(lambda con: every(con, sql, params))
+        return {r["address"]: r["n"] for r in rows}
+
+    async def in_flight_of(
+        self, channel: str, provider: str, *, unrecorded: bool = False, limit: int = 2000
+    ) -> list[dict[str, Any]]:
+        """Sent deliveries a provider still owes a receipt for; `unrecorded`: also those with no provider."""
+        sql = (
+            "SELECT id, msg_id, target, address, provider_ref, ack_required, sent_at, state FROM deliveries"
+            " WHERE channel = ? AND state = 'sent' AND provider_ref IS NOT NULL"
+            " AND (provider = ? OR (? AND provider IS NULL)) ORDER BY id LIMIT ?"
+        )
+        params = (channel, provider, int(unrecorded), limit)
+        return [dict(r) for r in await self.read(lambda con: every(con, sql, params))]
+
+    async def delivery_by_provider_ref(self, provider_ref: str) -> DeliveryRow | None:
+        """The delivery a provider's id names (a call's report carries only the provider's id)."""
+        sql = "SELECT * FROM deliveries WHERE provider_ref = ?"
+        row = await self.read(lambda con: one(con, sql, (provider_ref,)))
+        return cast(DeliveryRow | None, row)

@@ -1,5 +1,5 @@
-"""What the Twilio SMS and voice adapters share: credentials, the SDK client, error classes,
-a rate limiter per sender, webhook signature checks and the polling loop's skeleton.
+"""What the Twilio SMS and voice providers share: credentials, the SDK client, error classes,
+the sender whose declared rate warnd.pacing keeps, webhook signature checks and polling.
 
 Twilio reaches warnd in one of two ways. With `[twilio] public_base_url` set, it posts status
 callbacks, inbound SMS and key presses to `/hooks/twilio/...`, each signed with the account's
@@ -26,7 +26,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -37,16 +37,19 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from adapters.providers.base import Capabilities, Provider
+from warnd import pacing
 from warnd.adapter import (
-    Adapter,
     AdapterContext,
     AuthError,
     Limits,
     PermanentError,
     TransientError,
+    classify_http,
     retry_after_s,
 )
 from warnd.log import mask_phones
+from warnd.pacing import Pacer, Spacer
 from warnd.phone import to_e164
 
 if TYPE_CHECKING:
@@ -58,9 +61,6 @@ log = structlog.get_logger("warnd.twilio")
 T = TypeVar("T")
 
 CREDENTIAL_NAME = "warnd_twilio_auth_token"
-# Share of the gap between two sends kept free: absorbs the jitter between leaving the spacer
-# and Twilio's clock, so warnd itself never causes a 429 (bench/sms_rate.py measures both).
-RATE_MARGIN = 0.02
 FORBIDDEN = "forbidden: X-Twilio-Signature does not match"
 # Twilio posts its webhooks as url-encoded forms, and signs the form's fields.
 FORM = "application/x-www-form-urlencoded"
@@ -173,13 +173,8 @@ def classify(status: int, body: Any, retry_after_s: float | None = None) -> Exce
     text = body.get("message") if isinstance(body, dict) else body
     kind, why = VENDOR_CODES.get(code or 0, ("", ""))
     if not kind:
-        if status == 429 or status >= 500:
-            kind = "transient"
-        elif status in (401, 403):
-            kind = "auth"
-        else:
-            kind = "permanent"
         why = mask_phones(str(text or "")).strip()[:160] or f"HTTP {status}"
+        return classify_http(status, f"twilio {code or status}: {why}", retry_after_s)
     reason = f"twilio {code or status}: {why}"
     if kind == "transient":
         return TransientError(reason, retry_after_s)
@@ -213,79 +208,9 @@ def delivery_failure(error_code: str | int | None, status: str) -> tuple[str, st
     return ("dead" if kind == "permanent" else "failed"), f"twilio {code or status}: {why}"
 
 
-class Spacer:
-    """A rate limiter for one sender: consecutive sends at least 1/rate apart, no burst.
-
-    Twilio (and its fake) admit one message per 1/rate per sender and answer 429 to anything
-    sooner, so the gap between two requests is what counts, not an average. aiolimiter's leaky
-    bucket wakes waiters by timer, and the event loop's timers fire up to ~1 ms late (epoll
-    waits in whole milliseconds): at 100/s that costs 6 % of the rate. This spacer sleeps until
-    just before the slot and yields until it is reached, so a gap is 1/rate plus microseconds.
-
-    Args:
-        rate_per_s: sends per second.
-        margin: extra share of the gap that absorbs jitter between here and Twilio's clock.
-    """
-
-    # How early the timer is set, to be on time despite its lateness (see above).
-    _EARLY_S = 0.002
-
-    def __init__(self, rate_per_s: float, margin: float) -> None:
-        """Start with the first slot free."""
-        self.interval_s = (1.0 + margin) / rate_per_s
-        self._next = 0.0
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> Callable[[], None]:
-        """Wait for this caller's slot; returns `sent`, to call once the request is on the wire.
-
-        Callers go one at a time, and the next slot is set only once this request is written: a
-        pause between here and the socket (a busy loop, a GC) delays the next send instead of
-        squeezing two together.
-        """
-        await self._lock.acquire()
-        loop = asyncio.get_running_loop()
-        try:
-            delay = self._next - loop.time()
-            if delay > self._EARLY_S:
-                await asyncio.sleep(delay - self._EARLY_S)
-            while loop.time() < self._next:  # noqa: ASYNC110 - yields for under _EARLY_S, on purpose
-                await asyncio.sleep(0)
-        except BaseException:
-            self._lock.release()
-            raise
-        released, done = loop.time(), False
-
-        def sent() -> None:
-            """Set the next slot and let the next caller wait for it (once).
-
-            One interval after this slot, as long as the request left promptly; at least half an
-            interval after it actually left, when something held it up (Twilio's queue has room
-            for one early request, not for a pile-up behind a pause).
-            """
-            nonlocal done
-            if not done:
-                done = True
-                self._next = max(released + self.interval_s, loop.time() + self.interval_s / 2)
-                self._lock.release()
-
-        return sent
-
-
-# The spacer of the sender this task is sending for: the HTTP client waits on it right before
-# the request goes out, after the SDK has built it, so the wait is as close to the wire as it gets.
-_SPACER: contextvars.ContextVar[Spacer | None] = contextvars.ContextVar("twilio_spacer", default=None)
-# The `sent` callback of the slot this task holds, called when the request headers are written.
-_ON_WIRE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "twilio_on_wire", default=None
-)
-
-
 async def _headers_sent(_session: Any, _ctx: Any, _params: Any) -> None:
     """aiohttp trace hook: the request is on the wire; the sender's next interval starts."""
-    sent = _ON_WIRE.get()
-    if sent is not None:
-        sent()
+    pacing.on_wire()
 
 
 class _HeaderKeepingClient(AsyncTwilioHttpClient):
@@ -303,15 +228,8 @@ class _HeaderKeepingClient(AsyncTwilioHttpClient):
             # The header, not aiohttp's BasicAuth object (deprecated in aiohttp 3.12+).
             basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Basic {basic}"}
-        spacer = _SPACER.get()
-        sent = await spacer.acquire() if spacer is not None else None
-        token = _ON_WIRE.set(sent)
-        try:
+        async with pacing.slot():
             response = await super().request(*args, **kwargs)
-        finally:
-            _ON_WIRE.reset(token)
-            if sent is not None:
-                sent()  # no-op when the hook already ran; frees the slot if the request failed early
         _LAST_HEADERS.set(dict(response.headers or {}))
         return response
 
@@ -341,8 +259,8 @@ def query(msg_id: str, target: str) -> str:
     return f"m={quote(msg_id, safe='')}&t={quote(target, safe='')}"
 
 
-class TwilioAdapter(Adapter):
-    """Base of the SMS and voice adapters: client, limiter, signed webhooks, polling.
+class TwilioProvider(Provider):
+    """Base of the Twilio SMS and voice providers: client, sender, signed webhooks, polling.
 
     Args:
         ctx: what the daemon lends the adapter.
@@ -351,19 +269,20 @@ class TwilioAdapter(Adapter):
     # How long one batch may take at most, as a share of the dispatcher's send timeout:
     # half leaves room for slow answers, so a rate-limited batch never times out half-sent.
     _BATCH_SHARE = 0.5
-    limits: ClassVar[Limits] = Limits(concurrency=16, batch_size=50)
 
-    def __init__(self, ctx: AdapterContext) -> None:
+    name = "twilio"
+
+    def __init__(self, ctx: AdapterContext, pacer: Pacer) -> None:
         """Size batches and concurrency to the configured rate; connect in start()."""
-        super().__init__(ctx)
+        super().__init__(ctx, pacer)
         rate = self.rate_per_s
         batch = max(1, math.floor(rate * ctx.settings.dispatch.send_timeout_s * self._BATCH_SHARE))
         # Enough sends in flight to keep the rate with ~0.5 s per request, never an unbounded crowd.
         concurrency = max(4, min(64, math.ceil(rate * 0.5)))
-        self.limits = Limits(max_text_chars=1600, concurrency=concurrency, batch_size=min(500, batch))  # type: ignore[misc]
+        self.limits = Limits(max_text_chars=1600, concurrency=concurrency, batch_size=min(500, batch))
+        self.caps = Capabilities(free_text=True, batch_size=1, rate_per_s=rate, concurrency=concurrency)
         self.client: Client | None = None
         self._token: str | None = None
-        self._limiters: dict[str, Spacer] = {}
         self._lookups = asyncio.Semaphore(RECONCILE_CONCURRENCY)
 
     @property
@@ -388,31 +307,26 @@ class TwilioAdapter(Adapter):
         if not self._token:
             raise AuthError(f"no auth token: set [twilio] auth_token or the {CREDENTIAL_NAME} credential")
         self.client = make_client(self.tw, self._token)
-        log.info("twilio.started", channel=self.kind, mode="webhooks" if self.public_base else "polling",
+        log.info("twilio.started", channel=self.channel, mode="webhooks" if self.public_base else "polling",
                  rate_per_s=self.rate_per_s, batch_size=self.limits.batch_size)  # fmt: skip
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP session."""
         if self.client is not None:
-            await self.client.http_client.close()  # type: ignore[attr-defined]
+            await self.client.http_client.close()
             self.client = None
 
     def limiter(self, sender: str) -> Spacer:
-        """The rate limiter of one sender (a number or a messaging service)."""
-        if sender not in self._limiters:
-            self._limiters[sender] = Spacer(self.rate_per_s, RATE_MARGIN)
-        return self._limiters[sender]
+        """The spacer of one sender (a number or a messaging service), at its declared rate."""
+        return self.pacer.spacer(self.name, sender, self.rate_per_s)
 
     async def call(self, sender: str | None, fn: Callable[..., Awaitable[T]], **kwargs: Any) -> T:
         """Call the SDK, limited per sender when sender is given; map failures to our errors."""
         if self.client is None:
             raise TransientError("twilio client not started")
         try:
-            token = _SPACER.set(self.limiter(sender) if sender is not None else None)
-            try:
+            with pacing.bound(self.limiter(sender) if sender is not None else None):
                 return await fn(**kwargs)
-            finally:
-                _SPACER.reset(token)
         except TwilioRestException as exc:
             headers = _LAST_HEADERS.get({})
             err = classify(exc.status, {"code": exc.code, "message": exc.msg}, _retry_after_s(headers))
@@ -480,52 +394,31 @@ class TwilioAdapter(Adapter):
         # Twilio posts url-encoded forms only; anything else (multipart without a boundary, a body
         # not in its declared charset) cannot carry a signature we could check.
         if request.content_type != FORM:
-            log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="not a form")
+            log.warning("twilio.webhook_refused", channel=self.channel, path=request.path, why="not a form")
             return None
         try:
             form = {k: str(v) for k, v in (await request.post()).items()}
         except (ValueError, LookupError):
-            log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="unreadable form")
+            log.warning(
+                "twilio.webhook_refused", channel=self.channel, path=request.path, why="unreadable form"
+            )
             return None
         signature = request.headers.get("X-Twilio-Signature", "")
         if not signature or not self._token:
-            log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="unsigned")
+            log.warning("twilio.webhook_refused", channel=self.channel, path=request.path, why="unsigned")
             return None
         if not RequestValidator(self._token).validate(self.signed_url(request), form, signature):
-            log.warning("twilio.webhook_refused", channel=self.kind, path=request.path, why="bad signature")
+            log.warning(
+                "twilio.webhook_refused", channel=self.channel, path=request.path, why="bad signature"
+            )
             return None
         return form
 
     # -- polling --------------------------------------------------------------------------
 
-    def background(self) -> list[tuple[str, Any]]:
-        """Without a public URL, poll Twilio instead of waiting for webhooks."""
-        if self.public_base:
-            return []
-        return [(f"warnd.twilio.{self.kind}.poll", self.poll_loop())]
-
-    async def poll_once(self) -> int:
-        """One polling round; returns how many changes it found."""
-        return 0
-
-    async def poll_loop(self) -> None:
-        """Poll forever at [twilio] poll_interval_s; an error costs one round, not the loop."""
-        attempt = 0
-        while True:
-            try:
-                await self.poll_once()
-                attempt = 0
-                delay = self.tw.poll_interval_s
-            except (TransientError, PermanentError) as exc:
-                attempt += 1
-                delay = min(300.0, self.tw.poll_interval_s * 1.5 ** min(10, attempt))
-                log.warning("twilio.poll_failed", channel=self.kind, reason=exc.reason, retry_in_s=delay)
-            except Exception:
-                # A poller bug must not stop warnd (and with it every other channel): say so, go on.
-                attempt += 1
-                delay = min(300.0, self.tw.poll_interval_s * 1.5 ** min(10, attempt))
-                log.exception("twilio.poll_crashed", channel=self.kind, retry_in_s=delay)
-            await asyncio.sleep(delay)
+    def poll_interval_s(self) -> float | None:
+        """Without a public URL, Twilio is polled every [twilio] poll_interval_s instead."""
+        return None if self.public_base else self.tw.poll_interval_s
 
 
 def phone_of(delivery: Delivery) -> str:

@@ -43,6 +43,7 @@ from warnd.intake import Intake
 from warnd.metrics import Metrics
 from warnd.mqtt.devices import DeviceHub
 from warnd.mqtt.link import MqttLink, device_link
+from warnd.retention import Retention
 from warnd.scheduler import Scheduler
 from warnd.setup import start_adapters
 from warnd.signoff import SignOff
@@ -250,6 +251,7 @@ async def build(
             preparer(channels),
             ready=dispatcher.ready,
             approval=approval,
+            retention=Retention(store, lambda: settings.retention, settings.state_dir),
         )
         ack_links = None
         if any(a.sends_ack_links for a in channels.values()):

@@ -3,6 +3,7 @@ rejecting ends it; approvers are paged after remind_after_min; feed warnings go 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from tests.support.feeds import feed, push_headers
 from tests.support.harness import CHANNELS, Harness, warning_body
-from tests.test_feeds_chain import ALERT
+from tests.test_feeds_chain import ALERT, ALERT_ID, SENDER, UPDATE_ID, cap
 from warnd import messages
 
 ALL_LEVELS = ["red", "orange", "yellow", "blue"]
@@ -238,3 +239,132 @@ async def test_withdrawing_a_draft_sends_nothing(h: Harness) -> None:
     h.clock.advance(hours=1)
     await h.run_until_idle()
     assert sends(h) == []
+
+
+# A red warning from the upstream feed, an Update of it (new headline) and a Cancel, as CAP.
+RED_ALERT = cap(ALERT_ID, "Alert", "2026-07-01T08:00:00+08:00", level="红色")
+RED_UPDATE = cap(
+    UPDATE_ID,
+    "Update",
+    "2026-07-01T09:00:00+08:00",
+    refs=f"{SENDER},{ALERT_ID},2026-07-01T08:00:00+08:00",
+    level="红色",
+    head="暴雨红色预警（更新）",
+)
+RED_CANCEL = cap(
+    "33050241600000_20260701110000_3",
+    "Cancel",
+    "2026-07-01T11:00:00+08:00",
+    refs=f"{SENDER},{ALERT_ID},2026-07-01T08:00:00+08:00",
+)
+CAP_HEADERS = {"Content-Type": "application/cap+xml"}
+
+
+async def red_from_feed(h: Harness) -> str:
+    """The upstream feed's red warning, sent at once (a feed's warnings need no sign-off)."""
+    h.clock.set(h.clock.now().replace(hour=0))
+    resp = await h.client.post("/api/v1/feeds/upstream/cap", data=RED_ALERT, headers=push_headers())
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert (body["state"], body["outcome"]) == ("active", "accepted")
+    await h.run_until_idle()
+    return str(body["id"])
+
+
+async def post_cap(h: Harness, role: str, document: bytes) -> Any:
+    """POST a CAP document to /api/v1/warnings as a role; the response."""
+    return await h.client.post("/api/v1/warnings", data=document, headers={**h.headers(role), **CAP_HEADERS})
+
+
+def updates_sent(h: Harness) -> Counter[tuple[str, str]]:
+    """How often each (channel, target) was told of an update."""
+    return Counter((r["channel"], r["target"]) for r in sends(h) if r["step"] == "update")
+
+
+async def test_an_operators_cap_update_waits_for_sign_off(h: Harness) -> None:
+    """A CAP Update posted by an operator waits like a JSON one; approved, it goes out once, as
+    that CAP message (the export and the feed record name it); its drafter cannot approve it."""
+    wid = await red_from_feed(h)
+    # An approver drafts it, so that the 403 is for drafting it, not for the role.
+    resp = await post_cap(h, "approver", RED_UPDATE)
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert (body["id"], body["state"], body["outcome"]) == (wid, "awaiting_approval", "held")
+    h.clock.advance(minutes=5)
+    await h.run_until_idle()
+    assert updates_sent(h) == Counter()
+    w = await h.get(wid)
+    assert (w["version"], w["state"], w["pending_change"]["kind"]) == (1, "active", "update")
+    assert w["pending_change"]["body"]["cap"]["identifier"] == UPDATE_ID
+    # The same document again is a duplicate of the change, still waiting.
+    again = await post_cap(h, "operator", RED_UPDATE)
+    assert (again.status, (await again.json())["state"]) == (200, "awaiting_approval")
+
+    refused = await post(h, wid, "approve", "approver")
+    assert refused.status == 403
+    assert (await refused.json())["error"]["code"] == "self_approval"
+    resp = await post(h, wid, "approve", "admin")
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["released"] == "update"
+    await h.run_until_idle()
+    told = updates_sent(h)
+    assert told and set(told.values()) == {1}
+    w = await h.get(wid)
+    assert (w["version"], w["headline"], w["pending_change"]) == (2, "暴雨红色预警（更新）", None)
+    doc = await h.daemon.store.feed_document(SENDER, UPDATE_ID)
+    assert doc is not None and (doc["outcome"], doc["warning_id"]) == ("updated", wid)
+    export = await h.client.get(f"/api/v1/warnings/{wid}.cap", headers=h.headers("viewer"))
+    text = await export.text()
+    assert f"<identifier>{UPDATE_ID}</identifier>" in text and "<msgType>Update</msgType>" in text
+    # Nothing more goes out later for it: the update was applied once.
+    h.clock.advance(minutes=1)
+    await h.run_until_idle()
+    assert updates_sent(h) == told
+
+
+async def test_a_feeds_cap_update_goes_straight_out(h: Harness) -> None:
+    """An Update from the upstream feed was signed off upstream: applied and announced at once."""
+    wid = await red_from_feed(h)
+    resp = await h.client.post("/api/v1/feeds/upstream/cap", data=RED_UPDATE, headers=push_headers())
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert (body["outcome"], body["state"]) == ("updated", "updated")
+    await h.run_until_idle()
+    assert updates_sent(h)
+    w = await h.get(wid)
+    assert (w["version"], w["pending_change"]) == (2, None)
+
+
+async def test_an_operators_cap_cancel_goes_straight_out(h: Harness) -> None:
+    """cancel_needs_approval = false (the default): an operator's CAP Cancel lifts it at once."""
+    wid = await red_from_feed(h)
+    resp = await post_cap(h, "operator", RED_CANCEL)
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert (body["outcome"], body["state"]) == ("cancelled", "cancelled")
+    await h.run_until_idle()
+    assert [r for r in sends(h) if r["step"] == "cancel"]
+    assert (await h.get(wid))["pending_change"] is None
+
+
+async def test_an_operators_cap_cancel_can_be_made_to_wait(tmp_path: Path) -> None:
+    """With cancel_needs_approval an operator's CAP Cancel waits; rejected, the warning stays in
+    force, nothing is sent and the feed record says so."""
+    settings = {**sign_off(cancel_needs_approval=True), "feed": [feed("upstream", "push")]}
+    h = await Harness(tmp_path, settings=settings).start()
+    try:
+        wid = await red_from_feed(h)
+        resp = await post_cap(h, "operator", RED_CANCEL)
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json())["state"] == "awaiting_approval"
+        await h.run_until_idle()
+        assert (await h.get(wid))["state"] == "active"
+        assert (await post(h, wid, "reject", "approver", {"reason": "还在下"})).status == 200
+        h.clock.advance(minutes=5)
+        await h.run_until_idle()
+        assert (await h.get(wid))["state"] == "active"
+        assert [r for r in sends(h) if r["step"] == "cancel"] == []
+        doc = await h.daemon.store.feed_document(SENDER, "33050241600000_20260701110000_3")
+        assert doc is not None and doc["outcome"] == "rejected"
+    finally:
+        await h.close()

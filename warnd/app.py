@@ -240,6 +240,7 @@ async def build(
             return settings.approval
 
         intake = Intake(store, directory, policy, clock, wake, approval=approval)
+        signoff = SignOff(intake, approval)
         dispatcher = Dispatcher(store, channels, clock, settings.dispatch, wake, metrics=metrics)
         scheduler = Scheduler(
             store,
@@ -274,10 +275,10 @@ async def build(
             adapters=channels,
             feedback=feedback,
             intake=intake,
-            signoff=SignOff(intake, approval),
+            signoff=signoff,
             dispatcher=dispatcher,
             scheduler=scheduler,
-            feeds=Feeds(settings, store, clock, intake),
+            feeds=Feeds(settings, store, clock, intake, signoff),
             hydro=HydroMonitor(settings, store, clock, intake),
             ack_links=ack_links,
             recovered=recovered,

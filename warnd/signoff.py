@@ -16,6 +16,9 @@ from warnd.planner import step_jobs, steps_for
 
 log = structlog.get_logger("warnd.approval")
 
+# The key of a held change's body that keeps the CAP message it came in (not an UpdateIn field).
+CAP_KEY = "cap"
+
 
 class SignOff:
     """Approve, reject, and hold updates and cancels that need sign-off.
@@ -75,13 +78,22 @@ class SignOff:
             )
         self._not_self(change["drafted_by"], actor)
         drafter = Actor(change["drafted_by"], change["remote"])
+        # A change posted as CAP keeps its message, so the export and the feed record name it.
+        fields = dict(change["body"])
+        cap = fields.pop(CAP_KEY, None)
         if change["kind"] == "update":
-            new = await self.intake.update(warning_id, UpdateIn.model_validate(change["body"]), actor=drafter)
+            u = UpdateIn.model_validate(fields)
+            new = await self.intake.update(warning_id, u, actor=drafter, message=cap)
             state = new["state"]
         else:
-            body = CancelIn.model_validate(change["body"])
-            await self.intake.cancel(warning_id, actor=drafter, reason=body.reason, advice=body.advice)
+            body = CancelIn.model_validate(fields)
+            await self.intake.cancel(
+                warning_id, actor=drafter, reason=body.reason, advice=body.advice, message=cap
+            )
             state = State.CANCELLED.value
+        if cap is not None:
+            outcome = "updated" if change["kind"] == "update" else "cancelled"
+            await self.store.settle_feed_document(cap["sender"], cap["identifier"], outcome)
         await self.store.decide_pending_change(
             change["id"],
             "approved",
@@ -111,6 +123,9 @@ class SignOff:
             raise InputError(
                 "nothing_to_reject", f"nothing of warning {warning_id} awaits sign-off", "id", 409
             )
+        cap = change["body"].get(CAP_KEY)
+        if cap is not None:
+            await self.store.settle_feed_document(cap["sender"], cap["identifier"], "rejected")
         await self.store.decide_pending_change(
             change["id"],
             "rejected",
@@ -121,9 +136,19 @@ class SignOff:
         log.info("change.rejected", warning_id=warning_id, change=change["kind"])
         return {"id": warning_id, "state": w["state"], "rejected": change["kind"]}
 
-    async def hold_update(self, warning_id: str, u: UpdateIn, actor: Actor) -> str | None:
-        """Keep an operator's update for sign-off when the old or new level needs it.
+    async def hold_update(
+        self,
+        warning_id: str,
+        u: UpdateIn,
+        actor: Actor,
+        *,
+        source: str = "api",
+        cap: dict[str, str] | None = None,
+    ) -> str | None:
+        """Keep an update for sign-off when its source and the old or new level need it.
 
+        `source` is where the update came from (`api`: an operator, JSON or CAP; a feed's kind);
+        `cap` is the CAP Update's {sender, identifier, sent}, kept to be applied with it.
         Returns `awaiting_approval` when held, None when the update goes straight out.
         """
         w = await self._get(warning_id)
@@ -135,19 +160,28 @@ class SignOff:
                 409,
             )
         levels = {w["level"], *([u.level.value] if u.level is not None else [])}
-        if w["state"] not in IN_FORCE or not any(self.approval().needed(Level(lv), "api") for lv in levels):
+        if w["state"] not in IN_FORCE or not any(self.approval().needed(Level(lv), source) for lv in levels):
             return None
         body = u.model_dump(mode="json", exclude_none=True)
         if not body:
             raise InputError("empty_update", "an update must change at least one field", None)
         if u.area is not None:
             self.intake.match(u.area, required=True)
-        return await self._hold(w, "update", body, actor)
+        return await self._hold(w, "update", _with_cap(body, cap), actor)
 
-    async def hold_cancel(self, warning_id: str, body: CancelIn, actor: Actor) -> str | None:
+    async def hold_cancel(
+        self,
+        warning_id: str,
+        body: CancelIn,
+        actor: Actor,
+        *,
+        source: str = "api",
+        cap: dict[str, str] | None = None,
+    ) -> str | None:
         """Withdraw a waiting draft, or keep a cancel for sign-off when configured.
 
-        Returns `cancelled` (a draft withdrawn), `awaiting_approval` (held) or None (cancel now).
+        `source` and `cap` as for hold_update. Returns `cancelled` (a draft withdrawn),
+        `awaiting_approval` (held) or None (cancel now).
         """
         w = await self._get(warning_id)
         now = self.intake.clock.now()
@@ -164,10 +198,10 @@ class SignOff:
             return State.CANCELLED.value
         approval = self.approval()
         if w["state"] not in IN_FORCE or not (
-            approval.cancel_needs_approval and approval.needed(Level(w["level"]), "api")
+            approval.cancel_needs_approval and approval.needed(Level(w["level"]), source)
         ):
             return None
-        return await self._hold(w, "cancel", body.model_dump(mode="json"), actor)
+        return await self._hold(w, "cancel", _with_cap(body.model_dump(mode="json"), cap), actor)
 
     async def _hold(self, w: dict[str, Any], kind: str, body: dict[str, Any], actor: Actor) -> str:
         """Store a change for sign-off (409 when another one already waits)."""
@@ -179,3 +213,8 @@ class SignOff:
             )
         log.info("change.awaiting_approval", warning_id=w["id"], change=kind)
         return AWAITING
+
+
+def _with_cap(body: dict[str, Any], cap: dict[str, str] | None) -> dict[str, Any]:
+    """A held change's body, with the CAP message it came in when it came as CAP."""
+    return body if cap is None else {**body, CAP_KEY: cap}

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from warnd.clock import Clock
     from warnd.config import FeedSettings, Settings
     from warnd.intake import Intake
+    from warnd.signoff import SignOff
     from warnd.store import Store
 
 log = structlog.get_logger("warnd.feeds")
@@ -40,13 +41,16 @@ class Feeds:
         store: the store.
         clock: the daemon's time.
         intake: where warnings go in.
+        signoff: holds an operator's CAP Update or Cancel that needs sign-off.
     """
 
-    def __init__(self, settings: Settings, store: Store, clock: Clock, intake: Intake) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, clock: Clock, intake: Intake, signoff: SignOff
+    ) -> None:
         """Make one ingest path, one poller per poll feed, the MQTT feeds' link if any."""
         self.settings, self.store, self.clock = settings, store, clock
         self.records = FeedRecords(store)
-        self.ingest = CapIngest(intake, store, clock, self.records)
+        self.ingest = CapIngest(intake, signoff, store, clock, self.records)
         feeds = settings.feed
         self.pollers = {f.name: Poller(self, f) for f in feeds if f.kind == "poll"}
         mqtt_feeds = [f for f in feeds if f.kind == "mqtt"]

@@ -2,8 +2,10 @@
 
 An Alert becomes a warning through `Intake.accept`; an Update or Cancel finds the warning its
 references name — by (sender, identifier), whichever source brought the original — and goes
-through `Intake.update` / `Intake.cancel`. Every message is also recorded under its own
-(sender, identifier) in `feed_documents`, so a re-delivery through any source is a duplicate.
+through `Intake.update` / `Intake.cancel`; one an operator posted, at a level that needs sign-off,
+waits for an approver instead (`SignOff.hold_update` / `hold_cancel`, as the JSON routes do).
+Every message is also recorded under its own (sender, identifier) in `feed_documents`, so a
+re-delivery through any source is a duplicate.
 
 What is stored but not acted on, and flagged for the operator (GET /api/v1/feeds):
 - an Update or Cancel whose references name no warning warnd holds (`unknown_reference`):
@@ -32,7 +34,7 @@ from warnd.cap import (
     to_warning_fields,
 )
 from warnd.intake import Actor
-from warnd.model import IN_FORCE, Area, Level, Status, UpdateIn, WarningIn
+from warnd.model import IN_FORCE, Area, CancelIn, Level, State, Status, UpdateIn, WarningIn
 from warnd.store import WarningRow, ts
 
 if TYPE_CHECKING:
@@ -40,9 +42,14 @@ if TYPE_CHECKING:
     from warnd.config import FeedSettings
     from warnd.feeds.records import FeedRecords
     from warnd.intake import Intake
+    from warnd.signoff import SignOff
     from warnd.store import Store
 
 log = structlog.get_logger("warnd.feeds")
+
+# The outcome of an operator's Update or Cancel waiting for sign-off (settled when decided).
+HELD = "held"
+AWAITING = State.AWAITING_APPROVAL.value
 
 # Where each warning field comes from in a CAP document, for errors an upstream can act on.
 _CAP_PATH = {
@@ -68,7 +75,8 @@ class IngestResult:
         sender: its sender.
         identifier: its identifier.
         msg_type: alert / update / cancel / ack / error.
-        outcome: accepted, updated, cancelled, recorded, unmatched, stale or duplicate.
+        outcome: accepted, updated, cancelled, held (an operator's Update or Cancel waiting for
+            sign-off), recorded, unmatched, stale or duplicate.
         warning_id: the warning it created or acted on, if any.
         created: False when the message (or its warning) was already held.
         flag: why an operator should look, if they should.
@@ -112,14 +120,17 @@ class CapIngest:
 
     Args:
         intake: accepts, updates and cancels warnings (and matches areas).
+        signoff: holds an operator's Update or Cancel that needs sign-off (审核签发).
         store: finds the warnings earlier messages made.
         clock: the daemon's time.
         records: the feeds' rows.
     """
 
-    def __init__(self, intake: Intake, store: Store, clock: Clock, records: FeedRecords) -> None:
+    def __init__(
+        self, intake: Intake, signoff: SignOff, store: Store, clock: Clock, records: FeedRecords
+    ) -> None:
         """Keep the collaborators; one lock orders messages arriving through several sources."""
-        self.intake, self.store, self.clock = intake, store, clock
+        self.intake, self.signoff, self.store, self.clock = intake, signoff, store, clock
         self.records = records
         # An Update arriving by MQTT while its Alert is still being accepted from a push must
         # wait for it: messages are taken one at a time (they are few; each is a few ms).
@@ -181,6 +192,8 @@ class CapIngest:
         seen = await self.records.document(alert.sender, alert.identifier)
         if seen is not None:
             log.info("cap.duplicate", sender=alert.sender, identifier=alert.identifier, feed=feed)
+            # A held change is settled (updated, cancelled, rejected) when an approver decides.
+            held = seen["outcome"] == HELD
             return IngestResult(
                 alert.sender,
                 alert.identifier,
@@ -188,7 +201,7 @@ class CapIngest:
                 "duplicate",
                 seen["warning_id"],
                 False,
-                state=await self._state(seen["warning_id"]),
+                state=AWAITING if held else await self._state(seen["warning_id"]),
             )
         prefer = tuple(settings.prefer_languages) if settings else ("zh-CN", "zh")
         names = (
@@ -215,7 +228,14 @@ class CapIngest:
         return await self._update_or_cancel(alert, fields, row, actor)
 
     async def _record(
-        self, row: dict[str, Any], outcome: str, warning_id: str | None, flag: str | None, *, created: bool
+        self,
+        row: dict[str, Any],
+        outcome: str,
+        warning_id: str | None,
+        flag: str | None,
+        *,
+        created: bool,
+        state: str | None = None,
     ) -> IngestResult:
         """Store the message with its outcome; return what the caller answers."""
         await self.records.add_document({**row, "outcome": outcome, "warning_id": warning_id, "flag": flag})
@@ -237,7 +257,7 @@ class CapIngest:
             warning_id,
             created,
             flag,
-            await self._state(warning_id),
+            state or await self._state(warning_id),
         )
 
     async def _state(self, warning_id: str | None) -> str | None:
@@ -304,13 +324,23 @@ class CapIngest:
             # A late Update for a warning already cancelled or expired changes nothing.
             return await self._record(row, "stale", wid, f"warning_{target['state']}", created=True)
         message = {"sender": alert.sender, "identifier": alert.identifier, "sent": fields["sent"]}
+        # An operator's Update or Cancel follows the JSON routes' sign-off rule; a feed's goes
+        # straight out, as its warnings do (ApprovalSettings.needed by source). A held change
+        # keeps `message`, so once approved the export and this record name it.
+        source = row["source"]
         if msg_type == "cancel":
             # The reason reaches villagers in the all-clear: the issuer's own words when it gave
             # any (12379 cancels say who lifted what, when), never a CAP identifier.
             reason = str(fields.get("description") or "").strip() or "发布单位已解除该预警"
+            if await self.signoff.hold_cancel(
+                wid, CancelIn(reason=reason), actor, source=source, cap=message
+            ):
+                return await self._record(row, HELD, wid, None, created=True, state=AWAITING)
             await self.intake.cancel(wid, actor=actor, reason=reason, message=message)
             return await self._record(row, "cancelled", wid, None, created=True)
         update, flag = self.update_in(fields, target)
+        if await self.signoff.hold_update(wid, update, actor, source=source, cap=message):
+            return await self._record(row, HELD, wid, flag, created=True, state=AWAITING)
         await self.intake.update(wid, update, actor=actor, message=message)
         return await self._record(row, "updated", wid, flag, created=True)
 

@@ -61,6 +61,19 @@ class Feeds(StoreCore):
 
         return await self.write(work)
 
+    async def settle_feed_document(self, sender: str, identifier: str, outcome: str) -> None:
+        """Record what became of a message held for sign-off (updated, cancelled or rejected)."""
+
+        def work(con: Connection) -> None:
+            """Settle it only while it is still held: a decision is made once."""
+            con.execute(
+                "UPDATE feed_documents SET outcome = ?"
+                " WHERE sender = ? AND identifier = ? AND outcome = 'held'",
+                (outcome, sender, identifier),
+            )
+
+        await self.write(work)
+
     async def feed_documents_for(self, warning_id: str) -> list[dict[str, Any]]:
         """The CAP messages that created or changed a warning, oldest first."""
         return await self.read(

@@ -33,8 +33,8 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import sqlite3
+import statistics
 import sys
 import tempfile
 import threading

@@ -165,6 +165,8 @@ class Metrics:
         # Their labelled children by (channel, status) and channel (observe_ack).
         self._ack_counters: dict[tuple[str, str], Any] = {}
         self._ack_timers: dict[str, Any] = {}
+        # The last send time parsed for a confirmation's delay: (as stored, as a datetime).
+        self._sent_parsed: tuple[str | None, datetime | None] = (None, None)
         self.audio_fallbacks = Counter(
             "warnd_audio_render_failures",
             "Loudspeaker audio that could not be rendered (engine failed, disk full): sent as text only",
@@ -245,8 +247,12 @@ class Metrics:
         if counter is None:
             counter = self._ack_counters[(channel, status)] = self.acks.labels(channel, status)
         counter.inc()
-        if row.get("first_confirmation") and row.get("sent_at"):
-            sent = from_ts(row["sent_at"])
+        sent_at = row.get("sent_at")
+        if row.get("first_confirmation") and sent_at:
+            # A village's speakers share one send time: parsed once, not once per speaker.
+            if self._sent_parsed[0] != sent_at:
+                self._sent_parsed = (sent_at, from_ts(sent_at))
+            sent = self._sent_parsed[1]
             timer = self._ack_timers.get(channel)
             if timer is None:
                 timer = self._ack_timers[channel] = self.ack_seconds.labels(channel)

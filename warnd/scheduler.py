@@ -123,6 +123,7 @@ class Scheduler:
             return await self.store.fire_job(job, [], now=now)
         policy = self.policy()
         payload = self._available(job.payload, blog)
+        self._prepare_step(warning, payload)
         deliveries = step_deliveries(warning, job.key, payload, self.directory(), policy, now)
         self._prepare(warning, deliveries)
         jobs = self._chains(warning, job, deliveries, now)
@@ -473,6 +474,23 @@ class Scheduler:
         return ok
 
     # -- announcements and expiry -------------------------------------------------------------
+
+    def _prepare_step(self, warning: dict[str, Any], payload: dict[str, Any]) -> None:
+        """Let a step's channels get ready before it is planned, for what its new receivers are told.
+
+        Planning a county-wide step (50,000 rows) and writing it take seconds; the loudspeakers'
+        MP3 (1–3 s of rendering on a busy machine) renders meanwhile instead of after, so the
+        first village command does not wait for it. Device channels told only a reminder at this
+        step, and person channels of a step that tells some people afresh, are prepared after
+        planning (`_prepare`), as before: nothing is rendered in vain.
+        """
+        if self.prepare is None:
+            return
+        context = payload.get("context") or {"message": "issue"}
+        new = payload.get("new")
+        channels = [c for c in payload["channels"] if new is None or c in new]
+        if channels:
+            self.prepare(warning, channels, payload.get("kind", "warning"), context)
 
     def _prepare(self, warning: dict[str, Any], deliveries: list[NewDelivery]) -> None:
         """Let the channels of planned deliveries get ready while the deliveries are written."""

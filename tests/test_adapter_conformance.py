@@ -1,14 +1,17 @@
 """What every channel adapter promises, checked for each one against its real counterpart.
 
-Loudspeaker and LED against Mosquitto, SMS and voice against the loopback Twilio, WeCom against the
-loopback WeCom. Each adapter sends deliveries warnd itself planned (an issued warning, the
-scheduler run, the deliveries claimed from the store), and is held to the same rules:
+Loudspeaker and LED against Mosquitto, SMS and voice through each provider (Twilio, Aliyun, Tencent)
+against its loopback fake, WeCom against the loopback WeCom. Each adapter sends deliveries warnd
+itself planned (an issued warning, the scheduler run, the deliveries claimed from the store), and
+is held to the same rules:
 
-- no secret (auth token, app secret, robot key, MQTT password) in an exception, a Receipt, an
-  outcome or a log line, whatever the far end answers;
+- no secret (auth token, app secret, robot key, MQTT password, AccessKey secret, SecretKey,
+  callback token) in an exception, a Receipt, an outcome or a log line, whatever the far end answers;
 - an HTTP answer means the same on every HTTP channel: 2xx sent; 429 and 5xx a retry, not before
   Retry-After; 401/403 the channel's credentials (AuthError: the adapter disables itself); any
-  other 4xx never worth retrying;
+  other 4xx never worth retrying. Aliyun and Tencent answer in codes more than in statuses: their
+  fakes answer each status's situation as the provider does (throttled, its own error, the
+  AccessKey refused, a request or number refused), and it must mean the same;
 - the text that reaches the far end fits the adapter's declared `limits.max_text_chars`;
 - `deliver()` accounts for every message whatever went wrong (the far end gone: a retry, or for a
   broker that is down, no attempt at all).
@@ -41,6 +44,7 @@ from adapters.voice import VoiceAdapter
 from adapters.wecom import WecomAdapter
 from tests.fakes.twilio import Answer
 from tests.fakes.wecom import FakeWecom
+from tests.support.china_harness import china_harness
 from tests.support.harness import Harness, warning_body
 from tests.support.live import close_live, live_harness
 from tests.support.mqtt import Broker, stop_client_task
@@ -72,6 +76,8 @@ class Rig:
         answer: HTTP channels: every request from now on is answered with this status (and
             Retry-After); None restores normal answers. None for channels without HTTP.
         away: take the far end away (stop the broker, close the fake).
+        retry_after: whether the far end says when to retry (Retry-After); Aliyun and Tencent do
+            not, and their transient codes carry the provider's own wait.
     """
 
     h: Harness
@@ -80,6 +86,7 @@ class Rig:
     received: Callable[[], list[str]]
     answer: Callable[[int | None, int | None], None] | None
     away: Callable[[], Awaitable[None]]
+    retry_after: bool = True
 
 
 RigFactory = Callable[[Path, pytest.FixtureRequest], AbstractAsyncContextManager[Rig]]
@@ -87,15 +94,16 @@ RigFactory = Callable[[Path, pytest.FixtureRequest], AbstractAsyncContextManager
 
 @dataclass(frozen=True)
 class Case:
-    """An adapter class, how to start it against its counterpart, and whether it speaks HTTP."""
+    """An adapter class, how to start it against its counterpart, whether it speaks HTTP, its provider."""
 
     cls: type[Adapter]
     rig: RigFactory
     http: bool
+    provider: str = ""
 
     def __str__(self) -> str:
-        """The channel name, as test ids show it."""
-        return self.cls.kind
+        """The channel name (and provider), as test ids show it."""
+        return f"{self.cls.kind}-{self.provider}" if self.provider else self.cls.kind
 
 
 def _texts(payload: bytes | bytearray) -> list[str]:
@@ -173,6 +181,37 @@ async def twilio_rig(
         yield Rig(h, h.daemon.adapters[cls.kind], (fake.auth_token,), received, answer, fake.close)
 
 
+def _filled(template: str, params: dict[str, str] | list[str]) -> str:
+    """A template's text with its variables (Aliyun ${name}, Tencent {1}) filled in."""
+    if isinstance(params, dict):
+        return re.sub(r"\$\{(\w+)\}", lambda m: params.get(m.group(1), ""), template)
+    return re.sub(r"\{(\d+)\}", lambda m: params[int(m.group(1)) - 1], template)
+
+
+@asynccontextmanager
+async def provider_rig(
+    cls: type[Adapter], provider: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Rig]:
+    """An SMS or voice channel through one Chinese provider (Aliyun, Tencent) against its loopback fake."""
+    voice = (provider,) if cls is VoiceAdapter else ()
+    async with china_harness(tmp_path, villages=1, providers=(provider,), voice=voice) as (h, ali, tc, _):
+        fake: Any = ali if provider == "aliyun" else tc
+
+        def received() -> list[str]:
+            """What reached a person: the SMS as sent, or the call's template as filled."""
+            if cls is SmsAdapter:
+                return [s.content for s in fake.sends]
+            if provider == "aliyun":
+                return [_filled(fake.templates[c.code], c.params) for c in ali.placed]
+            return [_filled(tc.templates[str(c["TemplateId"])], c["TemplateParamSet"]) for c in tc.placed]
+
+        a, t = h.settings.aliyun, h.settings.tencent
+        configured = (a.access_key_secret, a.callback_token, t.secret_key, t.callback_token)
+        secrets = tuple(x for x in configured if x)
+        adapter = h.daemon.adapters[cls.kind]
+        yield Rig(h, adapter, secrets, received, fake.answer_http, fake.close, retry_after=False)
+
+
 @asynccontextmanager
 async def wecom_rig(cls: type[Adapter], tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     """WeCom's robots and application messages against the loopback WeCom."""
@@ -216,8 +255,13 @@ async def wecom_rig(cls: type[Adapter], tmp_path: Path, request: pytest.FixtureR
 CASES = [
     Case(LoudspeakerAdapter, lambda p, r: mqtt_rig(LoudspeakerAdapter, p, r), http=False),
     Case(LedAdapter, lambda p, r: mqtt_rig(LedAdapter, p, r), http=False),
-    Case(SmsAdapter, lambda p, r: twilio_rig(SmsAdapter, p, r), http=True),
-    Case(VoiceAdapter, lambda p, r: twilio_rig(VoiceAdapter, p, r), http=True),
+    Case(SmsAdapter, lambda p, r: twilio_rig(SmsAdapter, p, r), http=True, provider="twilio"),
+    Case(VoiceAdapter, lambda p, r: twilio_rig(VoiceAdapter, p, r), http=True, provider="twilio"),
+    *(
+        Case(cls, lambda p, r, cls=cls, name=name: provider_rig(cls, name, p, r), http=True, provider=name)
+        for name in ("aliyun", "tencent")
+        for cls in (SmsAdapter, VoiceAdapter)
+    ),
     Case(WecomAdapter, lambda p, r: wecom_rig(WecomAdapter, p, r), http=True),
 ]
 HTTP_CASES = [c for c in CASES if c.http]
@@ -266,6 +310,9 @@ def test_every_registered_adapter_is_checked() -> None:
     """The suite covers the registry: an adapter added there and not here fails this."""
     assert {c.cls for c in CASES} == set(registry().values())
     assert {c.cls for c in HTTP_CASES} == {SmsAdapter, VoiceAdapter, WecomAdapter}
+    # The person channels through every provider warnd ships.
+    for cls in (SmsAdapter, VoiceAdapter):
+        assert {c.provider for c in CASES if c.cls is cls} == {"twilio", "aliyun", "tencent"}
 
 
 async def test_text_fits_the_declared_limit(rig: Rig) -> None:
@@ -334,7 +381,8 @@ async def test_http_status_means_the_same_on_every_channel(
         assert type(result) is raised, result
         if raised is TransientError:
             assert isinstance(result, TransientError)
-            assert result.retry_after_s is not None and result.retry_after_s >= RETRY_AFTER_S - 1
+            if rig.retry_after:
+                assert result.retry_after_s is not None and result.retry_after_s >= RETRY_AFTER_S - 1
     outcomes = await rig.adapter.deliver(messages, timeout_s=SEND_TIMEOUT_S)
     if raised is None:
         assert {o.state for o in outcomes} <= {"sent", "delivered"}, outcomes
@@ -345,11 +393,13 @@ async def test_http_status_means_the_same_on_every_channel(
     if raised is AuthError:
         assert all(o.error and o.error.startswith("auth: ") for o in outcomes), outcomes
     if raised is TransientError:
-        # The dispatcher's rule makes the retry due no sooner than the far end asked.
+        # The dispatcher's rule makes the retry due no sooner than the far end (or the provider's
+        # code) asked.
         now = rig.h.clock.now()
         for o, m in zip(outcomes, messages, strict=True):
             _, due = next_state(o, m.delivery.attempts, now, rig.h.settings.dispatch)
-            assert due is not None and due >= now + timedelta(seconds=RETRY_AFTER_S - 1), (o, due)
+            wait_s = RETRY_AFTER_S if rig.retry_after else (o.retry_after_s or 0)
+            assert due is not None and due >= now + timedelta(seconds=wait_s - 1), (o, due)
 
 
 async def test_deliver_accounts_for_every_message_when_the_far_end_is_gone(rig: Rig) -> None:

@@ -160,10 +160,27 @@ async def test_a_feed_warning_goes_straight_out(h: Harness) -> None:
     h.clock.set(h.clock.now().replace(hour=0))
     resp = await h.client.post("/api/v1/feeds/upstream/cap", data=ALERT, headers=push_headers())
     assert resp.status == 202, await resp.text()
-    wid = (await resp.json())["id"]
+    body = await resp.json()
+    assert body["state"] == "active"
     await h.run_until_idle()
-    assert (await h.get(wid))["state"] == "active"
+    assert (await h.get(body["id"]))["state"] == "active"
     assert h.adapter("sms").sent
+
+
+async def test_an_operators_cap_document_says_it_awaits_sign_off(h: Harness) -> None:
+    """CAP posted by an operator waits like a JSON draft, and its 202 says so in `state`."""
+    headers = {**h.headers("operator"), "Content-Type": "application/cap+xml"}
+    resp = await h.client.post("/api/v1/warnings", data=ALERT, headers=headers)
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert (body["state"], body["outcome"], body["created"]) == ("awaiting_approval", "accepted", True)
+    # The same document again is a duplicate of the draft, still waiting.
+    again = await h.client.post("/api/v1/warnings", data=ALERT, headers=headers)
+    assert again.status == 200
+    assert (await again.json())["state"] == "awaiting_approval"
+    h.clock.advance(minutes=5)
+    await h.run_until_idle()
+    assert sends(h) == []
 
 
 async def test_bypass_levels_go_straight_out(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The console's server side: its page and files from the package, who-am-I, the villages, the
-live event streams (board and one warning) and a draft's loudspeaker audio."""
+live event streams (board, one warning, devices, audit log) and a draft's loudspeaker audio."""
 
 from __future__ import annotations
 
@@ -98,6 +98,43 @@ async def test_the_warning_stream_gives_operators_whole_phone_numbers(harness: H
     assert seen["viewer"]["off-0"] != "+8613800000000"
     missing = await h.client.get("/api/v1/events?warning_id=W20260101-00000000", headers=h.headers())
     assert missing.status == 404
+
+
+async def test_the_devices_stream_shows_a_speaker_going_offline_live(harness: Harness) -> None:
+    """`?view=devices`: the devices page's body at once, again when a device's status changes."""
+    h = harness
+    stream = {**h.headers("viewer"), "Accept": "text/event-stream"}
+    async with h.client.get("/api/v1/events?view=devices", headers=stream) as resp:
+        name, snap = await next_event(resp)
+        assert name == "devices"
+        first = snap["devices"][0]
+        assert first["state"] == "unknown"
+        # What the device hub writes when a speaker's last will arrives.
+        await h.store.device_status(first["id"], False, {"reason": "lwt"}, h.clock.now())
+        name, snap = await next_event(resp, timeout_s=REFRESH_S * 5)
+        assert name == "devices"
+        assert {d["id"]: d["state"] for d in snap["devices"]}[first["id"]] == "offline"
+    # The same body as GET /api/v1/devices.
+    listed = await (await h.client.get("/api/v1/devices", headers=h.headers("viewer"))).json()
+    assert listed == snap
+
+
+async def test_the_audit_stream_is_live_and_for_approvers(harness: Harness) -> None:
+    """`?view=audit`: a new action appears without asking again; below approver it is refused."""
+    h = harness
+    stream = {**h.headers("approver"), "Accept": "text/event-stream"}
+    async with h.client.get("/api/v1/events?view=audit", headers=stream) as resp:
+        name, snap = await next_event(resp)
+        assert (name, snap["events"]) == ("audit", [])
+        wid = await h.issue(warning_body())
+        name, snap = await next_event(resp, timeout_s=REFRESH_S * 5)
+        assert name == "audit"
+        assert [(e["action"], e["warning_id"]) for e in snap["events"]] == [("issue", wid)]
+    for role in ("viewer", "operator"):
+        refused = await h.client.get("/api/v1/events?view=audit", headers=h.headers(role))
+        assert refused.status == 403, role
+    unknown = await h.client.get("/api/v1/events?view=nope", headers=h.headers("viewer"))
+    assert unknown.status == 400
 
 
 @needs_espeak

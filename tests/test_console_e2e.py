@@ -4,9 +4,9 @@ Mosquitto and the speaker simulator (`warnctl simulate-speakers`).
 An operator signs in, issues a red warning for two villages after looking at the preview and
 playing its audio; the warning waits for sign-off and the operator cannot approve it; an approver
 signs in and approves; the board's coverage reaches 100 % live, without a reload; the operator
-cancels it. A wrong token, a viewer trying to issue and a form with missing fields each show a
-clear message in Chinese. Screenshots of every page, in Chinese and English, are saved under
-tests/artifacts/console/ (git-ignored).
+cancels it; the approver's audit page shows a new draft live. A wrong token, a viewer trying to
+issue and a form with missing fields each show a clear message in Chinese. Screenshots of every
+page, in Chinese and English, are saved under tests/artifacts/console/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import TOKENS
+from tests.support.harness import TOKENS, warning_body
 from tests.support.mqtt import Broker
 from tests.support.process import ROOT, DaemonProcess
 from tests.support.township import VILLAGES, township
@@ -197,6 +197,11 @@ def test_operator_issues_approver_signs_off_coverage_goes_live_operator_cancels(
     lead.go("#/audit")
     expect(lead.page.get_by_test_id("audit")).to_contain_text("签发")
     lead.shot("zh-14-phone-audit")
+    # The audit page is live: a draft another operator submits now appears without a reload.
+    body = warning_body(area={"codes": [VILLAGES[0]]}, level="yellow", headline="本镇发布大风黄色预警")
+    status, drafted = warnd.call("POST", "/api/v1/warnings", body, role="operator")
+    assert (status, drafted["state"]) == (202, "awaiting_approval")
+    expect(lead.page.get_by_test_id("audit")).to_contain_text(drafted["id"])
 
     # A viewer trying to issue is told why, in Chinese.
     viewer = Console(browser, warnd.url)

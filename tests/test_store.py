@@ -300,3 +300,45 @@ async def test_work_due_when_written_stays_due_after_the_clock_steps_back(tmp_pa
         await store.record([(Outcome(claimed[1].id, "sent"), None)], back)
         assert await store.claim(back, 10, ["sms"]) == []
         assert [d.target for d in await store.claim(back + timedelta(seconds=31), 10, ["sms"])] == ["p-1"]
+
+
+async def test_reads_answer_while_a_write_transaction_is_held(tmp_path: Path) -> None:
+    """Reads run on their own connection: a write holding the lock does not hold them up."""
+    import asyncio
+    import threading
+
+    now = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    async with Store(tmp_path / "w.db") as store:
+        await _warning_with(store, [("m", "sms", "p1", ts(now))])
+        inside, release = threading.Event(), threading.Event()
+
+        def held(con: sqlite3.Connection) -> None:
+            con.execute("INSERT INTO devices (id, last_seen) VALUES ('d1', 'x')")
+            inside.set()
+            release.wait(30)
+
+        writing = asyncio.create_task(store.write(held))
+        try:
+            await asyncio.to_thread(inside.wait, 10)
+            assert store.writing
+            # Each would wait for `release` (30 s) if it queued behind the writer.
+            (delivery,) = await asyncio.wait_for(store.deliveries_for("W1"), 5)
+            assert delivery["state"] == "pending"
+            assert (await asyncio.wait_for(store.gauges(), 5))["deliveries"] == [
+                {"channel": "sms", "state": "pending", "n": 1}
+            ]
+            # A read sees the last commit, not the write in progress.
+            assert await asyncio.wait_for(db.query(store, "SELECT id FROM devices"), 5) == []
+        finally:
+            release.set()
+            await writing
+        # …and once it is committed, the next read sees it.
+        assert await db.query(store, "SELECT id FROM devices") == [{"id": "d1"}]
+
+
+async def test_a_read_cannot_write(tmp_path: Path) -> None:
+    """read() runs on a query-only connection: a write slipped into it fails instead of racing the writer."""
+    async with Store(tmp_path / "w.db") as store:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await store.read(lambda con: con.execute("INSERT INTO devices (id) VALUES ('d1')"))
+        assert await db.query(store, "SELECT id FROM devices") == []

@@ -139,6 +139,23 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class QuotaUse:
+    """Today's messages to one number from a provider that allows each number a daily quota.
+
+    Args:
+        address: the number.
+        provider: the provider that counts it (aliyun, tencent).
+        used: messages that provider sent the number today, counted locally.
+        limit: the provider's daily quota per number.
+    """
+
+    address: str
+    provider: str
+    used: int
+    limit: int
+
+
+@dataclass(frozen=True)
 class Webhook:
     """An HTTP endpoint an adapter serves (a provider's callback, a view of its data); the API mounts it.
 
@@ -243,6 +260,14 @@ class Adapter(abc.ABC):
         The not_after its first publish carried: a receiver would refuse it afterwards.
         """
         return first_sent
+
+    async def quota_use(self, addresses: Sequence[str]) -> list[QuotaUse]:
+        """Today's use of each provider's daily quota per number by these addresses; none by default.
+
+        Only addresses a provider with a quota has sent to today are listed (the preview warns of
+        those near their quota: the next warning may be the message it blocks).
+        """
+        return []
 
     async def reconcile(self, message: Message) -> Receipt | None:
         """Look up a send a crash left in doubt (`delivery.maybe_sent_at`): its Receipt, or None to send.

@@ -665,6 +665,9 @@ class AudioCache:
             path = self.path_for(entry["sha256"])
             if path is None or path.stat().st_size != entry["size"]:
                 return None
+            # Used again: retention deletes audio unused for its period, by this entry's mtime
+            # (the MP3's own stays the time it was written).
+            os.utime(self._index / f"{key}.json")
             return AudioFile(
                 sha256=entry["sha256"],
                 path=path,

@@ -601,6 +601,23 @@ class ApprovalSettings(_Section):
         return source in self.sources and level in self.levels and level not in self.bypass_levels
 
 
+class RetentionSettings(_Section):
+    """How long deliveries, acks and audio are kept (warnd.retention); the audit log is kept for ever.
+
+    Args:
+        days: a warning's deliveries and acks are archived and deleted this many days after it
+            ended (cancelled, expired, rejected); audio unused as long is deleted. 400: a flood
+            season and the year's review after it.
+        archive_dir: where the archives go, one gzip JSON-lines file per warning; default
+            `{state_dir}/archive`.
+        run_at: local time of day (`[policy] timezone`) the daily retention job runs: a quiet hour.
+    """
+
+    days: int = Field(default=400, ge=1)
+    archive_dir: Path | None = None
+    run_at: time = time(3, 30)
+
+
 class DispatchSettings(_Section):
     """Outbox tuning."""
 
@@ -692,6 +709,7 @@ class Settings(BaseSettings):
     ack_links: AckLinkSettings = Field(default_factory=AckLinkSettings)
     led: LedSettings = Field(default_factory=LedSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

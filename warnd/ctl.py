@@ -272,6 +272,13 @@ def _print_preview(body: dict[str, Any]) -> None:
         unavailable = s.get("unavailable_channels")
         missing = f"  (不可用 unavailable: {', '.join(unavailable)})" if unavailable else ""
         print(f"  {local(s['at'])}  {s['step']:<8} {targets}{missing}")
+    near = body.get("quota_warnings", [])
+    if near:
+        print("接近每日限额 near a daily quota (下一条可能被拒或改由下一家发送):")
+    for q in near:
+        who = q.get("name") or q["person"]
+        channel = CHANNEL_NAMES.get(q["channel"], q["channel"])
+        print(f"  {who} ({q['person']})  {channel} {q['provider']}  今日已发 {q['used']}/{q['limit']}")
     for kind, texts in body.get("messages", {}).items():
         print(f"\n=== {_KIND_NAMES.get(kind, kind)} ===")
         for channel, text in texts.items():

@@ -25,6 +25,7 @@ from warnd.feeds import Feeds
 from warnd.instancelock import instance_lock
 from warnd.intake import Intake
 from warnd.metrics import Metrics
+from warnd.retention import Retention
 from warnd.scheduler import Scheduler
 from warnd.sdnotify import Notifier
 from warnd.store import Store
@@ -88,6 +89,7 @@ class Daemon:
         self.feedback = Feedback(store, self.clock, self.wake, settings.dispatch)
         # Sign-off (issue 15): drafts wait for an approver; the scheduler pages approvers.
         self.intake.approval = self.scheduler.approval = lambda: self.settings.approval
+        self.scheduler.retention = Retention(store, lambda: self.settings.retention, settings.state_dir)
         self.signoff = SignOff(self.intake, lambda: self.settings.approval)
         self.cap_intake: Callable[..., Awaitable[web.Response]] | None = None
         self.http: Any = None

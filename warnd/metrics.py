@@ -5,7 +5,10 @@ Two kinds:
 - **Gauges read from the store at scrape time** (warnings by level and state, deliveries by
   channel and state, outbox depth and age, jobs pending, devices online, feed last success;
   beside them each feed's expected interval, from the config):
-  they are always true, survive restarts and need no bookkeeping in the pipeline.
+  they are always true, survive restarts and need no bookkeeping in the pipeline. A scrape is
+  one read transaction on a reader connection: it never takes or waits for the store's write
+  lock, and it reads the counters the store keeps beside the deliveries (Store.gauges), so
+  it costs the same at 1,000,000 deliveries as at 10.
 - **Counters and histograms fed by the pipeline** (send duration, time to acknowledge,
   outcomes, retries, dead deliveries, adapter errors, acks) through two hooks: the dispatcher
   calls `observe_batch`, feedback calls `observe_ack`. They count since the daemon started.

@@ -37,6 +37,7 @@ from warnd.planner import (
     repeat_job,
     step_deliveries,
 )
+from warnd.retention import Retention
 from warnd.store import Job, JobKind, NewDelivery, NewJob, Store, StoreUnavailable, from_ts, new_job, ts
 
 log = structlog.get_logger("warnd.scheduler")
@@ -111,6 +112,10 @@ class Scheduler:
         self.ready = ready or (lambda channel: channel in self.channels())
         # `[approval]` settings, set by the daemon: who is paged about a draft (warnd.approval).
         self.approval: Callable[[], ApprovalSettings] | None = None
+        # Archives and deletes what ended long ago (warnd.retention), set by the daemon; the
+        # first daily job is planned by loop() once the store takes it.
+        self.retention: Retention | None = None
+        self._retention_planned = False
 
     async def run_once(self, limit: int = 100) -> int:
         """Fire every job due now; return how many fired."""
@@ -126,6 +131,8 @@ class Scheduler:
     async def _fire(self, job: Job, now: datetime) -> bool:
         """Turn one job into deliveries (and state changes, and follow-up jobs), atomically."""
         blog = log.bind(warning_id=job.warning_id, job=job.key, kind=job.kind)
+        if job.kind == JobKind.RETENTION:
+            return await self._retain(job, now, blog)
         warning = await self.store.get_warning(job.warning_id) if job.warning_id else None
         if warning is None:
             blog.warning("job.orphaned")
@@ -522,6 +529,46 @@ class Scheduler:
             blog.info("approval.reminded", n=job.payload.get("n", 1), deliveries=len(deliveries))
         return ok
 
+    # -- retention ----------------------------------------------------------------------------
+
+    async def _retain(self, job: Job, now: datetime, blog: Any) -> bool:
+        """Archive and delete what ended long ago; the next run is planned as this one is marked done."""
+        if self.retention is None:
+            return await self.store.fire_job(job, [], now=now)
+        try:
+            result = await self.retention.run(now)
+        except OSError as exc:
+            # The archive could not be written (a full disk, an archive_dir warnd may not write):
+            # nothing was deleted. Again in an hour; the warnings' jobs must not wait behind it.
+            blog.error("retention.failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return await self.store.fire_job(
+                job, [], jobs=[self._retention_again(job, now, hours=1)], now=now
+            )
+        # A backlog (more than one run's share): the next share in a minute rather than tomorrow.
+        more = result.left_for_next_run
+        nxt = (
+            self._retention_again(job, now, minutes=1)
+            if more
+            else self.retention.next_job(self.policy().timezone, now)
+        )
+        ok = await self.store.fire_job(job, [], jobs=[nxt], now=now)
+        if ok:
+            blog.info("retention.ran", **vars(result))
+        return ok
+
+    @staticmethod
+    def _retention_again(job: Job, now: datetime, **after: float) -> NewJob:
+        """The same retention run again a while after now (a backlog, a failed archive)."""
+        due = now + timedelta(**after)
+        return new_job(JobKind.RETENTION, f"{job.key}+{ts(now)}", None, due=due, now=now, payload={})
+
+    async def plan_retention(self) -> None:
+        """Write the first daily retention job once (a known key: a restart adds nothing)."""
+        if self.retention is None or self._retention_planned:
+            return
+        await self.store.add_jobs([self.retention.next_job(self.policy().timezone, self.clock.now())])
+        self._retention_planned = True
+
     # -- announcements and expiry -------------------------------------------------------------
 
     def _prepare_step(self, warning: dict[str, Any], payload: dict[str, Any]) -> None:
@@ -646,6 +693,7 @@ class Scheduler:
         while True:
             event = self.wake.waiter()
             try:
+                await self.plan_retention()
                 await self.run_once()
                 # Jobs only: deliveries are the dispatcher's; a backlog of them must not spin this loop.
                 nxt = await self.store.next_job_due()

@@ -240,11 +240,13 @@ class AliyunSms(Provider):
         filled = templates.fill(self.name, t, values)
         return str(code), filled, templates.render(self.name, str(text), filled, self.sign_name)
 
+    def daily_quota(self) -> int:
+        """[aliyun] daily_quota as it is now."""
+        return self.settings.daily_quota
+
     async def over_quota(self, messages_: Sequence[Message]) -> set[str]:
         """Numbers that already had today's quota from this provider (counted locally)."""
-        day = self.ctx.clock.now().astimezone(BEIJING).replace(hour=0, minute=0, second=0, microsecond=0)
-        addresses = sorted({m.delivery.address or "" for m in messages_})
-        counts = await self.ctx.store.provider_sends_since(self.name, self.channel, addresses, day)
+        counts = await self.quota_used(sorted({m.delivery.address or "" for m in messages_}))
         return {a for a, n in counts.items() if n >= self.settings.daily_quota}
 
     async def send_batch(self, messages_: Sequence[Message]) -> list[Receipt | BaseException]:

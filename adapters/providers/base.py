@@ -8,7 +8,7 @@ cannot be called back, and looks a send in doubt up by warnd's own id before it 
 
 What a provider can do is declared, not discovered by failing: free text or templates only, how
 many numbers one call takes, how fast it may be called (kept by warnd.pacing), a daily quota
-per number (counted locally, see `Quota`).
+per number (counted locally, `Provider.quota_used`; the preview warns of numbers near it).
 
 Fallback: when a provider fails a message in a way that proves it was not sent (an outage that
 refused the connection, a quota, a refused number, a provider disabled for bad credentials), the
@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from warnd.store import Delivery
 
 log = structlog.get_logger("warnd.providers")
+
+# The providers with daily quotas are Chinese: their day (and so their count) starts at midnight
+# Beijing time, whatever zone the township's policy names.
+QUOTA_DAY = ZoneInfo("Asia/Shanghai")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,17 @@ class Provider:
     def configured(cls, settings: Settings) -> bool:
         """Whether the config holds what this provider needs to start."""
         return False
+
+    def daily_quota(self) -> int | None:
+        """Messages one number may get from this provider per day, now (a reload may change it)."""
+        return self.caps.daily_quota
+
+    async def quota_used(self, addresses: Sequence[str]) -> dict[str, int]:
+        """Messages this provider sent each address today (the quota's day, Beijing time), if it counts."""
+        if self.daily_quota() is None or self.ctx.store is None:
+            return {}
+        day = self.ctx.clock.now().astimezone(QUOTA_DAY).replace(hour=0, minute=0, second=0, microsecond=0)
+        return await self.ctx.store.provider_sends_since(self.name, self.channel, addresses, day)
 
     async def start(self) -> None:
         """Build the client; raise AuthError when credentials are missing or wrong."""

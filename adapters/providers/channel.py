@@ -12,7 +12,15 @@ import structlog
 
 from adapters.providers import provider_classes
 from adapters.providers.base import Provider, passes_on, tagged
-from warnd.adapter import Adapter, AdapterContext, AuthError, Message, Receipt, TransientError
+from warnd.adapter import (
+    Adapter,
+    AdapterContext,
+    AuthError,
+    Message,
+    QuotaUse,
+    Receipt,
+    TransientError,
+)
 from warnd.pacing import Pacer
 from warnd.polling import poll_loop
 
@@ -57,6 +65,17 @@ class ProviderChannel(Adapter):
     def provider(self, name: str) -> Provider | None:
         """The provider of this name, if configured."""
         return next((p for p in self.providers if p.name == name), None)
+
+    async def quota_use(self, addresses: Sequence[str]) -> list[QuotaUse]:
+        """Today's use of the daily quota per number at each provider that has one."""
+        out = []
+        for p in self.active():
+            limit = p.daily_quota()
+            if limit is None:
+                continue
+            used = await p.quota_used(addresses)
+            out += [QuotaUse(a, p.name, n, limit) for a, n in sorted(used.items())]
+        return out
 
     async def start(self) -> None:
         """Start every provider; only when none can start is the channel disabled."""

@@ -163,6 +163,10 @@ class TencentSms(Provider):
         """The [tencent] settings."""
         return self.ctx.settings.tencent
 
+    def daily_quota(self) -> int:
+        """[tencent] daily_quota as it is now (Tencent refuses past it; warnd counts for the preview)."""
+        return self.settings.daily_quota
+
     @classmethod
     def configured(cls, settings: Settings) -> bool:
         """A SecretId, an SMS application and at least one approved template."""

@@ -14,6 +14,7 @@ reported; `push_reply(url, phone, text)` posts one SmsUp item.
     base = await fake.start()           # point [aliyun] sms_endpoint at it, protocol "http"
     fake.limit_numbers({"13800000005"})  # calls containing these answer isv.BUSINESS_LIMIT_CONTROL
     fake.stall_next_send(5.0)           # the next SendSms is accepted, its answer comes after 5 s
+    fake.answer_http(429)               # every call from now on answered as Aliyun does when throttled
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ from aiohttp import web
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 MAX_NUMBERS = 1000
+# How Aliyun answers the situations the conformance suite names by an HTTP status: (HTTP status,
+# Code). Its gateway answers some errors with a 4xx/5xx and a Code, and a refused send with 200.
+SITUATIONS: dict[int, tuple[int, str]] = {
+    429: (400, "Throttling.User"),  # the account's QPS
+    500: (500, "InternalError"),
+    502: (502, "BadGateway"),
+    503: (503, "ServiceUnavailable"),
+    401: (400, "SignatureDoesNotMatch"),  # the AccessKey secret is wrong
+    403: (200, "isp.RAM_PERMISSION_DENY"),  # the AccessKey may not send
+    400: (200, "isv.INVALID_PARAMETERS"),
+    404: (200, "isv.MOBILE_NUMBER_ILLEGAL"),
+    410: (200, "isv.DOMESTIC_NUMBER_NOT_SUPPORTED"),
+}
 
 
 @dataclass
@@ -87,6 +101,8 @@ class FakeAliyun:
     refusals: list[tuple[int, str]] = field(default_factory=list)
     # Aliyun's clock: the test's fake clock, so "today" is the same day for warnd and the fake.
     now: Callable[[], datetime] = field(default=lambda: datetime.now(BEIJING))
+    # Every call answered as in this situation (an HTTP status, see SITUATIONS); None: normally.
+    situation: int | None = None
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     base: str = ""
@@ -121,6 +137,11 @@ class FakeAliyun:
         """The next SendSms (after any stalled one) is refused with this status and Code; nothing is sent."""
         self.refusals.append((status, code))
 
+    def answer_http(self, status: int | None, retry_after_s: int | None = None) -> None:
+        """Every call from now on answered as Aliyun does in the situation `status` names (SITUATIONS;
+        2xx: taken); None: normally. Aliyun sends no Retry-After: `retry_after_s` is not used."""
+        self.situation = status
+
     def received(self, phone: str) -> list[Sent]:
         """What one number got."""
         return [s for s in self.sends if s.phone == phone]
@@ -136,6 +157,9 @@ class FakeAliyun:
         action = request.headers.get("x-acs-action", "")
         q = dict(request.query)
         self.calls.append({"action": action, **q})
+        if self.situation in SITUATIONS:
+            status, code = SITUATIONS[self.situation]
+            return self._json({"Code": code, "Message": f"scripted {self.situation}"}, status)
         if self.access_key_id not in request.headers.get("Authorization", ""):
             unknown = {"Code": "InvalidAccessKeyId.NotFound", "Message": "Specified access key is not found."}
             return self._json(unknown, 404)

@@ -28,6 +28,19 @@ import aiohttp
 from aiohttp import web
 
 MAX_NUMBERS = 200
+# How Tencent answers the situations the conformance suite names by an HTTP status: the error
+# Code of the whole call. Tencent answers every API error with HTTP 200 and a Code.
+SITUATIONS: dict[int, str] = {
+    429: "RequestLimitExceeded",
+    500: "InternalError.OtherError",
+    502: "InternalError.Timeout",
+    503: "InternalError.OtherError",
+    401: "AuthFailure.SecretIdNotFound",
+    403: "AuthFailure.SignatureFailure",
+    400: "InvalidParameterValue.TemplateParameterFormatError",
+    404: "FailedOperation.TemplateIncorrectOrUnapproved",
+    410: "FailedOperation.PhoneNumberInBlacklist",
+}
 
 
 @dataclass
@@ -71,6 +84,8 @@ class FakeTencent:
     voice_app_id: str = "1400000009"
     # Seconds the next SendSms answers late, after taking the messages (a timeout after accept).
     stall_s: list[float] = field(default_factory=list)
+    # Every call answered as in this situation (an HTTP status, see SITUATIONS); None: normally.
+    situation: int | None = None
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     base: str = ""
@@ -95,6 +110,11 @@ class FakeTencent:
     def limit_numbers(self, phones: set[str]) -> None:
         """These numbers (E.164) answer LimitExceeded.PhoneNumberDailyLimit; the others are sent."""
         self.limited |= phones
+
+    def answer_http(self, status: int | None, retry_after_s: int | None = None) -> None:
+        """Every call from now on answered as Tencent does in the situation `status` names (SITUATIONS;
+        2xx: taken); None: normally. Tencent sends no Retry-After: `retry_after_s` is not used."""
+        self.situation = status
 
     def received(self, phone: str) -> list[Sent]:
         """What one number got."""
@@ -121,6 +141,8 @@ class FakeTencent:
         action = request.headers.get("X-TC-Action", "")
         body = json.loads(await request.read() or b"{}")
         self.calls.append({"action": action, **body})
+        if self.situation in SITUATIONS:
+            return self._error(SITUATIONS[self.situation], f"scripted {self.situation}")
         if f"Credential={self.secret_id}/" not in request.headers.get("Authorization", ""):
             return self._error("AuthFailure.SecretIdNotFound", "The SecretId is not found")
         if action == "SendTtsVoice":
@@ -220,14 +242,12 @@ class FakeTencent:
     @staticmethod
     def _ok(body: dict[str, Any]) -> web.Response:
         """A successful answer."""
-        return web.json_response({"Response": {**body, "RequestId": "a0b1c2d3-e4f5"}})
+        return _answer({"Response": {**body, "RequestId": "a0b1c2d3-e4f5"}})
 
     @staticmethod
     def _error(code: str, message: str) -> web.Response:
         """A call refused whole (HTTP 200, as Tencent answers)."""
-        return web.json_response(
-            {"Response": {"Error": {"Code": code, "Message": message}, "RequestId": "e0"}}
-        )
+        return _answer({"Response": {"Error": {"Code": code, "Message": message}, "RequestId": "e0"}})
 
     async def push_reports(self, url: str, *, status: str = "SUCCESS", code: str = "DELIVRD") -> int:
         """Report every unreported message by callback, as one JSON array; the HTTP status."""
@@ -251,3 +271,9 @@ class FakeTencent:
         """POST a JSON array as Tencent's callbacks do."""
         async with aiohttp.ClientSession() as http, http.post(url, json=items) as resp:
             return resp.status
+
+
+def _answer(body: dict[str, Any]) -> web.Response:
+    """JSON with Tencent's exact Content-Type: the SDK reads an Error only under `application/json`
+    with no charset (aiohttp's json_response adds one, and the SDK then took errors for answers)."""
+    return web.Response(body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})

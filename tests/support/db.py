@@ -1,4 +1,4 @@
-"""Raw SQL for tests, through the store's own thread and transaction primitive (Store.read/write).
+"""Raw SQL for tests, through the store's own threads and transaction primitives (Store.read/write).
 
 Tests set up rows the API cannot make (a device that reported, a row from an old schema) and
 look at tables no endpoint shows; warnd's own code never writes SQL outside warnd/store.
@@ -27,11 +27,11 @@ async def query(store: Store, sql: str, params: Any = ()) -> list[dict[str, Any]
 
 
 async def pragma(store: Store, statement: str) -> Any:
-    """A PRAGMA on the store's connection, outside any transaction; its first value, if any."""
-    row = await store.read(lambda con: con.execute(statement).fetchone())
+    """A PRAGMA on the store's writer connection, outside any transaction; its first value, if any."""
+    row = await store.on_writer(lambda con: con.execute(statement).fetchone())
     return row[0] if row is not None else None
 
 
 async def in_transaction(store: Store) -> bool:
-    """Whether the store's connection is inside a transaction (none must be left open)."""
-    return await store.read(lambda con: con.in_transaction)
+    """Whether the store's writer connection is inside a transaction (none must be left open)."""
+    return await store.on_writer(lambda con: con.in_transaction)

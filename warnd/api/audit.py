@@ -7,11 +7,16 @@ answer for what was released, and the log names every operator.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from aiohttp import web
 
 from warnd.api.routes import Route
 from warnd.api.warnings import daemon, json_dumps, local_time
 from warnd.intake import InputError
+
+if TYPE_CHECKING:
+    from warnd.daemon import Daemon
 
 # A page a person can read; older events by warning_id.
 MAX_LIMIT = 1000
@@ -27,6 +32,11 @@ async def audit(request: web.Request) -> web.Response:
         raise InputError("invalid", "limit must be an integer", "limit", 400) from None
     if not 1 <= limit <= MAX_LIMIT:
         raise InputError("invalid", f"limit must be between 1 and {MAX_LIMIT}", "limit", 400)
+    return web.json_response(await audit_view(d, warning_id, limit), dumps=json_dumps)
+
+
+async def audit_view(d: Daemon, warning_id: str | None, limit: int) -> dict[str, Any]:
+    """The audit page's body (also its live stream's snapshot, warnd.api.events)."""
     rows = await d.store.audit_log(warning_id, limit)
     tz = d.settings.policy.timezone
     events = [
@@ -41,7 +51,7 @@ async def audit(request: web.Request) -> web.Response:
         }
         for r in rows
     ]
-    return web.json_response({"events": events}, dumps=json_dumps)
+    return {"events": events}
 
 
 ROUTES = [

@@ -5,20 +5,31 @@ What it shows is what the device hub (warnd.mqtt.devices) stored from the device
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from aiohttp import web
 
 from warnd.api.routes import Route
 from warnd.api.warnings import daemon, json_dumps, local_time
 
+if TYPE_CHECKING:
+    from warnd.daemon import Daemon
+
 
 async def list_devices(request: web.Request) -> web.Response:
     """Every device of the directory with online / offline / unknown and when it was last heard from."""
-    d = daemon(request)
+    q = request.query
+    body = await devices_view(daemon(request), wanted_state=q.get("state"), wanted_village=q.get("village"))
+    return web.json_response(body, dumps=json_dumps)
+
+
+async def devices_view(
+    d: Daemon, *, wanted_state: str | None = None, wanted_village: str | None = None
+) -> dict[str, Any]:
+    """The devices page's body (also its live stream's snapshot, warnd.api.events)."""
     tz = d.settings.policy.timezone
     rows = {r["id"]: r for r in await d.store.devices()}
     directory = d.directory()
-    wanted_state = request.query.get("state")
-    wanted_village = request.query.get("village")
     out = []
     for device_id, kind in sorted(directory.device_kind.items()):
         village = directory.device_village[device_id]
@@ -39,7 +50,7 @@ async def list_devices(request: web.Request) -> web.Response:
                 "status": r.get("status", {}),
             }
         )
-    return web.json_response({"devices": out}, dumps=json_dumps)
+    return {"devices": out}
 
 
 ROUTES = [

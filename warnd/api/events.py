@@ -1,10 +1,12 @@
-"""`GET /api/v1/events`: server-sent events for the console — the board, or one warning, live.
+"""`GET /api/v1/events`: server-sent events for the console — the board, one warning, the devices
+or the audit log, live.
 
 A client that does not ask for `text/event-stream` (Accept) gets one snapshot as JSON instead.
 
-Each stream sends a whole snapshot (`event: board` or `event: warning`) when it differs from the
-last one sent: when the pipeline wakes (new work committed) and at most every REFRESH_S in
-between (acks arrive without waking it). The browser reads the stream with fetch(), so the token
+Each stream sends a whole snapshot (`event: board`, `warning`, `devices` or `audit`: the body of
+GET /api/v1/devices or /api/v1/audit) when it differs from the last one sent: when the pipeline
+wakes (new work committed) and at most every REFRESH_S in between (acks and device statuses
+arrive without waking it). The browser reads the stream with fetch(), so the token
 stays in a header; there is no polling loop in the page. Streams end when warnd shuts down.
 """
 
@@ -15,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from warnd.api.audit import audit_view
+from warnd.api.devices import devices_view
 from warnd.api.routes import Route, principal
 from warnd.api.warnings import _get_or_404, daemon, json_dumps, local_time, present
 from warnd.inbound import replies
-from warnd.intake import IN_FORCE
+from warnd.intake import IN_FORCE, InputError
 from warnd.model import State
 from warnd.mqtt.devices import coverage_with_offline
 from warnd.report import report
@@ -32,6 +36,10 @@ REFRESH_S = 1.0
 # A comment line this often keeps proxies and the browser from closing a quiet stream.
 KEEPALIVE_S = 15.0
 BOARD_STATES = (*IN_FORCE, State.AWAITING_APPROVAL.value)
+# What `?view=` streams (a warning's page is `?warning_id=`).
+VIEWS = ("board", "devices", "audit")
+# The audit page's newest events: a township's weeks of actions, a page a person reads.
+AUDIT_EVENTS = 500
 STOPS = web.AppKey("event_stream_stops", set)
 
 
@@ -88,15 +96,22 @@ async def warning_view(d: Daemon, warning_id: str, *, phones: bool) -> dict[str,
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """A stream of snapshots: the board, or `?warning_id=` one warning."""
+    """A stream of snapshots: the board, `?warning_id=` one warning, or `?view=` devices or audit."""
     d = daemon(request)
     warning_id = request.query.get("warning_id") or None
-    phones = principal(request).can("operator")
+    view = request.query.get("view", "board")
+    if view not in VIEWS:
+        raise InputError("invalid", f"view must be one of {', '.join(VIEWS)}", "view", 400)
+    who = principal(request)
+    if view == "audit" and not who.can("approver"):
+        # As GET /api/v1/audit: the log names every operator, approvers answer for it.
+        raise InputError("forbidden", f"role {who.role} may not read the audit log", "view", 403)
+    phones = who.can("operator")
     if warning_id is not None:
         await _get_or_404(d, warning_id)
     if "text/event-stream" not in request.headers.get("Accept", ""):
         # Not an event-stream reader (a script, curl): one snapshot as JSON.
-        name, snap = await _snapshot(d, warning_id, phones)
+        name, snap = await _snapshot(d, warning_id, view, phones)
         return web.json_response({"event": name, "data": snap}, dumps=json_dumps)
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -109,7 +124,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         while not stop.is_set():
             woken = d.wake.waiter()
-            name, snap = await _snapshot(d, warning_id, phones)
+            name, snap = await _snapshot(d, warning_id, view, phones)
             text = json_dumps(snap)
             if text != last:
                 await resp.write(f"event: {name}\ndata: {text}\n\n".encode())
@@ -127,11 +142,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _snapshot(d: Daemon, warning_id: str | None, phones: bool) -> tuple[str, dict[str, Any]]:
-    """The event name and snapshot of a stream: the board, or one warning."""
-    if warning_id is None:
-        return "board", await board(d)
-    return "warning", await warning_view(d, warning_id, phones=phones)
+async def _snapshot(d: Daemon, warning_id: str | None, view: str, phones: bool) -> tuple[str, dict[str, Any]]:
+    """The event name and snapshot of a stream: one warning, the board, the devices or the audit log."""
+    if warning_id is not None:
+        return "warning", await warning_view(d, warning_id, phones=phones)
+    if view == "devices":
+        return "devices", await devices_view(d)
+    if view == "audit":
+        return "audit", await audit_view(d, None, AUDIT_EVENTS)
+    return "board", await board(d)
 
 
 async def _wait_any(d: Daemon, woken: asyncio.Event, stop: asyncio.Event) -> None:
@@ -163,14 +182,24 @@ ROUTES = [
         "/api/v1/events",
         events,
         "viewer",
-        "Live snapshots of the board, or of one warning (?warning_id=): server-sent events when"
-        " Accept says text/event-stream, else one snapshot as JSON {event, data}",
-        query={"warning_id": "this warning's page instead of the board"},
+        "Live snapshots of the board, of one warning (?warning_id=), or of the devices or the audit"
+        " log (?view=devices|audit; audit needs the approver role): server-sent events when Accept"
+        " says text/event-stream, else one snapshot as JSON {event, data}",
+        query={
+            "warning_id": "this warning's page instead of the board",
+            "view": {
+                "type": "string",
+                "description": "board (default), devices, or audit (approver)",
+                "enum": list(VIEWS),
+            },
+        },
         responses={
             200: {
                 "description": "snapshots as server-sent events, or one as JSON",
                 "content": {"text/event-stream": {}, "application/json": {}},
             },
+            400: "unknown view",
+            403: "the audit log below the approver role",
             404: "no such warning",
         },
     ),

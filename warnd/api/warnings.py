@@ -17,7 +17,14 @@ from warnd.api.routes import Route, principal
 from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
 from warnd.mqtt.devices import coverage_with_offline
-from warnd.planner import level_policy, schedule_view, step_counts, step_jobs, steps_for
+from warnd.planner import (
+    level_policy,
+    schedule_view,
+    step_counts,
+    step_jobs,
+    step_receivers,
+    steps_for,
+)
 from warnd.report import escalations
 from warnd.store import IdempotencyConflict, from_ts, new_warning_id
 
@@ -26,13 +33,18 @@ if TYPE_CHECKING:
 
     from warnd.config import Settings
     from warnd.daemon import Daemon
-    from warnd.directory import Directory
+    from warnd.directory import Directory, Person
 
 log = structlog.get_logger("warnd.api")
 
 JSON_TYPES = ("application/json",)
 # What `?state=` takes on the list (active: in force, i.e. active or updated).
 STATES = ("active", "updated", "cancelled", "expired", "awaiting_approval", "rejected")
+# Channels whose providers may allow each number a daily quota (Aliyun, Tencent SMS).
+QUOTA_CHANNELS = ("sms", "voice")
+# A warning can send one person, on one channel, three messages in a day (the warning, an update
+# or reminder, the all-clear): a number that many short of its quota may see the next one refused.
+QUOTA_HEADROOM = 3
 CAP_TYPES = ("application/cap+xml", "application/xml", "text/xml")
 
 
@@ -148,8 +160,36 @@ async def preview(request: web.Request) -> web.Response:
     available = d.dispatcher.channels()
     # A county-wide red is 60,000 receivers over its steps: worked out in a thread, over the
     # directory and policy in force now (a reload swaps them, never changes them in place).
-    body = await asyncio.to_thread(_preview, w, d.intake, d.directory(), d.settings, available, now)
+    body, reached = await asyncio.to_thread(_preview, w, d.intake, d.directory(), d.settings, available, now)
+    body["quota_warnings"] = await quota_warnings(d, reached)
     return web.json_response(body, dumps=json_dumps)
+
+
+async def quota_warnings(d: Daemon, reached: dict[str, dict[str, Person]]) -> list[dict[str, Any]]:
+    """The people this warning reaches who are near a provider's daily quota per number today.
+
+    A quota must not be what blocks a warning: the duty officer sees them before sending.
+    """
+    out = []
+    for channel, people in reached.items():
+        adapter = d.dispatcher.adapters.get(channel)
+        if adapter is None or not people:
+            continue
+        for use in await adapter.quota_use(sorted(people)):
+            if use.limit - use.used > QUOTA_HEADROOM:
+                continue
+            person = people[use.address]
+            out.append(
+                {
+                    "person": person.id,
+                    "name": person.name,
+                    "channel": channel,
+                    "provider": use.provider,
+                    "used": use.used,
+                    "limit": use.limit,
+                }
+            )
+    return out
 
 
 def _preview(
@@ -159,8 +199,9 @@ def _preview(
     settings: Settings,
     available: Collection[str],
     now: datetime,
-) -> dict[str, Any]:
-    """The preview's body: villages, schedule with counts per channel, the messages as sent."""
+) -> tuple[dict[str, Any], dict[str, dict[str, Person]]]:
+    """The preview's body (villages, schedule with counts per channel, the messages as sent), and
+    who it reaches on the channels with quotas per number: {channel: {number: person}}."""
     villages = intake.match(w.area, required=True)
     row = {
         "id": new_warning_id(now),
@@ -171,10 +212,15 @@ def _preview(
     policy = settings.policy
     jobs = [j for j in step_jobs(row, steps_for(row, policy, now), now) if j["kind"] == "step"]
     out_steps = []
+    reached: dict[str, dict[str, Person]] = {}
     # The same view as a stored warning's schedule: the times shown are the times the send keeps.
     for job, view in zip(jobs, schedule_view(jobs, policy.timezone), strict=True):
         payload = {**job["payload"], "channels": [c for c in job["payload"]["channels"] if c in available]}
         per_channel, ack_required = step_counts(row, payload, directory, policy)
+        numbered = {**payload, "channels": [c for c in payload["channels"] if c in QUOTA_CHANNELS]}
+        for r in step_receivers(row, numbered, directory, policy):
+            if r.person is not None and r.address:
+                reached.setdefault(r.channel, {})[r.address] = r.person
         out_steps.append(
             {
                 **view,
@@ -189,7 +235,7 @@ def _preview(
         "schedule": out_steps,
         # What each kind of message this warning can lead to says, per channel, as sent.
         "messages": messages.preview(row, settings, directory, channels, now=now),
-    }
+    }, reached
 
 
 async def list_(request: web.Request) -> web.Response:

@@ -70,6 +70,7 @@ class IngestResult:
         warning_id: the warning it created or acted on, if any.
         created: False when the message (or its warning) was already held.
         flag: why an operator should look, if they should.
+        state: the warning's state after it (`awaiting_approval` when held for sign-off).
     """
 
     sender: str
@@ -79,12 +80,15 @@ class IngestResult:
     warning_id: str | None
     created: bool
     flag: str | None = None
+    state: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The API's view of it."""
         return {
             "id": self.warning_id,
             "created": self.created,
+            # As the JSON create answers: scripts learn that an operator's CAP waits for sign-off.
+            "state": self.state,
             "outcome": self.outcome,
             "flag": self.flag,
             "sender": self.sender,
@@ -174,7 +178,13 @@ class CapIngest:
         if seen is not None:
             log.info("cap.duplicate", sender=alert.sender, identifier=alert.identifier, feed=feed)
             return IngestResult(
-                alert.sender, alert.identifier, msg_type, "duplicate", seen["warning_id"], False
+                alert.sender,
+                alert.identifier,
+                msg_type,
+                "duplicate",
+                seen["warning_id"],
+                False,
+                state=await self._state(seen["warning_id"]),
             )
         prefer = tuple(settings.prefer_languages) if settings else ("zh-CN", "zh")
         names = (
@@ -216,8 +226,22 @@ class CapIngest:
             feed=row["feed"],
         )
         return IngestResult(
-            row["sender"], row["identifier"], row["msg_type"], outcome, warning_id, created, flag
+            row["sender"],
+            row["identifier"],
+            row["msg_type"],
+            outcome,
+            warning_id,
+            created,
+            flag,
+            await self._state(warning_id),
         )
+
+    async def _state(self, warning_id: str | None) -> str | None:
+        """The state of the warning a message created or acted on, None when there is none."""
+        if warning_id is None:
+            return None
+        w = await self.daemon.store.get_warning(warning_id)
+        return w["state"] if w is not None else None
 
     async def _alert(
         self, fields: dict[str, Any], row: dict[str, Any], actor: Actor, source: str, document: str | None

@@ -51,9 +51,15 @@ def results_response(results: Sequence[IngestResult]) -> web.Response:
     status = 202 if any(r.created for r in results) else 200
     if len(results) == 1:
         return web.json_response(results[0].as_json(), status=status)
-    first = results[0].warning_id if results else None
+    first = results[0] if results else None
     return web.json_response(
-        {"id": first, "created": status == 202, "results": [r.as_json() for r in results]}, status=status
+        {
+            "id": first.warning_id if first else None,
+            "created": status == 202,
+            "state": first.state if first else None,
+            "results": [r.as_json() for r in results],
+        },
+        status=status,
     )
 
 

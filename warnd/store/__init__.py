@@ -1,11 +1,11 @@
 """The store: all persistent state behind one interface, and the only place SQL lives.
 
-- core.py: the connection in its own thread, `read(fn)` / `write(fn)` (the one transaction
-  primitive), migrations, health.
+- core.py: the writer connection in its own thread, reader connections beside it, `write(fn)`
+  / `read(fn)` (the transaction primitives), migrations, health.
 - sqlite.py: the dialect seam, every SQLite-only trick (a PostgreSQL backend replaces it).
 - rows.py: typed rows, DeliveryState (the one progress order) and JobKind.
 - one module per table group: warnings (+audit), jobs, schedule (firing a job), deliveries
-  (+acks), devices, feeds, hydro, inbound.
+  (+acks), devices, feeds, hydro, inbound, retention (archive and delete what ended long ago).
 
 `Store` composes the table groups; callers use its methods and never its connection. What the
 database itself refused (a constraint, a bug in a statement) is raised as the driver's
@@ -18,14 +18,15 @@ from typing import Any
 
 from warnd.store import sqlite
 from warnd.store.approval import Approval
-from warnd.store.core import TS_FORMAT, StoreCore, every, from_ts, migrations, new_warning_id, ts
-from warnd.store.deliveries import ACK_LOOKUP_SQL, Deliveries
+from warnd.store.core import TS_FORMAT, StoreCore, every, from_ts, migrations, new_warning_id, one, ts
+from warnd.store.deliveries import ACK_LOOKUP_SQL, COVERAGE_SQL, Deliveries
 from warnd.store.devices import Devices
 from warnd.store.errors import IdempotencyConflict, SchemaTooNew, StoreError, StoreUnavailable
 from warnd.store.feeds import Feeds
 from warnd.store.hydro import Hydro
 from warnd.store.inbound import Inbound
 from warnd.store.jobs import Jobs
+from warnd.store.retention import RetentionRecords
 from warnd.store.rows import (
     COVERAGE_COUNTS,
     REACHED,
@@ -50,9 +51,22 @@ from warnd.store.schedule import Schedule
 from warnd.store.sqlite import DatabaseError, unavailable_reason
 from warnd.store.warnings import Warnings
 
+# Deliveries not yet handed over: the outbox whose oldest due row /metrics reports.
+_OUTBOX = ("pending", "failed", "sending")
+# The gauges' statements that touch deliveries; none reads more rows as the outbox grows.
+DELIVERY_GAUGE_SQL = (
+    "SELECT channel, state, SUM(n) AS n FROM delivery_counts GROUP BY channel, state HAVING SUM(n) > 0"
+)
+# Per (state, channel), the first row in due order: an index walk that stops at once, where
+# MIN(due_at) … GROUP BY channel read every row of the outbox.
+OLDEST_DUE_SQL = "SELECT due_at FROM deliveries WHERE state = ? AND channel = ? ORDER BY due_at LIMIT 1"
+
 __all__ = [
     "ACK_LOOKUP_SQL",
     "COVERAGE_COUNTS",
+    "COVERAGE_SQL",
+    "DELIVERY_GAUGE_SQL",
+    "OLDEST_DUE_SQL",
     "REACHED",
     "TS_FORMAT",
     "AcceptResult",
@@ -85,7 +99,19 @@ __all__ = [
 ]
 
 
-class Store(Warnings, Jobs, Schedule, Deliveries, Devices, Feeds, Hydro, Inbound, Approval, StoreCore):
+class Store(
+    Warnings,
+    Jobs,
+    Schedule,
+    Deliveries,
+    Devices,
+    Feeds,
+    Hydro,
+    Inbound,
+    Approval,
+    RetentionRecords,
+    StoreCore,
+):
     """All persistent state. Every write is one transaction; the pipeline is driven from here.
 
     Args:
@@ -102,25 +128,30 @@ class Store(Warnings, Jobs, Schedule, Deliveries, Devices, Feeds, Hydro, Inbound
         return await self.open()
 
     async def gauges(self) -> dict[str, list[dict[str, Any]]]:
-        """Current counts for /metrics (warnd.metrics); tables added by later migrations if present."""
+        """Current counts for /metrics (warnd.metrics); tables added by later migrations if present.
+
+        One read transaction on a reader connection (never behind the writer), and no statement
+        grows with the outbox: deliveries are counted by the counters kept beside them
+        (delivery_counts), the oldest due one found through the (state, due_at) index.
+        """
 
         def work(con: sqlite.Connection) -> dict[str, list[dict[str, Any]]]:
-            """Every count in one trip to the store's thread."""
+            """Every count in one snapshot."""
+            deliveries = every(con, DELIVERY_GAUGE_SQL)
+            oldest_due = []
+            for channel in sorted({r["channel"] for r in deliveries if r["state"] in _OUTBOX}):
+                dues = [r["due_at"] for state in _OUTBOX if (r := one(con, OLDEST_DUE_SQL, (state, channel)))]
+                if dues:
+                    oldest_due.append({"channel": channel, "due_at": min(dues)})
             out = {
                 "warnings": every(
                     con, "SELECT level, state, COUNT(*) AS n FROM warnings GROUP BY level, state"
                 ),
-                "deliveries": every(
-                    con, "SELECT channel, state, COUNT(*) AS n FROM deliveries GROUP BY channel, state"
-                ),
+                "deliveries": deliveries,
                 "jobs": every(
                     con, "SELECT kind, COUNT(*) AS n FROM jobs WHERE state = 'pending' GROUP BY kind"
                 ),
-                "oldest_due": every(
-                    con,
-                    "SELECT channel, MIN(due_at) AS due_at FROM deliveries"
-                    " WHERE state IN ('pending', 'failed', 'sending') GROUP BY channel",
-                ),
+                "oldest_due": oldest_due,
             }
             tables = sqlite.tables(con)
             if "feed_health" in tables:

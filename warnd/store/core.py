@@ -1,10 +1,13 @@
-"""The store's core: one connection in one thread, one transaction primitive, migrations.
+"""The store's core: one writer connection in one thread, readers beside it, migrations.
 
-Every statement runs in the store's own thread, whole functions at a time: `read(fn)` runs
-fn(connection) there, `write(fn)` runs it as one transaction (BEGIN IMMEDIATE … COMMIT).
-Under load the event loop is busy with thousands of acks; a transaction that needed the loop
-between statements would hold the store for as many loop turns as it has statements. One
-thread, one connection: every read sees every write, and writes never interleave.
+Every statement runs in a store thread, whole functions at a time: `write(fn)` runs
+fn(connection) as one transaction (BEGIN IMMEDIATE … COMMIT) in the writer's thread; `read(fn)`
+runs it as one read transaction on a reader connection in its own thread. Under load the event
+loop is busy with thousands of acks; a transaction that needed the loop between statements
+would hold the store for as many loop turns as it has statements. One writer: writes never
+interleave. Readers: WAL lets them read the last commit while the writer writes, so a report,
+the console or /metrics never waits behind the fan-out's writes; a read that starts after a
+write returned sees it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import queue
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +37,10 @@ TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 Connection = sqlite.Connection
 Row = dict[str, Any]
+
+# Reader connections, each used by one thread at a time: two cores, and a read is milliseconds;
+# two let a long report and /metrics answer side by side without a connection per request.
+READERS = 2
 
 
 def ts(dt: datetime) -> str:
@@ -83,6 +91,10 @@ class StoreCore:
         self.path = path
         self._con: Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        # The reader connections (idle ones wait in the queue) and their threads.
+        self._readers: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._reader_cons: list[Connection] = []
+        self._read_threads: concurrent.futures.ThreadPoolExecutor | None = None
         # Write transactions handed to the thread and not yet ended (tests and /readyz look).
         self._writes_in_flight = 0
         # Why the last write failed for the disk's sake (StoreUnavailable), until one succeeds:
@@ -97,6 +109,14 @@ class StoreCore:
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warnd-store")
         try:
             self._con = await self._call(lambda _: sqlite.connect(self.path), with_con=False)
+            self._read_threads = concurrent.futures.ThreadPoolExecutor(
+                READERS, thread_name_prefix="warnd-store-read"
+            )
+            for _ in range(READERS):
+                # Opened after the writer, which set WAL mode (a property of the file).
+                con = await asyncio.to_thread(sqlite.connect, self.path, reader=True)
+                self._reader_cons.append(con)
+                self._readers.put(con)
             await self._migrate()
         except BaseException:
             # Close what we opened: a half-open store would keep its thread alive.
@@ -105,9 +125,18 @@ class StoreCore:
         return self
 
     async def close(self) -> None:
-        """Close the connection and end its thread."""
+        """Close the connections and end their threads."""
         thread, con = self._thread, self._con
         self._thread = self._con = None
+        readers, self._read_threads = self._read_threads, None
+        if readers is not None:
+            # shutdown(wait=True) lets reads in progress end before their connections close.
+            await asyncio.to_thread(readers.shutdown)
+        for reader in self._reader_cons:
+            sqlite.forget(reader)
+            reader.close()
+        self._reader_cons.clear()
+        self._readers = queue.SimpleQueue()
         if thread is None:
             return
         if con is not None:
@@ -131,8 +160,30 @@ class StoreCore:
     # -- the one primitive --------------------------------------------------------------------
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
-        """fn(connection) in the store's thread, outside any transaction; its result."""
+        """fn(connection) as one read transaction on a reader connection, in a reader thread.
+
+        It sees one snapshot (the last commit when it began) and never waits for the writer.
+        fn must not write: a reader is not the writer.
+        """
+        if self._read_threads is None:
+            raise StoreError("store is not open")
+        return await asyncio.wrap_future(self._read_threads.submit(self._read_transaction, fn))
+
+    async def on_writer(self, fn: Callable[[Connection], T]) -> T:
+        """fn(the writer's connection) in its thread, outside any transaction (PRAGMAs, tests' checks)."""
         return await self._call(fn)
+
+    def _read_transaction(self, fn: Callable[[Connection], T]) -> T:
+        """BEGIN, fn, end the read transaction, on an idle reader connection; in a reader thread."""
+        con = self._readers.get()
+        try:
+            con.execute("BEGIN")
+            try:
+                return fn(con)
+            finally:
+                sqlite.rollback_if_open(con)  # nothing to keep: ROLLBACK ends a read as COMMIT would
+        finally:
+            self._readers.put(con)
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """fn(connection) as one write transaction, run whole in the store's thread.
@@ -214,7 +265,7 @@ class StoreCore:
         await self.write(
             lambda con: con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         )
-        rows = await self.read(lambda con: every(con, "SELECT version FROM schema_version"))
+        rows = await self.on_writer(lambda con: every(con, "SELECT version FROM schema_version"))
         applied = {r["version"] for r in rows}
         known = migrations()
         unknown = applied - {number for number, _ in known}

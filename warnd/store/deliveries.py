@@ -22,7 +22,6 @@ from warnd.store.rows import (
     NewJob,
     Outcome,
     WarningRow,
-    count_receiver,
 )
 from warnd.store.warnings import decode_warning
 
@@ -39,6 +38,18 @@ ACK_LOOKUP_SQL = (
     f"SELECT d.* FROM {sqlite.json_table('v')} {sqlite.JOIN_IN_ORDER} deliveries AS d"
     f" ON d.msg_id = {sqlite.json_item('v', 0)} AND d.target = {sqlite.json_item('v', 1)}"
 )
+
+# A warning's receivers by channel and coverage class (schema 13's counters).
+COVERAGE_SQL = "SELECT channel, class, n FROM coverage_counts WHERE warning_id = ? AND n > 0"
+
+# What a receiver of each coverage class (coverage_counts.class) counts as besides `expected`.
+_COUNTED_AS: dict[str, tuple[str, ...]] = {
+    "acknowledged": ("sent", "delivered", "acknowledged"),
+    "delivered": ("sent", "delivered"),
+    "sent": ("sent",),
+    "failed": ("failed",),
+    "open": (),
+}
 
 # Delivery states that mean the delivery actually went out to the person.
 _SENT_STATES = ("sent", "delivered", "acknowledged", "failed")
@@ -470,20 +481,17 @@ class Deliveries(StoreCore):
     async def coverage(self, warning_id: str) -> dict[str, dict[str, int]]:
         """Per channel: expected / sent / delivered / acknowledged / failed, counting receivers once.
 
-        A receiver counts at the furthest state any of its deliveries for this warning reached.
+        A receiver counts at the furthest state any of its deliveries for this warning reached
+        (rows.count_receiver); read from the counters the store keeps beside the deliveries
+        (coverage_counts), not by grouping them.
         """
-        rows = await self.read(
-            lambda con: every(
-                con,
-                f"SELECT channel, target, {sqlite.group_concat('state')} AS states FROM deliveries"
-                " WHERE warning_id = ? AND kind = 'warning' GROUP BY channel, target",
-                (warning_id,),
-            )
-        )
+        rows = await self.read(lambda con: every(con, COVERAGE_SQL, (warning_id,)))
         out: dict[str, dict[str, int]] = {}
         for r in rows:
             counter = out.setdefault(r["channel"], dict.fromkeys(COVERAGE_COUNTS, 0))
-            count_receiver(counter, r["states"].split(","))
+            counter["expected"] += r["n"]
+            for counted in _COUNTED_AS[r["class"]]:
+                counter[counted] += r["n"]
         return out
 
     async def apply_ack(self, ack: AckIn, *, now: datetime) -> AckedDelivery | None:
@@ -507,7 +515,9 @@ class Deliveries(StoreCore):
     async def counts(self) -> dict[str, int]:
         """Deliveries by state, for health and metrics."""
         rows = await self.read(
-            lambda con: every(con, "SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+            lambda con: every(
+                con, "SELECT state, SUM(n) AS n FROM delivery_counts GROUP BY state HAVING SUM(n) > 0"
+            )
         )
         return {r["state"]: r["n"] for r in rows}
 

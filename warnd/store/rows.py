@@ -98,6 +98,7 @@ class JobKind(enum.StrEnum):
     ANNOUNCE = "announce"
     CONFIRM = "confirm"
     APPROVAL_REMINDER = "approval_reminder"  # pages the approvers of a waiting draft (warnd.approval)
+    RETENTION = "retention"  # daily: archives and deletes what ended long ago (warnd.retention)
 
 
 class NewJob(TypedDict):

@@ -2,10 +2,14 @@
 
 The table modules (warnd/store/*.py) write plain SQL with `?` placeholders and ask this module
 for whatever is SQLite's own: PRAGMAs, `INSERT OR IGNORE`, JSON arrays as parameters
-(`json_each`, `->>`), `GROUP_CONCAT`, two-argument `MAX`, index hints and the one-step JSON
+(`json_each`, `->>`), two-argument `MAX`, index hints and the one-step JSON
 fetch, the join order, the driver's connection and errors. A PostgreSQL backend implements the
-same names (`= ANY(%s)`, `jsonb_array_elements`, `string_agg`, `GREATEST`, `ON CONFLICT DO
+same names (`= ANY(%s)`, `jsonb_array_elements`, `GREATEST`, `ON CONFLICT DO
 NOTHING` …) and the table modules stay as they are.
+
+Kept by the database itself: the delivery counters (delivery_counts, coverage_receivers,
+coverage_counts) follow every change of a delivery through the triggers COUNTER_TRIGGERS names
+(migration 0013); a PostgreSQL backend creates the same as trigger functions.
 
 Shared by both and so written in the table modules: `ON CONFLICT … DO UPDATE SET … excluded.…`,
 `CASE WHEN`, `COALESCE`. Not abstracted yet: the `?` placeholders (a PostgreSQL driver wants
@@ -56,12 +60,18 @@ def unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open the database with warnd's durability settings (called in the store's thread)."""
-    # Autocommit (isolation_level=None): the store says BEGIN IMMEDIATE itself. The connection
-    # lives in the store's one thread; check_same_thread is off only so close() can be told apart.
+def connect(path: Path, *, reader: bool = False) -> sqlite3.Connection:
+    """Open the database with warnd's durability settings (the writer) or as a reader."""
+    # Autocommit (isolation_level=None): the store says BEGIN (IMMEDIATE) itself. A connection is
+    # used by one thread at a time, not always the same one (readers are pooled, close() runs
+    # elsewhere): check_same_thread is off.
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     con.row_factory = sqlite3.Row
+    if reader:
+        # query_only: a write slipped into read() fails at once instead of racing the writer.
+        con.execute("PRAGMA query_only=ON")
+        con.execute("PRAGMA busy_timeout=5000")
+        return con
     con.execute("PRAGMA journal_mode=WAL")
     # FULL: a warning answered 202 survives power loss, not only a crash.
     con.execute("PRAGMA synchronous=FULL")
@@ -115,6 +125,26 @@ def split_sql(sql: str) -> list[str]:
     return out
 
 
+# The triggers that keep the delivery counters in the transaction that changes a delivery
+# (migration 0013): whoever writes deliveries, by whichever statement, keeps them true.
+COUNTER_TRIGGERS = (
+    "delivery_counts_insert",
+    "delivery_counts_update",
+    "delivery_counts_delete",
+    "coverage_receivers_insert",
+    "coverage_receivers_update",
+    "coverage_receivers_delete",
+    "coverage_counts_insert",
+    "coverage_counts_update",
+    "coverage_counts_delete",
+)
+
+
+def triggers(con: sqlite3.Connection) -> set[str]:
+    """The names of the database's triggers."""
+    return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+
 # -- SQL fragments ------------------------------------------------------------------------------
 
 # INSERT that leaves a row with a known unique key as it is.
@@ -163,11 +193,6 @@ def json_rows(width: int) -> str:
 def greatest(a: str, b: str) -> str:
     """The larger of two expressions (SQLite's two-argument MAX)."""
     return f"MAX({a}, {b})"
-
-
-def group_concat(expr: str) -> str:
-    """An aggregate joining a column's values with commas."""
-    return f"GROUP_CONCAT({expr})"
 
 
 def by_rowid(column: str) -> str:

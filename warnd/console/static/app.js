@@ -1,6 +1,7 @@
 // warnd's duty console: plain ES modules, no build step. Pages are rendered from the API's JSON;
-// the board and a warning's page are kept live by server-sent events read with fetch(), so the
-// token stays in a header (sessionStorage, never in a URL) and the page runs no polling loop.
+// the board, a warning's page, the devices and the audit log are kept live by server-sent events
+// read with fetch(), so the token stays in a header (sessionStorage, never in a URL) and the page
+// runs no polling loop.
 import { lang, setLang, t } from "./i18n.js";
 import { villageMap } from "./map.js";
 import { TEMPLATES, headlineFor } from "./templates.js";
@@ -409,8 +410,16 @@ async function issuePage() {
       audioButton.disabled = false;
     } }, t("audio"));
     const kinds = Object.entries(p.messages || {});
+    // People near a provider's daily quota per number: the warning may be the message it blocks.
+    const near = p.quota_warnings || [];
+    const quota = near.length ? h("div", { class: "quota", testid: "quota-warnings" },
+      h("strong", {}, t("quota_title", { n: near.length })),
+      h("table", {}, h("tr", {}, h("th", {}, t("person")), h("th", {}, t("channel")), h("th", {}, t("provider")), h("th", {}, t("quota_used"))),
+        near.map((q) => h("tr", {}, h("td", {}, q.name || q.person), h("td", {}, channelName(q.channel)), h("td", {}, q.provider),
+          h("td", {}, `${q.used} / ${q.limit}`))))) : null;
     put(preview, h("div", { class: "card" },
       h("h2", {}, t("preview_title")),
+      quota,
       h("p", {}, `${t("villages")}（${p.villages.length}）：${p.villages.map((v) => v.name).join("、")}`),
       h("h2", {}, t("timeline")),
       h("div", { class: "scroll" }, h("table", { testid: "timeline" },
@@ -572,29 +581,38 @@ function warningPage(id) {
 
 // --- devices and audit ----------------------------------------------------------------------
 
-async function devicesPage() {
-  const box = h("div", { testid: "devices" });
-  async function load() {
-    try {
-      const [devs, vs] = await Promise.all([api("GET", "/api/v1/devices"), loadVillages()]);
-      const names = Object.fromEntries(vs.map((v) => [v.code, v.name]));
-      put(box, table("device-table", [t("villages"), t("device"), t("kind"), t("state"), t("last_seen")],
-        devs.devices.map((d) => [names[d.village] || d.village, d.id, d.kind === "led" ? t("led_board") : t("speaker"),
-          h("span", { class: d.state === "online" ? "online" : d.state === "offline" ? "offline" : "muted" }, t(`dev.${d.state}`)), when(d.last_seen)])));
-    } catch (e) { showError(errorText(e)); }
+function devicesPage() {
+  const box = h("div", { testid: "devices" }, h("p", { class: "muted" }, "…"));
+  let names = {};
+  let last = null;
+  function draw() {
+    if (!last) return;
+    put(box, table("device-table", [t("villages"), t("device"), t("kind"), t("state"), t("last_seen")],
+      last.devices.map((d) => [names[d.village] || d.village, d.id, d.kind === "led" ? t("led_board") : t("speaker"),
+        h("span", { class: d.state === "online" ? "online" : d.state === "offline" ? "offline" : "muted" }, t(`dev.${d.state}`)), when(d.last_seen)])));
   }
-  await load();
-  return h("div", {}, h("h1", {}, t("devices")), h("button", { class: "btn secondary", onclick: load }, t("refresh")), box);
+  loadVillages().then((vs) => { names = Object.fromEntries(vs.map((v) => [v.code, v.name])); draw(); },
+    (e) => showError(errorText(e)));
+  // Live: a speaker or board going off- or online shows within seconds, without a refresh.
+  state.cleanup = stream("/api/v1/events?view=devices", (name, snap) => {
+    if (name !== "devices") return;
+    last = snap;
+    draw();
+  });
+  return h("div", {}, h("h1", {}, t("devices"), " ", badge("active", t("live"))), box);
 }
 
-async function auditPage() {
+function auditPage() {
   if (!can("approver")) { showError(t("not_allowed")); return h("p", {}, t("not_allowed")); }
-  let events = [];
-  try { events = (await api("GET", "/api/v1/audit?limit=500")).events; } catch (e) { showError(errorText(e)); }
-  return h("div", {}, h("h1", {}, t("audit")),
-    table("audit", [t("at"), t("actor"), t("action"), t("warning"), t("remote"), t("detail")],
-      events.map((e) => [when(e.at), e.actor, t(`act.${e.action}`), e.warning_id ? h("a", { href: `#/w/${encodeURIComponent(e.warning_id)}` }, e.warning_id) : "—",
+  const box = h("div", { testid: "audit-live" }, h("p", { class: "muted" }, "…"));
+  // Live: what another operator or approver does appears at the top without a refresh.
+  state.cleanup = stream("/api/v1/events?view=audit", (name, snap) => {
+    if (name !== "audit") return;
+    put(box, table("audit", [t("at"), t("actor"), t("action"), t("warning"), t("remote"), t("detail")],
+      snap.events.map((e) => [when(e.at), e.actor, t(`act.${e.action}`), e.warning_id ? h("a", { href: `#/w/${encodeURIComponent(e.warning_id)}` }, e.warning_id) : "—",
         e.remote || "—", JSON.stringify(e.detail)])));
+  });
+  return h("div", {}, h("h1", {}, t("audit"), " ", badge("active", t("live"))), box);
 }
 
 // --- start ----------------------------------------------------------------------------------

@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from adapters.led import LedAdapter
+from adapters.loudspeaker import LoudspeakerAdapter
+from adapters.sms import SmsAdapter
+from adapters.voice import VoiceAdapter
+from adapters.wecom import WecomAdapter
+
 if TYPE_CHECKING:
     from warnd.adapter import Adapter, AdapterContext
     from warnd.config import Settings
@@ -12,12 +18,6 @@ if TYPE_CHECKING:
 
 def registry() -> dict[str, type[Adapter]]:
     """Every channel warnd ships, by channel name."""
-    from adapters.led import LedAdapter
-    from adapters.loudspeaker import LoudspeakerAdapter
-    from adapters.sms import SmsAdapter
-    from adapters.voice import VoiceAdapter
-    from adapters.wecom import WecomAdapter
-
     classes: list[type[Adapter]] = [LoudspeakerAdapter, SmsAdapter, VoiceAdapter, WecomAdapter, LedAdapter]
     return {cls.kind: cls for cls in classes}
 

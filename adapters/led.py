@@ -158,7 +158,7 @@ class LedAdapter(MqttDeviceAdapter):
         rows = await self.ctx.store.in_force_for(self.kind, board)
         if village:
             rows = [w for w in rows if village in w.get("villages", [])]
-        return ranked(rows)
+        return ranked([dict(w) for w in rows])
 
     async def command_for(self, m: Message) -> dict[str, Any]:
         """The command for a board now: display the top warning (and the rest, rotating), or clear."""

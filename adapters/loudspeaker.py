@@ -20,8 +20,16 @@ import structlog
 
 from adapters.mqtt import MqttDeviceAdapter
 from warnd import messages
-from warnd.adapter import AdapterContext, Limits, Message, NotReadyError, Receipt, TransientError, truncate
-from warnd.api.routes import Route
+from warnd.adapter import (
+    AdapterContext,
+    Limits,
+    Message,
+    NotReadyError,
+    Receipt,
+    TransientError,
+    Webhook,
+    truncate,
+)
 from warnd.audio import MAX_TEXT_CHARS, AudioCache, AudioError, AudioFile, audio_routes
 from warnd.clock import parse_iso
 from warnd.model import Level
@@ -113,7 +121,7 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
     """Publishes play/stop commands to village loudspeakers over the shared MQTT link.
 
     Args:
-        ctx: the daemon's adapter context; the shared MQTT link lives in `ctx.extra["mqtt"]`.
+        ctx: the daemon's adapter context; the shared MQTT link is `ctx.mqtt`.
     """
 
     kind: ClassVar[str] = "loudspeaker"
@@ -133,27 +141,15 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
         # back, and the operator needs one line about it, not one per command.
         self._audio_failing = False
 
-    def routes(self) -> list[Any]:
+    def webhooks(self) -> list[Webhook]:
         """`/audio/{sha256}.mp3`, without a token: terminals fetch and verify by sha256."""
         handler = audio_routes(self.audio)[0].handler
         return [
-            Route(
-                "GET",
-                "/audio/{name}",
-                handler,
-                None,
-                "A rendered warning MP3, by content sha256",
-                responses=AUDIO_RESPONSES,
-            ),
-            Route(
-                "HEAD",
-                "/audio/{name}",
-                handler,
-                None,
-                "Size and ETag of a rendered warning MP3",
-                responses=AUDIO_RESPONSES,
-            ),
-        ]
+            Webhook("GET", "/audio/{name}", handler, "A rendered warning MP3, by content sha256",
+                    responses=AUDIO_RESPONSES),
+            Webhook("HEAD", "/audio/{name}", handler, "Size and ETag of a rendered warning MP3",
+                    responses=AUDIO_RESPONSES),
+        ]  # fmt: skip
 
     async def aclose(self) -> None:
         """Stop renders still running (a shutdown right after a step was planned)."""

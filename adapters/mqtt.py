@@ -7,13 +7,11 @@ by these channels), warnd.mqtt.devices (acks and status of every device) and war
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from warnd.adapter import Adapter, Message, Receipt
-from warnd.mqtt.devices import device_hub
 from warnd.mqtt.link import MAX_INFLIGHT as MAX_INFLIGHT  # bench/loudspeaker_fanout.py imports it from here
-from warnd.mqtt.link import shared_link
 
 if TYPE_CHECKING:
     from warnd.adapter import AdapterContext
@@ -30,10 +28,10 @@ class MqttDeviceAdapter(Adapter):
     """
 
     def __init__(self, ctx: AdapterContext) -> None:
-        """Share the link and the device hub."""
+        """Share the daemon's one link and device hub (made by warnd.app)."""
         super().__init__(ctx)
-        self.link = shared_link(ctx)
-        self.hub = device_hub(ctx, self.link)
+        self.link = ctx.mqtt
+        self.hub = ctx.devices
 
     @classmethod
     def configured(cls, settings: Settings) -> bool:
@@ -54,8 +52,7 @@ class MqttDeviceAdapter(Adapter):
 
     def _now(self) -> datetime:
         """The daemon's time (a fake clock in tests)."""
-        clock = self.ctx.clock
-        return clock.now() if clock is not None else datetime.now(UTC)
+        return self.ctx.clock.now()
 
     async def send(self, message: Message) -> Receipt:
         """One delivery: the batch path with a batch of one."""

@@ -31,7 +31,7 @@ import aiohttp
 import structlog
 
 from warnd import messages
-from warnd.acklink import AckLinks, AckSigner, link, load_secret
+from warnd.acklink import AckSigner, link, load_secret
 from warnd.adapter import (
     Adapter,
     AdapterContext,
@@ -43,7 +43,6 @@ from warnd.adapter import (
     classify_http,
     retry_after_s,
 )
-from warnd.clock import SystemClock
 from warnd.store import from_ts
 
 if TYPE_CHECKING:
@@ -150,6 +149,7 @@ class WecomAdapter(Adapter):
     """
 
     kind: ClassVar[str] = "wechat"
+    sends_ack_links: ClassVar[bool] = True
     limits: ClassVar[Limits] = Limits(max_text_chars=2000, concurrency=8, batch_size=200)
 
     def __init__(self, ctx: AdapterContext) -> None:
@@ -158,10 +158,11 @@ class WecomAdapter(Adapter):
         s = ctx.settings.wecom
         self.api_base = s.api_base.rstrip("/")
         self.per_minute = s.robot_per_minute
-        self.clock = ctx.clock or SystemClock()
+        self.clock = ctx.clock
         self.zone = ZoneInfo(ctx.settings.policy.timezone)
         self._session: aiohttp.ClientSession | None = None
-        self._own_session = False
+        # Per request: the session is the daemon's, shared with other channels.
+        self._timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
         # robot key_env → times of calls made in the last window
         self._windows: dict[str, deque[datetime]] = defaultdict(deque)
         self._blocked_until: dict[str, datetime] = {}
@@ -178,27 +179,14 @@ class WecomAdapter(Adapter):
         return settings.wecom.enabled
 
     async def start(self) -> None:
-        """Use the daemon's HTTP session, or open one."""
-        if self.ctx.http is not None:
-            self._session = self.ctx.http
-        else:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
-            self._own_session = True
+        """Send through the daemon's one HTTP session."""
+        self._session = self.ctx.http
         if not self._app_config():
             log.info("wecom.app_not_configured", channel=self.kind)
 
     async def aclose(self) -> None:
-        """Close the session if it is ours."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
+        """Let go of the session (the daemon closes it)."""
         self._session = None
-
-    def routes(self) -> list[Any]:
-        """The ack-link page and its 「收到」 button."""
-        links = AckLinks(
-            self.signer, self.ctx.store, self.ctx.feedback, self.clock, self.ctx.settings, self.ctx.directory
-        )
-        return links.routes()
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -446,7 +434,8 @@ class WecomAdapter(Adapter):
         if self._session is None:
             raise TransientError("wecom adapter not started")
         try:
-            async with self._session.request(method, url, params=params, json=body) as resp:
+            request = self._session.request(method, url, params=params, json=body, timeout=self._timeout)
+            async with request as resp:
                 err = http_error(resp.status, resp.headers.get("Retry-After"))
                 if err is not None:
                     raise err

@@ -16,9 +16,9 @@ from tests.support.feeds import feed, feed_harness, push_headers
 from tests.support.harness import TOKENS, Harness
 from warnd import cli
 from warnd.api.auth import AuthGate, Principal, Refusal, TokenBook
+from warnd.api.ratelimit import RateLimiter
 from warnd.config import TokenSettings
 from warnd.metrics import Metrics
-from warnd.ratelimit import RateLimiter
 from warnd.tokenhash import (
     DEFAULT_ITERATIONS,
     hash_form_problem,

@@ -7,8 +7,7 @@ import random
 import pytest
 
 from warnd import confirm
-from warnd.backoff import backoff_s
-from warnd.dispatcher import retry_delay_s
+from warnd.backoff import backoff_s, retry_delay_s
 
 
 class Fixed(random.Random):

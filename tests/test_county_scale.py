@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +14,9 @@ from typing import Any, TypeVar
 from tests.support.county import county_toml
 from tests.support.harness import Harness, warning_body
 from tests.support.process import write_config
+from warnd.daemon import Reloader
 from warnd.planner import step_counts, step_deliveries
+from warnd.sdnotify import Notifier
 
 T = TypeVar("T")
 # A loop blocked for the whole of the work answers the probe once or twice (before it starts,
@@ -36,8 +39,9 @@ async def reload_county(h: Harness, tmp_path: Path) -> int:
     """Point the daemon's config at a county directory and reload; /healthz answers during it."""
     county = tmp_path / "county.toml"
     county.write_text(county_toml(), encoding="utf-8")
-    h.daemon.config_path = write_config(tmp_path, county)
-    answered, _ = await healthz_answers_while(h, h.daemon.reload_now())
+    # The running warnd's parts, read from the county's config (as `warnd run --config` would).
+    services = replace(h.daemon, config_path=write_config(tmp_path, county))
+    answered, _ = await healthz_answers_while(h, Reloader(services, Notifier()).reload_now())
     return answered
 
 

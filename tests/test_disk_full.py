@@ -25,6 +25,7 @@ from tests.support import db
 from tests.support.harness import Harness, warning_body
 from tests.support.mqtt import Broker
 from tests.test_loudspeaker import VILLAGES, Rig
+from warnd.daemon import watchdog_loop
 from warnd.sdnotify import Notifier
 from warnd.store import Store, StoreUnavailable
 
@@ -222,7 +223,7 @@ async def test_watchdog_stops_while_the_store_cannot_write_and_resumes(
     """The watchdog's check is a write that reaches the disk: a read-only store gets no pings."""
     address, sock = notify_socket
     notifier = Notifier(address, watchdog_usec=200_000)  # a ping every 0.1 s
-    task = asyncio.create_task(harness.daemon.watchdog_loop(notifier))
+    task = asyncio.create_task(watchdog_loop(harness.store, notifier))
     try:
         assert await _pings(sock, 0.5) >= 2
         await db.pragma(harness.store, "PRAGMA query_only = ON")

@@ -290,7 +290,7 @@ async def test_client_hanging_up_mid_body_is_info_not_error(
     """A client that promises a body and hangs up is `api.client_gone` at info, no traceback."""
     h = harness
     # Served as `warnd run` serves it: aiohttp's TestServer cancels the handler instead.
-    runner = web.AppRunner(make_app(h.daemon, h.daemon.extra_routes()), access_log=None)
+    runner = web.AppRunner(make_app(h.daemon), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

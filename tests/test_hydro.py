@@ -85,7 +85,7 @@ async def test_rise_through_both_stages_and_fall_back(hydro: Harness) -> None:
     assert {r["target"] for r in sent} >= {f"spk-{village_code(0)}-1", f"spk-{village_code(1)}-1"}
     assert {r["kind"] for r in sent} >= {"warning", "cancel"}
     assert any("保证水位" in r["headline"] for r in sent)
-    stored = await hydro.daemon.feeds.hydro.readings("63201400")
+    stored = await hydro.daemon.hydro.readings("63201400")
     assert len(stored) == len(series)
     assert all(r["accepted"] for r in stored)
 
@@ -142,7 +142,7 @@ async def test_bad_readings_rejected_with_reasons(hydro: Harness) -> None:
     assert r.status == 422
     assert (await r.json())["error"]["field"] == "readings[0].at"
     assert (await post(hydro, [(120, 4.3)], role="viewer")).status == 403
-    stored = await hydro.daemon.feeds.hydro.readings("63201400")
+    stored = await hydro.daemon.hydro.readings("63201400")
     assert [bool(s["accepted"]) for s in stored] == [True, True, False, False, False, False, False]
     assert await warnings(hydro) == []
     stations = await (

@@ -11,6 +11,7 @@ import io
 import json
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,9 @@ from tests.support.mqtt import Broker
 from tests.support.wait import until
 from warnd.adapter import Message
 from warnd.api import make_app
+from warnd.app import Services, build
 from warnd.audio import AudioCache
 from warnd.clock import FakeClock
-from warnd.daemon import Daemon
-from warnd.directory import Directory
 from warnd.mqtt.topics import village_speakers
 from warnd.store import Delivery, Store
 from warnd.tools.simulator import SpeakerSimulator
@@ -58,25 +58,40 @@ class Rig(Driven):
             tts={"repeat": 1, "pause_ms": 200},
         )
         self.clock = FakeClock()
-        self.store = Store(self.settings.state_dir / "warnd.db")
         self.tasks: list[asyncio.Task[Any]] = []
-        self.daemon: Daemon
+        self.daemon: Services
         self.client: TestClient
         self.sim: SpeakerSimulator
+        self._stack = AsyncExitStack()
+
+    @property
+    def store(self) -> Store:
+        """The running warnd's store."""
+        return self.daemon.store
+
+    async def _start_warnd(self) -> None:
+        """Build warnd with the loudspeaker channel, serve its API, start its loops."""
+        self._stack = AsyncExitStack()
+        self.daemon = await self._stack.enter_async_context(
+            build(self.settings, [LoudspeakerAdapter], clock=self.clock)
+        )
+        self.client = TestClient(TestServer(make_app(self.daemon), host="127.0.0.1"))
+        await self.client.start_server()
+        self._stack.push_async_callback(self.client.close)
+        self.settings.http.public_url = str(self.client.make_url("")).rstrip("/")
+        self.tasks = [asyncio.create_task(coro, name=name) for name, coro in self.daemon.background()]
+
+    async def _stop_warnd(self) -> None:
+        """Cancel warnd's loops first, so no ack is half-applied, then close what build() opened."""
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self._stack.aclose()
 
     async def start(self) -> Rig:
-        """Open the store, start the daemon's parts, the API and the speakers; wait until all are up."""
-        await self.store.open()
-        directory = Directory.load(self.directory_path)
-        self.daemon = Daemon(self.settings, self.store, directory, clock=self.clock)
-        self.daemon.add_adapter(LoudspeakerAdapter(self.daemon.adapter_context()))
-        await self.daemon.start_adapters()
-        app = make_app(self.daemon, self.daemon.extra_routes())
-        self.client = TestClient(TestServer(app, host="127.0.0.1"))
-        await self.client.start_server()
-        self.settings.http.public_url = str(self.client.make_url("")).rstrip("/")
-        for name, coro in self.daemon.background():
-            self.tasks.append(asyncio.create_task(coro, name=name))
+        """Start warnd, its API and the speakers; wait until all are up."""
+        await self._start_warnd()
+        directory = self.daemon.directory()
         speakers = {s: v.code for v in directory.villages.values() if not v.test for s in v.speakers}
         self.sim = SpeakerSimulator(self.broker.url, speakers, now=self.clock.now, reconnect_max_s=1.0)
         self.sim.start()
@@ -107,24 +122,14 @@ class Rig(Driven):
     async def restart_warnd(self) -> None:
         """warnd stops without a word (its loops cancelled, what it held in memory gone) and starts
         again on the same store, with the same client id: its broker session carries over."""
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.adapter.aclose()
-        self.daemon = Daemon(self.settings, self.store, Directory.load(self.directory_path), clock=self.clock)
-        self.daemon.add_adapter(LoudspeakerAdapter(self.daemon.adapter_context()))
-        await self.daemon.start_adapters()
-        self.tasks = [asyncio.create_task(coro, name=name) for name, coro in self.daemon.background()]
+        await self._stop_warnd()
+        await self._start_warnd()
         await until(lambda: self.link.connected, what="warnd connected again")
 
     async def close(self) -> None:
         """Stop everything started: warnd's loops first, so no ack is half-applied at close."""
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self._stop_warnd()
         await self.sim.aclose()
-        await self.client.close()
-        await self.store.close()
 
     async def coverage(self, warning_id: str) -> dict[str, int]:
         """The warning's loudspeaker coverage."""

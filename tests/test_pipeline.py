@@ -261,7 +261,7 @@ async def test_a_step_written_in_parts_is_written_once_after_a_crash_between_the
         (job,) = [j for j in await h.store.due_jobs(h.clock.now()) if j.warning_id == wid]
         warning = await h.store.get_warning(wid)
         planned = step_deliveries(
-            dict(warning), job.key, job.payload, h.daemon.directory(), h.daemon.policy(), h.clock.now()
+            dict(warning), job.key, job.payload, h.daemon.directory(), h.daemon.settings.policy, h.clock.now()
         )
         assert len(planned) > 3000  # more than one part
         first = step_parts(planned)[0]
@@ -303,7 +303,7 @@ async def test_a_step_cancelled_between_parts_writes_nothing_more(harness: Harne
         job.key,
         job.payload,
         harness.daemon.directory(),
-        harness.daemon.policy(),
+        harness.daemon.settings.policy,
         harness.clock.now(),
     )
     assert planned

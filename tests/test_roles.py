@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from adapters import registry
 from tests.support.harness import Harness
-from warnd.api import make_app
 from warnd.api.auth import ROLE_RANK, hash_token
 
 ROLES = list(ROLE_RANK)
@@ -38,14 +36,9 @@ async def walker(tmp_path: Path) -> AsyncIterator[TestClient]:
             "twilio": {"account_sid": "AC" + "0" * 32, "auth_token": "t" * 32, "from_number": "+15005550006"},
         },
     ).start()
-    # Adapters whose config is complete serve their webhooks too; construct them (not started)
-    # to put their routes in the document.
-    ctx = h.daemon.adapter_context()
-    extra = [r for cls in registry().values() if cls.configured(h.settings) for r in cls(ctx).routes()]
-    client = TestClient(TestServer(make_app(h.daemon, [*h.daemon.extra_routes(), *extra]), host="127.0.0.1"))
-    await client.start_server()
+    # Adapters whose config is complete serve their webhooks too (constructed, not started).
+    client = await h.serve_every_route()
     yield client
-    await client.close()
     await h.close()
 
 

@@ -22,9 +22,10 @@ from tests.support.harness import warning_body
 from tests.support.mqtt import Broker, free_port
 from tests.support.wait import until
 from warnd.api.auth import hash_token
+from warnd.app import Services
 from warnd.clock import SystemClock
 from warnd.config import Settings
-from warnd.daemon import Daemon, run
+from warnd.daemon import run
 
 SECRETS = {
     "operator token": "wd_op-5ecret-7b1d9e2f4a6c8e0a",
@@ -94,7 +95,7 @@ async def test_no_secret_in_any_log_event(
         ack_links={"secret": SECRETS["ack link secret"]},
     )
     stop = asyncio.Event()
-    started: asyncio.Future[Daemon] = asyncio.get_running_loop().create_future()
+    started: asyncio.Future[Services] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run(settings, shutdown_trigger=stop.wait, on_ready=started.set_result))
     base = f"http://127.0.0.1:{port}"
 

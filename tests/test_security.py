@@ -16,10 +16,10 @@ from tests.support.harness import TOKENS, Harness, warning_body
 from warnd import cli
 from warnd import log as warnd_log
 from warnd.api.auth import Principal, TokenBook
+from warnd.api.ratelimit import RateLimiter
 from warnd.config import ConfigError, Settings, TokenSettings, load_settings
 from warnd.credentials import CredentialsSource
 from warnd.log import mask_phones
-from warnd.ratelimit import RateLimiter
 from warnd.tokenhash import hash_token, pbkdf2_hash, verify_token
 
 # -- token hashes (the gate in front of them: tests/test_auth.py) ----------------------------------

@@ -28,7 +28,6 @@ from warnd import messages
 from warnd.store import from_ts
 
 if TYPE_CHECKING:
-    from warnd.api.routes import Route
     from warnd.config import Settings
 
 log = structlog.get_logger("warnd.acklink")
@@ -183,7 +182,7 @@ def _page_doc(text: str) -> dict[str, Any]:
     return {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
-_REFUSALS: dict[int, str | dict[str, Any]] = {403: _page_doc("altered link"), 410: _page_doc("expired link")}
+REFUSALS: dict[int, str | dict[str, Any]] = {403: _page_doc("altered link"), 410: _page_doc("expired link")}
 
 
 def _refused(err: AckLinkError) -> web.Response:
@@ -198,7 +197,7 @@ def _refused(err: AckLinkError) -> web.Response:
 
 
 class AckLinks:
-    """The two routes behind ack links.
+    """The two handlers behind ack links (mounted at /ack/{token} by warnd.api.acks).
 
     Args:
         signer: checks tokens.
@@ -277,26 +276,3 @@ class AckLinks:
         )
         colour, block = self._warning_html(warning, delivery)
         return _page("已确认", block + '<p class="done">✔ 已确认收到，谢谢。</p>', colour)
-
-    def routes(self) -> list[Route]:
-        """GET and POST /ack/{token}; no bearer token: the link is the credential."""
-        from warnd.api.routes import Route
-
-        return [
-            Route(
-                "GET",
-                "/ack/{token}",
-                self.show,
-                None,
-                "Ack link page (signed token)",
-                responses={200: "page", **_REFUSALS},
-            ),
-            Route(
-                "POST",
-                "/ack/{token}",
-                self.confirm,
-                None,
-                "Acknowledge through an ack link",
-                responses={200: "acknowledged", **_REFUSALS},
-            ),
-        ]

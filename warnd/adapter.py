@@ -17,46 +17,37 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, cast, final
 
+import aiohttp
 import structlog
+from aiohttp import web
 
+from warnd.errors import AuthError as AuthError
+from warnd.errors import NotReadyError as NotReadyError
+from warnd.errors import PermanentError as PermanentError
+from warnd.errors import TransientError as TransientError
 from warnd.store import Delivery, Outcome
 
 if TYPE_CHECKING:
+    from warnd.clock import Clock, Wakeup
     from warnd.config import Settings
     from warnd.directory import Directory
+    from warnd.feedback import Feedback
+    from warnd.metrics import Metrics
+    from warnd.mqtt.devices import DeviceHub
+    from warnd.mqtt.link import MqttLink
+    from warnd.store import Store
 
 log = structlog.get_logger("warnd.adapter")
 
 
-class TransientError(Exception):
-    """A failure worth retrying: timeouts, 429, 5xx, a broker that is down.
-
-    `maybe_sent`: the request may have reached the far end (no answer in time, the connection
-    dropped after it went out), so the retry looks it up first instead of sending it blind.
-    """
-
-    def __init__(self, reason: str, retry_after_s: float | None = None, *, maybe_sent: bool = False) -> None:
-        """Keep the reason, the far end's earliest retry time, and whether the send is in doubt."""
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-        self.maybe_sent = maybe_sent
-
-
-class NotReadyError(TransientError):
-    """Nothing was sent: the channel cannot send right now (its broker is down).
-
-    Not an attempt: the delivery goes back to `pending`, its attempt given back, and waits for
-    the channel to be ready (the dispatcher claims nothing for a channel that is not).
-    """
-
-
+# The errors live in warnd.errors (the MQTT link raises them too, and must not import this
+# module); adapters name them from here.
 def retry_after_s(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date), None when absent or unreadable."""
     if not value:
@@ -85,19 +76,6 @@ def classify_http(status: int, reason: str, retry_after_s: float | None = None) 
     if status in (401, 403):
         return AuthError(reason)
     return PermanentError(reason)
-
-
-class PermanentError(Exception):
-    """A failure no retry will fix: an invalid number, an unknown device."""
-
-    def __init__(self, reason: str) -> None:
-        """Keep the reason."""
-        super().__init__(reason)
-        self.reason = reason
-
-
-class AuthError(PermanentError):
-    """Credentials are wrong: the adapter is disabled until the operator fixes its config."""
 
 
 @dataclass(frozen=True)
@@ -157,16 +135,17 @@ class QuotaUse:
 
 @dataclass(frozen=True)
 class Webhook:
-    """An HTTP endpoint an adapter serves (a provider's callback, a view of its data); the API mounts it.
+    """An HTTP endpoint a channel needs (a provider's callback, media its devices fetch); the API mounts it.
 
-    Adapters declare their endpoints with this plain dataclass instead of importing warnd.api.
+    Adapters declare their endpoints with this plain dataclass; they never import warnd.api.
 
     Args:
         method: HTTP method.
         path: aiohttp path pattern.
         handler: the coroutine serving it.
         summary: one line for the OpenAPI document.
-        role: least role needed; None: no token (the endpoint checks a signature or a path token).
+        role: least role needed; None: no token (the endpoint checks its caller its own way, a
+            provider's signature or a path token, or serves what anyone may fetch).
         body_types: media types the body may come in.
         query: query parameters the handler reads, and what each means.
         responses: the endpoint's own status codes and what they mean.
@@ -174,30 +153,41 @@ class Webhook:
 
     method: str
     path: str
-    handler: Callable[..., Any]
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     summary: str
     role: str | None = None
     body_types: tuple[str, ...] = ("application/json",)
-    query: dict[str, Any] = field(default_factory=dict)
-    responses: dict[int, Any] = field(default_factory=dict)
+    query: dict[str, str | dict[str, Any]] = field(default_factory=dict)
+    responses: dict[int, str | dict[str, Any]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdapterContext:
-    """What the daemon lends adapters: settings, the directory, a shared HTTP session, feedback."""
+    """What the composition root (warnd.app) lends every adapter; each is built once, there.
+
+    Args:
+        settings: the loaded settings.
+        directory: the current directory (replaced on reload).
+        http: the one shared HTTP session (HTTP channels send through it, never their own).
+        feedback: acks from the far end go in here.
+        store: read-only use: what is in force, a delivery by id, replies.
+        clock: the daemon's time.
+        metrics: what only an adapter sees (audio that could not be rendered).
+        wake: set when the channel becomes ready, so the dispatcher sends what waited.
+        mqtt: the one device link, shared by every MQTT channel.
+        devices: the device hub on that link (acks and statuses of every device).
+    """
 
     settings: Settings
     directory: Callable[[], Directory]
-    http: Any = None
-    feedback: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # The store (read-only use: what is in force, a delivery by id) and the daemon's clock.
-    store: Any = None
-    clock: Any = None
-    # warnd.metrics.Metrics, for what only an adapter sees (audio that could not be rendered).
-    metrics: Any = None
-    # warnd.clock.Wakeup: set when the channel becomes ready, so the dispatcher sends what waited.
-    wake: Any = None
+    http: aiohttp.ClientSession
+    feedback: Feedback
+    store: Store
+    clock: Clock
+    metrics: Metrics
+    wake: Wakeup
+    mqtt: MqttLink
+    devices: DeviceHub
 
 
 class Adapter(abc.ABC):
@@ -209,11 +199,16 @@ class Adapter(abc.ABC):
 
     kind: ClassVar[str]
     limits: ClassVar[Limits] = Limits()
+    # Whether its messages carry signed ack links (warnd.acklink): warnd then serves /ack/{token}.
+    sends_ack_links: ClassVar[bool] = False
 
     def __init__(self, ctx: AdapterContext) -> None:
         """Keep the context; connect in `start()`."""
         self.ctx = ctx
         self.disabled_reason: str | None = None
+        # Set while start() said "not ready" (warnd.setup retries it on a backoff): nothing is
+        # claimed for the channel and /readyz names the reason.
+        self.not_ready_reason: str | None = None
         self._last_error: dict[str, str] = {}
 
     @classmethod
@@ -222,13 +217,18 @@ class Adapter(abc.ABC):
         return True
 
     async def start(self) -> None:
-        """Connect or prepare; raise AuthError when credentials are wrong."""
+        """Connect or prepare.
+
+        Raise TransientError (NotReadyError) when the far end cannot be reached yet: warnd runs,
+        and start is tried again later. Raise AuthError when credentials are wrong: the channel
+        is disabled and the operator told. Anything else stops warnd (a bug, a broken install).
+        """
 
     async def aclose(self) -> None:
         """Release connections."""
 
-    def routes(self) -> list[Any]:
-        """HTTP routes this channel serves (webhooks, media); none by default."""
+    def webhooks(self) -> list[Webhook]:
+        """HTTP endpoints this channel needs (provider callbacks, media); none by default."""
         return []
 
     def background(self) -> list[tuple[str, Any]]:

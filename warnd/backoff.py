@@ -35,3 +35,15 @@ def backoff_s(
     ceiling = min(cap_s, base_s * factor**exponent)
     low, high = spread
     return ceiling * (rng or random).uniform(low, high)
+
+
+def retry_delay_s(
+    attempt: int,
+    retry_after_s: float | None,
+    *,
+    base_s: float,
+    cap_s: float,
+    rng: random.Random | None = None,
+) -> float:
+    """The backoff (up to half off, so retries after an outage spread), never sooner than Retry-After."""
+    return max(backoff_s(attempt, base_s, cap_s, rng), retry_after_s or 0.0)

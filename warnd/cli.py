@@ -20,6 +20,7 @@ def _load(path_arg: str | None) -> tuple[Path, Settings]:
 
 def check_config(path_arg: str | None) -> int:
     """Validate the config and the directory it names; print each problem by key."""
+    # Lazy, like every command's imports here: `warnd hash-token` should not load the API.
     from warnd.api.auth import SLOW_HASH_ADVICE, slow_hash_keys
     from warnd.directory import Directory
 
@@ -55,6 +56,7 @@ def check_config(path_arg: str | None) -> int:
 
 def hash_token(rehash: bool = False) -> int:
     """Print a new random API token and the line to put in warnd.toml (or, to rehash, an old token's)."""
+    # Lazy: this command needs no more than the hash (start-up speed, not a cycle).
     from warnd.tokenhash import MIN_REHASH_CHARS, hash_token, new_token
 
     if rehash:
@@ -82,6 +84,7 @@ def hash_token(rehash: bool = False) -> int:
 
 def run(path_arg: str | None) -> int:
     """Run the daemon in the foreground until SIGTERM."""
+    # Lazy: only `run` loads the whole daemon (the adapters, audio, MQTT); the other commands start fast.
     from warnd import log
     from warnd.daemon import run as run_daemon
     from warnd.instancelock import AlreadyRunning

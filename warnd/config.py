@@ -28,10 +28,15 @@ from pydantic_settings import (
 )
 
 from warnd.audio import AudioSettings
+from warnd.credentials import (
+    ConfigError as ConfigError,  # re-exported: callers name it warnd.config.ConfigError
+)
+from warnd.credentials import CredentialsSource
 from warnd.messages import FIELDS, KINDS, MessageSettings
 from warnd.model import Level
 from warnd.templates import ProviderTemplate
 from warnd.templates import problems as template_problems
+from warnd.tokenhash import hash_form_problem
 
 DEFAULT_CONFIG = Path("/etc/warnd/warnd.toml")
 CHANNELS = ("loudspeaker", "sms", "voice", "wechat", "led")
@@ -54,7 +59,7 @@ class HttpSettings(_Section):
     public_url: str = "http://127.0.0.1:8080"
     # A CAP alert with a large polygon is ~1 MB at most; anything bigger is a mistake or an attack.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # Per client address (token buckets, warnd.ratelimit) for requests without a known token;
+    # Per client address (token buckets, warnd.api.ratelimit) for requests without a known token;
     # 0 turns a limit off. A console polls a few requests a second; 60 at once covers a page load.
     rate_limit_per_s: float = Field(default=10.0, ge=0)
     rate_limit_burst: int = Field(default=60, ge=1)
@@ -80,8 +85,6 @@ class HttpSettings(_Section):
     @classmethod
     def _metrics_hash_form(cls, value: str | None) -> str | None:
         """The same forms as API token hashes."""
-        from warnd.tokenhash import hash_form_problem
-
         problem = hash_form_problem(value) if value is not None else None
         if problem is not None:
             raise ValueError(problem)
@@ -171,8 +174,6 @@ class TokenSettings(_Section):
     @classmethod
     def _hash_form(cls, value: str) -> str:
         """`sha256:<hex>` as `warnd hash-token` prints it, or the older `pbkdf2_sha256$…`."""
-        from warnd.tokenhash import hash_form_problem
-
         problem = hash_form_problem(value)
         if problem is not None:
             raise ValueError(problem)
@@ -213,8 +214,6 @@ class FeedSettings(_Section):
     @classmethod
     def _token_hash_form(cls, value: str | None) -> str | None:
         """The same forms as [[auth.tokens]] hashes (`warnd hash-token`)."""
-        from warnd.tokenhash import hash_form_problem
-
         problem = hash_form_problem(value) if value is not None else None
         if problem is not None:
             raise ValueError(problem)
@@ -721,21 +720,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Environment over systemd credentials over the TOML file over defaults."""
-        from warnd.credentials import CredentialsSource
-
         toml = TomlConfigSettingsSource(settings_cls)
         return (init_settings, env_settings, CredentialsSource(settings_cls, toml), toml)
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; `problems` are (dotted key, message) pairs."""
-
-    def __init__(self, path: Path | None, problems: list[tuple[str, str]]) -> None:
-        """Keep the problems for printing by key."""
-        self.path = path
-        self.problems = problems
-        where = f"{path}: " if path else ""
-        super().__init__(where + "; ".join(f"{k}: {m}" for k, m in problems))
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> Path:

@@ -31,6 +31,19 @@ TOKENS = "api_token_hashes"
 ALIASES = {"ack_link_secret": ("ack_links", "secret")}
 
 
+# Here rather than in warnd.config: credentials are read while the settings are built, and
+# warnd.config (which re-exports it) builds them with this module's source.
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` are (dotted key, message) pairs."""
+
+    def __init__(self, path: Path | None, problems: list[tuple[str, str]]) -> None:
+        """Keep the problems for printing by key."""
+        self.path = path
+        self.problems = problems
+        where = f"{path}: " if path else ""
+        super().__init__(where + "; ".join(f"{k}: {m}" for k, m in problems))
+
+
 def _sections(settings_cls: type[BaseSettings]) -> dict[str, type[BaseModel]]:
     """Top-level tables of the settings (http, mqtt, twilio …) that are single models."""
     out = {}
@@ -45,10 +58,8 @@ def read_credentials(settings_cls: type[BaseSettings], directory: Path) -> dict[
     """The settings the credential files in `directory` provide, as nested dicts.
 
     Raises:
-        warnd.config.ConfigError naming each credential that is unknown or unreadable.
+        ConfigError naming each credential that is unknown or unreadable.
     """
-    from warnd.config import ConfigError
-
     values: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
     sections = _sections(settings_cls)

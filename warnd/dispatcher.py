@@ -18,31 +18,22 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from warnd import confirm
 from warnd.adapter import Adapter, Message
-from warnd.backoff import backoff_s
+from warnd.backoff import retry_delay_s
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
 from warnd.model import IN_FORCE
 from warnd.store import Delivery, NewJob, Outcome, Store, StoreUnavailable
 
+if TYPE_CHECKING:
+    from warnd.metrics import Metrics
+
 log = structlog.get_logger("warnd.dispatcher")
-
-
-def retry_delay_s(
-    attempt: int,
-    retry_after_s: float | None,
-    *,
-    base_s: float,
-    cap_s: float,
-    rng: random.Random | None = None,
-) -> float:
-    """The backoff (up to half off, so retries after an outage spread), never sooner than Retry-After."""
-    return max(backoff_s(attempt, base_s, cap_s, rng), retry_after_s or 0.0)
 
 
 def keeps_trying(message: Message) -> bool:
@@ -97,23 +88,26 @@ class Dispatcher:
         clock: Clock,
         settings: DispatchSettings,
         wake: Wakeup,
+        metrics: Metrics | None = None,
     ) -> None:
         """Keep the collaborators."""
         self.store, self.adapters, self.clock, self.settings = store, adapters, clock, settings
         self.wake = wake
         self.in_flight = 0
         self.stopping = False
-        # warnd.metrics.Metrics, set by the daemon: counts outcomes and times batches.
-        self.metrics: Any = None
+        # Counts outcomes and times batches (None in tests that need no metrics).
+        self.metrics = metrics
 
     def channels(self) -> set[str]:
         """Channels with an adapter that can send."""
         return {name for name, a in self.adapters.items() if a.disabled_reason is None}
 
     def ready(self, channel: str) -> bool:
-        """Whether a channel can send right now (enabled, and its broker or provider reachable)."""
+        """Whether a channel can send right now (enabled, started, and its broker or provider reachable)."""
         adapter = self.adapters.get(channel)
-        return adapter is not None and adapter.disabled_reason is None and adapter.ready()
+        if adapter is None or adapter.disabled_reason is not None or adapter.not_ready_reason is not None:
+            return False
+        return adapter.ready()
 
     async def run_channel_once(self, channel: str) -> int:
         """Claim one batch for a channel, send it, record outcomes; return how many were handled."""

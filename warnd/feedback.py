@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from warnd.backoff import retry_delay_s
 from warnd.clock import Clock, Wakeup
 from warnd.config import DispatchSettings
-from warnd.dispatcher import retry_delay_s
 from warnd.store import AckedDelivery, AckIn, DeliveryState, Store
+
+if TYPE_CHECKING:
+    from warnd.metrics import Metrics
 
 log = structlog.get_logger("warnd.feedback")
 
@@ -62,13 +65,18 @@ class Feedback:
     """
 
     def __init__(
-        self, store: Store, clock: Clock, wake: Wakeup, retry: DispatchSettings | None = None
+        self,
+        store: Store,
+        clock: Clock,
+        wake: Wakeup,
+        retry: DispatchSettings | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """Keep the collaborators; `retry` is the dispatcher's backoff for reported failures."""
         self.store, self.clock, self.wake = store, clock, wake
         self.retry = retry or DispatchSettings()
-        # warnd.metrics.Metrics, set by the daemon: counts acks and times confirmations.
-        self.metrics: Any = None
+        # Counts acks and times confirmations (None in tests that need no metrics).
+        self.metrics = metrics
 
     async def ack(
         self,

@@ -1,7 +1,7 @@
 """Hydrological thresholds: water-level readings become warnings (超警戒水位, 超保证水位).
 
 Readings arrive at `POST /api/v1/hydro/readings` (role operator: a gauge gateway gets an
-operator token of its own) or from `[hydro] poll_url`, both in the shape
+operator token of its own; the routes are in warnd.api.hydro) or from `[hydro] poll_url`, both in the shape
 `{"readings": [{"station", "at", "level_m"}]}` (a single reading object is taken too).
 
 Each reading is checked (`check_reading`: unknown station, no offset, in the future, duplicate,
@@ -24,7 +24,6 @@ state machine (`decide`, pure):
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,18 +33,18 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import structlog
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from warnd import jsonsafe
-from warnd.api.routes import Route, principal
 from warnd.intake import Actor, InputError
 from warnd.model import IN_FORCE, Area, Level, UpdateIn, WarningIn, require_offset
 from warnd.store import from_ts
 
 if TYPE_CHECKING:
-    from warnd.config import HydroStation
-    from warnd.daemon import Daemon
+    from warnd.clock import Clock
+    from warnd.config import HydroStation, Settings
+    from warnd.intake import Intake
+    from warnd.store import Store
 
 log = structlog.get_logger("warnd.hydro")
 
@@ -196,62 +195,65 @@ class HydroMonitor:
     """Readings in, warnings out.
 
     Args:
-        daemon: the running daemon.
+        settings: warnd's settings (`[hydro]`, the township's zone).
+        store: readings and station states.
+        clock: the daemon's time.
+        intake: where the warnings go.
     """
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: Clock, intake: Intake) -> None:
         """One lock: readings of a station are taken in order."""
-        self.daemon = daemon
+        self.settings, self.store, self.clock, self.intake = settings, store, clock, intake
         self._lock = asyncio.Lock()
 
     def stations(self) -> dict[str, HydroStation]:
         """The configured stations by id."""
-        return {s.id: s for s in self.daemon.settings.hydro.station}
+        return {s.id: s for s in self.settings.hydro.station}
 
     # -- store --------------------------------------------------------------------------------
 
     async def _last(self, station: str) -> tuple[datetime, float] | None:
         """The station's newest accepted reading."""
-        return await self.daemon.store.last_reading(station)
+        return await self.store.last_reading(station)
 
     async def _window(self, st: HydroStation, at: datetime) -> list[tuple[datetime, float]]:
         """The station's accepted readings of the rise window ending at `at`, oldest first."""
-        return await self.daemon.store.readings_between(st.id, at - timedelta(minutes=st.rise_window_min), at)
+        return await self.store.readings_between(st.id, at - timedelta(minutes=st.rise_window_min), at)
 
     async def _state(self, station: str) -> StationState:
         """The station's state; a warning an operator cancelled meanwhile is no longer in force."""
-        row = await self.daemon.store.station_state(station)
+        row = await self.store.station_state(station)
         if row is None or row["warning_id"] is None:
             return StationState()
-        w = await self.daemon.store.get_warning(row["warning_id"])
+        w = await self.store.get_warning(row["warning_id"])
         if w is None or w["state"] not in IN_FORCE:
             return StationState()
         return StationState(row["warning_id"], Level(w["level"]), from_ts(row["below_since"]))
 
     async def _save_state(self, station: str, state: StationState) -> None:
         """Write the station's state."""
-        await self.daemon.store.set_station_state(
+        await self.store.set_station_state(
             station,
             warning_id=state.warning_id,
             level=state.level.value if state.level else None,
             below_since=state.below_since,
-            now=self.daemon.clock.now(),
+            now=self.clock.now(),
         )
 
     async def _store_reading(self, reading: Reading, reason: str | None) -> None:
         """Keep a reading, accepted or with the reason it was refused."""
-        await self.daemon.store.add_reading(
+        await self.store.add_reading(
             reading.station,
             reading.at,
             reading.level_m if math.isfinite(reading.level_m) else -1.0,
             accepted=reason is None,
             reason=reason,
-            now=self.daemon.clock.now(),
+            now=self.clock.now(),
         )
 
     async def readings(self, station: str, limit: int = 1000) -> list[dict[str, Any]]:
         """A station's stored readings, oldest first."""
-        return await self.daemon.store.hydro_readings(station, limit)
+        return await self.store.hydro_readings(station, limit)
 
     # -- taking readings ----------------------------------------------------------------------
 
@@ -268,7 +270,7 @@ class HydroMonitor:
                     )
                     continue
                 last = await self._last(st.id)
-                reason = check_reading(st, reading, last, self.daemon.clock.now())
+                reason = check_reading(st, reading, last, self.clock.now())
                 await self._store_reading(reading, reason)
                 if reason is not None:
                     log.warning(
@@ -286,7 +288,7 @@ class HydroMonitor:
         """Move the station's state machine by one reading and carry out what it decides."""
         state = await self._state(st.id)
         d = decide(st, state, reading.at, reading.level_m, rate)
-        intake = self.daemon.intake
+        intake = self.intake
         if d.action == "raise":
             assert d.level is not None
             w = self._warning(st, reading, d.level, rate)
@@ -322,7 +324,7 @@ class HydroMonitor:
 
     def _text(self, st: HydroStation, reading: Reading, level: Level, rate: float | None) -> dict[str, str]:
         """Headline and description of a station's warning in the township's words."""
-        tz = ZoneInfo(self.daemon.settings.policy.timezone)
+        tz = ZoneInfo(self.settings.policy.timezone)
         when = reading.at.astimezone(tz).strftime("%m月%d日%H时%M分")
         if reading.level_m >= st.guarantee_stage:
             what = f"超过保证水位{st.guarantee_stage:.2f}米"
@@ -348,29 +350,10 @@ class HydroMonitor:
             **self._text(st, reading, level, rate),
         )
 
-    # -- HTTP and polling ---------------------------------------------------------------------
+    # -- what the API shows, and polling --------------------------------------------------------
 
-    async def handle_post(self, request: web.Request) -> web.Response:
-        """`POST /api/v1/hydro/readings`: JSON, one reading or {"readings": [...]}."""
-        if request.content_type != "application/json":
-            raise InputError(
-                "unsupported_media_type", "Content-Type must be application/json", "Content-Type", 415
-            )
-        try:
-            data = jsonsafe.loads(await request.read())
-        except ValueError as exc:
-            raise InputError("bad_json", f"body is not valid JSON: {exc}", "body", status=400) from None
-        readings = parse_readings(data)
-        who = principal(request)
-        results = await self.submit(readings, Actor(who.name, request.remote))
-        accepted = sum(1 for r in results if r["accepted"])
-        return web.json_response(
-            {"accepted": accepted, "rejected": len(results) - accepted, "results": results},
-            dumps=lambda o: json.dumps(o, ensure_ascii=False),
-        )
-
-    async def handle_stations(self, request: web.Request) -> web.Response:
-        """`GET /api/v1/hydro/stations`: each station's thresholds, last reading and warning."""
+    async def station_views(self) -> list[dict[str, Any]]:
+        """Each station's thresholds, last reading and warning (`GET /api/v1/hydro/stations`)."""
         out = []
         for st in self.stations().values():
             last = await self._last(st.id)
@@ -386,11 +369,11 @@ class HydroMonitor:
                     "level": state.level.value if state.level else None,
                 }
             )
-        return web.json_response({"stations": out}, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+        return out
 
     async def poll_loop(self) -> None:
         """Fetch `[hydro] poll_url` every poll_interval_s and take its readings."""
-        settings = self.daemon.settings.hydro
+        settings = self.settings.hydro
         actor = Actor("hydro:poll", settings.poll_url)
         failures = 0
         while True:
@@ -408,28 +391,11 @@ class HydroMonitor:
                 failures += 1
                 log.warning("hydro.poll_failed", reason=str(exc), failures=failures)
             delay = settings.poll_interval_s * (2 ** min(failures, 4))
-            await self.daemon.clock.sleep(delay)
-
-    def routes(self) -> list[Route]:
-        """The hydrology endpoints."""
-        return [
-            Route(
-                "POST",
-                "/api/v1/hydro/readings",
-                self.handle_post,
-                "operator",
-                "Water-level readings (one or many)",
-                body=ReadingsIn,
-                responses={200: "per-reading results"},
-            ),
-            Route(
-                "GET", "/api/v1/hydro/stations", self.handle_stations, "viewer", "Stations and their state"
-            ),
-        ]
+            await self.clock.sleep(delay)
 
     def loops(self) -> list[tuple[str, Any]]:
         """The poll loop, when a URL is configured."""
-        if self.daemon.settings.hydro.poll_url:
+        if self.settings.hydro.poll_url:
             return [("warnd.hydro.poll", self.poll_loop())]
         return []
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from warnd.approval import reminder_job
 from warnd.clock import Clock, Wakeup, iso, parse_iso
 from warnd.config import ApprovalSettings, PolicySettings
 from warnd.directory import Directory
@@ -58,15 +59,14 @@ class Actor:
 class Intake:
     """The front door of the pipeline.
 
-    `approval` (set by the daemon) returns the `[approval]` settings: a draft that needs sign-off
-    is stored awaiting it, with only a reminder scheduled (warnd.approval). None: nothing waits.
-
     Args:
         store: the store.
         directory: returns the current directory (reloadable).
         policy: returns the current policy (reloadable).
         clock: time.
         wake: set whenever new work is committed, so the loops look at once.
+        approval: returns the `[approval]` settings (reloadable): a draft that needs sign-off is
+            stored awaiting it, with only a reminder scheduled (warnd.approval). None: nothing waits.
     """
 
     def __init__(
@@ -76,10 +76,11 @@ class Intake:
         policy: Callable[[], PolicySettings],
         clock: Clock,
         wake: Wakeup,
+        approval: Callable[[], ApprovalSettings] | None = None,
     ) -> None:
         """Keep the collaborators."""
         self.store, self.directory, self.policy, self.clock, self.wake = store, directory, policy, clock, wake
-        self.approval: Callable[[], ApprovalSettings] | None = None
+        self.approval = approval
 
     def match(self, area: Area, *, required: bool) -> list[str]:
         """The villages an area reaches; an operator's area that reaches none is refused."""
@@ -132,8 +133,6 @@ class Intake:
         held = self.approval is not None and self.approval().needed(w.level, source)
         if held:
             assert self.approval is not None
-            from warnd.approval import reminder_job
-
             # Nothing is planned until an approver releases it; only the reminder is due.
             row["state"] = State.AWAITING_APPROVAL.value
             remind_at = now + timedelta(minutes=self.approval().remind_after_min)

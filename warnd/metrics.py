@@ -27,11 +27,9 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -47,10 +45,18 @@ from warnd.model import DEVICE_CHANNELS
 from warnd.store import Outcome, from_ts
 
 if TYPE_CHECKING:
-    from warnd.adapter import Adapter
     from warnd.config import FeedSettings
     from warnd.directory import Directory
     from warnd.store import Store
+
+
+class Channel(Protocol):
+    """What the metrics read of a channel (warnd.adapter.Adapter has it)."""
+
+    def ready(self) -> bool:
+        """Whether it can send now."""
+        ...
+
 
 # Handing a batch to a broker takes milliseconds; a Twilio batch at 1 message/s, minutes.
 SEND_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -266,7 +272,7 @@ class Metrics:
     async def refresh(
         self,
         store: Store,
-        adapters: Mapping[str, Adapter],
+        adapters: Mapping[str, Channel],
         now: datetime,
         directory: Directory | None = None,
         feeds: Sequence[FeedSettings] = (),
@@ -383,22 +389,3 @@ class StoreCollector(Collector):
         for name, interval in sorted(self.expected.items()):
             g.add_metric([name], interval)
         yield g
-
-
-async def metrics_handler(request: web.Request) -> web.Response:
-    """The Prometheus text exposition (a bearer token only if `[http] metrics_token_hash` is set)."""
-    from warnd.api.auth import Refusal, refusal_response
-    from warnd.api.routes import GATE
-    from warnd.daemon import DAEMON
-
-    d = request.app[DAEMON]
-    wanted = d.settings.http.metrics_token_hash
-    if wanted is not None:
-        gate = request.app[GATE]
-        who = await gate.check(
-            request.remote, request.headers.get("Authorization", ""), gate.book_for("metrics", wanted)
-        )
-        if isinstance(who, Refusal):
-            return refusal_response(who, "unauthorized", "/metrics needs its bearer token", "Authorization")
-    await d.metrics.refresh(d.store, d.adapters, d.clock.now(), d.directory(), d.settings.feed)
-    return web.Response(body=d.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from warnd import approval as signoff
 from warnd import confirm
 from warnd.clock import Clock, Wakeup, parse_iso
 from warnd.config import ApprovalSettings, PolicySettings
@@ -92,6 +93,8 @@ class Scheduler:
         prepare: told (warning, channels, delivery kind) once a step is planned, so channels
             can get ready (render audio) while its deliveries are written.
         ready: whether a channel can send right now (a confirmation round waits while it cannot).
+        approval: returns the `[approval]` settings: who is paged about a draft.
+        retention: archives and deletes what ended long ago (a daily job); None: nothing is.
     """
 
     def __init__(
@@ -104,17 +107,19 @@ class Scheduler:
         wake: Wakeup,
         prepare: Callable[[dict[str, Any], Iterable[str], str, dict[str, Any] | None], None] | None = None,
         ready: Callable[[str], bool] | None = None,
+        approval: Callable[[], ApprovalSettings] | None = None,
+        retention: Retention | None = None,
     ) -> None:
         """Keep the collaborators."""
         self.store, self.directory, self.policy = store, directory, policy
         self.channels, self.clock, self.wake = channels, clock, wake
         self.prepare = prepare
         self.ready = ready or (lambda channel: channel in self.channels())
-        # `[approval]` settings, set by the daemon: who is paged about a draft (warnd.approval).
-        self.approval: Callable[[], ApprovalSettings] | None = None
-        # Archives and deletes what ended long ago (warnd.retention), set by the daemon; the
-        # first daily job is planned by loop() once the store takes it.
-        self.retention: Retention | None = None
+        # `[approval]` settings (reloadable): who is paged about a draft (warnd.approval).
+        self.approval = approval
+        # Archives and deletes what ended long ago (warnd.retention); the first daily job is
+        # planned by loop() once the store takes it.
+        self.retention = retention
         self._retention_planned = False
 
     async def run_once(self, limit: int = 100) -> int:
@@ -516,8 +521,6 @@ class Scheduler:
 
     async def _remind_approvers(self, job: Job, warning: dict[str, Any], now: datetime, blog: Any) -> bool:
         """A draft still waits for sign-off: page the approvers, and plan the next page."""
-        from warnd import approval as signoff
-
         if warning["state"] != State.AWAITING_APPROVAL.value or self.approval is None:
             return await self.store.fire_job(job, [], now=now)
         settings = self.approval()

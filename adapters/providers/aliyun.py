@@ -435,7 +435,7 @@ class AliyunSms(Provider):
                                  str(item.get("sequence_id") or item.get("send_time") or ""))  # fmt: skip
         return web.json_response(PUSH_OK)
 
-    def routes(self) -> list[Webhook]:
+    def webhooks(self) -> list[Webhook]:
         """Aliyun's HTTP push paths, behind the [aliyun] callback_token."""
         if not self.settings.callback_token:
             return []
@@ -613,7 +613,7 @@ class AliyunVoice(Provider):
                                         str(item.get("dtmf") or ""))  # fmt: skip
         return web.json_response(PUSH_OK)
 
-    def routes(self) -> list[Webhook]:
+    def webhooks(self) -> list[Webhook]:
         """Aliyun's voice report push, behind the [aliyun] callback_token."""
         return [
             Webhook("POST", "/hooks/aliyun/{token}/voice/report", self.report_hook,

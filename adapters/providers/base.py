@@ -24,7 +24,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -37,6 +37,7 @@ from warnd.adapter import (
     PermanentError,
     Receipt,
     TransientError,
+    Webhook,
 )
 from warnd.log import mask_phones
 from warnd.pacing import Pacer
@@ -116,7 +117,7 @@ class Provider:
     async def aclose(self) -> None:
         """Release connections."""
 
-    def routes(self) -> list[Any]:
+    def webhooks(self) -> list[Webhook]:
         """This provider's callbacks (receipts, replies, key presses); none by default."""
         return []
 

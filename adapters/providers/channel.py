@@ -20,6 +20,7 @@ from warnd.adapter import (
     QuotaUse,
     Receipt,
     TransientError,
+    Webhook,
 )
 from warnd.pacing import Pacer
 from warnd.polling import poll_loop
@@ -99,9 +100,9 @@ class ProviderChannel(Adapter):
         """Some provider can send."""
         return super().ready() and bool(self.active())
 
-    def routes(self) -> list[Any]:
+    def webhooks(self) -> list[Webhook]:
         """Every provider's callbacks."""
-        return [r for p in self.providers for r in p.routes()]
+        return [r for p in self.providers for r in p.webhooks()]
 
     def background(self) -> list[tuple[str, Any]]:
         """A core-owned polling loop per provider that pulls instead of being called back."""

@@ -354,7 +354,7 @@ class TencentSms(Provider):
                              str(i.get("time", "")))  # fmt: skip
         return web.json_response(CALLBACK_OK)
 
-    def routes(self) -> list[Webhook]:
+    def webhooks(self) -> list[Webhook]:
         """Tencent's callback paths, behind the [tencent] callback_token."""
         if not self.settings.callback_token:
             return []
@@ -514,7 +514,7 @@ class TencentVoice(Provider):
                 await self.apply(str(prompt.get("callid", "")), result=str(prompt.get("result", "")))
         return web.json_response(CALLBACK_OK)
 
-    def routes(self) -> list[Webhook]:
+    def webhooks(self) -> list[Webhook]:
         """Tencent's voice callbacks, behind the [tencent] callback_token."""
         return [
             Webhook("POST", "/hooks/tencent/{token}/voice", self.hook,

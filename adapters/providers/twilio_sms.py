@@ -191,7 +191,7 @@ class TwilioSms(TwilioProvider):
             return twiml(f"<Message>{escape(reply.answer)}</Message>")
         return twiml("")
 
-    def routes(self) -> list[Webhook]:
+    def webhooks(self) -> list[Webhook]:
         """Twilio's webhooks: signature-checked, no token."""
         return [
             Webhook("POST", "/hooks/twilio/status", self.status_hook,

@@ -184,7 +184,7 @@ class TwilioVoice(TwilioProvider):
         row = await self.ctx.store.delivery_to(msg_id, target)
         return dict(row) if row is not None else None
 
-    def routes(self) -> list[Webhook]:
+    def webhooks(self) -> list[Webhook]:
         """Twilio's call webhooks: signature-checked, no token."""
         return [
             Webhook("POST", "/hooks/twilio/voice/status", self.status_hook,

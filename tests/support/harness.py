@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from adapters import registry
 from tests.support.county import write_directory
 from tests.support.recording import RecordingAdapter
+from warnd.acklink import AckLinks, AckSigner, load_secret
+from warnd.adapter import AdapterContext
 from warnd.api import make_app
 from warnd.api.auth import hash_token
+from warnd.app import AdapterFactory, Services, build
 from warnd.clock import FakeClock
 from warnd.config import Settings
-from warnd.daemon import Daemon
-from warnd.directory import Directory
 from warnd.store import Store
 
 CHANNELS = ("loudspeaker", "sms", "voice", "wechat", "led")
@@ -47,9 +52,9 @@ def test_settings(tmp_path: Path, directory: Path, **overrides: Any) -> Settings
 
 
 class Driven:
-    """What tests do to an in-process daemon (`self.daemon`) and its API client (`self.client`)."""
+    """What tests do to an in-process warnd (`self.daemon`: its Services) and its API client."""
 
-    daemon: Daemon
+    daemon: Services
     client: TestClient
 
     async def run_until_idle(self, max_rounds: int = 1000) -> int:
@@ -111,52 +116,63 @@ class Harness(Driven):
         self.script = script or {}
         self.adapter_factories = tuple(adapters)
         self.clock = FakeClock()
-        self.store = Store(self.settings.state_dir / "warnd.db")
-        self.daemon: Daemon
+        self.daemon: Services
         self.client: TestClient
+        self._stack = AsyncExitStack()
         self._extra_clients: list[TestClient] = []
 
+    @property
+    def store(self) -> Store:
+        """The running warnd's store."""
+        return self.daemon.store
+
+    def recording(self, channel: str) -> AdapterFactory:
+        """A factory of the recording adapter of a channel."""
+
+        def make(ctx: AdapterContext) -> RecordingAdapter:
+            """The recording adapter, with this harness's script."""
+            return RecordingAdapter(ctx, channel, script=self.script)
+
+        return make
+
     async def start(self) -> Harness:
-        """Open the store, build the daemon and an API client."""
-        await self.store.open()
-        self.daemon = Daemon(self.settings, self.store, Directory.load(self.directory_path), clock=self.clock)
-        for ch in self.channels:
-            self.daemon.add_adapter(RecordingAdapter(self.daemon.adapter_context(), ch, script=self.script))
-        for factory in self.adapter_factories:
-            self.daemon.add_adapter(factory(self.daemon.adapter_context()))
-        await self.daemon.start_adapters()
-        app = make_app(self.daemon, self.daemon.extra_routes())
-        self.client = TestClient(TestServer(app, host="127.0.0.1"))
+        """Build warnd (warnd.app.build, as `warnd run` does) and an API client."""
+        factories = [*(self.recording(ch) for ch in self.channels), *self.adapter_factories]
+        self.daemon = await self._stack.enter_async_context(build(self.settings, factories, clock=self.clock))
+        self.client = TestClient(TestServer(make_app(self.daemon), host="127.0.0.1"))
         await self.client.start_server()
         return self
 
     def every_route_app(self) -> web.Application:
-        """This daemon's app with every configured adapter's routes too, as `warnd run` serves it.
+        """This warnd's app with every configured adapter's webhooks too, as `warnd run` serves it.
 
         The recording adapters serve no webhooks; the real adapters whose config is complete
         (Twilio's) are constructed, not started, to put theirs in the app.
         """
-        from adapters import registry
-
-        ctx = self.daemon.adapter_context()
-        extra = [r for cls in registry().values() if cls.configured(self.settings) for r in cls(ctx).routes()]
-        return make_app(self.daemon, [*self.daemon.extra_routes(), *extra])
+        ctx = self.daemon.context
+        configured = [cls for cls in registry().values() if cls.configured(self.settings)]
+        hooks = [w for cls in configured for w in cls(ctx).webhooks()]
+        services = self.daemon
+        if services.ack_links is None and any(cls.sends_ack_links for cls in configured):
+            # As warnd.app.build makes them when such a channel runs.
+            signer = AckSigner(load_secret(self.settings), timedelta(hours=self.settings.ack_links.ttl_h))
+            links = AckLinks(signer, ctx.store, ctx.feedback, ctx.clock, self.settings, ctx.directory)
+            services = replace(services, ack_links=links)
+        return make_app(services, hooks)
 
     async def serve_every_route(self) -> TestClient:
-        """A second server for this daemon, serving `every_route_app()`."""
+        """A second server for this warnd, serving `every_route_app()`."""
         client = TestClient(TestServer(self.every_route_app(), host="127.0.0.1"))
         await client.start_server()
         self._extra_clients.append(client)
         return client
 
     async def close(self) -> None:
-        """Close the client, the adapters and the store."""
+        """Close the clients, then everything build() opened (adapters, HTTP session, store)."""
         for extra in self._extra_clients:
             await extra.close()
         await self.client.close()
-        for adapter in self.daemon.adapters.values():
-            await adapter.aclose()
-        await self.store.close()
+        await self._stack.aclose()
 
     def adapter(self, channel: str) -> RecordingAdapter:
         """The recording adapter of a channel."""

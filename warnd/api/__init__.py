@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from warnd import __version__
 from warnd.adapter import Webhook
-from warnd.api import approval, audit, console, devices, events, warnings
+from warnd.api import (
+    acks,
+    approval,
+    audit,
+    console,
+    devices,
+    events,
+    feeds,
+    hydro,
+    metrics,
+    replies,
+    warnings,
+    webhooks,
+)
 from warnd.api import report as report_api
 from warnd.api.auth import SLOW_HASH_ADVICE, AuthGate, slow_hash_keys
 from warnd.api.errors import error_middleware, error_response
 from warnd.api.openapi import openapi
+from warnd.api.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters, token_limiter
 from warnd.api.routes import GATE, Route, auth_middleware
-from warnd.metrics import metrics_handler
-from warnd.ratelimit import auth_failure_limiter, rate_limit_middleware, rate_limiters, token_limiter
-
-if TYPE_CHECKING:
-    from warnd.daemon import Daemon
+from warnd.api.services import SERVICES, ApiServices, services
 
 log = structlog.get_logger("warnd.api")
 
@@ -44,25 +55,19 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready: store open, every adapter up (a broker that is down makes this 503)."""
-    d = warnings.daemon(request)
-    checks = await d.readiness()
+    checks = await services(request).readiness()
     ok = all(c["ok"] for c in checks.values())
     return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
 
-def as_route(r: Route | Webhook) -> Route:
-    """An adapter's Webhook as a Route of the API (a Route stays as it is)."""
-    if isinstance(r, Webhook):
-        return Route(r.method, r.path, r.handler, r.role, r.summary, body_types=r.body_types,
-                     query=dict(r.query), responses=dict(r.responses))  # fmt: skip
-    return r
+def make_app(svc: ApiServices, extra_webhooks: Iterable[Webhook] = ()) -> web.Application:
+    """The aiohttp application serving every route of a running warnd.
 
-
-def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> web.Application:
-    """Build the aiohttp application for a daemon."""
-    from warnd import __version__
-    from warnd.daemon import DAEMON
-
+    Each module of this package declares its routes; the channels' webhooks (warnd.adapter.Webhook)
+    are mounted through warnd.api.webhooks. `extra_webhooks`: more to mount (tests that serve the
+    routes of channels they do not run).
+    """
+    hooks = [w for a in svc.adapters.values() for w in a.webhooks()]
     routes: list[Route] = [
         Route("GET", "/healthz", healthz, None, "Liveness"),
         Route(
@@ -73,14 +78,7 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> we
             "Readiness: store, broker, adapters",
             responses={200: "ready", 503: {"description": "not ready: the checks say which part"}},
         ),
-        Route(
-            "GET",
-            "/metrics",
-            metrics_handler,
-            None,
-            "Prometheus metrics (a bearer token only if [http] metrics_token_hash is set)",
-            responses={200: "Prometheus text exposition", 401: "metrics_token_hash is set"},
-        ),
+        *metrics.ROUTES,
         *warnings.ROUTES,
         *approval.ROUTES,  # sign-off (issue 15)
         *console.ROUTES,  # the console and its live events (issue 15)
@@ -88,7 +86,11 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> we
         *report_api.ROUTES,
         *audit.ROUTES,
         *devices.ROUTES,
-        *(as_route(r) for r in extra_routes),
+        *replies.ROUTES,
+        *feeds.ROUTES,
+        *hydro.ROUTES,
+        *(acks.routes(svc.ack_links) if svc.ack_links is not None else ()),
+        *webhooks.routes([*hooks, *extra_webhooks]),
     ]
 
     async def openapi_json(_request: web.Request) -> web.Response:
@@ -97,9 +99,9 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> we
 
     # Appended before the document is made, so that it describes itself too.
     routes.append(Route("GET", "/api/v1/openapi.json", openapi_json, None, "This document"))
-    limiters = rate_limiters(daemon.settings.http)
+    limiters = rate_limiters(svc.settings.http)
     document = openapi(routes, __version__, limited=tuple(limiters))
-    max_bytes = daemon.settings.http.max_body_bytes
+    max_bytes = svc.settings.http.max_body_bytes
     app = web.Application(
         client_max_size=max_bytes,
         middlewares=[
@@ -107,16 +109,16 @@ def make_app(daemon: Daemon, extra_routes: Sequence[Route | Webhook] = ()) -> we
             rate_limit_middleware(
                 limiters,
                 known=lambda request: app[GATE].known(request.headers.get("Authorization", "")),
-                per_token=token_limiter(daemon.settings.http),
+                per_token=token_limiter(svc.settings.http),
             ),
             _size_middleware(max_bytes),
             auth_middleware({(r.method, r.path): r.role for r in routes}),
         ],
     )
-    app[DAEMON] = daemon
+    app[SERVICES] = svc
     events.setup(app)  # the console's event streams end at shutdown (issue 15)
-    app[GATE] = AuthGate(daemon.tokens, auth_failure_limiter(daemon.settings.http), daemon.metrics)
-    slow = slow_hash_keys(daemon.settings)
+    app[GATE] = AuthGate(svc.tokens, auth_failure_limiter(svc.settings.http), svc.metrics)
+    slow = slow_hash_keys(svc.settings)
     if slow:
         log.warning("auth.slow_hashes", keys=slow, advice=SLOW_HASH_ADVICE)
     # A path with text after a parameter (/warnings/{id}.cap) goes before the bare parameter

@@ -6,7 +6,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from warnd.api.routes import Route
-from warnd.api.warnings import actor, daemon, json_dumps, read_json
+from warnd.api.services import services
+from warnd.api.warnings import actor, json_dumps, read_json
 from warnd.model import crlf_to_lf, multi_line
 
 
@@ -23,14 +24,14 @@ class RejectIn(BaseModel):
 
 async def approve(request: web.Request) -> web.Response:
     """Release a waiting draft (its schedule planned from now) or apply a waiting change."""
-    d = daemon(request)
+    d = services(request)
     result = await d.signoff.approve(request.match_info["id"], actor(request))
     return web.json_response(result, status=202, dumps=json_dumps)
 
 
 async def reject(request: web.Request) -> web.Response:
     """End a waiting draft with nothing sent, or drop a waiting update or cancel."""
-    d = daemon(request)
+    d = services(request)
     body = await read_json(request, RejectIn)
     result = await d.signoff.reject(request.match_info["id"], actor(request), body.reason)
     return web.json_response(result, dumps=json_dumps)

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from warnd.api.routes import Route
-from warnd.api.warnings import daemon, json_dumps, local_time
+from warnd.api.services import services
+from warnd.api.warnings import json_dumps, local_time
 from warnd.intake import InputError
 
 if TYPE_CHECKING:
-    from warnd.daemon import Daemon
+    from warnd.api.services import ApiServices
 
 # A page a person can read; older events by warning_id.
 MAX_LIMIT = 1000
@@ -24,7 +25,7 @@ MAX_LIMIT = 1000
 
 async def audit(request: web.Request) -> web.Response:
     """Audit events: newest first, or oldest first for one warning (`?warning_id=`)."""
-    d = daemon(request)
+    d = services(request)
     warning_id = request.query.get("warning_id") or None
     try:
         limit = int(request.query.get("limit", "200"))
@@ -35,7 +36,7 @@ async def audit(request: web.Request) -> web.Response:
     return web.json_response(await audit_view(d, warning_id, limit), dumps=json_dumps)
 
 
-async def audit_view(d: Daemon, warning_id: str | None, limit: int) -> dict[str, Any]:
+async def audit_view(d: ApiServices, warning_id: str | None, limit: int) -> dict[str, Any]:
     """The audit page's body (also its live stream's snapshot, warnd.api.events)."""
     rows = await d.store.audit_log(warning_id, limit)
     tz = d.settings.policy.timezone

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
+from warnd.api.errors import error_response
 from warnd.tokenhash import digest, fast_digest, hash_token, is_slow, may_match_slow, new_token, verify_slow
 
 if TYPE_CHECKING:
+    from warnd.api.ratelimit import RateLimiter
     from warnd.config import Settings, TokenSettings
     from warnd.metrics import Metrics
-    from warnd.ratelimit import RateLimiter
 
 __all__ = [
     "ROLE_RANK",
@@ -277,8 +278,6 @@ class AuthGate:
 
 def refusal_response(refusal: Refusal, code: str, message: str, field: str | None) -> web.Response:
     """A refused token as the API's JSON error: 429 with Retry-After, or 401 with `code`."""
-    from warnd.api.errors import error_response
-
     if refusal.status == 429:
         retry = refusal.retry_after_s
         resp = error_response(

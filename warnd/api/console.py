@@ -17,7 +17,9 @@ from aiohttp import web
 from warnd import messages
 from warnd.api.errors import error_response
 from warnd.api.routes import Route, principal
-from warnd.api.warnings import daemon, json_dumps, read_json
+from warnd.api.services import services
+from warnd.api.warnings import json_dumps, read_json
+from warnd.audio import AudioCache, AudioError
 from warnd.intake import InputError
 from warnd.model import WarningIn
 
@@ -79,7 +81,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def villages(request: web.Request) -> web.Response:
     """The directory's villages for the area picker and the map (no people, no phone numbers)."""
-    d = daemon(request)
+    d = services(request)
     directory = d.directory()
     out: list[dict[str, Any]] = [
         {
@@ -99,9 +101,7 @@ async def villages(request: web.Request) -> web.Response:
 
 async def preview_audio(request: web.Request) -> web.Response:
     """The loudspeaker audio a draft would play (MP3), rendered as the speakers will get it."""
-    from warnd.audio import AudioCache, AudioError
-
-    d = daemon(request)
+    d = services(request)
     w = await read_json(request, WarningIn)
     villages_ = d.intake.match(w.area, required=True)
     row = {**w.model_dump(mode="json"), "villages": villages_, "version": 1}

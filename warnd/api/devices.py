@@ -10,21 +10,22 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from warnd.api.routes import Route
-from warnd.api.warnings import daemon, json_dumps, local_time
+from warnd.api.services import services
+from warnd.api.warnings import json_dumps, local_time
 
 if TYPE_CHECKING:
-    from warnd.daemon import Daemon
+    from warnd.api.services import ApiServices
 
 
 async def list_devices(request: web.Request) -> web.Response:
     """Every device of the directory with online / offline / unknown and when it was last heard from."""
     q = request.query
-    body = await devices_view(daemon(request), wanted_state=q.get("state"), wanted_village=q.get("village"))
+    body = await devices_view(services(request), wanted_state=q.get("state"), wanted_village=q.get("village"))
     return web.json_response(body, dumps=json_dumps)
 
 
 async def devices_view(
-    d: Daemon, *, wanted_state: str | None = None, wanted_village: str | None = None
+    d: ApiServices, *, wanted_state: str | None = None, wanted_village: str | None = None
 ) -> dict[str, Any]:
     """The devices page's body (also its live stream's snapshot, warnd.api.events)."""
     tz = d.settings.policy.timezone

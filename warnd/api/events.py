@@ -13,22 +13,20 @@ stays in a header; there is no polling loop in the page. Streams end when warnd 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from warnd.api.audit import audit_view
 from warnd.api.devices import devices_view
 from warnd.api.routes import Route, principal
-from warnd.api.warnings import _get_or_404, daemon, json_dumps, local_time, present
+from warnd.api.services import ApiServices, services
+from warnd.api.warnings import _get_or_404, json_dumps, local_time, present
 from warnd.inbound import replies
 from warnd.intake import IN_FORCE, InputError
 from warnd.model import State
 from warnd.mqtt.devices import coverage_with_offline
 from warnd.report import report
-
-if TYPE_CHECKING:
-    from warnd.daemon import Daemon
 
 # Longest a change waits to be seen when nothing wakes the pipeline (an ack, a device status):
 # one second keeps "within seconds" while a township's handful of warnings costs little to read.
@@ -40,10 +38,10 @@ BOARD_STATES = (*IN_FORCE, State.AWAITING_APPROVAL.value)
 VIEWS = ("board", "devices", "audit")
 # The audit page's newest events: a township's weeks of actions, a page a person reads.
 AUDIT_EVENTS = 500
-STOPS = web.AppKey("event_stream_stops", set)
+STOPS: web.AppKey[set[asyncio.Event]] = web.AppKey("event_stream_stops")
 
 
-async def board(d: Daemon) -> dict[str, Any]:
+async def board(d: ApiServices) -> dict[str, Any]:
     """Warnings in force and awaiting sign-off, with coverage per channel."""
     tz = d.settings.policy.timezone
     directory = d.directory()
@@ -70,7 +68,7 @@ async def board(d: Daemon) -> dict[str, Any]:
     return {"warnings": out}
 
 
-async def warning_view(d: Daemon, warning_id: str, *, phones: bool) -> dict[str, Any]:
+async def warning_view(d: ApiServices, warning_id: str, *, phones: bool) -> dict[str, Any]:
     """One warning as its page shows it: coverage per village and channel, who has not
     confirmed (with full phone numbers for operators), silent speakers, escalations, replies."""
     w = await _get_or_404(d, warning_id)
@@ -97,7 +95,7 @@ async def warning_view(d: Daemon, warning_id: str, *, phones: bool) -> dict[str,
 
 async def events(request: web.Request) -> web.StreamResponse:
     """A stream of snapshots: the board, `?warning_id=` one warning, or `?view=` devices or audit."""
-    d = daemon(request)
+    d = services(request)
     warning_id = request.query.get("warning_id") or None
     view = request.query.get("view", "board")
     if view not in VIEWS:
@@ -142,7 +140,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _snapshot(d: Daemon, warning_id: str | None, view: str, phones: bool) -> tuple[str, dict[str, Any]]:
+async def _snapshot(
+    d: ApiServices, warning_id: str | None, view: str, phones: bool
+) -> tuple[str, dict[str, Any]]:
     """The event name and snapshot of a stream: one warning, the board, the devices or the audit log."""
     if warning_id is not None:
         return "warning", await warning_view(d, warning_id, phones=phones)
@@ -153,7 +153,7 @@ async def _snapshot(d: Daemon, warning_id: str | None, view: str, phones: bool) 
     return "board", await board(d)
 
 
-async def _wait_any(d: Daemon, woken: asyncio.Event, stop: asyncio.Event) -> None:
+async def _wait_any(d: ApiServices, woken: asyncio.Event, stop: asyncio.Event) -> None:
     """Until the pipeline wakes, the server stops, or REFRESH_S passes."""
     waits = {asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stop.wait())}
     try:
@@ -166,7 +166,8 @@ async def _wait_any(d: Daemon, woken: asyncio.Event, stop: asyncio.Event) -> Non
 
 async def _end_streams(app: web.Application) -> None:
     """On shutdown, end every open stream so the server need not wait for them."""
-    for stop in list(app[STOPS]):
+    stops = app[STOPS]
+    for stop in list(stops):
         stop.set()
 
 

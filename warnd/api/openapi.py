@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -92,7 +92,8 @@ def openapi(routes: Sequence[Route], version: str, limited: Sequence[str] = ()) 
             model = SCHEMAS[r.body] if isinstance(r.body, str) else r.body
             name = model.__name__
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            for sub_name, sub in schema.pop("$defs", {}).items():
+            defs = cast("dict[str, Any]", schema.pop("$defs", {}))
+            for sub_name, sub in defs.items():
                 components[sub_name] = sub
             components[name] = schema
             content[JSON] = {"schema": {"$ref": f"#/components/schemas/{name}"}}

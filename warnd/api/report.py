@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from warnd.api.routes import Route
-from warnd.api.warnings import _get_or_404, daemon, json_dumps
+from warnd.api.services import services
+from warnd.api.warnings import _get_or_404, json_dumps
 from warnd.intake import InputError
 from warnd.report import report, to_csv
 
@@ -26,7 +27,7 @@ def wants_csv(request: web.Request) -> bool:
 
 async def show_report(request: web.Request) -> web.Response:
     """A warning's coverage per channel and village, laggards, confirmation times, escalations."""
-    d = daemon(request)
+    d = services(request)
     w = await _get_or_404(d, request.match_info["id"])
     rep = await report(d.store, w, d.directory(), d.settings.policy.timezone, d.clock.now())
     if wants_csv(request):

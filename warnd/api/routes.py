@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from warnd.api.auth import AuthGate, Principal, Refusal, refusal_response
+from warnd.api.errors import error_response
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 GATE = web.AppKey("auth_gate", AuthGate)
@@ -54,7 +55,6 @@ def principal(request: web.Request) -> Principal:
 
 def auth_middleware(roles: dict[tuple[str, str], str | None]) -> Any:
     """Require a bearer token with at least the route's role: 401 without one, 403 below it."""
-    from warnd.api.errors import error_response
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:

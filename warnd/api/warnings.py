@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -13,7 +13,9 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from warnd import jsonsafe, messages
+from warnd.api.feeds import CAP_TYPES, cap_intake
 from warnd.api.routes import Route, principal
+from warnd.api.services import ApiServices, services
 from warnd.intake import IN_FORCE, Actor, InputError
 from warnd.model import CancelIn, UpdateIn, WarningIn, warning_json
 from warnd.mqtt.devices import coverage_with_offline
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from warnd.config import Settings
-    from warnd.daemon import Daemon
     from warnd.directory import Directory, Person
 
 log = structlog.get_logger("warnd.api")
@@ -45,14 +46,7 @@ QUOTA_CHANNELS = ("sms", "voice")
 # A warning can send one person, on one channel, three messages in a day (the warning, an update
 # or reminder, the all-clear): a number that many short of its quota may see the next one refused.
 QUOTA_HEADROOM = 3
-CAP_TYPES = ("application/cap+xml", "application/xml", "text/xml")
 
-
-def daemon(request: web.Request) -> Daemon:
-    """The daemon this request is served by."""
-    from warnd.daemon import DAEMON
-
-    return request.app[DAEMON]
 
 
 def actor(request: web.Request) -> Actor:
@@ -90,7 +84,7 @@ def local_time(text: str | None, tz: str) -> str | None:
     return dt.astimezone(ZoneInfo(tz)).isoformat(timespec="seconds") if dt else None
 
 
-async def present(d: Daemon, w: dict[str, Any]) -> dict[str, Any]:
+async def present(d: ApiServices, w: dict[str, Any]) -> dict[str, Any]:
     """A stored warning as `GET /api/v1/warnings/{id}` shows it."""
     tz = d.settings.policy.timezone
     return {
@@ -125,11 +119,9 @@ def _pending(change: dict[str, Any] | None, tz: str) -> dict[str, Any] | None:
 
 async def create(request: web.Request) -> web.Response:
     """Issue a warning (预警发布): 202 with its id once it is durably stored."""
-    d = daemon(request)
+    d = services(request)
     if request.content_type in CAP_TYPES:
-        if d.cap_intake is None:
-            raise InputError("unsupported_media_type", "CAP XML intake is not available", "Content-Type", 415)
-        return await d.cap_intake(request, source="api", actor=actor(request))
+        return await cap_intake(request, d.feeds, source="api", actor=actor(request))
     w = await read_json(request, WarningIn)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
@@ -154,7 +146,7 @@ async def create(request: web.Request) -> web.Response:
 
 async def preview(request: web.Request) -> web.Response:
     """Who a warning would reach, on which channels, when: nothing is stored or sent."""
-    d = daemon(request)
+    d = services(request)
     w = await read_json(request, WarningIn)
     now = d.clock.now()
     available = d.dispatcher.channels()
@@ -165,7 +157,7 @@ async def preview(request: web.Request) -> web.Response:
     return web.json_response(body, dumps=json_dumps)
 
 
-async def quota_warnings(d: Daemon, reached: dict[str, dict[str, Person]]) -> list[dict[str, Any]]:
+async def quota_warnings(d: ApiServices, reached: dict[str, dict[str, Person]]) -> list[dict[str, Any]]:
     """The people this warning reaches who are near a provider's daily quota per number today.
 
     A quota must not be what blocks a warning: the duty officer sees them before sending.
@@ -240,7 +232,7 @@ def _preview(
 
 async def list_(request: web.Request) -> web.Response:
     """Warnings, newest first; `?state=active` means in force (active or updated)."""
-    d = daemon(request)
+    d = services(request)
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise InputError("invalid", f"state must be one of {', '.join(STATES)}", "state", 400)
@@ -271,24 +263,25 @@ async def list_(request: web.Request) -> web.Response:
     )
 
 
-async def _get_or_404(d: Daemon, warning_id: str) -> dict[str, Any]:
+async def _get_or_404(d: ApiServices, warning_id: str) -> dict[str, Any]:
     """The warning, or a 404 naming the id."""
     w = await d.store.get_warning(warning_id)
     if w is None:
         raise InputError("not_found", f"no warning {warning_id}", "id", status=404)
-    return w
+    # Read as a plain mapping by the views (present, report), which also add keys of their own.
+    return cast("dict[str, Any]", w)
 
 
 async def show(request: web.Request) -> web.Response:
     """One warning with its schedule and coverage."""
-    d = daemon(request)
+    d = services(request)
     w = await _get_or_404(d, request.match_info["id"])
     return web.json_response(await present(d, w), dumps=json_dumps)
 
 
 async def deliveries(request: web.Request) -> web.Response:
     """Every delivery of a warning: channel, target, state, attempts, last error."""
-    d = daemon(request)
+    d = services(request)
     w = await _get_or_404(d, request.match_info["id"])
     tz = d.settings.policy.timezone
     rows = await d.store.deliveries_for(w["id"])
@@ -307,7 +300,9 @@ async def deliveries(request: web.Request) -> web.Response:
         "provider_ref",
     )
     out = []
-    for r in rows:
+    for row in rows:
+        # A delivery row read by field name (the TypedDict's keys are the columns).
+        r = cast("Mapping[str, Any]", row)
         item = {k: r[k] for k in keep}
         item["ack_required"] = bool(item["ack_required"])
         for k in ("due_at", "sent_at", "delivered_at", "acked_at"):
@@ -318,7 +313,7 @@ async def deliveries(request: web.Request) -> web.Response:
 
 async def update(request: web.Request) -> web.Response:
     """Update a warning in force (预警更新): new content, rescheduled steps, an announcement."""
-    d = daemon(request)
+    d = services(request)
     await _get_or_404(d, request.match_info["id"])
     u = await read_json(request, UpdateIn)
     held = await d.signoff.hold_update(request.match_info["id"], u, actor(request))
@@ -330,7 +325,7 @@ async def update(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     """Cancel a warning (解除预警): stop what is pending, send the all-clear."""
-    d = daemon(request)
+    d = services(request)
     await _get_or_404(d, request.match_info["id"])
     body = CancelIn()
     if request.can_read_body:

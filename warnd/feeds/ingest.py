@@ -36,9 +36,11 @@ from warnd.model import IN_FORCE, Area, Level, Status, UpdateIn, WarningIn
 from warnd.store import WarningRow, ts
 
 if TYPE_CHECKING:
+    from warnd.clock import Clock
     from warnd.config import FeedSettings
-    from warnd.daemon import Daemon
     from warnd.feeds.records import FeedRecords
+    from warnd.intake import Intake
+    from warnd.store import Store
 
 log = structlog.get_logger("warnd.feeds")
 
@@ -109,13 +111,15 @@ class CapIngest:
     """Turns CAP messages into warning actions, one message at a time.
 
     Args:
-        daemon: the running daemon (intake, store, clock, directory).
+        intake: accepts, updates and cancels warnings (and matches areas).
+        store: finds the warnings earlier messages made.
+        clock: the daemon's time.
         records: the feeds' rows.
     """
 
-    def __init__(self, daemon: Daemon, records: FeedRecords) -> None:
+    def __init__(self, intake: Intake, store: Store, clock: Clock, records: FeedRecords) -> None:
         """Keep the collaborators; one lock orders messages arriving through several sources."""
-        self.daemon = daemon
+        self.intake, self.store, self.clock = intake, store, clock
         self.records = records
         # An Update arriving by MQTT while its Alert is still being accepted from a push must
         # wait for it: messages are taken one at a time (they are few; each is a few ms).
@@ -200,7 +204,7 @@ class CapIngest:
             "status": fields["status"],
             "sent": fields["sent"],
             "refs": fields["references"],
-            "received_at": ts(self.daemon.clock.now()),
+            "received_at": ts(self.clock.now()),
             "document": document,
         }
         if fields["status"] not in {s.value for s in Status} or msg_type in ("ack", "error"):
@@ -240,7 +244,7 @@ class CapIngest:
         """The state of the warning a message created or acted on, None when there is none."""
         if warning_id is None:
             return None
-        w = await self.daemon.store.get_warning(warning_id)
+        w = await self.store.get_warning(warning_id)
         return w["state"] if w is not None else None
 
     async def _alert(
@@ -248,7 +252,7 @@ class CapIngest:
     ) -> IngestResult:
         """A new warning (or the one already held under the same sender and identifier)."""
         w = warning_in(fields)
-        result = await self.daemon.intake.accept(
+        result = await self.intake.accept(
             w,
             actor=actor,
             source=source,
@@ -256,12 +260,12 @@ class CapIngest:
             document=document,
             require_villages=False,
         )
-        stored = await self.daemon.store.get_warning(result.id)
+        stored = await self.store.get_warning(result.id)
         flag = None
         if stored is not None and not stored["villages"]:
             flag = "no_village"
             await self.records.audit(
-                self.daemon.clock.now(),
+                self.clock.now(),
                 actor.name,
                 "flag",
                 result.id,
@@ -274,12 +278,12 @@ class CapIngest:
     async def _target(self, alert: CapAlert) -> WarningRow | None:
         """The warning the references name: newest reference first, directly or via an earlier Update."""
         for ref in reversed(alert.references):
-            w = await self.daemon.store.find_warning(ref.sender, ref.identifier)
+            w = await self.store.find_warning(ref.sender, ref.identifier)
             if w is not None:
                 return w
             doc = await self.records.document(ref.sender, ref.identifier)
             if doc is not None and doc["warning_id"]:
-                return await self.daemon.store.get_warning(doc["warning_id"])
+                return await self.store.get_warning(doc["warning_id"])
         return None
 
     async def _update_or_cancel(
@@ -288,7 +292,7 @@ class CapIngest:
         """Apply an Update or Cancel to the warning it references, or store it as unmatched."""
         msg_type = row["msg_type"]
         target = await self._target(alert)
-        now = self.daemon.clock.now()
+        now = self.clock.now()
         if target is None:
             refs = [f"{r.sender},{r.identifier}" for r in alert.references]
             detail = {"msg_type": msg_type, "sender": alert.sender, "identifier": alert.identifier}
@@ -304,10 +308,10 @@ class CapIngest:
             # The reason reaches villagers in the all-clear: the issuer's own words when it gave
             # any (12379 cancels say who lifted what, when), never a CAP identifier.
             reason = str(fields.get("description") or "").strip() or "发布单位已解除该预警"
-            await self.daemon.intake.cancel(wid, actor=actor, reason=reason, message=message)
+            await self.intake.cancel(wid, actor=actor, reason=reason, message=message)
             return await self._record(row, "cancelled", wid, None, created=True)
         update, flag = self.update_in(fields, target)
-        await self.daemon.intake.update(wid, update, actor=actor, message=message)
+        await self.intake.update(wid, update, actor=actor, message=message)
         return await self._record(row, "updated", wid, flag, created=True)
 
     def update_in(self, fields: dict[str, Any], target: Mapping[str, Any]) -> tuple[UpdateIn, str | None]:
@@ -315,7 +319,7 @@ class CapIngest:
         w = warning_in(fields)
         flag = None
         area: Area | None = w.area if _has_area(w.area) else None
-        if area is not None and not self.daemon.intake.match(area, required=False):
+        if area is not None and not self.intake.match(area, required=False):
             # Moving a warning to an area that reaches nobody would silence it: keep the old one.
             area, flag = None, "update_area_no_village"
         try:

@@ -39,7 +39,7 @@ class MqttFeeds:
     def __init__(self, feeds: Feeds, settings: list[FeedSettings]) -> None:
         """Make the link and subscribe each feed's topic."""
         self.feeds = feeds
-        mqtt = feeds.daemon.settings.mqtt
+        mqtt = feeds.settings.mqtt
         # `[mqtt] client_id` is filled in (warnd-{host}-{township}) before the feeds are made.
         client_id = str(mqtt.client_id)
         self.link = MqttLink(mqtt, client_id=topics.feeds_client_id(client_id), name="warnd.feeds.mqtt")
@@ -57,7 +57,7 @@ class MqttFeeds:
 
     async def take(self, feed: FeedSettings, payload: bytes) -> None:
         """Ingest one payload, recording the outcome in the feed's health."""
-        now = self.feeds.daemon.clock.now
+        now = self.feeds.clock.now
         try:
             results = await self.feeds.ingest.ingest_bytes(
                 payload, feed=feed.name, source="mqtt", actor=Actor(f"feed:{feed.name}"), settings=feed

@@ -148,7 +148,7 @@ class Poller:
     async def poll_once(self) -> PollReport:
         """One conditional GET of the feed URL and, for an index, of each new entry."""
         report = PollReport()
-        now = self.feeds.daemon.clock.now
+        now = self.feeds.clock.now
         url = self.settings.url or ""
         try:
             report = await self._poll(url)
@@ -174,7 +174,7 @@ class Poller:
     async def _poll(self, url: str) -> PollReport:
         """The poll itself; raises FetchError / CapError for a failure of the whole poll."""
         records = self.feeds.records
-        now = self.feeds.daemon.clock.now
+        now = self.feeds.clock.now
         report = PollReport()
         cursor = await records.cursor(self.name, url)
         headers = {"Accept": "application/cap+xml, application/atom+xml, application/xml;q=0.9"}
@@ -230,11 +230,11 @@ class Poller:
         except (CapError, InputError) as exc:
             report.refused += 1
             message = str(exc) if isinstance(exc, CapError) else f"{exc.field}: {exc.message}"
-            await self.feeds.records.failed(self.name, self.feeds.daemon.clock.now(), message)
+            await self.feeds.records.failed(self.name, self.feeds.clock.now(), message)
             log.warning("feed.document_refused", feed=self.name, reason=message)
             return "refused"
         for r in results:
-            await self.feeds.records.succeeded(self.name, self.feeds.daemon.clock.now(), r.outcome)
+            await self.feeds.records.succeeded(self.name, self.feeds.clock.now(), r.outcome)
         report.results += len(results)
         return ",".join(sorted({r.outcome for r in results}))
 
@@ -250,4 +250,4 @@ class Poller:
                 self.next_delay_s = poll_delay_s(
                     self.failures, self.settings.interval_s, self.settings.max_backoff_s
                 )
-            await self.feeds.daemon.clock.sleep(self.next_delay_s)
+            await self.feeds.clock.sleep(self.next_delay_s)

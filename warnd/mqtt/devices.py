@@ -2,8 +2,8 @@
 
 Every device acknowledges on `warnd/v1/device/{id}/ack` and keeps a retained
 `warnd/v1/device/{id}/status` (`{"online": bool, …}`, with a last will saying offline; topics in
-warnd.mqtt.topics). One `DeviceHub` per daemon subscribes to both on the shared device link,
-built once by `device_hub` for whichever channel asks first: acks go to the feedback stage,
+warnd.mqtt.topics). One `DeviceHub` per daemon, built by warnd.app, subscribes to both on the
+shared device link: acks go to the feedback stage,
 statuses (online/offline, last seen) to the `devices` table, shown at `GET /api/v1/devices`
 (warnd.api.devices) and as `offline` in a warning's device coverage.
 
@@ -35,7 +35,6 @@ from warnd.mqtt import topics
 from warnd.store import DatabaseError, StoreError
 
 if TYPE_CHECKING:
-    from warnd.adapter import AdapterContext
     from warnd.directory import Directory
     from warnd.store import Store
 
@@ -296,16 +295,6 @@ def _json_object(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
 def _store_trouble(exc: BaseException) -> bool:
     """Whether an error is the store's (a full disk, a failed write), not one message's."""
     return isinstance(exc, DatabaseError | OSError | StoreError)
-
-
-def device_hub(ctx: AdapterContext, link: Any) -> DeviceHub:
-    """The daemon's one DeviceHub on this link, created by the first MQTT channel that asks."""
-    hub = ctx.extra.get("devices")
-    if hub is None:
-        hub = ctx.extra["devices"] = DeviceHub(
-            link, directory=ctx.directory, feedback=ctx.feedback, store=ctx.store, clock=ctx.clock
-        )
-    return hub
 
 
 async def coverage_with_offline(store: Store, warning_id: str) -> dict[str, dict[str, int]]:

@@ -1,6 +1,6 @@
 """The MQTT connection: one long-lived broker link with subscriptions that survive reconnects.
 
-The daemon has one for its devices (loudspeakers, LED boards: `shared_link`), the CAP feeds one
+The daemon has one for its devices (loudspeakers, LED boards: `device_link`), the CAP feeds one
 of their own (warnd.feeds.mqtt), and each simulated device one (warnd.tools.simulator).
 
 The link owns reconnection: `run_loop` keeps `async with client:` inside `while True`, waits a
@@ -15,8 +15,8 @@ write, the broker delivers it again on the next connect. An acknowledgement belo
 connection the message came on; after a reconnect the broker resends what was not acknowledged,
 so an old one is dropped rather than sent for a message id the new connection may reuse.
 
-Sharing: `shared_link(ctx)` creates the device link once per daemon and keeps it in
-`ctx.extra["mqtt"]`; a channel calls `link.subscribe(topic_filter, handler)` and returns
+Sharing: the composition root (warnd.app) makes the device link once and lends it to every
+channel as `AdapterContext.mqtt`; a channel calls `link.subscribe(topic_filter, handler)` and returns
 `link.background()` from its own `background()` — the link's loops are handed out only once.
 Topics, QoS and retain come from warnd.mqtt.topics.
 """
@@ -35,11 +35,10 @@ from urllib.parse import urlsplit
 import aiomqtt
 import structlog
 
-from warnd.adapter import NotReadyError, TransientError
+from warnd.errors import NotReadyError, TransientError
 from warnd.mqtt.topics import QOS, filter_pattern
 
 if TYPE_CHECKING:
-    from warnd.adapter import AdapterContext
     from warnd.config import MqttSettings
 
 log = structlog.get_logger("warnd.mqtt")
@@ -398,18 +397,3 @@ def device_link(
     Acks from devices are acknowledged to the broker only once stored (warnd.mqtt.devices).
     """
     return MqttLink(settings, on_connect=on_connect, manual_ack=True)
-
-
-def shared_link(ctx: AdapterContext) -> MqttLink:
-    """The daemon's one device link, created by the first channel that asks for it."""
-    link: MqttLink | None = ctx.extra.get("mqtt")
-    if link is None:
-        wake = ctx.wake
-
-        async def connected() -> None:
-            """The channels are ready again: what waited for the broker goes out now."""
-            if wake is not None:
-                wake.set()
-
-        link = ctx.extra["mqtt"] = device_link(ctx.settings.mqtt, on_connect=connected)
-    return link

@@ -46,6 +46,14 @@ def test_loudspeaker_fanout_with_progress_acks() -> None:
     assert "accept p99" not in out
 
 
+def test_ack_backlog_runs_on_every_sink() -> None:
+    """200 acks queued by the broker, stored by warnd's receive path, the bare sink and the paho-less one."""
+    out = run_bench("bench.ack_backlog", "--acks", "200", "--speakers", "10", "--reps", "1")
+    assert "| acks stored per second from a broker backlog of 200 |" in out
+    assert "(warnd / bare sink)" in out
+    assert "minimal asyncio MQTT reader (no paho)" in out
+
+
 def test_token_attack_runs_and_no_guess_costs_a_slow_hash() -> None:
     """4 speakers, quiet and under 20 guesses/s from 2 addresses."""
     out = run_bench(

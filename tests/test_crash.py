@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from tests.support.county import write_directory
+from tests.support.county import county_toml, write_directory
 from tests.support.harness import warning_body
 from tests.support.mqtt import free_port
 from tests.support.process import DaemonProcess, write_config
@@ -105,3 +108,76 @@ def test_sigterm_lets_sends_in_flight_finish(tmp_path: Path) -> None:
     recorded = {r["target"] for r in read_records(record)}
     assert sent == recorded and sent  # what was sent is recorded as sent: no send lost to the stop
     assert states.get("pending", 0) > 0  # and the rest waits, untouched, for the next start
+
+
+def _step_rows(db: Path, warning_id: str) -> tuple[int, str | None]:
+    """(delivery rows, state of the first step's job) of a warning, read from the store's file."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        (rows,) = con.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE warning_id = ?", (warning_id,)
+        ).fetchone()
+        job = con.execute(
+            "SELECT state FROM jobs WHERE warning_id = ? AND kind = 'step' ORDER BY due_at LIMIT 1",
+            (warning_id,),
+        ).fetchone()
+        return rows, job[0] if job else None
+    finally:
+        con.close()
+
+
+def test_sigkill_between_the_parts_of_a_county_wide_step_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """Kill -9 after a 6,600-delivery step's first part is written, before its last: after the restart
+    every speaker and board has its one delivery row and is reached with one msg_id."""
+    directory = tmp_path / "directory.toml"
+    directory.write_text(county_toml(villages=600, people_per_village=0, officials=1), encoding="utf-8")
+    port = free_port()
+    config = write_config(tmp_path, directory, port)
+    argv = ["-m", "tests.support.recording_daemon", str(config), str(tmp_path / "sent.jsonl")]
+    d = DaemonProcess(argv, port, tmp_path / "warnd.log").start()
+    db = tmp_path / "state" / "warnd.db"
+    status, body = d.call("POST", "/api/v1/warnings", warning_body(area={"codes": ["330502"]}))
+    assert status == 202
+    wid = body["id"]
+    deadline = time.monotonic() + 60
+    while _step_rows(db, wid)[0] == 0:
+        assert time.monotonic() < deadline, "no part of the step written within 60 s"
+        time.sleep(0.002)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGSTOP)  # frozen at once: what the file holds now is what a kill leaves
+    rows, job = _step_rows(db, wid)
+    d.kill()
+    # Part of the step written, its job still pending: the kill came between two parts.
+    assert job == "pending" and rows > 0, f"the kill missed the step's parts: {rows} rows, job {job}"
+    d.start()
+    try:
+        wait_for(lambda: _step_rows(db, wid)[1] == "done", 60)
+        assert rows < _step_rows(db, wid)[0]
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            by_channel = dict(
+                con.execute(
+                    "SELECT channel, COUNT(*) FROM deliveries WHERE warning_id = ? GROUP BY channel", (wid,)
+                ).fetchall()
+            )
+            doubled = con.execute(
+                "SELECT COUNT(*) FROM (SELECT target FROM deliveries WHERE warning_id = ? AND step = 'issue'"
+                " GROUP BY channel, target HAVING COUNT(*) > 1)",
+                (wid,),
+            ).fetchone()[0]
+        finally:
+            con.close()
+        assert by_channel["loudspeaker"] == 6000 and by_channel["led"] == 600
+        assert doubled == 0
+        record = tmp_path / "sent.jsonl"
+        wait_for(
+            lambda: len({r["target"] for r in read_records(record) if r["channel"] == "loudspeaker"}) == 6000,
+            120,
+        )
+        msg_ids: dict[str, set[str]] = defaultdict(set)
+        for r in read_records(record):
+            if r["channel"] == "loudspeaker":
+                msg_ids[r["target"]].add(r["msg_id"])
+        assert all(len(ids) == 1 for ids in msg_ids.values())
+    finally:
+        assert d.terminate() == 0

@@ -15,6 +15,7 @@ from tests.support.mqtt import Broker
 from tests.support.process import ROOT
 from tests.support.wait import until
 from warnd.config import MqttSettings
+from warnd.mqtt import topics as topics_module
 from warnd.mqtt.link import MqttLink
 from warnd.mqtt.topics import matches
 
@@ -145,3 +146,15 @@ def test_mqtt_package_needs_no_adapter_and_no_tool() -> None:
         if not path.is_relative_to(warnd / "tools") and path.name != "ctl.py":
             # warnctl runs the simulator for `simulate-speakers`: a command line, not the daemon.
             assert not any(m.startswith("warnd.tools") for m in modules), name
+
+
+def test_filter_patterns_match_exactly_what_matches_does() -> None:
+    """The link's compiled filters agree with the level-by-level `matches` on wildcards and edges."""
+    filters = ["warnd/v1/device/+/ack", "a/#", "#", "+", "a/+/c", "$share/g/a/b", "a+b/c", "a/b"]
+    topics = ["warnd/v1/device/spk-1/ack", "warnd/v1/device//ack", "warnd/v1/device/a/b/ack", "a", "a/",
+              "a/b", "a/b/c", "a/x/c", "a+b/c", "ab/c", "b", "", "$share/g/a/b"]  # fmt: skip
+    for f in filters:
+        levels = f.split("/")
+        pattern = topics_module.filter_pattern(levels)
+        for t in topics:
+            assert bool(pattern.fullmatch(t)) == topics_module.matches(t.split("/"), levels), (f, t)

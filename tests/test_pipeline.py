@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.support import db
 from tests.support.harness import Harness, warning_body
-from warnd.store import from_ts
+from warnd.planner import step_deliveries
+from warnd.scheduler import step_parts
+from warnd.store import NewDelivery, from_ts
 
 
 async def test_red_warning_reaches_every_device_and_person(harness: Harness) -> None:
@@ -220,3 +222,90 @@ async def test_recover_does_not_resend_a_warning_cancelled_meanwhile(harness: Ha
     await harness.store.recover()
     states = {d["state"] for d in await harness.store.deliveries_for(wid) if d["channel"] == "sms"}
     assert states == {"cancelled"}
+
+
+def _planned(n_villages: int, speakers: int, people: int) -> list[NewDelivery]:
+    """Deliveries as a step plans them: a msg_id per village's speakers, one per person."""
+    now = datetime(2026, 7, 1, tzinfo=UTC)
+    rows = [
+        NewDelivery(f"v{v}", "w", "issue", "warning", "loudspeaker", f"spk-{v}-{k}", now, village=f"{v}")
+        for v in range(n_villages)
+        for k in range(speakers)
+    ]
+    return rows + [NewDelivery(f"p{p}", "w", "issue", "warning", "sms", f"p-{p}", now) for p in range(people)]
+
+
+def test_step_parts_keep_a_village_whole_and_start_every_channel_at_once() -> None:
+    """Parts of about the size asked; a village's speakers never split; both channels in the first part."""
+    planned = _planned(n_villages=1000, speakers=7, people=3000)
+    parts = step_parts(planned, rows=2000)
+    assert sorted(map(id, (d for part in parts for d in part))) == sorted(map(id, planned))
+    assert all(2000 <= len(part) < 2007 for part in parts[:-1]) and 0 < len(parts[-1]) <= 2006
+    where = {d.msg_id: i for i, part in enumerate(parts) for d in part}
+    for i, part in enumerate(parts):
+        assert all(where[d.msg_id] == i for d in part)  # every row of a msg_id in this part
+    assert {d.channel for d in parts[0]} == {"loudspeaker", "sms"}
+    assert step_parts([]) == [[]]
+
+
+async def test_a_step_written_in_parts_is_written_once_after_a_crash_between_them(tmp_path: Path) -> None:
+    """A crash after the first part of a step: fired again, every delivery is there once, the job done once.
+
+    The first part is written as the scheduler writes it (`fire_job_part`) and the daemon is then
+    replaced, as a restart replaces it; the restarted scheduler fires the still pending job.
+    """
+    county = {"villages": 90, "speakers": 40, "leds": 0}
+    h = await Harness(tmp_path, directory=county).start()
+    try:
+        wid = await h.issue(warning_body(area={"codes": ["330502101"]}))
+        (job,) = [j for j in await h.store.due_jobs(h.clock.now()) if j.warning_id == wid]
+        warning = await h.store.get_warning(wid)
+        planned = step_deliveries(
+            dict(warning), job.key, job.payload, h.daemon.directory(), h.daemon.settings.policy, h.clock.now()
+        )
+        assert len(planned) > 3000  # more than one part
+        first = step_parts(planned)[0]
+        assert await h.store.fire_job_part(job, first, now=h.clock.now())
+        assert len(await h.store.deliveries_for(wid)) == len(first)
+        assert (await h.store.jobs_for(wid))[0]["state"] == "pending"
+        now = h.clock.now()
+        await h.close()
+        h = await Harness(tmp_path, directory=county).start()  # the same store, as after a restart
+        h.clock.set(now)
+        assert await h.daemon.scheduler.run_once() == 1
+        rows = await h.store.deliveries_for(wid)
+        assert len(rows) == len(planned)
+        assert len({(r["msg_id"], r["target"]) for r in rows}) == len(planned)
+        jobs = await h.store.jobs_for(wid)
+        assert [j["state"] for j in jobs if j["key"] == job.key] == ["done"]
+        # The follow-ups of the step (loudspeaker repeats, escalation chains) were written once.
+        keys = [j["key"] for j in jobs]
+        assert len(keys) == len(set(keys))
+        await h.run_until_idle()
+        spk = h.adapter("loudspeaker").by_msg()
+        assert all(n == 1 for n in spk.values())
+        assert {t for _, t in spk} == {d.target for d in planned if d.channel == "loudspeaker"}
+    finally:
+        await h.close()
+
+
+async def test_a_step_cancelled_between_parts_writes_nothing_more(harness: Harness) -> None:
+    """A part for a job no longer pending (its warning cancelled) is refused, nothing written."""
+    wid = await harness.issue(warning_body())
+    (job,) = [j for j in await harness.store.due_jobs(harness.clock.now()) if j.warning_id == wid]
+    status = (
+        await harness.client.post(f"/api/v1/warnings/{wid}/cancel", json={}, headers=harness.headers())
+    ).status
+    assert status in (200, 202)
+    warning = await harness.store.get_warning(wid)
+    planned = step_deliveries(
+        dict(warning),
+        job.key,
+        job.payload,
+        harness.daemon.directory(),
+        harness.daemon.settings.policy,
+        harness.clock.now(),
+    )
+    assert planned
+    assert not await harness.store.fire_job_part(job, planned, now=harness.clock.now())
+    assert [d for d in await harness.store.deliveries_for(wid) if d["step"] == job.payload["step"]] == []

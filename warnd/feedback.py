@@ -101,6 +101,11 @@ class Feedback:
         hub counts them and logs them at most once a minute per device).
         """
         now = self.clock.now()
+
+        def retry(attempts: int) -> datetime | None:
+            """When a delivery reported failed now is tried again (one closure for the batch)."""
+            return self._retry_at(attempts, now)
+
         known = [r for r in reports if r.status in STATUS_STATE]
         for r in reports:
             if r.status not in STATUS_STATE:
@@ -121,7 +126,7 @@ class Feedback:
                         error=_reason(r)
                         if STATUS_STATE[r.status] in (DeliveryState.FAILED, DeliveryState.DEAD)
                         else None,
-                        retry=lambda attempts: self._retry_at(attempts, now),
+                        retry=retry,
                     )
                     for r in known
                 ],

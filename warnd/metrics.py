@@ -171,6 +171,11 @@ class Metrics:
             ["channel", "status"],
             registry=r,
         )
+        # Their labelled children by (channel, status) and channel (observe_ack).
+        self._ack_counters: dict[tuple[str, str], Any] = {}
+        self._ack_timers: dict[str, Any] = {}
+        # The last send time parsed for a confirmation's delay: (as stored, as a datetime).
+        self._sent_parsed: tuple[str | None, datetime | None] = (None, None)
         self.audio_fallbacks = Counter(
             "warnd_audio_render_failures",
             "Loudspeaker audio that could not be rendered (engine failed, disk full): sent as text only",
@@ -245,10 +250,22 @@ class Metrics:
         `first_confirmation` true when this ack confirmed it for the first time.
         """
         channel = row["channel"]
-        self.acks.labels(channel, status).inc()
-        if row.get("first_confirmation") and row.get("sent_at"):
-            sent = from_ts(row["sent_at"])
-            self.ack_seconds.labels(channel).observe(max(0.0, (now - sent).total_seconds()))  # type: ignore[operator]  # sent_at checked above
+        # The labelled children, looked up once: `labels()` takes a lock and builds a key per call,
+        # which 10,000 acks a second notice.
+        counter = self._ack_counters.get((channel, status))
+        if counter is None:
+            counter = self._ack_counters[(channel, status)] = self.acks.labels(channel, status)
+        counter.inc()
+        sent_at = row.get("sent_at")
+        if row.get("first_confirmation") and sent_at:
+            # A village's speakers share one send time: parsed once, not once per speaker.
+            if self._sent_parsed[0] != sent_at:
+                self._sent_parsed = (sent_at, from_ts(sent_at))
+            sent = self._sent_parsed[1]
+            timer = self._ack_timers.get(channel)
+            if timer is None:
+                timer = self._ack_timers[channel] = self.ack_seconds.labels(channel)
+            timer.observe(max(0.0, (now - sent).total_seconds()))  # type: ignore[operator]  # sent_at checked above
 
     # -- scrape -------------------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ restart can neither lose nor double a link of the chain.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,6 +48,36 @@ SAME_PLAY_S = 1.0
 # default) by looking again every 2 s, at most 30 times: a stuck send cannot hold it for long.
 ANNOUNCE_WAIT_S = 2.0
 ANNOUNCE_WAITS = 30
+# A step (or announcement) is written in parts of about this many deliveries, the job marked done
+# with the last: the dispatcher claims the first villages' rows (four of its batches of 500)
+# while the rest of a county-wide step's 50,000 are still being written, instead of after.
+STEP_PART_ROWS = 2000
+
+
+def step_parts(deliveries: Sequence[NewDelivery], rows: int = STEP_PART_ROWS) -> list[list[NewDelivery]]:
+    """A step's deliveries in parts of about `rows`, every channel's first receivers in the first part.
+
+    The deliveries of one message (a village's speakers share a msg_id) stay in one part, so the
+    dispatcher can claim them together and publish once per village. Channels take turns a
+    message at a time: the first part holds some speakers, some boards, some people.
+    """
+    messages: dict[tuple[str, str], list[NewDelivery]] = {}
+    for d in deliveries:
+        messages.setdefault((d.channel, d.msg_id), []).append(d)
+    by_channel: dict[str, list[list[NewDelivery]]] = {}
+    for (channel, _), group in messages.items():
+        by_channel.setdefault(channel, []).append(group)
+    parts: list[list[NewDelivery]] = []
+    part: list[NewDelivery] = []
+    for turn in itertools.zip_longest(*by_channel.values()):
+        for group in turn:
+            if group is None:
+                continue
+            part.extend(group)
+            if len(part) >= rows:
+                parts.append(part)
+                part = []
+    return [*parts, part] if part or not parts else parts
 
 
 class Scheduler:
@@ -135,7 +167,13 @@ class Scheduler:
             return await self.store.fire_job(job, [], now=now)
         policy = self.policy()
         payload = self._available(job.payload, blog)
-        deliveries = step_deliveries(warning, job.key, payload, self.directory(), policy, now)
+        self._prepare_step(warning, payload)
+        # Planned on a worker thread: a county-wide step is 50,000 rows, a second or more of
+        # work that would hold up the loop, and with it the render just started, the acks coming
+        # in and the API. The planner is pure: it reads the directory and policy it is given.
+        deliveries = await asyncio.to_thread(
+            step_deliveries, warning, job.key, payload, self.directory(), policy, now
+        )
         self._prepare(warning, deliveries)
         jobs = self._chains(warning, job, deliveries, now)
         lp = level_policy(warning, policy)
@@ -146,7 +184,7 @@ class Scheduler:
                 due = end_of_quiet(due, policy)
             if self._before_expiry(warning, due):
                 jobs.append(repeat_job(warning, due, now, 1, first=True))
-        ok = await self.store.fire_job(job, deliveries, jobs=jobs, now=now)
+        ok = await self._fire_in_parts(job, deliveries, jobs=jobs, now=now)
         if ok:
             blog.info(
                 "job.fired",
@@ -156,6 +194,18 @@ class Scheduler:
                 late_s=round((now - job.due_at).total_seconds(), 3),
             )
         return ok
+
+    async def _fire_in_parts(
+        self, job: Job, deliveries: list[NewDelivery], *, jobs: Sequence[NewJob] = (), now: datetime
+    ) -> bool:
+        """Write a job's deliveries part by part (`step_parts`), waking the dispatcher after each;
+        the last part goes with the job's follow-up jobs and its `done`, in one transaction."""
+        *first, last = step_parts(deliveries)
+        for part in first:
+            if not await self.store.fire_job_part(job, part, now=now):
+                return False  # no longer pending: the warning was cancelled meanwhile
+            self.wake.set()
+        return await self.store.fire_job(job, last, jobs=jobs, now=now)
 
     def _chains(
         self, warning: dict[str, Any], job: Job, deliveries: list[NewDelivery], now: datetime
@@ -524,6 +574,23 @@ class Scheduler:
 
     # -- announcements and expiry -------------------------------------------------------------
 
+    def _prepare_step(self, warning: dict[str, Any], payload: dict[str, Any]) -> None:
+        """Let a step's channels get ready before it is planned, for what its new receivers are told.
+
+        Planning a county-wide step (50,000 rows) and writing it take seconds; the loudspeakers'
+        MP3 (1–3 s of rendering on a busy machine) renders meanwhile instead of after, so the
+        first village command does not wait for it. Device channels told only a reminder at this
+        step, and person channels of a step that tells some people afresh, are prepared after
+        planning (`_prepare`), as before: nothing is rendered in vain.
+        """
+        if self.prepare is None:
+            return
+        context = payload.get("context") or {"message": "issue"}
+        new = payload.get("new")
+        channels = [c for c in payload["channels"] if new is None or c in new]
+        if channels:
+            self.prepare(warning, channels, payload.get("kind", "warning"), context)
+
     def _prepare(self, warning: dict[str, Any], deliveries: list[NewDelivery]) -> None:
         """Let the channels of planned deliveries get ready while the deliveries are written."""
         if self.prepare is None:
@@ -566,7 +633,7 @@ class Scheduler:
             }
             deliveries = [d for d in deliveries if (d.channel, d.target) not in skip]
         self._prepare(warning, deliveries)
-        ok = await self.store.fire_job(job, deliveries, now=now)
+        ok = await self._fire_in_parts(job, deliveries, now=now)
         if ok:
             blog.info(
                 "job.fired", step=job.payload.get("step"), deliveries=len(deliveries), in_flight=in_flight

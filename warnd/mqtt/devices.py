@@ -187,8 +187,7 @@ class DeviceHub:
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
         if failing:
             log.info("device.store_recovered", messages=len(batch))
-        for *_, token in batch:
-            self.link.ack(token)
+        self.link.ack_many([token for *_, token in batch])
 
     def _sort(
         self, batch: list[tuple[str, str, bytes, Any]]

@@ -17,6 +17,7 @@ their own whose client id is `feeds_client_id(mqtt.client_id)`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The major version is in the topic: a change that breaks a v1 terminal gets `warnd/v2/…`.
@@ -134,3 +135,13 @@ def matches(topic: list[str], topic_filter: list[str]) -> bool:
         if i >= len(topic) or (level != "+" and level != topic[i]):
             return False
     return len(topic) == len(topic_filter)
+
+
+def filter_pattern(topic_filter: list[str]) -> re.Pattern[str]:
+    """A regular expression matching a whole topic exactly when `matches` would (one C call per topic)."""
+    levels = ["[^/]*" if level == "+" else re.escape(level) for level in topic_filter]
+    if topic_filter[-1:] == ["#"]:
+        # `a/#` matches `a` too (the parent level), as `matches` and brokers do.
+        head = "/".join(levels[:-1])
+        return re.compile(f"{head}(?:/.*)?" if head else ".*", re.DOTALL)
+    return re.compile("/".join(levels), re.DOTALL)

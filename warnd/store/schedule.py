@@ -17,6 +17,25 @@ from warnd.store.warnings import CANCEL_OPEN_DELIVERIES, insert_audit
 class Schedule(StoreCore):
     """What a due job writes when it fires."""
 
+    async def fire_job_part(self, job: Job, deliveries: Sequence[NewDelivery], *, now: datetime) -> bool:
+        """Write part of a job's deliveries ahead of its `fire_job`; False if the job is no longer pending.
+
+        The job stays pending until `fire_job` writes the rest and marks it done. A crash in
+        between fires it again after the restart: its deliveries, unique by (msg_id, target),
+        are inserted once whatever part was already written, so none is lost or doubled. A job
+        cancelled meanwhile (the warning was) gets nothing more.
+        """
+
+        def work(con: Connection) -> bool:
+            """Only while the job is pending."""
+            pending = con.execute("SELECT 1 FROM jobs WHERE id = ? AND state = 'pending'", (job.id,))
+            if pending.fetchone() is None:
+                return False
+            insert_deliveries(con, deliveries, now)
+            return True
+
+        return await self.write(work)
+
     async def fire_job(
         self,
         job: Job,

@@ -297,6 +297,10 @@ def _tail(data: bytes) -> str:
     return text[-STDERR_TAIL_CHARS:] if text else "(no stderr)"
 
 
+# How long a killed engine process is waited for before warnd goes on without its exit status.
+KILL_WAIT_S = 2.0
+
+
 async def _run(
     argv: Sequence[str],
     *,
@@ -328,7 +332,12 @@ async def _run(
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            # Bounded: after a communicate() cancelled half-way (a shutdown while renders run),
+            # Python 3.11's transport can leave wait() pending though the killed child is gone,
+            # and an unbounded wait here hung warnd's shutdown (found by make bench).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_WAIT_S):
+                    await proc.wait()
     if proc.returncode != 0:
         raise AudioError(f"{engine} failed (exit {proc.returncode}): {_tail(stderr)}")
     return stdout or b""

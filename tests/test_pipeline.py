@@ -48,6 +48,21 @@ async def test_drill_reaches_only_test_entries(harness: Harness) -> None:
     assert {t for _, t in harness.adapter("sms").by_msg()} == {"tester"}
 
 
+async def test_only_a_step_that_reaches_devices_gets_them_ready(harness: Harness) -> None:
+    """An exercise of villages without test devices asks no device channel to get ready (no MP3
+    rendered in vain); one of the test village, and a real warning, do."""
+    quiet = await harness.issue(warning_body(status="exercise", sender="t", identifier="drill-public"))
+    test = await harness.issue(
+        warning_body(status="exercise", sender="t", identifier="drill-test", area={"codes": ["330502101299"]})
+    )
+    real = await harness.issue(warning_body(sender="t", identifier="real"))
+    await harness.run_until_idle()
+    ready = {wid for wid, _ in harness.adapter("loudspeaker").prepared}
+    assert quiet not in ready
+    assert {test, real} <= ready
+    assert quiet not in {wid for wid, _ in harness.adapter("led").prepared}
+
+
 async def test_same_idempotency_key_or_identifier_is_stored_once(harness: Harness) -> None:
     """The same submission twice answers with the same id and sends once."""
     body = warning_body()

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from warnd.clock import parse_iso
 from warnd.config import LevelPolicy, PolicySettings
-from warnd.directory import Directory, Person
+from warnd.directory import Directory, Person, Village
 from warnd.model import DEVICE_CHANNELS, Level
 from warnd.store import JobKind, NewDelivery, NewJob, new_job
 
@@ -316,6 +316,15 @@ class Receiver(NamedTuple):
     context_class: str
 
 
+def step_villages(warning: Mapping[str, Any], directory: Directory) -> list[Village]:
+    """The villages a warning's steps reach: its matched villages, only test ones for a drill."""
+    villages = [directory.villages[c] for c in warning["villages"] if c in directory.villages]
+    if warning.get("status", "actual") != "actual":
+        # Exercises and tests never reach the public: only test villages and test people.
+        villages = [v for v in villages if v.test]
+    return villages
+
+
 def step_receivers(
     warning: dict[str, Any], payload: dict[str, Any], directory: Directory, policy: PolicySettings
 ) -> Iterator[Receiver]:
@@ -323,10 +332,7 @@ def step_receivers(
     lp = level_policy(warning, policy)
     drill = warning.get("status", "actual") != "actual"
     roles = set(payload.get("roles") or ())
-    villages = [directory.villages[c] for c in warning["villages"] if c in directory.villages]
-    if drill:
-        # Exercises and tests never reach the public: only test villages and test people.
-        villages = [v for v in villages if v.test]
+    villages = step_villages(warning, directory)
     codes = [v.code for v in villages]
     for channel in payload["channels"]:
         if channel not in lp.channels:

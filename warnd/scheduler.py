@@ -37,6 +37,7 @@ from warnd.planner import (
     msg_id,
     repeat_job,
     step_deliveries,
+    step_villages,
 )
 from warnd.retention import Retention
 from warnd.store import Job, JobKind, NewDelivery, NewJob, Store, StoreUnavailable, from_ts, new_job, ts
@@ -588,6 +589,13 @@ class Scheduler:
         context = payload.get("context") or {"message": "issue"}
         new = payload.get("new")
         channels = [c for c in payload["channels"] if new is None or c in new]
+        # A device channel renders ahead only if the step reaches a device of it: an exercise of
+        # villages without test speakers renders nothing (a burst of such warnings, each rendering
+        # an MP3 nobody plays, once kept a real warning's render waiting).
+        villages = step_villages(warning, self.directory())
+        reached = {c for c, has in (("loudspeaker", any(v.speakers for v in villages)),
+                                    ("led", any(v.led_boards for v in villages))) if has}  # fmt: skip
+        channels = [c for c in channels if c not in DEVICE_CHANNELS or c in reached]
         if channels:
             self.prepare(warning, channels, payload.get("kind", "warning"), context)
 

@@ -7,7 +7,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from warnd import messages
 from warnd.adapter import Adapter, AdapterContext, Limits, Message, PermanentError, Receipt, TransientError
@@ -41,6 +41,12 @@ class RecordingAdapter(Adapter):
         self.delay_s = delay_s
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.sent: list[dict[str, str]] = []
+        # (warning id, kind) of each prepare(): what the scheduler asked this channel to get ready.
+        self.prepared: list[tuple[str, str]] = []
+
+    def prepare(self, warning: dict[str, Any], kind: str, context: dict[str, Any] | None = None) -> None:
+        """Record that the channel was asked to get ready (a loudspeaker renders its MP3 here)."""
+        self.prepared.append((warning["id"], kind))
 
     async def send(self, message: Message) -> Receipt:
         """Record one send, or fail as scripted."""

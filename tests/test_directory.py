@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.support.county import county_toml, county_village_code, directory_toml, village_code
 from warnd.config import ConfigError
-from warnd.directory import Directory
+from warnd.directory import CHUNK, Directory
 from warnd.model import Area
 
 
@@ -71,3 +71,24 @@ def test_bad_references_at_county_scale_are_named(tmp_path: Path) -> None:
     assert message == "Value error, person late: village 330502101999 is not in the directory"
     [(key, message)] = _problems(tmp_path, base + last.format(sup="v0-0", code=ok_code) + "mobile = 1\n")
     assert key == "person[10010].mobile" and message == "Extra inputs are not permitted"
+
+
+def test_a_reload_beside_the_loop_loads_and_reports_as_start_up_does(tmp_path: Path) -> None:
+    """Loaded beside the loop (pure-Python parse, records a chunk at a time): the same directory,
+    and the same problems named at the same places, for a bad record deep in the file."""
+    path = tmp_path / "directory.toml"
+    path.write_text(county_toml(villages=20), encoding="utf-8")
+    at_start, beside = Directory.load(path), Directory.load(path, beside_loop=True)
+    assert at_start.people == beside.people and at_start.villages == beside.villages
+    bad = path.read_text(encoding="utf-8").replace('id = "v15-3"', 'id = "v15-3"\nmobile = 1', 1)
+    bad = bad.replace('phone = "', 'phone = "0', 1)  # the first person's phone loses its +
+    path.write_text(bad, encoding="utf-8")
+    problems = []
+    for beside_loop in (False, True):
+        try:
+            Directory.load(path, beside_loop=beside_loop)
+        except ConfigError as exc:
+            problems.append(exc.problems)
+    assert len(problems) == 2 and problems[0] == problems[1]
+    assert {key.split(".")[-1] for key, _ in problems[0]} == {"mobile", "phone"}
+    assert any(key.startswith("person[") and int(key[7 : key.index("]")]) > CHUNK for key, _ in problems[0])

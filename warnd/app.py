@@ -17,6 +17,7 @@ and the core; the core imports neither (tests/test_architecture.py checks it).
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -177,6 +178,15 @@ def preparer(
     return prepare
 
 
+def keep_out_of_collections() -> None:
+    """Exempt what start-up made from the cyclic garbage collector's scans.
+
+    Modules, schemas, settings and the parts live as long as warnd; each full collection walked
+    them all again with the event loop stopped. (The directory froze its own records on load.)
+    """
+    gc.freeze()
+
+
 @asynccontextmanager
 async def build(
     settings: Settings,
@@ -284,4 +294,5 @@ async def build(
             recovered=recovered,
         )
         await start_adapters(channels.values())
+        keep_out_of_collections()
         yield services

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib as pure_tomllib
 from collections.abc import Iterable
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 # tomli compiled with mypyc: ~2.5× the stdlib's pure-Python tomllib on a 50,000-person directory.
+# Compiled code never lets go of the GIL, though: a worker thread parsing with it stops the event
+# loop for the whole parse, so a read beside a running loop (a reload) takes the stdlib's.
 import tomli as tomllib
 from pydantic import (
     AfterValidator,
@@ -741,17 +744,20 @@ def _dotted(loc: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
-def read_toml(path: Path, path_key: str = "(file)") -> dict[str, Any]:
+def read_toml(path: Path, path_key: str = "(file)", *, beside_loop: bool = False) -> dict[str, Any]:
     """A TOML file's tables; ConfigError if it is missing, unreadable or not UTF-8 TOML.
 
     `path_key` names the setting that points at the file, for problems of the path itself.
+    `beside_loop`: read in a worker thread while the event loop runs — the pure-Python parser,
+    slower but yielding the GIL every few milliseconds, so the loop keeps running.
     """
+    parser = pure_tomllib if beside_loop else tomllib
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            return parser.load(fh)
     except FileNotFoundError:
         raise ConfigError(path, [(path_key, f"{path} does not exist")]) from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, pure_tomllib.TOMLDecodeError) as exc:
         raise ConfigError(path, [("(file)", f"not valid TOML: {exc}")]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None

@@ -93,7 +93,7 @@ class Reloader:
     def _load_files(self) -> tuple[Settings, Directory]:
         """Both files, read and validated (in a worker thread: no shared state touched)."""
         fresh = load_settings(self.config_path)
-        return fresh, Directory.load(fresh.directory.path)
+        return fresh, Directory.load(fresh.directory.path, beside_loop=True)
 
     def _put_in_force(self, fresh: Settings, directory: Directory) -> str:
         """Swap in the new policy, tokens and directory at once; the status line for systemd."""

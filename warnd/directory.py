@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import gc
 import math
 import sys
 from collections import defaultdict
@@ -12,7 +13,15 @@ from typing import Any
 
 import numpy as np
 import shapely
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 
 from warnd.config import ROLES, ConfigError, Role, _dotted, read_toml
@@ -141,6 +150,32 @@ def _interned(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+# Records validated per call when loading beside the loop: ~2 ms of GIL each here.
+CHUNK = 500
+_VILLAGES: TypeAdapter[list[Village]] = TypeAdapter(list[Village])
+_PEOPLE: TypeAdapter[list[Person]] = TypeAdapter(list[Person])
+
+
+def _validate_in_chunks(raw: dict[str, Any]) -> None:
+    """Replace the raw villages and people by records, CHUNK at a time, where they are valid.
+
+    A chunk with a problem stays raw: the whole file's validation then reports it, with its
+    place in the file, as a load without chunks would.
+    """
+    for key, adapter in (("village", _VILLAGES), ("person", _PEOPLE)):
+        items = raw.get(key)
+        if not isinstance(items, list):
+            continue
+        out: list[Any] = []
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start : start + CHUNK]
+            try:
+                out.extend(adapter.validate_python(chunk))
+            except ValidationError:
+                out.extend(chunk)
+        raw[key] = out
+
+
 class Directory:
     """Lookups over the directory: villages by code prefix, polygon and circle; people by village.
 
@@ -172,14 +207,34 @@ class Directory:
         self._lon = np.array([self.villages[c].lon for c in self._codes], dtype=float)
 
     @classmethod
-    def load(cls, path: Path) -> Directory:
-        """Read directory.toml; raise ConfigError naming each bad key."""
-        raw = read_toml(path, "directory.path")
+    def load(cls, path: Path, *, beside_loop: bool = False) -> Directory:
+        """Read directory.toml; raise ConfigError naming each bad key.
+
+        `beside_loop`: loaded in a worker thread while the event loop runs (a reload). Parsing
+        and validating a county in one compiled call each would hold the GIL for a second or
+        more, stopping the loop as surely as loading on it; so the file is parsed in pure Python
+        and the records validated a chunk at a time, the GIL free between chunks.
+        """
+        # Loading a county allocates a million-odd objects, none of them in a cycle; with the
+        # collector on, each full collection on the way walked all of them again (100 ms and
+        # more each, the loop stopped, and a third of a county's start-up).
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            return cls(DirectoryFile.model_validate(_interned(raw)))
+            raw = _interned(read_toml(path, "directory.path", beside_loop=beside_loop))
+            if beside_loop:
+                _validate_in_chunks(raw)
+            return cls(DirectoryFile.model_validate(raw))
         except ValidationError as exc:
             problems = [(_dotted(e["loc"]), _message(e)) for e in exc.errors()]
             raise ConfigError(path, problems) from None
+        finally:
+            # What was made is tracked as young all the same: the first collection after this
+            # would walk it all. Frozen, it is never walked; a reload's old directory is still
+            # freed by reference counting when dropped (records make no cycles).
+            gc.freeze()
+            if collecting:
+                gc.enable()
 
     def by_prefix(self, code: str) -> list[str]:
         """Villages whose 12-digit code starts with a county, township or village code."""

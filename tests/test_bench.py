@@ -105,3 +105,18 @@ def test_make_bench_runs_only_benchmarks_and_each_takes_its_defaults() -> None:
             check=False,
         )
         assert proc.returncode == 0, (name, proc.stderr)
+
+
+def test_peak_rss_runs_a_warnd_process_with_every_channel() -> None:
+    """A 3-village county: a warnd process plans a red on every channel; its peak beside the parse's."""
+    out = run_bench("bench.peak_rss", "--villages", "3", "--people", "5", "--reps", "1", "--send-s", "0")
+    assert "| peak RSS, county directory (25 people), a county-wide red on every channel |" in out
+    assert "(warnd / the parsed file held)" in out
+    assert "loudspeaker, sms, voice, led, wechat" in out
+
+
+def test_retention_soak_keeps_the_database_bounded_only_with_retention() -> None:
+    """12 warnings, 2 villages: both sides run; the note says how each database grew."""
+    out = run_bench("bench.retention_soak", "--warnings", "12", "--villages", "2", "--reps", "1")
+    assert "| database after a 12-warning soak, `[retention] days = 1` |" in out
+    assert "(warnd / never pruned)" in out

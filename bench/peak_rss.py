@@ -104,6 +104,7 @@ def run_warnd(workdir: Path, directory: Path, broker: Broker, twilio: ThreadedFa
     )
     d.start(timeout_s=120)
     assert d.proc is not None
+    sent_before = twilio.run(lambda: len(twilio.fake.messages))  # the fake serves every repetition
     try:
         ready_kb = peak_kb(d.proc.pid)
         body = warning_body(area={"codes": [COUNTY]}, headline="县气象台发布暴雨红色预警")
@@ -119,7 +120,7 @@ def run_warnd(workdir: Path, directory: Path, broker: Broker, twilio: ThreadedFa
             time.sleep(0.5)
         planned_s = time.monotonic() - t0
         time.sleep(send_s)
-        sent = twilio.run(lambda: len(twilio.fake.messages))
+        sent = twilio.run(lambda: len(twilio.fake.messages)) - sent_before
         return {"peak_kb": peak_kb(d.proc.pid), "ready_kb": ready_kb, "expected": expected,
                 "planned_s": planned_s, "sms_sent": sent}  # fmt: skip
     finally:
@@ -128,9 +129,8 @@ def run_warnd(workdir: Path, directory: Path, broker: Broker, twilio: ThreadedFa
 
 def run_reference(directory: Path) -> int:
     """The reference's peak RSS in kB: a bare interpreter holding the parsed file."""
-    out = subprocess.run(
-        [sys.executable, "-c", REFERENCE, str(directory)], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    argv = [sys.executable, "-c", REFERENCE, str(directory)]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 
 
@@ -163,8 +163,9 @@ def main() -> int:
                         warnd_mb.append(run["peak_kb"] / 1024)
                     else:
                         reference_mb.append(run_reference(directory) / 1024)
-                print(f"  rep {rep + 1}: warnd {warnd_mb[-1]:.0f} MB (ready {runs[-1]['ready_kb'] / 1024:.0f} MB,"
-                      f" planned in {runs[-1]['planned_s']:.1f} s, {runs[-1]['sms_sent']} SMS sent),"
+                last = runs[-1]
+                print(f"  rep {rep + 1}: warnd {warnd_mb[-1]:.0f} MB (ready {last['ready_kb'] / 1024:.0f} MB,"
+                      f" planned in {last['planned_s']:.1f} s, {last['sms_sent']} SMS sent),"
                       f" reference {reference_mb[-1]:.0f} MB", file=sys.stderr)  # fmt: skip
         finally:
             wecom.close()

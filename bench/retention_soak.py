@@ -120,7 +120,8 @@ def main() -> int:
             print(f"  rep {rep + 1}: with retention {k['sizes'][args.warnings] / 1e6:.2f} MB "
                   f"(after {EARLY}: {k['sizes'][EARLY] / 1e6:.2f} MB, {k['seconds']:.0f} s), "
                   f"never pruned {r['sizes'][args.warnings] / 1e6:.2f} MB "
-                  f"(after {EARLY}: {r['sizes'][EARLY] / 1e6:.2f} MB, {r['seconds']:.0f} s)", file=sys.stderr)  # fmt: skip
+                  f"(after {EARLY}: {r['sizes'][EARLY] / 1e6:.2f} MB, {r['seconds']:.0f} s)",
+                  file=sys.stderr)  # fmt: skip
     last = args.warnings
     warnd_mb = [k["sizes"][last] / 1e6 for k in kept]
     ref_mb = [r["sizes"][last] / 1e6 for r in never]
@@ -133,8 +134,9 @@ def main() -> int:
              [w / r for w, r in zip(warnd_mb, ref_mb, strict=True)], "warnd / never pruned",
              f"≤ {TARGET_GROWTH:g}× its size after warning {EARLY}",
              statistics.median(growth) <= TARGET_GROWTH,
-             f"{args.villages} villages, one red a day (sent, played, cancelled, all-clear); warnd's database "
-             f"grew {min(growth):.2f}–{max(growth):.2f}× from warning {EARLY} to {last} (after the first: "
+             f"{args.villages} villages, one red a day (sent, played, cancelled, all-clear); warnd's "
+             f"database grew {min(growth):.2f}–{max(growth):.2f}× from warning {EARLY} to {last}"
+             f" (after the first: "
              f"{min(first):.2f}–{max(first):.2f} MB), archives {min(archive):.2f}–{max(archive):.2f} MB; "
              f"reference: the same soak with `days = {NEVER_DAYS}` (nothing old enough), grew "
              f"{min(ref_growth):.1f}–{max(ref_growth):.1f}×"),

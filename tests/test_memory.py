@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-
-
 # Eight threads, alive at once, each making allocations malloc serves from an arena (10 kB:
 # above Python's small-object allocator, below the mmap threshold); then glibc's own report.
 PROBE = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import math
 import sys
@@ -176,10 +177,8 @@ def _validate_in_chunks(raw: dict[str, Any]) -> None:
         if not isinstance(items, list):
             continue
         for start in range(0, len(items), CHUNK):
-            try:
+            with contextlib.suppress(ValidationError):
                 items[start : start + CHUNK] = adapter.validate_python(items[start : start + CHUNK])
-            except ValidationError:
-                pass
 
 
 class Directory:

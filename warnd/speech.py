@@ -63,8 +63,8 @@ from collections.abc import Callable, Mapping
 # replaced before pypinyin sees the text). Its documented switch spares the copies (~3 MB).
 os.environ.setdefault("PYPINYIN_NO_DICT_COPY", "1")
 
-from pypinyin import Style, lazy_pinyin  # noqa: E402  # after the switch above
-from pypinyin.constants import PHRASES_DICT  # noqa: E402
+from pypinyin import Style, lazy_pinyin  # after the switch above
+from pypinyin.constants import PHRASES_DICT
 
 
 def _share_readings(phrases: dict[str, list[list[str]]]) -> None:

@@ -94,6 +94,7 @@ class Dispatcher:
         self.store, self.adapters, self.clock, self.settings = store, adapters, clock, settings
         self.wake = wake
         self.in_flight = 0
+        self.claims_in_flight = 0
         self.stopping = False
         # Counts outcomes and times batches (None in tests that need no metrics).
         self.metrics = metrics
@@ -128,7 +129,13 @@ class Dispatcher:
         if self.stopping or not self.ready(channel):
             return []
         batch_size = min(self.settings.batch_size, adapter.limits.batch_size)
-        claimed = await self.store.claim(self.clock.now(), batch_size, [channel])
+        # In flight from the moment the claim is asked for: a stop meanwhile (drain) waits for
+        # what it claims to be sent or given back, rather than leave it `sending`.
+        self.claims_in_flight += 1
+        try:
+            claimed = await self.store.claim(self.clock.now(), batch_size, [channel])
+        finally:
+            self.claims_in_flight -= 1
         self.in_flight += len(claimed)
         return claimed
 
@@ -337,7 +344,7 @@ class Dispatcher:
         """Stop claiming and let sends in flight finish within grace_s."""
         self.stopping = True
         deadline = asyncio.get_running_loop().time() + grace_s
-        while self.in_flight and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - polls a counter
+        while (self.in_flight or self.claims_in_flight) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - polls a counter
             await asyncio.sleep(0.05)
         if self.in_flight:
             log.warning("dispatcher.grace_expired", in_flight=self.in_flight)

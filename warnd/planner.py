@@ -415,12 +415,18 @@ def step_deliveries(
 
 
 def step_counts(
-    warning: dict[str, Any], payload: dict[str, Any], directory: Directory, policy: PolicySettings
+    warning: dict[str, Any],
+    payload: dict[str, Any],
+    directory: Directory,
+    policy: PolicySettings,
+    *,
+    reached: dict[str, dict[str, Person]] | None = None,
 ) -> tuple[dict[str, int], int]:
     """What `step_deliveries` would make, counted: (receivers per channel, how many must confirm).
 
     A preview of a county-wide red reaches 60,000 receivers over its steps: counting them
-    builds no rows and hashes no msg_ids.
+    builds no rows and hashes no msg_ids. `reached`, when given, also collects the people each
+    channel reaches by address (`{channel: {address: person}}`), in the same pass.
     """
     ack_roles = level_policy(warning, policy).ack_roles
     confirm = payload.get("kind", "warning") == "warning"
@@ -428,6 +434,9 @@ def step_counts(
     ack_required = 0
     for r in step_receivers(warning, payload, directory, policy):
         per_channel[r.channel] = per_channel.get(r.channel, 0) + 1
-        if confirm and r.person is not None and r.person.role in ack_roles:
-            ack_required += 1
+        if r.person is not None:
+            if confirm and r.person.role in ack_roles:
+                ack_required += 1
+            if reached is not None and r.address:
+                reached.setdefault(r.channel, {})[r.address] = r.person
     return per_channel, ack_required

@@ -72,6 +72,17 @@ def test_sms_rate_counts_when_every_message_is_sent() -> None:
     assert "(achieved / limit)" in out
 
 
+def test_county_api_previews_reloads_and_scrapes() -> None:
+    """20 villages of 5 people, 2,000 deliveries: the preview agrees with the bare count (the
+    benchmark asserts it), and every line is there."""
+    out = run_bench(
+        "bench.county_api", "--villages", "20", "--people", "5", "--deliveries", "2000", "--reps", "1"
+    )
+    assert "| preview of a county-wide red, onset 48 h ahead (20 villages, 110 people) |" in out
+    assert "| worst event-loop lag during a SIGHUP reload (20 villages, 110 people) |" in out
+    assert "| GET /metrics with 2,000 deliveries, the store's writer held |" in out
+
+
 def test_a_missed_target_is_the_only_failing_exit() -> None:
     """`emit` prints every line and answers 1 only when a line missed its target."""
     from bench._table import Line, emit, render

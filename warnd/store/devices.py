@@ -42,7 +42,7 @@ class Devices(StoreCore):
             f" ON CONFLICT (id) DO UPDATE SET last_seen = {later}"
         )
         params = [(d, ts(at)) for d, at in seen.items()]
-        await self.write(lambda con: con.executemany(sql, params))
+        await self.write(lambda con: con.executemany(sql, params), bulk=True)
 
     async def devices(self) -> list[dict[str, Any]]:
         """Every device warnd has heard from, with its last status decoded."""

@@ -131,3 +131,11 @@ def test_retention_soak_keeps_the_database_bounded_only_with_retention() -> None
     out = run_bench("bench.retention_soak", "--warnings", "12", "--villages", "2", "--reps", "1")
     assert "| database after a 12-warning soak, `[retention] days = 1` |" in out
     assert "(warnd / never pruned)" in out
+
+
+def test_directory_load_times_run_and_a_whole_process() -> None:
+    """A 3-village county: start-up in process and as a `warnd run` process, beside the parse."""
+    out = run_bench("bench.directory_load", "--villages", "3", "--people", "5", "--reps", "1")
+    assert "| start-up with a county directory (3 villages, 25 people) |" in out
+    assert "| start-up of a `warnd run` process, imports included (3 villages, 25 people) |" in out
+    assert "(process / TOML parse alone)" in out

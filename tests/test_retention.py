@@ -50,7 +50,7 @@ async def _ended_warning(h: Harness) -> str:
 
 
 async def _records(h: Harness, wid: str) -> dict[str, list[dict[str, Any]]]:
-    """A warning's rows as stored: the warning, its deliveries and acks, its audit events."""
+    """A warning's rows as stored: the warning, its deliveries and acks, its jobs, its audit events."""
     return {
         "warning": await db.query(h.store, "SELECT * FROM warnings WHERE id = ?", (wid,)),
         "delivery": await db.query(
@@ -62,6 +62,7 @@ async def _records(h: Harness, wid: str) -> dict[str, list[dict[str, Any]]]:
             " ORDER BY id",
             (wid,),
         ),
+        "job": await db.query(h.store, "SELECT * FROM jobs WHERE warning_id = ? ORDER BY id", (wid,)),
         "audit": await db.query(h.store, "SELECT * FROM audit WHERE warning_id = ? ORDER BY id", (wid,)),
     }
 
@@ -79,7 +80,8 @@ async def test_the_daily_job_archives_then_deletes_and_keeps_the_audit_log(h: Ha
     await h.daemon.scheduler.plan_retention()
     old = await _ended_warning(h)
     before = await _records(h, old)
-    assert before["delivery"] and before["ack"] and before["audit"]
+    assert before["delivery"] and before["ack"] and before["audit"] and before["job"]
+    assert all(j["state"] != "pending" for j in before["job"])  # its steps ran, the rest cancelled
 
     h.clock.advance(timedelta(days=DAYS + 1).total_seconds())
     recent = await _ended_warning(h)  # ended today: kept
@@ -92,9 +94,10 @@ async def test_the_daily_job_archives_then_deletes_and_keeps_the_audit_log(h: Ha
     assert archive["warning"] == before["warning"]
     assert archive["delivery"] == before["delivery"]
     assert archive["ack"] == before["ack"]
-    # Deleted: the deliveries, acks and their counters; the warning and its audit trail stay.
+    assert archive["job"] == before["job"]
+    # Deleted: the deliveries, acks, jobs and the counters; the warning and its audit trail stay.
     after = await _records(h, old)
-    assert after["delivery"] == [] and after["ack"] == []
+    assert after["delivery"] == [] and after["ack"] == [] and after["job"] == []
     assert after["warning"] == before["warning"] and after["audit"] == before["audit"]
     assert await db.query(h.store, "SELECT * FROM delivery_counts WHERE warning_id = ?", (old,)) == []
     assert await h.store.coverage(old) == {}

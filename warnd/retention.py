@@ -1,14 +1,15 @@
-"""Retention: deliveries, acks and audio older than `[retention] days`, archived, then deleted.
+"""Retention: deliveries, acks, jobs and audio older than `[retention] days`, archived, then deleted.
 
 A daily job (JobKind.RETENTION, due at `[retention] run_at` local time; each run plans the
 next in the transaction that marks it done) takes every warning that ended (cancelled, expired,
-rejected) more than `days` ago and still has deliveries, one at a time:
+rejected) more than `days` ago and still has deliveries or jobs that ran, one at a time:
 
-1. its row, deliveries and acks, read from one snapshot, are written as gzip JSON lines to
-   `{archive_dir}/{year}/{warning_id}.jsonl.gz` through a temporary file, fsync'd, renamed and
-   the directory fsync'd: the archive is there whole or not at all;
-2. only then are its acks and deliveries deleted, in one transaction that first checks they are
-   still what the archive holds. The warning row and the audit log stay.
+1. its row, deliveries, acks and jobs that ran (steps, repeats, escalation rounds), read from one
+   snapshot, are written as gzip JSON lines to `{archive_dir}/{year}/{warning_id}.jsonl.gz`
+   through a temporary file, fsync'd, renamed and the directory fsync'd: the archive is there
+   whole or not at all;
+2. only then are they deleted, in one transaction that first checks they are still what the
+   archive holds. The warning row and the audit log stay.
 
 A crash between the two leaves the rows where they were and the job pending: the next run
 writes the same archive again and deletes. Audio files are named by their content and shared
@@ -120,6 +121,7 @@ class RunResult:
     warnings: int = 0
     deliveries: int = 0
     acks: int = 0
+    jobs: int = 0
     audio_files: int = 0
     left_for_next_run: bool = False
 
@@ -157,19 +159,22 @@ class Retention:
             if time.monotonic() - started > RUN_BUDGET_S:
                 out.left_for_next_run = True
                 break
-            deliveries, acks = await self.archive(warning_id, now)
-            if await self.store.delete_records(warning_id, deliveries=deliveries, acks=acks):
+            deliveries, acks, jobs = await self.archive(warning_id, now)
+            if await self.store.delete_records(warning_id, deliveries=deliveries, acks=acks, jobs=jobs):
                 out.warnings += 1
                 out.deliveries += deliveries
                 out.acks += acks
-                log.info("retention.archived", warning_id=warning_id, deliveries=deliveries, acks=acks)
+                out.jobs += jobs
+                log.info(
+                    "retention.archived", warning_id=warning_id, deliveries=deliveries, acks=acks, jobs=jobs
+                )
             else:
                 log.info("retention.changed_meanwhile", warning_id=warning_id)
         out.audio_files = await self.prune_audio(cutoff, now)
         return out
 
-    async def archive(self, warning_id: str, now: datetime) -> tuple[int, int]:
-        """Write a warning's archive (whole, on disk) and return how many deliveries and acks it holds."""
+    async def archive(self, warning_id: str, now: datetime) -> tuple[int, int, int]:
+        """Write a warning's archive (whole, on disk); how many deliveries, acks and jobs it holds."""
         out = await asyncio.to_thread(_AtomicGzip, archive_path(self.archive_dir, warning_id))
         try:
             # The header first: a reader knows what it holds before the rows.

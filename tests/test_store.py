@@ -373,3 +373,22 @@ async def test_an_operators_write_goes_ahead_of_the_fan_outs_queued_bulk_writes(
         release.set()
         await asyncio.gather(first, *bulk, urgent)
         assert order == ["running", "accept", "bulk0", "bulk1", "bulk2", "bulk3", "bulk4"]
+
+
+async def test_writes_that_end_in_a_statement_never_misuse_the_connection(tmp_path: Path) -> None:
+    """Many batches recording their providers at once (an `executemany` whose cursor was handed
+    back to the loop and finalized there while the store's thread ran the same statement made
+    SQLite answer "bad parameter or other API misuse"): every one is written."""
+    async with Store(tmp_path / "w.db") as store:
+        now = datetime.now(UTC).isoformat()
+        await _warning_with(store, [(f"m{i}", "sms", f"p{i}", now) for i in range(500)])
+        ids = [r["id"] for r in await db.query(store, "SELECT id FROM deliveries ORDER BY id")]
+
+        async def batches(k: int) -> None:
+            """Twenty batches of 25 deliveries, each recorded as sent by provider k."""
+            for n in range(20):
+                await store.set_delivery_providers([(i, f"p{k}") for i in ids[n * 25 : (n + 1) * 25]])
+
+        await asyncio.gather(*(batches(k) for k in range(8)))
+        rows = await db.query(store, "SELECT DISTINCT provider FROM deliveries")
+        assert {r["provider"] for r in rows} <= {f"p{k}" for k in range(8)} and len(rows) >= 1

@@ -45,6 +45,21 @@ Row = dict[str, Any]
 READERS = 2
 
 
+def _finished(out: T) -> T:
+    """fn's result, but never a cursor: one is closed here, in the connection's thread, and None given.
+
+    A cursor handed back to the loop was finalized there when it was collected, resetting its
+    statement while the store's thread ran the same cached statement for the next write: SQLite
+    answered that with "bad parameter or other API misuse" (seen: two SMS batches recording their
+    providers at once, `executemany` of the same UPDATE; the batch's sends were then retried, and
+    five people got the SMS twice).
+    """
+    if isinstance(out, sqlite.Cursor):
+        out.close()
+        return None  # type: ignore[return-value]  # what a statement gives back is nothing
+    return out
+
+
 class WriterThread:
     """The writer connection's one thread: transactions run one at a time, urgent ones first.
 
@@ -226,7 +241,7 @@ class StoreCore:
         try:
             con.execute("BEGIN")
             try:
-                return fn(con)
+                return _finished(fn(con))
             finally:
                 sqlite.rollback_if_open(con)  # nothing to keep: ROLLBACK ends a read as COMMIT would
         finally:
@@ -281,7 +296,7 @@ class StoreCore:
         changes = sqlite.changes(con)
         sqlite.begin(con)
         try:
-            out = fn(con)
+            out = _finished(fn(con))
             con.execute("COMMIT")
         except BaseException:
             try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 Connection = sqlite3.Connection
+Cursor = sqlite3.Cursor
 # What the driver raises for anything the database refused.
 DatabaseError = sqlite3.Error
 IntegrityError = sqlite3.IntegrityError

@@ -31,14 +31,19 @@ class Probe:
     def __init__(self, answered: int, longest_gap_s: float, duration_s: float) -> None:
         self.answered, self.longest_gap_s, self.duration_s = answered, longest_gap_s, duration_s
 
-    def assert_free(self, what: str) -> None:
-        """The loop kept answering: several answers, and no silence near the work's length."""
+    def assert_free(self, what: str, share: float = 0.25) -> None:
+        """The loop kept answering: several answers, and no silence longer than `share` of the work.
+
+        A blocked loop's one silence is the whole work (share ≈ 1). A long work (a reload, seconds)
+        is held to a quarter; a short one (a preview, 0.1 s) to a half, as one scheduling pause of
+        a loaded machine is already a large share of it.
+        """
         detail = (
             f"/healthz answered {self.answered} times during the {what} ({self.duration_s:.2f} s); "
             f"longest silence {self.longest_gap_s:.3f} s"
         )
         assert self.answered >= 5, detail
-        assert self.longest_gap_s <= self.duration_s / 4, detail
+        assert self.longest_gap_s <= self.duration_s * share, detail
 
 
 async def healthz_answers_while(h: Harness, work: Awaitable[T]) -> tuple[Probe, T]:
@@ -95,7 +100,7 @@ async def test_a_county_wide_red_preview_leaves_healthz_answering(tmp_path: Path
             return await resp.json()
 
         probe, out = await healthz_answers_while(h, preview())
-        probe.assert_free("preview")
+        probe.assert_free("preview", share=0.5)
         assert len(out["villages"]) == 1000
         assert len(out["schedule"]) >= 5  # T-48 h … T-1 h
         steps = {s["step"]: s for s in out["schedule"]}

@@ -316,9 +316,11 @@ class Adapter(abc.ABC):
         except (AuthError, PermanentError, TransientError) as exc:
             results = [exc] * len(messages)
         except Exception as exc:
-            # An adapter bug must not lose deliveries: retry them, and say what broke.
+            # An adapter bug must not lose deliveries: retry them, and say what broke. Some of the
+            # batch may have gone out before it broke: the retry looks before it sends again.
             log.exception("adapter.crashed", channel=self.kind)
-            results = [TransientError(f"adapter error: {type(exc).__name__}")] * len(messages)
+            broke = TransientError(f"adapter error: {type(exc).__name__}", maybe_sent=True)
+            results = [broke] * len(messages)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         outcomes: list[Outcome] = []
         lines = _LogLines()

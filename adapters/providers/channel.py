@@ -159,7 +159,11 @@ class ProviderChannel(Adapter):
         if any(p.disabled_reason is None for p in self.providers):
             # One provider's credentials are that provider's problem while another can still send.
             results = [TransientError(r.reason) if isinstance(r, AuthError) else r for r in results]
-        await self._record_providers(messages, results)
+        try:
+            await self._record_providers(messages, results)
+        except Exception:
+            # The sends happened: their receipts stand (a lost receipt would send them again).
+            log.exception("provider.record_failed", channel=self.kind)
         return results
 
     async def reconcile(self, message: Message) -> Receipt | None:

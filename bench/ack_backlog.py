@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from bench._table import Line, emit, number, order, spread  # noqa: E402
 from bench.loudspeaker_fanout import lag_probe, village_codes, write_directory  # noqa: E402
 from tests.support.mqtt import Broker  # noqa: E402
+from warnd.mqtt.link import buffer_reads  # noqa: E402
 
 ACK_FILTER = "warnd/v1/device/+/ack"
 # docs/deploy.md's broker: QoS-1 messages in flight to one client. With acks acknowledged only
@@ -270,6 +271,7 @@ async def run_bare(
     )  # fmt: skip
     holder["client"] = client
     client._client.manual_ack_set(True)
+    buffer_reads(client._client)  # as warnd's link reads: a buffer at a time, 16 KiB per callback
     stored = 0
     loop = asyncio.get_running_loop()
     profiler = start_profiler(profile)

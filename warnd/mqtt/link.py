@@ -308,7 +308,7 @@ class MqttLink:
         if self.manual_ack:
             # aiomqtt 2.5 has no manual acknowledgement of its own; its paho client does.
             client._client.manual_ack_set(True)
-        _buffer_reads(client._client)
+        buffer_reads(client._client)
         return client
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
@@ -444,11 +444,13 @@ class MqttLink:
             self.ack(token)
 
 
-def _buffer_reads(paho: Any) -> None:
+def buffer_reads(paho: Any) -> None:
     """Give paho each new socket wrapped in a ReadBuffer, before aiomqtt starts reading it.
 
-    paho calls `on_socket_open` (aiomqtt's: add the reader callback) right after it made the
-    socket its own and before the CONNECT is sent, on the thread that connects.
+    MqttLink does it for its client; the benchmarks' bare references do it for theirs, so they
+    receive as warnd does. paho calls `on_socket_open` (aiomqtt's: add the reader callback)
+    right after it made the socket its own and before the CONNECT is sent, on the thread that
+    connects.
     """
     opened = paho.on_socket_open
 

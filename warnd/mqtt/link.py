@@ -412,7 +412,8 @@ class MqttLink:
                 continue
             try:
                 result = handler(message)
-                if inspect.isawaitable(result):  # a plain callable that returned a coroutine
+                # A plain callable that returned a coroutine (None, the usual, skips the check).
+                if result is not None and inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)

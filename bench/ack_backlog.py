@@ -271,7 +271,7 @@ async def run_bare(
     )  # fmt: skip
     holder["client"] = client
     client._client.manual_ack_set(True)
-    buffer_reads(client._client)  # as warnd's link reads: a buffer at a time, 16 KiB per callback
+    buffer_reads(client._client)  # as warnd's link reads: a buffer at a time, READ_BYTES per callback
     stored = 0
     loop = asyncio.get_running_loop()
     profiler = start_profiler(profile)

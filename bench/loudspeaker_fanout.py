@@ -352,7 +352,7 @@ async def bare_fanout(broker: Broker, codes: list[str], expected: int) -> float:
     holder["client"] = client
     client.pending_calls_threshold = BARE_INFLIGHT * 10
     client._client.manual_ack_set(True)
-    buffer_reads(client._client)  # as warnd's link reads: a buffer at a time, 16 KiB per callback
+    buffer_reads(client._client)  # as warnd's link reads: a buffer at a time, READ_BYTES per callback
     run_id = uuid.uuid4().hex
     async with client:
         await client.subscribe(f"{TOPIC_ROOT}/device/+/ack", qos=1)

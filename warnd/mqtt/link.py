@@ -54,10 +54,12 @@ MAX_INFLIGHT = 1000
 PUBLISH_TIMEOUT_S = 10.0
 # MQTT's PUBACK control packet type (its fixed header's first byte), as paho's ack sends it.
 PUBACK = 0x40
-# What one read from the broker's socket may take (ReadBuffer): paho handles every packet in it
-# before the event loop runs again, so this bounds a stall. 16 KiB is ~120 device acks or ~4,000
-# PUBACKs (the bench: 50,000 acks from a backlog; a fan-out's worst loop lag).
-READ_BYTES = 16 * 1024
+# What paho may be handed from the broker's socket per reader callback (ReadBuffer): it handles
+# every packet in it before the event loop runs again, so this bounds a stall. 4 KiB is ~30
+# device acks (~2 ms) or, in a fan-out, up to 1,000 PUBACKs of warnd's publishes (a PUBACK costs
+# paho and aiomqtt 20-80 µs). 1 KiB and 16 KiB were tried: no clear difference in CPU per ack
+# on the shared VM (111-140 µs), and 16 KiB let 4,000 PUBACKs through at once.
+READ_BYTES = 4 * 1024
 
 
 class ReadBuffer:

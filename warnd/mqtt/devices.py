@@ -162,8 +162,8 @@ class DeviceHub:
                 batch.append(self.queue.get_nowait())
             await self._apply(batch)
             try:
-                # When the acks pause, or a backlog has named a batch's worth of devices.
-                if self._seen and (self.queue.empty() or len(self._seen) >= ACK_BATCH):
+                # When the acks pause: last_seen can wait, the acks' own commits cannot.
+                if self.queue.empty() and self._seen:
                     seen, self._seen = self._seen, {}
                     await self.store.devices_seen(seen)
             except Exception as exc:

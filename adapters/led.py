@@ -100,7 +100,7 @@ class LedAdapter(MqttDeviceAdapter):
     """
 
     kind: ClassVar[str] = "led"
-    limits: ClassVar[Limits] = Limits(max_text_chars=1000, concurrency=200, batch_size=500)
+    limits: ClassVar[Limits] = Limits(max_text_chars=1000, concurrency=200, batch_size=500, claim_ahead=True)
 
     def __init__(self, ctx: AdapterContext) -> None:
         """Share the link and the device hub (which routes the boards' acks to feedback)."""

@@ -129,7 +129,9 @@ class LoudspeakerAdapter(MqttDeviceAdapter):
     # villages of 10 speakers per claim, their publishes pipelined (up to the link's 1,000 in
     # flight). 1,000 was measured on the 10,000-speaker bench with no gain (bench/README.md),
     # and a smaller claim puts the first village commands on the wire sooner.
-    limits: ClassVar[Limits] = Limits(max_text_chars=MAX_TEXT_CHARS, concurrency=1000, batch_size=500)
+    limits: ClassVar[Limits] = Limits(
+        max_text_chars=MAX_TEXT_CHARS, concurrency=1000, batch_size=500, claim_ahead=True
+    )
 
     def __init__(self, ctx: AdapterContext) -> None:
         """Share the link and the device hub; the audio cache lives under state_dir/audio."""

@@ -127,9 +127,19 @@ class Swarm:
     def run(self, url: str) -> None:
         """Connect and serve until SIGTERM."""
         host, port = url.removeprefix("mqtt://").split(":")
-        signal.signal(signal.SIGTERM, lambda *_: self.client.disconnect())
+        stopping = False
+
+        def stop(*_: object) -> None:
+            """Only a flag: a handler calling into paho (disconnect) can run while the loop holds
+            one of paho's locks and wait for it for ever (seen: `_msgtime_mutex`)."""
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
         self.client.connect(host, int(port), keepalive=60)
-        self.client.loop_forever()
+        while not stopping:
+            self.client.loop(timeout=0.2)
+        self.client.disconnect()
 
 
 def main() -> None:

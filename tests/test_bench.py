@@ -72,6 +72,17 @@ def test_sms_rate_counts_when_every_message_is_sent() -> None:
     assert "(achieved / limit)" in out
 
 
+def test_county_api_previews_reloads_and_scrapes() -> None:
+    """20 villages of 5 people, 2,000 deliveries: the preview agrees with the bare count (the
+    benchmark asserts it), and every line is there."""
+    out = run_bench(
+        "bench.county_api", "--villages", "20", "--people", "5", "--deliveries", "2000", "--reps", "1"
+    )
+    assert "| preview of a county-wide red, onset 48 h ahead (20 villages, 110 people) |" in out
+    assert "| worst event-loop lag during a SIGHUP reload (20 villages, 110 people) |" in out
+    assert "| GET /metrics with 2,000 deliveries, the store's writer held |" in out
+
+
 def test_a_missed_target_is_the_only_failing_exit() -> None:
     """`emit` prints every line and answers 1 only when a line missed its target."""
     from bench._table import Line, emit, render
@@ -105,3 +116,26 @@ def test_make_bench_runs_only_benchmarks_and_each_takes_its_defaults() -> None:
             check=False,
         )
         assert proc.returncode == 0, (name, proc.stderr)
+
+
+def test_peak_rss_runs_a_warnd_process_with_every_channel() -> None:
+    """A 3-village county: a warnd process plans a red on every channel; its peak beside the parse's."""
+    out = run_bench("bench.peak_rss", "--villages", "3", "--people", "5", "--reps", "1", "--send-s", "0")
+    assert "| peak RSS, county directory (25 people), a county-wide red on every channel |" in out
+    assert "(warnd / the parsed file held)" in out
+    assert "loudspeaker, sms, voice, led, wechat" in out
+
+
+def test_retention_soak_keeps_the_database_bounded_only_with_retention() -> None:
+    """12 warnings, 2 villages: both sides run; the note says how each database grew."""
+    out = run_bench("bench.retention_soak", "--warnings", "12", "--villages", "2", "--reps", "1")
+    assert "| database after a 12-warning soak, `[retention] days = 1` |" in out
+    assert "(warnd / never pruned)" in out
+
+
+def test_directory_load_times_run_and_a_whole_process() -> None:
+    """A 3-village county: start-up in process and as a `warnd run` process, beside the parse."""
+    out = run_bench("bench.directory_load", "--villages", "3", "--people", "5", "--reps", "1")
+    assert "| start-up with a county directory (3 villages, 25 people) |" in out
+    assert "| start-up of a `warnd run` process, imports included (3 villages, 25 people) |" in out
+    assert "(process / TOML parse alone)" in out

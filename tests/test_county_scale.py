@@ -122,8 +122,11 @@ async def test_preview_counts_are_the_rows_a_step_makes(tmp_path: Path) -> None:
         for extra, payload in cases:
             warning = {"id": "W1", "level": "red", "event": "暴雨", "villages": codes, **extra}
             rows = step_deliveries(warning, "W1:v1:x", payload, directory, policy, now)
-            per_channel, ack_required = step_counts(warning, payload, directory, policy)
+            reached: dict[str, dict[str, Any]] = {}
+            per_channel, ack_required = step_counts(warning, payload, directory, policy, reached=reached)
             assert per_channel == dict(Counter(r.channel for r in rows)), (extra, payload)
+            people = {(r.channel, r.address, r.person_id) for r in rows if r.person_id and r.address}
+            assert {(c, a, p.id) for c, by in reached.items() for a, p in by.items()} == people
             assert ack_required == sum(r.ack_required for r in rows), (extra, payload)
             assert rows or extra["status"] != "actual"
     finally:

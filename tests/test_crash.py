@@ -107,7 +107,13 @@ def test_sigterm_lets_sends_in_flight_finish(tmp_path: Path) -> None:
     sent = {r[0] for r in con.execute("SELECT target FROM deliveries WHERE state = 'sent'")}
     recorded = {r["target"] for r in read_records(record)}
     assert sent == recorded and sent  # what was sent is recorded as sent: no send lost to the stop
-    assert states.get("pending", 0) > 0  # and the rest waits, untouched, for the next start
+    assert states.get("pending", 0) > 0  # and the rest waits, untouched, for the next start:
+    # the batch the dispatcher had claimed to send next (it claims one ahead) was given back as it
+    # was — no attempt counted, no send in doubt to look up at the next start.
+    untouched = con.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND attempts = 0 AND maybe_sent_at IS NULL"
+    ).fetchone()[0]
+    assert untouched == states["pending"], states
 
 
 def _step_rows(db: Path, warning_id: str) -> tuple[int, str | None]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -352,3 +354,32 @@ async def test_a_read_cannot_write(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             await store.read(lambda con: con.execute("INSERT INTO devices (id) VALUES ('d1')"))
         assert await db.query(store, "SELECT id FROM devices") == []
+
+
+async def test_an_operators_write_goes_ahead_of_the_fan_outs_queued_bulk_writes(tmp_path: Path) -> None:
+    """Five bulk writes wait behind a running one; an accept-like write queued after them runs
+    next, before them — and the bulk writes keep their own order."""
+
+    async with Store(tmp_path / "w.db") as store:
+        order: list[str] = []
+        running, release = threading.Event(), threading.Event()
+
+        def hold(_con: object) -> None:
+            """The bulk write on the thread while the others queue."""
+            running.set()
+            release.wait(10)
+            order.append("running")
+
+        def note(name: str) -> object:
+            """A write that records when it ran."""
+            return lambda _con: order.append(name)
+
+        first = asyncio.ensure_future(store.write(hold, bulk=True))
+        await asyncio.to_thread(running.wait, 10)
+        bulk = [asyncio.ensure_future(store.write(note(f"bulk{i}"), bulk=True)) for i in range(5)]
+        await asyncio.sleep(0.05)  # queued in this order
+        urgent = asyncio.ensure_future(store.write(note("accept")))
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(first, *bulk, urgent)
+        assert order == ["running", "accept", "bulk0", "bulk1", "bulk2", "bulk3", "bulk4"]

@@ -86,11 +86,17 @@ class Limits:
         max_text_chars: longest text body; longer is truncated by `deliver`.
         concurrency: sends in flight at once.
         batch_size: deliveries handed over per call.
+        claim_ahead: the dispatcher claims the next batch while this one is sent. For a channel
+            whose batch is on the wire in milliseconds (a broker's), where the claim's store trip
+            would otherwise sit between sends. Not for a paced provider: its next batch would be
+            held `sending` for the seconds this one takes, and a crash meanwhile would leave all
+            of it in doubt, to be looked up at the provider before it is sent.
     """
 
     max_text_chars: int = 4000
     concurrency: int = 16
     batch_size: int = 500
+    claim_ahead: bool = False
 
 
 @dataclass(frozen=True)

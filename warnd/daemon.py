@@ -18,6 +18,7 @@ from warnd.app import Services, build
 from warnd.clock import Clock
 from warnd.config import ConfigError, Settings, load_settings
 from warnd.directory import Directory
+from warnd.memory import limit_malloc_arenas
 from warnd.sdnotify import Notifier
 from warnd.setup import retry_start_loop
 from warnd.store import Store
@@ -193,6 +194,7 @@ async def run(
     on_ready: Callable[[Services], Any] | None = None,
 ) -> None:
     """Run warnd until the shutdown trigger (default: SIGTERM/SIGINT) fires."""
+    limit_malloc_arenas()  # before the store's and the workers' threads start
     notifier = Notifier.from_env()
     factories = dict(adapters) if adapters is not None else enabled_adapters(settings)
     async with build(settings, factories.values(), clock=clock, config_path=config_path) as services:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import shapely
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,6 +25,9 @@ from pydantic.dataclasses import dataclass
 
 from warnd.config import ROLES, ConfigError, Role, _dotted, read_toml
 from warnd.model import ADMIN_CODE, Area
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG): circles are a few km, the error is metres
 # A CAP circle of radius 0 is a point (an epicentre); a village within 0.5 km of it is there.
@@ -134,46 +136,49 @@ def _interned(raw: dict[str, Any]) -> dict[str, Any]:
     """The parsed file with the strings people repeat (village codes, roles, superiors) shared.
 
     tomllib makes a new string for every occurrence; 50,000 people naming their village, role
-    and superior would each hold their own copies (~170 bytes a person).
+    and superior would each hold their own copies (~170 bytes a person). Written out, in place:
+    a county's pass took 75 ms as a loop over keys with a new list a person, 55 ms so.
     """
+    intern = sys.intern
     for village in raw.get("village", ()):
-        if isinstance(village, dict) and isinstance(village.get("code"), str):
-            village["code"] = sys.intern(village["code"])
+        if type(village) is dict and type(code := village.get("code")) is str:
+            village["code"] = intern(code)
     for person in raw.get("person", ()):
-        if not isinstance(person, dict):
+        if type(person) is not dict:
             continue
-        for key in ("role", "superior"):
-            if isinstance(person.get(key), str):
-                person[key] = sys.intern(person[key])
-        if isinstance(person.get("villages"), list):
-            person["villages"] = [sys.intern(c) if isinstance(c, str) else c for c in person["villages"]]
+        if type(role := person.get("role")) is str:
+            person["role"] = intern(role)
+        if type(superior := person.get("superior")) is str:
+            person["superior"] = intern(superior)
+        if type(codes := person.get("villages")) is list:
+            for i, code in enumerate(codes):
+                if type(code) is str:
+                    codes[i] = intern(code)
     return raw
 
 
-# Records validated per call when loading beside the loop: ~2 ms of GIL each here.
+# Records validated per call: ~2 ms of GIL each here (a reload beside the loop lets it go
+# between chunks), and each chunk's parsed tables freed as its records are made.
 CHUNK = 500
 _VILLAGES: TypeAdapter[list[Village]] = TypeAdapter(list[Village])
 _PEOPLE: TypeAdapter[list[Person]] = TypeAdapter(list[Person])
 
 
 def _validate_in_chunks(raw: dict[str, Any]) -> None:
-    """Replace the raw villages and people by records, CHUNK at a time, where they are valid.
+    """Replace the raw villages and people by records in place, CHUNK at a time, where valid.
 
-    A chunk with a problem stays raw: the whole file's validation then reports it, with its
-    place in the file, as a load without chunks would.
+    Each chunk's parsed tables are freed as its records are made, and the records take their
+    place in memory: a county's parse (~60 MB) and its records (~23 MB) are not both held at
+    the peak. A chunk with a problem stays raw: the whole file's validation then reports it,
+    with its place in the file, as a load without chunks would.
     """
     for key, adapter in (("village", _VILLAGES), ("person", _PEOPLE)):
         items = raw.get(key)
         if not isinstance(items, list):
             continue
-        out: list[Any] = []
         for start in range(0, len(items), CHUNK):
-            chunk = items[start : start + CHUNK]
-            try:
-                out.extend(adapter.validate_python(chunk))
-            except ValidationError:
-                out.extend(chunk)
-        raw[key] = out
+            with contextlib.suppress(ValidationError):
+                items[start : start + CHUNK] = adapter.validate_python(items[start : start + CHUNK])
 
 
 class Directory:
@@ -203,17 +208,20 @@ class Directory:
                 self._by_village[code].append(p)
         self._codes = list(self.villages)
         self._sorted = sorted(self._codes)
-        self._lat = np.array([self.villages[c].lat for c in self._codes], dtype=float)
-        self._lon = np.array([self.villages[c].lon for c in self._codes], dtype=float)
+        # Radians, for in_circle: 1,000 haversines in plain Python take ~1 ms.
+        self._rad = [(math.radians(v.lat), math.radians(v.lon)) for v in self.villages.values()]
+        # For in_polygon, made at its first call (_xy).
+        self._xy_arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def load(cls, path: Path, *, beside_loop: bool = False) -> Directory:
         """Read directory.toml; raise ConfigError naming each bad key.
 
-        `beside_loop`: loaded in a worker thread while the event loop runs (a reload). Parsing
-        and validating a county in one compiled call each would hold the GIL for a second or
-        more, stopping the loop as surely as loading on it; so the file is parsed in pure Python
-        and the records validated a chunk at a time, the GIL free between chunks.
+        The records are validated a chunk at a time, each replacing its parsed tables in place
+        (`_validate_in_chunks`). `beside_loop`: loaded in a worker thread while the event loop
+        runs (a reload). Parsing a county in one compiled call would hold the GIL for a second
+        or more, stopping the loop as surely as loading on it; so the file is parsed in pure
+        Python, and the GIL is free between chunks.
         """
         # Loading a county allocates a million-odd objects, none of them in a cycle; with the
         # collector on, each full collection on the way walked all of them again (100 ms and
@@ -222,8 +230,7 @@ class Directory:
         gc.disable()
         try:
             raw = _interned(read_toml(path, "directory.path", beside_loop=beside_loop))
-            if beside_loop:
-                _validate_in_chunks(raw)
+            _validate_in_chunks(raw)
             return cls(DirectoryFile.model_validate(raw))
         except ValidationError as exc:
             problems = [(_dotted(e["loc"]), _message(e)) for e in exc.errors()]
@@ -249,27 +256,42 @@ class Directory:
             out.append(self._sorted[i])
         return out
 
+    def _xy(self) -> tuple[np.ndarray, np.ndarray]:
+        """The villages' longitudes and latitudes as arrays, made once."""
+        if self._xy_arrays is None:
+            import numpy as np
+
+            self._xy_arrays = (
+                np.array([self.villages[c].lon for c in self._codes], dtype=float),
+                np.array([self.villages[c].lat for c in self._codes], dtype=float),
+            )
+        return self._xy_arrays
+
     def in_polygon(self, ring: list[list[float]]) -> list[str]:
         """Villages whose coordinates lie inside (or on) a [lat, lon] polygon."""
         if not self._codes:
             return []
+        # Imported at the first polygon, not with warnd: shapely and numpy are ~26 MB of a
+        # county warnd's resident memory, and warnings by code or circle never need them.
+        import shapely
+
         poly = shapely.Polygon([(lon, lat) for lat, lon in ring])
         if not poly.is_valid:
             poly = poly.buffer(0)  # repairs self-touching rings that real feeds send
-        inside = shapely.intersects_xy(poly, self._lon, self._lat)
+        inside = shapely.intersects_xy(poly, *self._xy())
         return [c for c, hit in zip(self._codes, inside, strict=True) if hit]
 
     def in_circle(self, lat: float, lon: float, radius_km: float) -> list[str]:
         """Villages within radius_km of a point (haversine)."""
-        if not self._codes:
-            return []
-        p1, p2 = math.radians(lat), np.radians(self._lat)
-        dphi = p2 - p1
-        dlmb = np.radians(self._lon) - math.radians(lon)
-        a = np.sin(dphi / 2) ** 2 + math.cos(p1) * np.cos(p2) * np.sin(dlmb / 2) ** 2
-        dist = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(1.0, a)))
+        p1, l1 = math.radians(lat), math.radians(lon)
+        cos_p1 = math.cos(p1)
         reach = radius_km or POINT_TOLERANCE_KM
-        return [c for c, d in zip(self._codes, dist, strict=True) if d <= reach]
+        out = []
+        for code, (p2, l2) in zip(self._codes, self._rad, strict=True):
+            a = math.sin((p2 - p1) / 2) ** 2 + cos_p1 * math.cos(p2) * math.sin((l2 - l1) / 2) ** 2
+            if 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, a))) <= reach:
+                out.append(code)
+        return out
 
     def match(self, area: Area) -> list[str]:
         """All villages an area reaches, sorted, each once."""

@@ -415,19 +415,54 @@ def step_deliveries(
 
 
 def step_counts(
-    warning: dict[str, Any], payload: dict[str, Any], directory: Directory, policy: PolicySettings
+    warning: dict[str, Any],
+    payload: dict[str, Any],
+    directory: Directory,
+    policy: PolicySettings,
+    *,
+    reached: dict[str, dict[str, Person]] | None = None,
 ) -> tuple[dict[str, int], int]:
     """What `step_deliveries` would make, counted: (receivers per channel, how many must confirm).
 
     A preview of a county-wide red reaches 60,000 receivers over its steps: counting them
-    builds no rows and hashes no msg_ids.
+    builds no rows and hashes no msg_ids. `reached`, when given, also collects the people each
+    channel reaches by address (`{channel: {address: person}}`), in the same pass.
     """
-    ack_roles = level_policy(warning, policy).ack_roles
+    lp = level_policy(warning, policy)
     confirm = payload.get("kind", "warning") == "warning"
+    drill = warning.get("status", "actual") != "actual"
+    roles = set(payload.get("roles") or ())
+    villages = step_villages(warning, directory)
+    codes = [v.code for v in villages]
     per_channel: dict[str, int] = {}
     ack_required = 0
-    for r in step_receivers(warning, payload, directory, policy):
-        per_channel[r.channel] = per_channel.get(r.channel, 0) + 1
-        if confirm and r.person is not None and r.person.role in ack_roles:
-            ack_required += 1
+    # step_receivers' choices, counted in place: no Receiver per person (a county's preview
+    # would make 300,000 of them). tests/test_county_scale.py holds the two to the same answer.
+    for channel in payload["channels"]:
+        if channel not in lp.channels:
+            continue
+        n = 0
+        if channel == "loudspeaker":
+            n = sum(len(v.speakers) for v in villages)
+        elif channel == "led":
+            n = sum(len(v.led_boards) for v in villages)
+        else:
+            wanted = set(lp.roles.get(channel, ()))
+            if roles:
+                wanted &= roles
+            by_address = reached.setdefault(channel, {}) if reached is not None else None
+            numbered = channel in ("sms", "voice")
+            for p in directory.people_in(codes, wanted) if wanted else ():
+                address = p.phone if numbered else p.wecom_user
+                if not address or (drill and not p.test):
+                    continue
+                n += 1
+                if confirm and p.role in lp.ack_roles:
+                    ack_required += 1
+                if by_address is not None:
+                    by_address[address] = p
+            if channel == "wechat":
+                n += sum(1 for r in directory.robots_for(codes) if not drill or r.test)
+        if n:
+            per_channel[channel] = per_channel.get(channel, 0) + n
     return per_channel, ack_required

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,7 +136,9 @@ class Receiver:
     def run(self, url: str) -> None:
         """Connect and serve until SIGTERM; reconnects by itself while the broker is away."""
         host, port = url.removeprefix("mqtt://").split(":")
-        signal.signal(signal.SIGTERM, lambda *_: self.client.disconnect())
+        # disconnect() from another thread: called in the handler itself it can run while the loop
+        # holds one of paho's locks (`_msgtime_mutex`) and wait for it for ever.
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=self.client.disconnect).start())
         while True:
             try:
                 self.client.connect(host, int(port), keepalive=10)

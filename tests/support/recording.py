@@ -24,7 +24,8 @@ class RecordingAdapter(Adapter):
         script: target → list of "transient[:retry_after]" / "permanent" / "ok", consumed per attempt.
     """
 
-    limits: ClassVar[Limits] = Limits(concurrency=4, batch_size=20)
+    # Claims ahead as the device channels do: the crash and stop tests see that pipeline.
+    limits: ClassVar[Limits] = Limits(concurrency=4, batch_size=20, claim_ahead=True)
 
     def __init__(
         self,

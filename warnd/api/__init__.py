@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,14 +94,20 @@ def make_app(svc: ApiServices, extra_webhooks: Iterable[Webhook] = ()) -> web.Ap
         *webhooks.routes([*hooks, *extra_webhooks]),
     ]
 
+    limiters = rate_limiters(svc.settings.http)
+
+    @functools.cache
+    def document() -> dict[str, Any]:
+        """The document, made at its first request: its pydantic JSON schemas took 30–60 ms of
+        every start-up (a county's ~1.3 s), for a document a client may never ask for."""
+        return openapi(routes, __version__, limited=tuple(limiters))
+
     async def openapi_json(_request: web.Request) -> web.Response:
         """The OpenAPI description of this API."""
-        return web.json_response(document)
+        return web.json_response(document())
 
     # Appended before the document is made, so that it describes itself too.
     routes.append(Route("GET", "/api/v1/openapi.json", openapi_json, None, "This document"))
-    limiters = rate_limiters(svc.settings.http)
-    document = openapi(routes, __version__, limited=tuple(limiters))
     max_bytes = svc.settings.http.max_body_bytes
     app = web.Application(
         client_max_size=max_bytes,

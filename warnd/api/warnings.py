@@ -24,7 +24,6 @@ from warnd.planner import (
     schedule_view,
     step_counts,
     step_jobs,
-    step_receivers,
     steps_for,
 )
 from warnd.report import escalations
@@ -205,14 +204,16 @@ def _preview(
     jobs = [j for j in step_jobs(row, steps_for(row, policy, now), now) if j["kind"] == "step"]
     out_steps = []
     reached: dict[str, dict[str, Person]] = {}
+    # Steps alike in what the planner reads of them (channels, roles, kind) reach the same people:
+    # a red's T-12h to onset are five such steps, each 60,000 receivers in a county.
+    counted: dict[tuple[Any, ...], tuple[dict[str, int], int]] = {}
     # The same view as a stored warning's schedule: the times shown are the times the send keeps.
     for job, view in zip(jobs, schedule_view(jobs, policy.timezone), strict=True):
         payload = {**job["payload"], "channels": [c for c in job["payload"]["channels"] if c in available]}
-        per_channel, ack_required = step_counts(row, payload, directory, policy)
-        numbered = {**payload, "channels": [c for c in payload["channels"] if c in QUOTA_CHANNELS]}
-        for r in step_receivers(row, numbered, directory, policy):
-            if r.person is not None and r.address:
-                reached.setdefault(r.channel, {})[r.address] = r.person
+        alike = (tuple(payload["channels"]), tuple(payload.get("roles") or ()), payload.get("kind"))
+        if alike not in counted:
+            counted[alike] = step_counts(row, payload, directory, policy, reached=reached)
+        per_channel, ack_required = counted[alike]
         out_steps.append(
             {
                 **view,
@@ -227,7 +228,7 @@ def _preview(
         "schedule": out_steps,
         # What each kind of message this warning can lead to says, per channel, as sent.
         "messages": messages.preview(row, settings, directory, channels, now=now),
-    }, reached
+    }, {channel: reached.get(channel, {}) for channel in QUOTA_CHANNELS if channel in reached}
 
 
 async def list_(request: web.Request) -> web.Response:

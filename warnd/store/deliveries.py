@@ -287,7 +287,7 @@ class Deliveries(StoreCore):
             )
             return rows, {i for i in json.loads(again) if i is not None}
 
-        rows, republished = await self.write(work)
+        rows, republished = await self.write(work, bulk=True)
         rows.sort(key=lambda r: (r["due_at"], r["id"]))  # oldest due first, as claimed
         return [_delivery(r, republished) for r in rows]
 
@@ -344,7 +344,7 @@ class Deliveries(StoreCore):
             )
             insert_jobs(con, jobs)
 
-        await self.write(work)
+        await self.write(work, bulk=True)
 
     async def next_delivery_due(self, channel: str) -> datetime | None:
         """When a channel's earliest pending or failed delivery becomes due (its worker sleeps till then)."""
@@ -510,7 +510,7 @@ class Deliveries(StoreCore):
         Each returned row is the delivery as it stood after that ack.
         """
         stamp = ts(now)
-        return await self.write(lambda con: _apply_acks(con, acks, stamp))
+        return await self.write(lambda con: _apply_acks(con, acks, stamp), bulk=True)
 
     async def counts(self) -> dict[str, int]:
         """Deliveries by state, for health and metrics."""

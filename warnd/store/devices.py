@@ -59,7 +59,7 @@ class Devices(StoreCore):
             for start in range(0, len(rows), SEEN_PART):
                 con.execute(sql, (sqlite.json_list(rows[start : start + SEEN_PART]),))
 
-        await self.write(work)
+        await self.write(work, bulk=True)
 
     async def devices(self) -> list[dict[str, Any]]:
         """Every device warnd has heard from, with its last status decoded."""

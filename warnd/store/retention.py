@@ -94,4 +94,4 @@ class RetentionRecords(StoreCore):
                 con.execute(f"DELETE FROM {table} WHERE warning_id = ? AND n = 0", (warning_id,))
             return True
 
-        return await self.write(work)
+        return await self.write(work, bulk=True)

@@ -34,7 +34,7 @@ class Schedule(StoreCore):
             insert_deliveries(con, deliveries, now)
             return True
 
-        return await self.write(work)
+        return await self.write(work, bulk=True)
 
     async def fire_job(
         self,
@@ -88,4 +88,4 @@ class Schedule(StoreCore):
             insert_jobs(con, jobs)
             return True
 
-        return await self.write(work)
+        return await self.write(work, bulk=True)

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._table import Line, emit, order  # noqa: E402
 from tests.support.mqtt import Broker, free_port  # noqa: E402
+from warnd.mqtt.link import buffer_reads  # noqa: E402
 
 TOKEN = "bench-operator-token"
 TOPIC_ROOT = "warnd/v1"
@@ -351,6 +352,7 @@ async def bare_fanout(broker: Broker, codes: list[str], expected: int) -> float:
     holder["client"] = client
     client.pending_calls_threshold = BARE_INFLIGHT * 10
     client._client.manual_ack_set(True)
+    buffer_reads(client._client)  # as warnd's link reads: a buffer at a time, READ_BYTES per callback
     run_id = uuid.uuid4().hex
     async with client:
         await client.subscribe(f"{TOPIC_ROOT}/device/+/ack", qos=1)

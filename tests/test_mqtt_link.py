@@ -5,18 +5,20 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
-from tests.support.mqtt import Broker
+from tests.support.mqtt import Broker, mosquitto_binary
 from tests.support.process import ROOT
 from tests.support.wait import until
 from warnd.config import MqttSettings
 from warnd.mqtt import topics as topics_module
-from warnd.mqtt.link import MqttLink
+from warnd.mqtt.link import READ_BYTES, MqttLink
 from warnd.mqtt.topics import matches
 
 
@@ -122,6 +124,88 @@ async def test_a_cancel_kept_on_purpose_does_not_fail_later_publishes(broker: Br
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+def self_signed(where: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key."""
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_burst_is_read_many_packets_a_read_and_over_several_loop_iterations(
+    tmp_path: Path, tls: bool
+) -> None:
+    """A backlog of messages is handed to paho a buffer at a time, and the loop runs between buffers.
+
+    paho alone reads one packet per reader callback when nothing is in flight (four syscalls
+    each), or up to one per message in flight for as long as the socket has data (the loop
+    stalled 0.3–0.8 s in a fan-out). Over TLS, bytes the TLS layer has decrypted but paho has
+    not taken must not wait for the socket to become readable again (they would never arrive).
+    Counted in loop iterations, not time.
+    """
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (make test installs it)")
+    cert_key = self_signed(tmp_path) if tls else None
+    broker = Broker(tmp_path, tls=cert_key)
+    broker.start()
+    try:
+        await burst_over_iterations(broker, cert_key[0] if cert_key else None)
+    finally:
+        broker.stop()
+
+
+async def burst_over_iterations(broker: Broker, ca_file: Path | None) -> None:
+    """2,000 messages from a backlog: how many each pass of the event loop handled."""
+    settings = MqttSettings(url=broker.url, client_id="link-burst", ca_file=ca_file)
+    tls = ca_file is not None
+    count, payload = 2000, b"x" * 100
+    packet = 2 + 2 + len("t/burst/0000") + 2 + len(payload)  # header, topic length, topic, packet id
+    per_read = READ_BYTES // packet + 1
+    # A persistent session that is away while the burst is published: the broker holds all of it.
+    away = MqttLink(settings, name="test")
+    away.subscribe("t/burst/+", lambda m: None)
+    run = asyncio.create_task(away.run_loop())
+    await away.wait_connected(10)
+    await asyncio.sleep(0.2)  # the SUBACK
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    context = ssl.create_default_context(cafile=str(ca_file)) if tls else None
+    publisher = aiomqtt.Client(broker.host, broker.port, identifier="link-burst-pub", tls_context=context)
+    async with publisher as pub:
+        for i in range(count):
+            await pub.publish(f"t/burst/{i:04d}", payload, qos=1)
+
+    iteration = 0
+    seen_at: list[int] = []
+
+    async def ticks() -> None:
+        nonlocal iteration
+        while True:
+            iteration += 1
+            await asyncio.sleep(0)  # one pass of the event loop
+
+    link = MqttLink(settings, name="test")
+    link.subscribe("t/burst/+", lambda m: seen_at.append(iteration))
+    ticker = asyncio.create_task(ticks())
+    run = asyncio.create_task(link.run_loop())
+    try:
+        await until(lambda: len(seen_at) == count, 20, what="the whole burst")
+    finally:
+        for task in (run, ticker):
+            task.cancel()
+        await asyncio.gather(run, ticker, return_exceptions=True)
+    per_iteration = [seen_at.count(i) for i in sorted(set(seen_at))]
+    assert max(per_iteration) > 1, "one packet per reader callback: reads are not buffered"
+    # Over TLS a read may also drain what the TLS layer holds: at most one record (16 KiB) more.
+    bound = per_read + (16 * 1024 // packet + 1 if tls else 0)
+    assert max(per_iteration) <= bound, f"{max(per_iteration)} messages handled without the loop running"
+    assert len(per_iteration) >= count // bound
 
 
 def imported_modules(path: Path) -> set[str]:

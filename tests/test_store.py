@@ -192,6 +192,16 @@ async def test_an_ack_with_odd_detail_does_not_spoil_its_batch(tmp_path: Path) -
         assert "NaN" in stored["spk-1"]
 
 
+async def test_devices_seen_adds_devices_and_only_moves_last_seen_forward(tmp_path: Path) -> None:
+    """One statement for every device: new ones are added, a later time wins, an earlier one does not."""
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    async with Store(tmp_path / "w.db") as store:
+        await store.devices_seen({"a": t0, "b": t0})
+        await store.devices_seen({"a": t0 + timedelta(seconds=5), "b": t0 - timedelta(seconds=5), "c": t0})
+        seen = {d["id"]: d["last_seen"] for d in await store.devices()}
+    assert seen == {"a": ts(t0 + timedelta(seconds=5)), "b": ts(t0), "c": ts(t0)}
+
+
 def test_timestamps_keep_the_stored_format() -> None:
     """ts() writes TS_FORMAT (sortable UTC text) from any zone; from_ts() reads it back."""
     from datetime import timedelta, timezone

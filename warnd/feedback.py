@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from warnd.metrics import Metrics
 
 log = structlog.get_logger("warnd.feedback")
+
+# Acks of a batch counted and grouped between two passes of the event loop: the device hub's
+# batches of 1,000 took ~10 ms here in one go, on top of its own checks (bench/ack_backlog.py).
+YIELD_EVERY = 250
 
 # What each reported status means for the delivery. Device statuses follow GD/J 082's
 # broadcast states: 1 waiting (received), 2 broadcasting (playing), 3 success (played),
@@ -141,7 +146,9 @@ class Feedback:
         # One line per (message, status, resulting state): a village's ten speakers saying
         # `played` in one batch are one line with receivers=10, not ten.
         lines: dict[tuple[Any, ...], list[tuple[AckReport, AckedDelivery]]] = {}
-        for r in reports:
+        for i, r in enumerate(reports):
+            if i and not i % YIELD_EVERY:
+                await asyncio.sleep(0)  # let the loop run between slices of a big batch
             row = by_report.get(id(r))
             out.append(row)
             if r.status not in STATUS_STATE:

@@ -48,6 +48,7 @@ class Broker:
             across `stop()` and `start()`, as deploy.md's broker does (saved when it stops).
         max_inflight_messages: QoS-1 messages in flight to each client (0: no limit).
         max_queued_messages: QoS-1 messages queued for each client beyond those in flight.
+        tls: (certificate, key) files: the listener speaks TLS (`url` is then mqtts://).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class Broker:
         # Generous in-flight and queue limits: benchmarks push 10,000 QoS-1 messages at once.
         max_inflight_messages: int = 0,
         max_queued_messages: int = 100000,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         """Write the config; `start()` runs it."""
         self.port = port or free_port()
@@ -67,6 +69,10 @@ class Broker:
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         self.persistence = persistence
+        self.tls = tls
+        listener = f"listener {self.port} 127.0.0.1\n"
+        if tls is not None:
+            listener += f"certfile {tls[0]}\nkeyfile {tls[1]}\n"
         # The trailing slash matters: mosquitto joins it to mosquitto.db as it is.
         kept = (
             f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
@@ -74,7 +80,7 @@ class Broker:
         self.conf.write_text(
             # Started as root, mosquitto becomes the `mosquitto` user, who cannot write mosquitto.db
             # into the test's directory: it stays who started it.
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n{kept}"
+            f"{listener}allow_anonymous true\nuser {getpass.getuser()}\n{kept}"
             f"max_inflight_messages {max_inflight_messages}\nmax_queued_messages {max_queued_messages}\n"
             f"log_dest file {self.log}\nlog_type error\nlog_type warning\n"
         )
@@ -82,8 +88,8 @@ class Broker:
 
     @property
     def url(self) -> str:
-        """mqtt://127.0.0.1:PORT."""
-        return f"mqtt://{self.host}:{self.port}"
+        """mqtt://127.0.0.1:PORT (mqtts:// with TLS)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start mosquitto and wait until it accepts connections."""

@@ -55,6 +55,9 @@ DEVICE_STATUSES = frozenset({"received", "playing", "played", "shown", "failed",
 ACK_BATCH = 1000
 # How long the device hub lets acks gather before writing a batch that is not yet full.
 ACK_GATHER_S = 0.02
+# Messages checked between two passes of the event loop: a batch of 1,000 checked at once held
+# the loop ~15 ms, and with the feedback stage's share after the commit, up to 90-130 ms.
+CHECK_SLICE = 250
 # A refused message is logged at most this often per device: a terminal (or an intruder)
 # sending rubbish 50,000 times is one line a minute, well under journald's 10,000 per 30 s.
 REFUSAL_LOG_INTERVAL_S = 60.0
@@ -159,6 +162,7 @@ class DeviceHub:
                 batch.append(self.queue.get_nowait())
             await self._apply(batch)
             try:
+                # When the acks pause: last_seen can wait, the acks' own commits cannot.
                 if self.queue.empty() and self._seen:
                     seen, self._seen = self._seen, {}
                     await self.store.devices_seen(seen)
@@ -167,7 +171,14 @@ class DeviceHub:
 
     async def _apply(self, batch: list[tuple[str, str, bytes, Any]]) -> None:
         """Store a batch, then acknowledge it to the broker; wait out a store that cannot write."""
-        acks, statuses = self._sort(batch)
+        acks: list[AckReport] = []
+        statuses: list[tuple[str, dict[str, Any]]] = []
+        for start in range(0, len(batch), CHECK_SLICE):
+            if start:
+                await asyncio.sleep(0)  # let the loop run (and receive) between slices
+            more_acks, more_statuses = self._sort(batch[start : start + CHECK_SLICE])
+            acks += more_acks
+            statuses += more_statuses
         delay, failing = STORE_RETRY_FIRST_S, False
         while True:
             try:

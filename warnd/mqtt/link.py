@@ -54,6 +54,81 @@ MAX_INFLIGHT = 1000
 PUBLISH_TIMEOUT_S = 10.0
 # MQTT's PUBACK control packet type (its fixed header's first byte), as paho's ack sends it.
 PUBACK = 0x40
+# What paho may be handed from the broker's socket per reader callback (ReadBuffer): it handles
+# every packet in it before the event loop runs again, so this bounds a stall. 4 KiB is ~30
+# device acks (~2 ms) or, in a fan-out, up to 1,000 PUBACKs of warnd's publishes (a PUBACK costs
+# paho and aiomqtt 20-80 µs). 1 KiB and 16 KiB were tried: no clear difference in CPU per ack
+# on the shared VM (111-140 µs), and 16 KiB let 4,000 PUBACKs through at once.
+READ_BYTES = 4 * 1024
+
+
+class ReadBuffer:
+    """paho's socket, read a buffer at a time, and at most READ_BYTES per reader callback.
+
+    paho reads each packet with one `recv` per byte of its fixed header and one for the rest
+    (four syscalls for a device ack), and aiomqtt's reader callback reads one packet per call
+    when nothing of warnd's is in flight, or up to one per message in flight (1,000 in a
+    fan-out) for as long as the socket has data. Here paho's `recv`s are served from reads of
+    up to READ_BYTES, and aiomqtt's callback drains what was read through `pending()` (its hook
+    for TLS sockets, paho issue 131). Once READ_BYTES were read in one callback, the next `recv`
+    raises BlockingIOError (paho keeps the partial packet and reports "again"): the callback
+    ends, the loop runs, and the socket's level-triggered readiness brings it back for the
+    rest; until then it reads on while the socket has data. A TLS socket's decrypted bytes are
+    read regardless, as no readiness would announce them (so over TLS one record, ≤ 16 KiB,
+    more). paho documents a socket-like object as recv/send/close/fileno/setblocking (its
+    websocket wrapper is one); the rest passes through.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        """Wrap a connected socket (plain or TLS)."""
+        self._sock = sock
+        self._buffer = memoryview(b"")
+        self._taken = 0  # bytes read from the socket in this reader callback
+        self._dry = False  # whether the socket had nothing more in this reader callback
+        self._tls_pending = getattr(sock, "pending", None)
+
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes: from the buffer, else from the socket while this callback may read."""
+        if not self._buffer:
+            room = READ_BYTES - self._taken
+            if room <= 0:
+                room = self._tls_waiting()
+                if not room:
+                    raise BlockingIOError  # the rest once the loop has run
+            try:
+                data = self._sock.recv(room)  # EOF as paho expects
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                self._dry = True  # paho turns these into "again"
+                raise
+            self._taken += len(data)
+            if len(data) <= size:
+                return data
+            self._buffer = memoryview(data)
+        chunk, self._buffer = self._buffer[:size], self._buffer[size:]
+        return chunk.tobytes()
+
+    def pending(self) -> int:
+        """Whether paho should read on (> 0) before the loop runs again; 0 ends aiomqtt's reader callback.
+
+        Bytes read but not handed to paho, or decrypted by TLS, are there; the socket may have
+        more while this callback's READ_BYTES are not used up (a TLS read returns one record,
+        often one packet) and it has not yet said it has none.
+        """
+        left = len(self._buffer) + self._tls_waiting()
+        if left:
+            return left
+        if self._taken < READ_BYTES and not self._dry:
+            return 1
+        self._taken, self._dry = 0, False
+        return 0
+
+    def _tls_waiting(self) -> int:
+        """Decrypted bytes the TLS socket holds (the file descriptor does not show them)."""
+        return self._tls_pending() if self._tls_pending is not None else 0
+
+    def __getattr__(self, name: str) -> Any:
+        """send, close, fileno, setblocking … of the socket itself."""
+        return getattr(self._sock, name)
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
@@ -235,6 +310,7 @@ class MqttLink:
         if self.manual_ack:
             # aiomqtt 2.5 has no manual acknowledgement of its own; its paho client does.
             client._client.manual_ack_set(True)
+        buffer_reads(client._client)
         return client
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
@@ -338,7 +414,8 @@ class MqttLink:
                 continue
             try:
                 result = handler(message)
-                if inspect.isawaitable(result):  # a plain callable that returned a coroutine
+                # A plain callable that returned a coroutine (None, the usual, skips the check).
+                if result is not None and inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -368,6 +445,24 @@ class MqttLink:
         if not failed:
             # A handler that failed (a store that cannot write) leaves it to the broker to resend.
             self.ack(token)
+
+
+def buffer_reads(paho: Any) -> None:
+    """Give paho each new socket wrapped in a ReadBuffer, before aiomqtt starts reading it.
+
+    MqttLink does it for its client; the benchmarks' bare references do it for theirs, so they
+    receive as warnd does. paho calls `on_socket_open` (aiomqtt's: add the reader callback)
+    right after it made the socket its own and before the CONNECT is sent, on the thread that
+    connects.
+    """
+    opened = paho.on_socket_open
+
+    def on_socket_open(client: Any, userdata: Any, sock: Any) -> None:
+        wrapped = ReadBuffer(sock)
+        client._sock = wrapped
+        opened(client, userdata, wrapped)
+
+    paho.on_socket_open = on_socket_open
 
 
 def _cancels() -> int:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import structlog  # noqa: E402
 
 from bench._table import Line, emit, order  # noqa: E402
+from bench.loudspeaker_fanout import lag_probe  # noqa: E402
 from tests.support.county import county_toml  # noqa: E402
 from tests.support.harness import Harness, warning_body  # noqa: E402
 from tests.support.process import write_config  # noqa: E402
@@ -55,7 +56,6 @@ from warnd.sdnotify import Notifier  # noqa: E402
 from warnd.store import NewDelivery  # noqa: E402
 
 T = TypeVar("T")
-PROBE_INTERVAL_S = 0.01
 CHANNELS = ["loudspeaker", "sms", "voice", "led"]
 # Deliveries written per store transaction while filling: a step's part, as the scheduler writes.
 FILL_PART = 20_000
@@ -63,19 +63,9 @@ SCRAPES = 20
 
 
 async def probed(work: Callable[[], Awaitable[T]]) -> tuple[T, float, float]:
-    """Run work with a PROBE_INTERVAL_S timer beside it: (result, seconds, worst lateness in ms)."""
+    """Run work with the fan-out bench's lag probe beside it: (result, seconds, worst lateness in ms)."""
     done = asyncio.Event()
-
-    async def probe() -> float:
-        """How late, at worst, the timer fired until done."""
-        worst = 0.0
-        while not done.is_set():
-            t0 = time.perf_counter()
-            await asyncio.sleep(PROBE_INTERVAL_S)
-            worst = max(worst, time.perf_counter() - t0 - PROBE_INTERVAL_S)
-        return worst * 1000
-
-    task = asyncio.create_task(probe())
+    task = asyncio.create_task(lag_probe(done))
     started = time.perf_counter()
     try:
         result = await work()

@@ -9,10 +9,11 @@ import ctypes.util
 M_ARENA_MAX = -8
 # Arenas for warnd's threads to share. glibc gives each thread that allocates its own arena, up
 # to 8 per core, and memory freed in one is kept for that arena: the store's threads, the
-# planner's and the audio render's each held their own peak. With 2, a county-wide red on every
-# channel peaked at 202 MB instead of 219 (bench/peak_rss.py); the threads' allocations are
-# few and large (rows, PCM), so they seldom wait for an arena's lock.
-ARENA_MAX = 2
+# planner's and the audio render's each held their own peak. A county-wide red on every channel
+# peaked at 219 MB uncapped, 202–205 MB with 2 arenas and 197–200 MB with 1 (bench/peak_rss.py);
+# with 1 the 10,000-speaker fan-out was no slower (3.5 s against 3.9–4.0 s with 2, same VM).
+# The threads' own allocations are few and large (rows, PCM), and most work holds the GIL anyway.
+ARENA_MAX = 1
 
 
 def limit_malloc_arenas(arenas: int = ARENA_MAX) -> bool:

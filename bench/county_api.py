@@ -32,7 +32,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -48,6 +47,7 @@ import structlog  # noqa: E402
 from bench._table import Line, emit, order  # noqa: E402
 from bench.loudspeaker_fanout import lag_probe  # noqa: E402
 from tests.support.county import county_toml  # noqa: E402
+from tests.support.db import writer_held  # noqa: E402
 from tests.support.harness import Harness, warning_body  # noqa: E402
 from tests.support.process import write_config  # noqa: E402
 from warnd.daemon import Reloader  # noqa: E402
@@ -136,24 +136,12 @@ async def timed_get(h: Harness, path: str) -> float:
 
 async def scrape_while_writer_held(h: Harness) -> tuple[float, float]:
     """Median /metrics and /healthz round trips (ms), the store's writer held by a transaction."""
-    inside, release = threading.Event(), threading.Event()
-
-    def held(_con: object) -> None:
-        """A write transaction that stays open until released."""
-        inside.set()
-        release.wait(60)
-
-    writing = asyncio.create_task(h.store.write(held))
-    try:
-        await asyncio.to_thread(inside.wait, 10)
-        metrics, healthz = [], []
+    metrics, healthz = [], []
+    async with writer_held(h.store):
         for _ in range(SCRAPES):
             metrics.append(await timed_get(h, "/metrics"))
             healthz.append(await timed_get(h, "/healthz"))
-        return statistics.median(metrics), statistics.median(healthz)
-    finally:
-        release.set()
-        await writing
+    return statistics.median(metrics), statistics.median(healthz)
 
 
 async def run(args: argparse.Namespace) -> list[Line]:

@@ -157,28 +157,15 @@ async def test_devices_and_feeds_from_the_store(harness: Harness) -> None:
 
 async def test_metrics_and_a_warning_answer_while_the_writer_is_held(harness: Harness) -> None:
     """/metrics and GET /api/v1/warnings/{id} read on their own connection: no write lock taken."""
-    import threading
-
     wid = await harness.issue(warning_body())
     await harness.run_until_idle()
-    inside, release = threading.Event(), threading.Event()
-
-    def held(con: object) -> None:
-        inside.set()
-        release.wait(30)
-
-    writing = asyncio.create_task(harness.store.write(held))
-    try:
-        await asyncio.to_thread(inside.wait, 10)
+    async with db.writer_held(harness.store, hold_s=30):
         assert harness.store.writing
         # Each would wait for `release` (30 s) if it needed the writer.
         samples = await asyncio.wait_for(scrape(harness), 5)
         assert value(samples, "warnd_deliveries", channel="loudspeaker", state="sent") == 2
         shown = await asyncio.wait_for(harness.get(wid), 5)
         assert shown["coverage"]["loudspeaker"]["sent"] == 2
-    finally:
-        release.set()
-        await writing
 
 
 async def test_event_loop_lag_is_exported_and_shows_a_blocked_loop(harness: Harness) -> None:

@@ -6,6 +6,10 @@ look at tables no endpoint shows; warnd's own code never writes SQL outside warn
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from warnd.store import Store
@@ -30,6 +34,26 @@ async def pragma(store: Store, statement: str) -> Any:
     """A PRAGMA on the store's writer connection, outside any transaction; its first value, if any."""
     row = await store.on_writer(lambda con: con.execute(statement).fetchone())
     return row[0] if row is not None else None
+
+
+@asynccontextmanager
+async def writer_held(store: Store, hold_s: float = 60) -> AsyncIterator[None]:
+    """A write transaction open on the store's writer for the block (at most hold_s): what runs
+    inside must not need the writer, or it waits for the block to end."""
+    inside, release = threading.Event(), threading.Event()
+
+    def held(_con: object) -> None:
+        """The transaction, open until released."""
+        inside.set()
+        release.wait(hold_s)
+
+    writing = asyncio.create_task(store.write(held))
+    try:
+        await asyncio.to_thread(inside.wait, 10)
+        yield
+    finally:
+        release.set()
+        await writing
 
 
 async def in_transaction(store: Store) -> bool:

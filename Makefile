@@ -11,8 +11,9 @@ PY := $(VENV)/bin/python
 # espeak-ng + ffmpeg: spoken warnings as MP3; systemd: systemd-analyze checks the unit;
 # libfaketime: tests/faults/test_clock.py steps a running warnd's wall clock;
 # chromium + fonts-wqy-microhei: the console's end-to-end tests (Playwright drives Debian's
-# chromium, no browser download) and their screenshots in Chinese.
-DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd libfaketime chromium fonts-wqy-microhei
+# chromium, no browser download) and their screenshots in Chinese;
+# postgresql: the PostgreSQL backend's tests start their own cluster (initdb, pg_ctl on a free port).
+DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd libfaketime chromium fonts-wqy-microhei postgresql
 
 .PHONY: run test bench lint deps venv clean install
 

@@ -208,7 +208,10 @@ async def build(
     async with AsyncExitStack() as stack:
         # Before the store: a second warnd on this state directory exits here (AlreadyRunning).
         stack.enter_context(instance_lock(settings.state_dir))
-        store = await Store(settings.state_dir / "warnd.db").open()
+        if settings.store.url is not None:
+            store = await Store(url=settings.store.url).open()
+        else:
+            store = await Store(settings.state_dir / "warnd.db").open()
         stack.push_async_callback(store.close)
         recovered = await store.recover()
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))

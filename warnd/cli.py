@@ -88,6 +88,7 @@ def run(path_arg: str | None) -> int:
     from warnd import log
     from warnd.daemon import run as run_daemon
     from warnd.instancelock import AlreadyRunning
+    from warnd.store.errors import DatabaseInUse
 
     try:
         path, settings = _load(path_arg)
@@ -100,7 +101,7 @@ def run(path_arg: str | None) -> int:
     except ConfigError as exc:
         print(f"warnd: cannot start: {exc}", file=sys.stderr)
         return 2
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, DatabaseInUse) as exc:
         print(f"warnd: {exc}", file=sys.stderr)
         # EX_TEMPFAIL: the other one may stop; under systemd, Restart=on-failure tries again.
         return os.EX_TEMPFAIL

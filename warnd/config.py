@@ -620,6 +620,28 @@ class RetentionSettings(_Section):
     run_at: time = time(3, 30)
 
 
+class StoreSettings(_Section):
+    """Where warnd keeps its state: SQLite in `{state_dir}/warnd.db` (the default) or PostgreSQL.
+
+    Args:
+        url: a PostgreSQL database, `postgresql://user@host:5432/dbname` (libpq's URL form; its
+            options, e.g. `?sslmode=verify-full`, pass through). The database is this warnd's
+            alone: a second warnd pointed at it refuses to start. A password does not belong in
+            warnd.toml: libpq's ~/.pgpass or PGPASSWORD, or the whole URL by WARND_STORE__URL or
+            the systemd credential `warnd_store_url`.
+    """
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        """Only PostgreSQL URLs: a typo must not fall back to SQLite in silence."""
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected postgresql://user@host:port/dbname (or leave it out for SQLite)")
+        return value
+
+
 class DispatchSettings(_Section):
     """Outbox tuning."""
 
@@ -712,6 +734,7 @@ class Settings(BaseSettings):
     led: LedSettings = Field(default_factory=LedSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -780,6 +803,10 @@ def load_settings(path: Path | None) -> Settings:
         raw = read_toml(path)  # file-level problems first, named as such
         secret = [(f"{s}.{k}", "a secret: give it by the environment or a systemd credential, not the file")
                   for s, k in SECRETS_NOT_IN_FILE if k in (raw.get(s) or {})]  # fmt: skip
+        url = (raw.get("store") or {}).get("url")
+        if isinstance(url, str) and re.search(r"://[^/@]*:[^/@]*@", url):
+            secret.append(("store.url", "holds a password: give it by ~/.pgpass, PGPASSWORD, "
+                           "WARND_STORE__URL or the credential warnd_store_url, not the file"))  # fmt: skip
         if secret:
             raise ConfigError(path, secret)
     cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})

@@ -32,7 +32,7 @@ from warnd import jsonsafe
 from warnd.feedback import AckReport
 from warnd.model import DEVICE_CHANNELS
 from warnd.mqtt import topics
-from warnd.store import DatabaseError, StoreError
+from warnd.store import StoreError, is_database_error
 
 if TYPE_CHECKING:
     from warnd.directory import Directory
@@ -305,7 +305,7 @@ def _json_object(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
 
 def _store_trouble(exc: BaseException) -> bool:
     """Whether an error is the store's (a full disk, a failed write), not one message's."""
-    return isinstance(exc, DatabaseError | OSError | StoreError)
+    return is_database_error(exc) or isinstance(exc, OSError | StoreError)
 
 
 async def coverage_with_offline(store: Store, warning_id: str) -> dict[str, dict[str, int]]:

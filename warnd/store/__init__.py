@@ -2,26 +2,36 @@
 
 - core.py: the writer connection in its own thread, reader connections beside it, `write(fn)`
   / `read(fn)` (the transaction primitives), migrations, health.
-- sqlite.py: the dialect seam, every SQLite-only trick (a PostgreSQL backend replaces it).
+- sqlite.py, postgres.py: the dialects, every database-only trick (a connection's `dialect`);
+  postgres_schema.sql: the migrations' sum for PostgreSQL.
 - rows.py: typed rows, DeliveryState (the one progress order) and JobKind.
 - one module per table group: warnings (+audit), jobs, schedule (firing a job), deliveries
   (+acks), devices, feeds, hydro, inbound, retention (archive and delete what ended long ago).
 
 `Store` composes the table groups; callers use its methods and never its connection. What the
-database itself refused (a constraint, a bug in a statement) is raised as the driver's
-DatabaseError; what the disk refused, as StoreUnavailable.
+database itself refused (a constraint, a bug in a statement) is raised as the driver's error
+(`is_database_error` tells); what the disk or the database server refused, as StoreUnavailable.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from warnd.store import sqlite
 from warnd.store.approval import Approval
-from warnd.store.core import TS_FORMAT, StoreCore, every, from_ts, migrations, new_warning_id, one, ts
+from warnd.store.core import (
+    TS_FORMAT,
+    Connection,
+    StoreCore,
+    every,
+    from_ts,
+    migrations,
+    new_warning_id,
+    one,
+    ts,
+)
 from warnd.store.deliveries import ACK_LOOKUP_SQL, COVERAGE_SQL, Deliveries
 from warnd.store.devices import Devices
-from warnd.store.errors import IdempotencyConflict, SchemaTooNew, StoreError, StoreUnavailable
+from warnd.store.errors import DatabaseInUse, IdempotencyConflict, SchemaTooNew, StoreError, StoreUnavailable
 from warnd.store.feeds import Feeds
 from warnd.store.hydro import Hydro
 from warnd.store.inbound import Inbound
@@ -48,14 +58,15 @@ from warnd.store.rows import (
     new_job,
 )
 from warnd.store.schedule import Schedule
-from warnd.store.sqlite import DatabaseError, unavailable_reason
+from warnd.store.sqlite import DatabaseError
 from warnd.store.warnings import Warnings
 
 # Deliveries not yet handed over: the outbox whose oldest due row /metrics reports.
 _OUTBOX = ("pending", "failed", "sending")
 # The gauges' statements that touch deliveries; none reads more rows as the outbox grows.
 DELIVERY_GAUGE_SQL = (
-    "SELECT channel, state, SUM(n) AS n FROM delivery_counts GROUP BY channel, state HAVING SUM(n) > 0"
+    "SELECT channel, state, CAST(SUM(n) AS INTEGER) AS n FROM delivery_counts"
+    " GROUP BY channel, state HAVING SUM(n) > 0"
 )
 # Per (state, channel), the first row in due order: an index walk that stops at once, where
 # MIN(due_at) … GROUP BY channel read every row of the outbox.
@@ -75,6 +86,7 @@ __all__ = [
     "AuditIn",
     "AuditRow",
     "DatabaseError",
+    "DatabaseInUse",
     "Delivery",
     "DeliveryRow",
     "DeliveryState",
@@ -91,12 +103,17 @@ __all__ = [
     "WarningRow",
     "count_receiver",
     "from_ts",
+    "is_database_error",
     "migrations",
     "new_job",
     "new_warning_id",
     "ts",
-    "unavailable_reason",
 ]
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether an error is one the database raised (SQLite's or PostgreSQL's driver)."""
+    return isinstance(exc, DatabaseError) or type(exc).__module__.startswith("psycopg")
 
 
 class Store(
@@ -116,6 +133,7 @@ class Store(
 
     Args:
         path: the SQLite file.
+        url: instead, a PostgreSQL database (`postgresql://user@host:port/name`).
     """
 
     async def open(self) -> Store:
@@ -135,7 +153,7 @@ class Store(
         (delivery_counts), the oldest due one found through the (state, due_at) index.
         """
 
-        def work(con: sqlite.Connection) -> dict[str, list[dict[str, Any]]]:
+        def work(con: Connection) -> dict[str, list[dict[str, Any]]]:
             """Every count in one snapshot."""
             deliveries = every(con, DELIVERY_GAUGE_SQL)
             oldest_due = []
@@ -153,7 +171,7 @@ class Store(
                 ),
                 "oldest_due": oldest_due,
             }
-            tables = sqlite.tables(con)
+            tables = con.dialect.tables(con)
             if "feed_health" in tables:
                 out["feeds"] = every(con, "SELECT feed, last_success, failures FROM feed_health")
             if "devices" in tables:

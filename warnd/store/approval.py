@@ -6,7 +6,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-from warnd.store import sqlite
 from warnd.store.core import Connection, Row, StoreCore, one, ts
 from warnd.store.rows import AuditIn
 from warnd.store.warnings import insert_audit
@@ -37,8 +36,11 @@ class Approval(StoreCore):
     ) -> bool:
         """Keep an update or cancel until it is signed off; False when one already waits."""
 
-        def work(con: Connection) -> None:
-            """The change and its audit event, together."""
+        def work(con: Connection) -> bool:
+            """The change and its audit event, together; False when a change of the warning waits."""
+            waiting = "SELECT 1 FROM pending_changes WHERE warning_id = ? AND state = 'pending'"
+            if con.execute(waiting, (warning_id,)).fetchone() is not None:
+                return False
             con.execute(
                 "INSERT INTO pending_changes (warning_id, kind, body, drafted_by, remote, created_at)"
                 " VALUES (?,?,?,?,?,?)",
@@ -52,13 +54,11 @@ class Approval(StoreCore):
                 ),
             )
             insert_audit(con, audit)
+            return True
 
-        try:
-            await self.write(work)
-        except sqlite.IntegrityError:
-            # The unique index on a warning's pending change: one waits already.
-            return False
-        return True
+        # One writer: nothing comes between the look and the insert (the unique index on a
+        # warning's pending change would refuse a second one anyway).
+        return await self.write(work)
 
     async def pending_change(self, warning_id: str) -> Row | None:
         """The update or cancel of a warning that waits for sign-off, if any."""

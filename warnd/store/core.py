@@ -8,6 +8,12 @@ would hold the store for as many loop turns as it has statements. One writer: wr
 interleave. Readers: WAL lets them read the last commit while the writer writes, so a report,
 the console or /metrics never waits behind the fan-out's writes; a read that starts after a
 write returned sees it.
+
+The same on PostgreSQL (`StoreCore(url="postgresql://…")`, warnd.store.postgres): one writer
+connection in the same thread, the readers a pool of connections beside it, each read one
+REPEATABLE READ snapshot. The database is the instance's own: the writer holds an advisory lock
+on it, and a second warnd pointed at it refuses to start (two writers would claim the same
+deliveries).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib
 import itertools
 import queue
 import secrets
@@ -23,7 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -37,7 +44,20 @@ T = TypeVar("T")
 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
-Connection = sqlite.Connection
+
+
+class Connection(Protocol):
+    """What the table modules use of a connection: statements, and its dialect for the SQL."""
+
+    dialect: Any  # warnd.store.sqlite or warnd.store.postgres
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any:
+        """Run one statement; its cursor."""
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any:
+        """Run one statement for each parameter row."""
+
+
 Row = dict[str, Any]
 
 # Reader connections, each used by one thread at a time: two cores, and a read is milliseconds;
@@ -54,7 +74,7 @@ def _finished(out: T) -> T:
     providers at once, `executemany` of the same UPDATE; the batch's sends were then retried, and
     five people got the SMS twice).
     """
-    if isinstance(out, sqlite.Cursor):
+    if hasattr(out, "fetchone") and hasattr(out, "close"):  # a cursor, of either driver
         out.close()
         return None  # type: ignore[return-value]  # what a statement gives back is nothing
     return out
@@ -146,16 +166,24 @@ class StoreCore:
 
     Args:
         path: the SQLite file.
+        url: instead, a PostgreSQL database (`postgresql://user@host:port/name`, libpq's form).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
         """Remember where the database lives; `open()` connects."""
+        if (path is None) == (url is None):
+            raise ValueError("a store is a SQLite file (path) or a PostgreSQL database (url), one of them")
         self.path = path
-        self._con: Connection | None = None
+        self.url = url
+        self.dialect: Any = sqlite
+        if url is not None:
+            # By name: psycopg (and libpq) is loaded only by a warnd that uses PostgreSQL.
+            self.dialect = importlib.import_module("warnd.store.postgres")
+        self._con: Any = None
         self._thread: WriterThread | None = None
         # The reader connections (idle ones wait in the queue) and their threads.
-        self._readers: queue.SimpleQueue[Connection] = queue.SimpleQueue()
-        self._reader_cons: list[Connection] = []
+        self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reader_cons: list[Any] = []
         self._read_threads: concurrent.futures.ThreadPoolExecutor | None = None
         # Write transactions handed to the thread and not yet ended (tests and /readyz look).
         self._writes_in_flight = 0
@@ -165,18 +193,26 @@ class StoreCore:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    @property
+    def where(self) -> str:
+        """The database, for messages: the SQLite file, or the PostgreSQL URL without its password."""
+        return str(self.path) if self.url is None else self.dialect.safe_url(self.url)
+
     async def open(self) -> Any:
         """Connect, set durability pragmas and apply migrations; returns the store."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        target: Any = self.url
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            target = self.path
         self._thread = WriterThread()
         try:
-            self._con = await self._call(lambda _: sqlite.connect(self.path), with_con=False)
+            self._con = await self._call(lambda _: self.dialect.connect(target), with_con=False)
             self._read_threads = concurrent.futures.ThreadPoolExecutor(
                 READERS, thread_name_prefix="warnd-store-read"
             )
             for _ in range(READERS):
                 # Opened after the writer, which set WAL mode (a property of the file).
-                con = await asyncio.to_thread(sqlite.connect, self.path, reader=True)
+                con = await asyncio.to_thread(self.dialect.connect, target, reader=True)
                 self._reader_cons.append(con)
                 self._readers.put(con)
             await self._migrate()
@@ -195,14 +231,14 @@ class StoreCore:
             # shutdown(wait=True) lets reads in progress end before their connections close.
             await asyncio.to_thread(readers.shutdown)
         for reader in self._reader_cons:
-            sqlite.forget(reader)
+            self.dialect.forget(reader)
             reader.close()
         self._reader_cons.clear()
         self._readers = queue.SimpleQueue()
         if thread is None:
             return
         if con is not None:
-            sqlite.forget(con)
+            self.dialect.forget(con)
             await asyncio.wrap_future(thread.submit(con.close))
         thread.shutdown()
 
@@ -239,11 +275,11 @@ class StoreCore:
         """BEGIN, fn, end the read transaction, on an idle reader connection; in a reader thread."""
         con = self._readers.get()
         try:
-            con.execute("BEGIN")
+            self.dialect.begin_read(con)
             try:
                 return _finished(fn(con))
             finally:
-                sqlite.rollback_if_open(con)  # nothing to keep: ROLLBACK ends a read as COMMIT would
+                self.dialect.rollback_if_open(con)  # nothing to keep: ROLLBACK ends a read as COMMIT would
         finally:
             self._readers.put(con)
 
@@ -263,7 +299,7 @@ class StoreCore:
         try:
             return await self._call(lambda con: self._transaction(con, fn), bulk=bulk)
         except BaseException as exc:
-            reason = sqlite.unavailable_reason(exc)
+            reason = self.dialect.unavailable_reason(exc)
             if reason is None:
                 raise
             self._write_failed(reason, exc)
@@ -293,21 +329,22 @@ class StoreCore:
 
     def _transaction(self, con: Connection, fn: Callable[[Connection], T]) -> T:
         """BEGIN IMMEDIATE, fn, COMMIT (ROLLBACK on any error, a failed COMMIT too); in the thread."""
-        changes = sqlite.changes(con)
-        sqlite.begin(con)
+        d = self.dialect
+        changes = d.changes(con)
+        d.begin(con)
         try:
             out = _finished(fn(con))
-            con.execute("COMMIT")
+            d.commit(con)
         except BaseException:
             try:
-                sqlite.rollback_if_open(con)
-            except sqlite.DatabaseError as exc:
+                d.rollback_if_open(con)
+            except d.DatabaseError as exc:
                 # The original error is the one to raise; this one is for the operator.
                 log.error("store.rollback_failed", error=f"{type(exc).__name__}: {exc}")
             raise
         # Only a transaction that wrote proves the disk takes writes (a claim that found nothing
         # due commits nothing, full disk or not); ping_write's header write changes no rows.
-        if sqlite.changes(con) != changes or fn is sqlite.touch_header:
+        if d.changes(con) != changes or getattr(fn, "proves_write", False):
             self._write_succeeded()
         return out
 
@@ -326,18 +363,25 @@ class StoreCore:
     # -- schema -------------------------------------------------------------------------------
 
     async def _migrate(self) -> None:
-        """Apply the numbered migrations this database lacks; refuse a newer database."""
-        await self.write(
-            lambda con: con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        )
+        """Apply the numbered migrations this database lacks; refuse a newer database.
+
+        PostgreSQL starts from its whole schema in one file (warnd/store/postgres_schema.sql, the
+        migrations' sum), written in the first transaction of an empty database.
+        """
+        await self.write(self.dialect.create_schema)
         rows = await self.on_writer(lambda con: every(con, "SELECT version FROM schema_version"))
         applied = {r["version"] for r in rows}
         known = migrations()
         unknown = applied - {number for number, _ in known}
         if unknown:
             raise SchemaTooNew(
-                f"{self.path} has schema version(s) {sorted(unknown)} this warnd does not know: "
+                f"{self.where} has schema version(s) {sorted(unknown)} this warnd does not know: "
                 "it was written by a newer warnd"
+            )
+        if self.url is not None and (missing := {n for n, _ in known} - applied):
+            # SQLite's migration files are SQLite's SQL: a new one needs its PostgreSQL form.
+            raise StoreError(
+                f"{self.where} lacks schema version(s) {sorted(missing)}: no PostgreSQL form yet"
             )
         for number, sql in known:
             # Every known migration not yet applied, in order (not only those above the highest,
@@ -347,7 +391,7 @@ class StoreCore:
 
             def apply(con: Connection, number: int = number, sql: str = sql) -> None:
                 """One migration and its schema_version row."""
-                for statement in sqlite.split_sql(sql):
+                for statement in self.dialect.split_sql(sql):
                     con.execute(statement)
                 con.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
 
@@ -367,7 +411,7 @@ class StoreCore:
         synchronous=FULL, an fsync. A full or read-only disk raises StoreUnavailable; a disk that
         hangs or a writer that never lets go blocks it, and raises after busy_timeout.
         """
-        await self.write(sqlite.touch_header)
+        await self.write(self.dialect.touch_header)
 
     async def write_check(self) -> str | None:
         """Why the store cannot take writes right now, or None (/readyz).
@@ -381,4 +425,6 @@ class StoreCore:
                 await self.ping_write()
         if self.write_problem is not None:
             return f"not writable: {self.write_problem}"
+        if self.path is None:
+            return None  # PostgreSQL's disk is the database server's: its writes tell
         return await asyncio.to_thread(disk_problem, self.path.parent)

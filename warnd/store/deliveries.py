@@ -31,13 +31,21 @@ DUE_DELIVERY = "(due_at <= ? OR (updated_at > ? AND due_at <= updated_at))"
 # json.dumps with a non-default argument builds a new encoder per call; acks come by the thousand.
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
 
-# The deliveries named by a JSON array of [msg_id, target] pairs, through their unique index: the
-# pairs are the outer loop (joined in order: the planner must not reorder). `(msg_id, target) IN
-# (VALUES …)` scanned the whole outbox for every batch of acks.
-ACK_LOOKUP_SQL = (
-    f"SELECT d.* FROM {sqlite.json_table('v')} {sqlite.JOIN_IN_ORDER} deliveries AS d"
-    f" ON d.msg_id = {sqlite.json_item('v', 0)} AND d.target = {sqlite.json_item('v', 1)}"
-)
+
+
+def ack_lookup_sql(d: Any) -> str:
+    """The deliveries named by a JSON array of [msg_id, target] pairs, in dialect `d`.
+
+    Through their unique index: the pairs are the outer loop (joined in order: the planner must
+    not reorder). `(msg_id, target) IN (VALUES …)` scanned the whole outbox for every batch of acks.
+    """
+    return (
+        f"SELECT d.* FROM {d.json_table('v')} {d.JOIN_IN_ORDER} deliveries AS d"
+        f" ON d.msg_id = {d.json_item('v', 0)} AND d.target = {d.json_item('v', 1)}"
+    )
+
+
+ACK_LOOKUP_SQL = ack_lookup_sql(sqlite)
 
 # A warning's receivers by channel and coverage class (schema 13's counters).
 COVERAGE_SQL = "SELECT channel, class, n FROM coverage_counts WHERE warning_id = ? AND n > 0"
@@ -79,11 +87,15 @@ def insert_deliveries(con: Connection, deliveries: Sequence[NewDelivery], now: d
         for d in deliveries
     ]
     # One statement over a JSON array: a county-wide step is 10,000 rows, not 10,000 steps.
+    d = con.dialect
     con.execute(
-        f"{sqlite.INSERT_IGNORE} deliveries (msg_id, warning_id, step, kind, channel, target,"
-        " village, person_id, address, ack_required, due_at, context, created_at, updated_at)"
-        f" SELECT *, ?, ? FROM ({sqlite.json_rows(12)})",
-        (stamp, stamp, sqlite.json_list(rows)),
+        d.insert_ignore(
+            "deliveries",
+            "(msg_id, warning_id, step, kind, channel, target, village, person_id, address,"
+            " ack_required, due_at, context, created_at, updated_at)"
+            f" SELECT *, ?, ? FROM ({d.json_rows(12, ints=(9,))}) AS r",
+        ),
+        (stamp, stamp, d.json_list(rows)),
     )
 
 
@@ -96,9 +108,10 @@ def _update_by_ids(
     hands the GIL back and forth with a busy event loop.
     """
     where = f" AND {also}" if also else ""
+    d = con.dialect
     con.executemany(
-        f"UPDATE deliveries SET {assignments} WHERE id IN {sqlite.IN_LIST}{where}",
-        [(*key, sqlite.json_list(ids)) for key, ids in groups.items()],
+        f"UPDATE deliveries SET {assignments} WHERE id IN {d.in_list('id')}{where}",
+        [(*key, d.json_list(ids)) for key, ids in groups.items()],
     )
 
 
@@ -107,12 +120,13 @@ def _deliveries_for_acks(con: Connection, acks: Sequence[AckIn]) -> dict[tuple[A
     found: dict[tuple[Any, Any], Row] = {}
     pairs = list({(a.msg_id, a.target) for a in acks if a.provider_ref is None})
     refs = list({a.provider_ref for a in acks if a.provider_ref is not None})
+    d = con.dialect
     if pairs:
-        for r in sqlite.rows(con, "deliveries", ACK_LOOKUP_SQL, (sqlite.json_list(pairs),)):
+        for r in d.rows(con, "deliveries", ack_lookup_sql(d), (d.json_list(pairs),)):
             found[(r["msg_id"], r["target"])] = r
     if refs:
-        by_ref = f"SELECT * FROM deliveries WHERE provider_ref IN {sqlite.IN_LIST}"
-        for r in sqlite.rows(con, "deliveries", by_ref, (sqlite.json_list(refs),)):
+        by_ref = f"SELECT * FROM deliveries WHERE provider_ref IN {d.in_list()}"
+        for r in d.rows(con, "deliveries", by_ref, (d.json_list(refs),)):
             found[("ref", r["provider_ref"])] = r
     return found
 
@@ -173,10 +187,11 @@ def _apply_acks(con: Connection, acks: Sequence[AckIn], stamp: str) -> list[Acke
     # Whole batches per statement, passed as JSON: each statement step hands the GIL back
     # and forth with a busy event loop, so a row per step cost more than the SQL.
     if ack_rows:
+        d = con.dialect
         con.execute(
             "INSERT INTO acks (delivery_id, msg_id, target, source, status, at, detail)"
-            f" SELECT * FROM ({sqlite.json_rows(7)})",
-            (sqlite.json_list(ack_rows),),
+            f" SELECT * FROM ({d.json_rows(7, ints=(0,))}) AS r",
+            (d.json_list(ack_rows),),
         )
     alike: dict[tuple[Any, ...], list[int]] = {}
     for r in changed.values():
@@ -243,10 +258,11 @@ class Deliveries(StoreCore):
                 " (SELECT id FROM warnings WHERE state IN ('cancelled', 'expired'))"
             )
             # updated_at: a row claimed before schema 10 has no claimed_at; its claim set updated_at.
-            return con.execute(
+            cur = con.execute(
                 "UPDATE deliveries SET state = 'pending',"
                 " maybe_sent_at = COALESCE(maybe_sent_at, claimed_at, updated_at) WHERE state = 'sending'"
-            ).rowcount
+            )
+            return int(cur.rowcount)
 
         return await self.write(work)
 
@@ -262,29 +278,29 @@ class Deliveries(StoreCore):
             return []
         marks = ",".join("?" * len(chans))
         stamp = ts(now)
-        due = (
-            f"SELECT {sqlite.json_agg('id')}, {sqlite.json_agg('CASE WHEN republish THEN id END')} FROM"
-            " (SELECT id, state = 'pending' AND sent_at IS NOT NULL AS republish FROM deliveries"
-            f" WHERE state IN ('pending', 'failed') AND {DUE_DELIVERY} AND channel IN ({marks})"
-            " ORDER BY due_at, id LIMIT ?)"
-        )
 
         def work(con: Connection) -> tuple[list[Row], set[int]]:
             """Pick, mark and read the claimed rows."""
+            d = con.dialect
+            due = (
+                f"SELECT {d.json_agg('id')}, {d.json_agg('CASE WHEN republish THEN id END')} FROM"
+                " (SELECT id, state = 'pending' AND sent_at IS NOT NULL AS republish FROM deliveries"
+                f" WHERE state IN ('pending', 'failed') AND {DUE_DELIVERY} AND channel IN ({marks})"
+                " ORDER BY due_at, id LIMIT ?) AS due"
+            )
             picked, again = con.execute(due, (stamp, stamp, *chans, limit)).fetchone()
             if picked == "[]":
                 return [], set()
-            ids = sqlite.json_list(json.loads(picked))
+            ids = d.json_list(json.loads(picked))
             con.execute(
                 "UPDATE deliveries SET state = 'sending',"
                 " attempts = attempts"
                 " + CASE WHEN state = 'pending' AND sent_at IS NOT NULL THEN 0 ELSE 1 END,"
-                f" updated_at = ?, claimed_at = ? WHERE id IN {sqlite.IN_LIST}",
+                f" updated_at = ?, claimed_at = ? WHERE id IN {d.in_list('id')}",
                 (stamp, stamp, ids),
             )
-            rows = sqlite.rows(
-                con, "deliveries", f"SELECT * FROM deliveries WHERE id IN {sqlite.IN_LIST}", (ids,)
-            )
+            claimed = f"SELECT * FROM deliveries WHERE id IN {d.in_list('id')}"
+            rows = d.rows(con, "deliveries", claimed, (ids,))
             return rows, {i for i in json.loads(again) if i is not None}
 
         rows, republished = await self.write(work, bulk=True)
@@ -331,16 +347,17 @@ class Deliveries(StoreCore):
             """The grouped updates, then the jobs."""
             _update_by_ids(
                 con,
-                "state = CASE WHEN ? AND ? = 'sent' AND delivered_at IS NOT NULL THEN 'delivered' ELSE ? END,"
+                "state = CASE WHEN ? <> 0 AND ? = 'sent' AND delivered_at IS NOT NULL"
+                " THEN 'delivered' ELSE ? END,"
                 " last_error = ?,"
                 " provider_ref = COALESCE(?, provider_ref),"
                 " sent_at = COALESCE(sent_at, ?), due_at = COALESCE(?, due_at), updated_at = ?,"
                 " maybe_sent_at = CASE WHEN ? IS NOT NULL THEN NULL"
-                " WHEN ? THEN COALESCE(maybe_sent_at, claimed_at, updated_at) ELSE maybe_sent_at END,"
+                " WHEN ? <> 0 THEN COALESCE(maybe_sent_at, claimed_at, updated_at) ELSE maybe_sent_at END,"
                 " attempts = attempts - ?",
                 groups,
                 # Look rows up by id, not by the (state, due_at) index.
-                also=f"{sqlite.by_rowid('state')} = 'sending'",
+                also=f"{con.dialect.by_rowid('state')} = 'sending'",
             )
             insert_jobs(con, jobs)
 
@@ -365,8 +382,8 @@ class Deliveries(StoreCore):
         """
         if not refs:
             return set()
-        sql = f"SELECT provider_ref FROM deliveries WHERE provider_ref IN {sqlite.IN_LIST}"
-        rows = await self.read(lambda con: every(con, sql, (sqlite.json_list(refs),)))
+        sql = f"SELECT provider_ref FROM deliveries WHERE provider_ref IN {self.dialect.in_list()}"
+        rows = await self.read(lambda con: every(con, sql, (self.dialect.json_list(refs),)))
         return {r["provider_ref"] for r in rows}
 
     async def get_delivery(self, delivery_id: int) -> DeliveryRow | None:
@@ -383,8 +400,8 @@ class Deliveries(StoreCore):
 
     async def deliveries_by_ids(self, ids: Sequence[int]) -> list[DeliveryRow]:
         """Delivery rows by id, in id order (a confirmation round reads the ones it watches)."""
-        sql = f"SELECT * FROM deliveries WHERE id IN {sqlite.IN_LIST} ORDER BY id"
-        return _as_rows(await self.read(lambda con: every(con, sql, (sqlite.json_list(ids),))))
+        sql = f"SELECT * FROM deliveries WHERE id IN {self.dialect.in_list('id')} ORDER BY id"
+        return _as_rows(await self.read(lambda con: every(con, sql, (self.dialect.json_list(ids),))))
 
     async def in_force_for(self, channel: str, target: str) -> list[WarningRow]:
         """Warnings in force that this receiver was sent (or is being sent): what an LED board may show."""
@@ -516,7 +533,9 @@ class Deliveries(StoreCore):
         """Deliveries by state, for health and metrics."""
         rows = await self.read(
             lambda con: every(
-                con, "SELECT state, SUM(n) AS n FROM delivery_counts GROUP BY state HAVING SUM(n) > 0"
+                con,
+                "SELECT state, CAST(SUM(n) AS INTEGER) AS n FROM delivery_counts"
+                " GROUP BY state HAVING SUM(n) > 0",
             )
         )
         return {r["state"]: r["n"] for r in rows}
@@ -569,9 +588,9 @@ class Deliveries(StoreCore):
         sql = (
             "SELECT address, COUNT(*) AS n FROM deliveries"
             " WHERE provider = ? AND channel = ? AND sent_at >= ?"
-            f" AND address IN {sqlite.IN_LIST} GROUP BY address"
+            f" AND address IN {self.dialect.in_list()} GROUP BY address"
         )
-        params = (provider, channel, ts(since), sqlite.json_list(addresses))
+        params = (provider, channel, ts(since), self.dialect.json_list(addresses))
         rows = await self.read(lambda con: every(con, sql, params))
         return {r["address"]: r["n"] for r in rows}
 
@@ -582,7 +601,7 @@ class Deliveries(StoreCore):
         sql = (
             "SELECT id, msg_id, target, address, provider_ref, ack_required, sent_at, state FROM deliveries"
             " WHERE channel = ? AND state = 'sent' AND provider_ref IS NOT NULL"
-            " AND (provider = ? OR (? AND provider IS NULL)) ORDER BY id LIMIT ?"
+            " AND (provider = ? OR (? <> 0 AND provider IS NULL)) ORDER BY id LIMIT ?"
         )
         params = (channel, provider, int(unrecorded), limit)
         return [dict(r) for r in await self.read(lambda con: every(con, sql, params))]

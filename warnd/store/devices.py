@@ -6,7 +6,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-from warnd.store import sqlite
 from warnd.store.core import Connection, StoreCore, every, ts
 
 # Devices whose last_seen one statement moves: 50,000 at once were 2 MB of JSON made in one C
@@ -45,19 +44,20 @@ class Devices(StoreCore):
         left this many devices at once, and a `ts()` each on the event loop plus a statement
         step each stalled the loop 130 ms (bench/ack_backlog.py). Acks of a batch share a time.
         """
-        later = sqlite.greatest("COALESCE(last_seen, '')", "excluded.last_seen")
-        # `WHERE true`: SQLite reads ON CONFLICT after a bare SELECT as a join's ON.
-        sql = (
-            f"INSERT INTO devices (id, last_seen) {sqlite.json_rows(2)} WHERE true"
-            f" ON CONFLICT (id) DO UPDATE SET last_seen = {later}"
-        )
 
         def work(con: Connection) -> None:
             """Every device, SEEN_PART to a statement (each JSON text is made holding the GIL)."""
+            d = con.dialect
+            later = d.greatest("COALESCE(devices.last_seen, '')", "excluded.last_seen")
+            # `WHERE true`: SQLite reads ON CONFLICT after a bare SELECT as a join's ON.
+            sql = (
+                f"INSERT INTO devices (id, last_seen) SELECT * FROM ({d.json_rows(2)}) AS r WHERE true"
+                f" ON CONFLICT (id) DO UPDATE SET last_seen = {later}"
+            )
             stamps = {at: ts(at) for at in set(seen.values())}
-            rows = [[d, stamps[at]] for d, at in seen.items()]
+            rows = [[d_id, stamps[at]] for d_id, at in seen.items()]
             for start in range(0, len(rows), SEEN_PART):
-                con.execute(sql, (sqlite.json_list(rows[start : start + SEEN_PART]),))
+                con.execute(sql, (d.json_list(rows[start : start + SEEN_PART]),))
 
         await self.write(work, bulk=True)
 

@@ -34,3 +34,10 @@ class StoreUnavailable(StoreError):
         """Keep the reason for the API answer, /readyz and the log."""
         super().__init__(f"the store cannot write: {reason}")
         self.reason = reason
+
+
+class DatabaseInUse(StoreError):
+    """Another warnd writes this PostgreSQL database: two writers would send the same deliveries.
+
+    A county runs each township's warnd against its own database on the one server.
+    """

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from warnd.store import sqlite
 from warnd.store.core import Connection, StoreCore, every, one, ts
 
 
@@ -47,16 +46,14 @@ class Feeds(StoreCore):
     async def add_feed_document(self, row: dict[str, Any]) -> bool:
         """Record a CAP message; False when (sender, identifier) was already recorded."""
         cols = {**row, "refs": json.dumps(row.get("refs", []), ensure_ascii=False)}
-        sql = (
-            f"{sqlite.INSERT_IGNORE} feed_documents ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        )
+        rest = f"({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
         def work(con: Connection) -> bool:
             """Insert unless recorded before."""
             if one(con, "SELECT 1 FROM feed_documents WHERE sender = ? AND identifier = ?",
                    (row["sender"], row["identifier"])):  # fmt: skip
                 return False
-            con.execute(sql, list(cols.values()))
+            con.execute(con.dialect.insert_ignore("feed_documents", rest), list(cols.values()))
             return True
 
         return await self.write(work)
@@ -130,7 +127,9 @@ class Feeds(StoreCore):
         params = (feed, entry, ts(now), outcome)
         await self.write(
             lambda con: con.execute(
-                f"{sqlite.INSERT_IGNORE} feed_entries (feed, entry, fetched_at, outcome) VALUES (?,?,?,?)",
+                con.dialect.insert_ignore(
+                    "feed_entries", "(feed, entry, fetched_at, outcome) VALUES (?,?,?,?)"
+                ),
                 params,
             )
         )

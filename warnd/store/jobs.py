@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from warnd.store import sqlite
 from warnd.store.core import Connection, Row, StoreCore, every, from_ts, one, ts
 from warnd.store.rows import Job, NewJob
 
@@ -18,13 +17,12 @@ from warnd.store.rows import Job, NewJob
 # still waits by the wall clock.
 DUE = "(due_at <= ? OR (created_at > ? AND due_at <= created_at))"
 
-INSERT_JOB_SQL = (
-    f"{sqlite.INSERT_IGNORE} jobs (key, warning_id, kind, due_at, payload, created_at) VALUES (?,?,?,?,?,?)"
-)
+# Inserted with the dialect's insert_ignore: a key already written is left as it is.
+INSERT_JOB = ("jobs", "(key, warning_id, kind, due_at, payload, created_at) VALUES (?,?,?,?,?,?)")
 
 
 def _job_params(jobs: Sequence[NewJob | dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """Jobs as INSERT_JOB_SQL's parameters."""
+    """Jobs as INSERT_JOB's parameters."""
     return [
         (
             j["key"],
@@ -41,7 +39,7 @@ def _job_params(jobs: Sequence[NewJob | dict[str, Any]]) -> list[tuple[Any, ...]
 def insert_jobs(con: Connection, jobs: Sequence[NewJob | dict[str, Any]]) -> None:
     """Insert jobs inside the caller's transaction; a known key is left as it is."""
     if jobs:
-        con.executemany(INSERT_JOB_SQL, _job_params(jobs))
+        con.executemany(con.dialect.insert_ignore(*INSERT_JOB), _job_params(jobs))
 
 
 def _job(row: Row) -> Job:

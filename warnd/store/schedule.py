@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from warnd.store import sqlite
 from warnd.store.core import Connection, StoreCore, ts
 from warnd.store.deliveries import insert_deliveries
 from warnd.store.jobs import insert_jobs
@@ -81,8 +80,8 @@ class Schedule(StoreCore):
             if republish:
                 con.execute(
                     "UPDATE deliveries SET state = 'pending', last_error = ?, updated_at = ?"
-                    f" WHERE id IN {sqlite.IN_LIST} AND state IN ('sent', 'delivered')",
-                    (republish_reason, stamp, sqlite.json_list(republish)),
+                    f" WHERE id IN {con.dialect.in_list('id')} AND state IN ('sent', 'delivered')",
+                    (republish_reason, stamp, con.dialect.json_list(republish)),
                 )
             insert_deliveries(con, deliveries, now)
             insert_jobs(con, jobs)

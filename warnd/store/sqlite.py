@@ -1,19 +1,21 @@
 """The SQLite dialect: every SQLite-only trick the store uses, in one place.
 
-The table modules (warnd/store/*.py) write plain SQL with `?` placeholders and ask this module
-for whatever is SQLite's own: PRAGMAs, `INSERT OR IGNORE`, JSON arrays as parameters
-(`json_each`, `->>`), two-argument `MAX`, index hints and the one-step JSON
-fetch, the join order, the driver's connection and errors. A PostgreSQL backend implements the
-same names (`= ANY(%s)`, `jsonb_array_elements`, `GREATEST`, `ON CONFLICT DO
-NOTHING` …) and the table modules stay as they are.
+The table modules (warnd/store/*.py) write plain SQL with `?` placeholders and ask their
+connection's dialect (`con.dialect`: this module, or warnd.store.postgres) for whatever is the
+database's own: `INSERT OR IGNORE` (`insert_ignore`), JSON arrays as parameters (`in_list`,
+`json_rows`, `json_table`), two-argument `MAX` (`greatest`), index hints, the one-step JSON fetch
+(`rows`), the join order, the driver's connection and errors. warnd.store.postgres implements the
+same names (`jsonb_array_elements`, `GREATEST`, `ON CONFLICT DO NOTHING` …) and the table modules
+stay as they are. A JSON array's items come back as text on PostgreSQL: the fragments take the
+SQL type an item is compared with or stored as (`in_list("id")`, `json_rows(width, ints=…)`).
 
 Kept by the database itself: the delivery counters (delivery_counts, coverage_receivers,
 coverage_counts) follow every change of a delivery through the triggers COUNTER_TRIGGERS names
-(migration 0013); a PostgreSQL backend creates the same as trigger functions.
+(migration 0013; warnd/store/postgres_schema.sql has them as trigger functions).
 
-Shared by both and so written in the table modules: `ON CONFLICT … DO UPDATE SET … excluded.…`,
-`CASE WHEN`, `COALESCE`. Not abstracted yet: the `?` placeholders (a PostgreSQL driver wants
-`%s`: translate them in its `read`/`write`) and the migrations, which are SQLite's SQL.
+Shared by both and so written in the table modules: `ON CONFLICT … DO UPDATE SET … excluded.…`
+(the target's own columns qualified by its table name: PostgreSQL calls them ambiguous otherwise),
+`CASE WHEN`, `COALESCE`, flags compared (`? <> 0`), never used as booleans, sums cast to INTEGER.
 """
 
 from __future__ import annotations
@@ -21,12 +23,21 @@ from __future__ import annotations
 import errno
 import json
 import sqlite3
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-Connection = sqlite3.Connection
+NAME = "sqlite"
+
+
+class Connection(sqlite3.Connection):
+    """sqlite3's connection, carrying the dialect the table modules ask for their SQL."""
+
+    dialect: Any = None  # this module (set below: a module cannot name itself before it exists)
+
+
 Cursor = sqlite3.Cursor
 # What the driver raises for anything the database refused.
 DatabaseError = sqlite3.Error
@@ -61,12 +72,12 @@ def unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
-def connect(path: Path, *, reader: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, reader: bool = False) -> Connection:
     """Open the database with warnd's durability settings (the writer) or as a reader."""
     # Autocommit (isolation_level=None): the store says BEGIN (IMMEDIATE) itself. A connection is
     # used by one thread at a time, not always the same one (readers are pooled, close() runs
     # elsewhere): check_same_thread is off.
-    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=Connection)
     con.row_factory = sqlite3.Row
     if reader:
         # query_only: a write slipped into read() fails at once instead of racing the writer.
@@ -86,6 +97,16 @@ def begin(con: sqlite3.Connection) -> None:
     con.execute("BEGIN IMMEDIATE")
 
 
+def begin_read(con: sqlite3.Connection) -> None:
+    """Start a read transaction: one snapshot (WAL) until it ends."""
+    con.execute("BEGIN")
+
+
+def commit(con: sqlite3.Connection) -> None:
+    """End the transaction, keeping what it wrote (synchronous=FULL: on the disk when this returns)."""
+    con.execute("COMMIT")
+
+
 def rollback_if_open(con: sqlite3.Connection) -> None:
     """ROLLBACK unless SQLite ended the transaction itself (it does on a full disk or an I/O error).
 
@@ -103,6 +124,20 @@ def touch_header(con: sqlite3.Connection) -> None:
     """
     (version,) = con.execute("PRAGMA user_version").fetchone()
     con.execute(f"PRAGMA user_version = {int(version)}")
+
+
+# Whether the writes of a transaction that changed no row reached the disk (ping_write's).
+touch_header.proves_write = True  # type: ignore[attr-defined]
+
+
+def create_schema(con: sqlite3.Connection) -> None:
+    """Where the schema's version is kept (the migrations, applied one by one, fill the rest)."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+
+
+def safe_url(url: str) -> str:
+    """A database named for messages (SQLite's is a file path: nothing to hide)."""
+    return url
 
 
 def tables(con: sqlite3.Connection) -> set[str]:
@@ -148,16 +183,26 @@ def triggers(con: sqlite3.Connection) -> set[str]:
 
 # -- SQL fragments ------------------------------------------------------------------------------
 
-# INSERT that leaves a row with a known unique key as it is.
-INSERT_IGNORE = "INSERT OR IGNORE INTO"
-# The values of a JSON array parameter (json_list()) as a subquery: `id IN (SELECT …)`.
-IN_LIST = "(SELECT value FROM json_each(?))"
+def insert_ignore(table: str, rest: str) -> str:
+    """`INSERT INTO table rest` that leaves a row whose unique key is known as it is."""
+    return f"INSERT OR IGNORE INTO {table} {rest}"
+
+
+def in_list(kind: str = "text") -> str:
+    """The values of a JSON array parameter (json_list()) as a subquery: `id IN (SELECT …)`.
+
+    `kind`: "id" for integer ids, "text" for text; SQLite compares either as it is.
+    """
+    return "(SELECT value FROM json_each(?))"
+
+
 # A join the planner must take in the order written, the left side outer (SQLite: CROSS JOIN).
+# Followed by an ON clause.
 JOIN_IN_ORDER = "CROSS JOIN"
 
 
 def json_list(values: Sequence[Any]) -> str:
-    """A list as the parameter IN_LIST and json_rows() take."""
+    """A list as the parameter in_list() and json_rows() take."""
     return json.dumps(list(values))
 
 
@@ -181,11 +226,12 @@ def changes(con: sqlite3.Connection) -> int:
     return con.total_changes
 
 
-def json_rows(width: int) -> str:
+def json_rows(width: int, ints: tuple[int, ...] = ()) -> str:
     """`SELECT v0, v1 … FROM <a JSON array of arrays>`: many rows passed as one parameter.
 
     One statement over a JSON array instead of one statement step per row: each step hands the
-    GIL back and forth with a busy event loop.
+    GIL back and forth with a busy event loop. `ints`: the items that are integers (SQLite
+    keeps JSON's types; PostgreSQL casts them).
     """
     cols = ", ".join(json_item("v", i) for i in range(width))
     return f"SELECT {cols} FROM {json_table('v')}"
@@ -213,7 +259,7 @@ def forget(con: sqlite3.Connection) -> None:
             del _COLUMNS[key]
 
 
-def rows(con: sqlite3.Connection, table: str, select: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+def rows(con: Any, table: str, select: str, params: Sequence[Any]) -> list[dict[str, Any]]:
     """The rows of `select` (a `SELECT * FROM table …`), fetched as one JSON array.
 
     One statement step for the whole result instead of one per row: each step hands the GIL
@@ -228,3 +274,16 @@ def rows(con: sqlite3.Connection, table: str, select: str, params: Sequence[Any]
     sql = f"SELECT json_group_array(json_object({fields})) FROM ({select}) AS r"
     out: list[dict[str, Any]] = json.loads(con.execute(sql, params).fetchone()[0])
     return out
+
+
+def database_tables(con: sqlite3.Connection) -> list[str]:
+    """The database's tables, ordered by name (tests compare schemas)."""
+    return sorted(tables(con))
+
+
+def columns(con: sqlite3.Connection, table: str) -> list[str]:
+    """A table's column names, in order."""
+    return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+
+
+Connection.dialect = sys.modules[__name__]

@@ -1,0 +1,344 @@
+"""The PostgreSQL dialect: the same names as warnd.store.sqlite, for a database on a server.
+
+`[store] url = "postgresql://warnd@db.county.example/township_a"` puts the store on PostgreSQL
+(a county running several townships' warnd against one server, each its own database). The store
+is the same: its functions take a connection and run in the store's threads (one writer, a pool
+of readers), so the driver is psycopg 3 used synchronously — asyncpg would have meant a second,
+async copy of every statement. Statements are written for SQLite (`?` placeholders, the
+fragments this module and sqlite.py both provide); `Connection.execute` turns the placeholders
+into psycopg's and binds parameters on the client (ClientCursor), as sqlite3 does: a Python int
+is a number and None is NULL wherever it appears, with no server-side type guessing.
+
+One warnd per database: the writer connection holds a session advisory lock for its life
+(DatabaseInUse for a second one, as the state directory's flock does for SQLite). Durability:
+the writer's commits wait for the WAL flush (`synchronous_commit = on`, whatever the server's
+default), so a warning answered 202 is on the server's disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import ClientCursor, pq
+
+from warnd.store.errors import DatabaseInUse
+
+NAME = "postgres"
+DatabaseError = psycopg.Error
+IntegrityError = psycopg.IntegrityError
+
+# The advisory lock a warnd's writer holds on its database: 'warnd' in ASCII.
+LOCK_KEY = 0x7761726E64
+# Connect within this; a statement waits this long for a row lock (SQLite's busy_timeout).
+CONNECT_TIMEOUT_S = 5
+LOCK_TIMEOUT_MS = 5000
+
+# SQLSTATEs that mean "the database will not take it now" rather than "this write is wrong".
+_UNAVAILABLE_STATE = {
+    "53100": "disk full",
+    "53200": "database server out of memory",
+    "53300": "database server has too many connections",
+    "25006": "read-only",
+    "57P01": "database server shutting down",
+    "57P02": "database server shutting down",
+    "57P03": "database server starting or stopping",
+    "55P03": "busy: another session holds the rows' lock",
+}
+_UNAVAILABLE_ERRNO = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only",
+    errno.EIO: "disk I/O error",
+}
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why a failed write is the server's doing (unreachable, full, read-only), or None."""
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is not None and state in _UNAVAILABLE_STATE:
+            return _UNAVAILABLE_STATE[state]
+        if (state is not None and state.startswith("08")) or (
+            state is None and isinstance(exc, psycopg.OperationalError)
+        ):
+            return "database server unreachable"
+        return None
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _UNAVAILABLE_ERRNO.get(exc.errno)
+    return None
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+class Row:
+    """A row read by index, by column name, or as a dict (`dict(row)`), as sqlite3.Row is."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: dict[str, int], values: Sequence[Any]) -> None:
+        """Values, and where each column name is among them (shared by a result's rows)."""
+        self._index, self._values = index, values
+
+    def __getitem__(self, key: int | str) -> Any:
+        """A value by position or by column name."""
+        return self._values[self._index[key] if isinstance(key, str) else key]
+
+    def __iter__(self) -> Iterator[Any]:
+        """The values, in column order (`a, b = row`)."""
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        """How many columns."""
+        return len(self._values)
+
+    def keys(self) -> list[str]:
+        """The column names, in order."""
+        return list(self._index)
+
+
+def _row_factory(cursor: Any) -> Any:
+    """psycopg's row factory for Row."""
+    index = {c.name: i for i, c in enumerate(cursor.description or ())}
+    return lambda values: Row(index, values)
+
+
+# SQLite's SQL made psycopg's, once per distinct statement.
+_TRANSLATED: dict[tuple[str, bool], str] = {}
+_TRANSLATED_LOCK = threading.Lock()
+
+
+def translate(sql: str, with_params: bool) -> str:
+    """`?` placeholders as `%s`; a literal `%` doubled when there are parameters."""
+    key = (sql, with_params)
+    out = _TRANSLATED.get(key)
+    if out is None:
+        out = (sql.replace("%", "%%") if with_params else sql).replace("?", "%s")
+        with _TRANSLATED_LOCK:
+            _TRANSLATED[key] = out
+    return out
+
+
+class Connection:
+    """A psycopg connection as the table modules use sqlite3's: execute, executemany, rows.
+
+    Reconnects at the start of a transaction when the server went away meanwhile (a restart);
+    the writer takes its advisory lock again then.
+    """
+
+    dialect: Any = None  # this module (set below)
+
+    def __init__(self, conninfo: str, *, reader: bool) -> None:
+        """Connect (the writer also takes the database's lock)."""
+        self.conninfo, self.reader = conninfo, reader
+        self.changes = 0  # rows changed by this connection's statements since it was made
+        self.raw = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A new server connection, in autocommit (the store says BEGIN itself)."""
+        raw: psycopg.Connection[Any] = psycopg.connect(
+            self.conninfo,
+            autocommit=True,
+            cursor_factory=ClientCursor,
+            row_factory=_row_factory,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name="warnd-read" if self.reader else "warnd",
+        )
+        try:
+            raw.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+            taken = self.reader
+            if not self.reader:
+                raw.execute("SET synchronous_commit = on")
+                row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+                taken = bool(row and row[0])
+        except BaseException:
+            raw.close()
+            raise
+        if not taken:
+            raw.close()
+            raise DatabaseInUse(f"another warnd holds {safe_url(self.conninfo)} (advisory lock {LOCK_KEY})")
+        return raw
+
+    def ensure(self) -> None:
+        """Connect again if the server connection is gone (between transactions only)."""
+        if self.raw.closed or self.raw.broken:
+            self.raw.close()
+            self.raw = self._connect()
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        """One statement; its cursor (rowcount, fetchone, fetchall, iteration)."""
+        cur = self.raw.cursor()
+        cur.execute(translate(sql, bool(parameters)), parameters or None)
+        if cur.description is None and cur.rowcount > 0:
+            self.changes += cur.rowcount
+        return cur
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any:
+        """One statement per parameter row, pipelined."""
+        cur = self.raw.cursor()
+        cur.executemany(translate(sql, True), list(parameters))
+        if cur.rowcount > 0:
+            self.changes += cur.rowcount
+        return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on this connection."""
+        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def close(self) -> None:
+        """Close the server connection (the writer's lock goes with it)."""
+        self.raw.close()
+
+
+def connect(url: str, *, reader: bool = False) -> Connection:
+    """The writer's connection (taking the database's lock) or a reader's."""
+    return Connection(url, reader=reader)
+
+
+def begin(con: Connection) -> None:
+    """Start a write transaction (READ COMMITTED: the one writer is alone on its database)."""
+    con.ensure()
+    con.raw.execute("BEGIN")
+
+
+def begin_read(con: Connection) -> None:
+    """Start a read transaction that sees one snapshot until it ends."""
+    con.ensure()
+    con.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+
+def commit(con: Connection) -> None:
+    """End the transaction, keeping what it wrote."""
+    con.raw.execute("COMMIT")
+
+
+def rollback_if_open(con: Connection) -> None:
+    """ROLLBACK if a transaction is open and the connection still there."""
+    if not con.raw.closed and not con.raw.broken and con.in_transaction:
+        con.raw.execute("ROLLBACK")
+
+
+def changes(con: Connection) -> int:
+    """Rows changed on this connection since it opened."""
+    return con.changes
+
+
+def touch_header(con: Connection) -> None:
+    """A transaction that reaches the disk with no row changed: an xid, so COMMIT flushes the WAL."""
+    con.execute("SELECT pg_current_xact_id()")
+
+
+touch_header.proves_write = True  # type: ignore[attr-defined]
+
+
+def create_schema(con: Connection) -> None:
+    """The whole schema (postgres_schema.sql) in an empty database; nothing if it has one."""
+    if "schema_version" in tables(con):
+        return
+    sql = resources.files("warnd.store").joinpath("postgres_schema.sql").read_text(encoding="utf-8")
+    con.raw.execute(sql)  # one string, many statements: no parameters, so the server splits it
+
+
+def split_sql(sql: str) -> list[str]:
+    """SQLite's migration files do not run here (create_schema writes their sum)."""
+    raise NotImplementedError("SQLite migrations do not run on PostgreSQL")
+
+
+def tables(con: Connection) -> set[str]:
+    """The names of the database's tables (in the connection's schema)."""
+    rows = con.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
+    return {r[0] for r in rows}
+
+
+def database_tables(con: Connection) -> list[str]:
+    """The database's tables, ordered by name (tests compare schemas)."""
+    return sorted(tables(con))
+
+
+def columns(con: Connection, table: str) -> list[str]:
+    """A table's column names, in order."""
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+        (table,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def forget(con: Connection) -> None:
+    """Nothing is cached per connection."""
+
+
+# -- SQL fragments (warnd.store.sqlite has the same names) -------------------------------------
+
+
+def insert_ignore(table: str, rest: str) -> str:
+    """`INSERT INTO table rest` that leaves a row whose unique key is known as it is."""
+    return f"INSERT INTO {table} {rest} ON CONFLICT DO NOTHING"
+
+
+def in_list(kind: str = "text") -> str:
+    """The values of a JSON array parameter as a subquery, as integers ("id") or text."""
+    items = "jsonb_array_elements_text(CAST(? AS jsonb))"
+    return f"(SELECT CAST({items} AS BIGINT))" if kind == "id" else f"(SELECT {items})"
+
+
+# The planner orders a join itself here (it has statistics on the array parameter's size).
+JOIN_IN_ORDER = "JOIN"
+
+
+def json_list(values: Sequence[Any]) -> str:
+    """A list as the parameter in_list() and json_rows() take."""
+    return json.dumps(list(values))
+
+
+def json_table(alias: str) -> str:
+    """A JSON array parameter as a table of its items, `alias`, with one column `value`."""
+    return f"jsonb_array_elements(CAST(? AS jsonb)) AS {alias}(value)"
+
+
+def json_item(alias: str, index: int) -> str:
+    """Item `index` of a json_table() row that is itself an array, as text."""
+    return f"({alias}.value ->> {index})"
+
+
+def json_agg(expr: str) -> str:
+    """An aggregate collecting a column's values as a JSON array's text (`[]` for no row)."""
+    return f"COALESCE(json_agg({expr}), '[]')::text"
+
+
+def json_rows(width: int, ints: tuple[int, ...] = ()) -> str:
+    """`SELECT v0, v1 … FROM <a JSON array of arrays>`; the items `ints` as integers, the rest text."""
+    cols = ", ".join(
+        f"CAST({json_item('v', i)} AS BIGINT)" if i in ints else json_item("v", i) for i in range(width)
+    )
+    return f"SELECT {cols} FROM {json_table('v')}"
+
+
+def greatest(a: str, b: str) -> str:
+    """The larger of two expressions."""
+    return f"GREATEST({a}, {b})"
+
+
+def by_rowid(column: str) -> str:
+    """A column reference (PostgreSQL needs no hint to look rows up by id)."""
+    return column
+
+
+def rows(con: Connection, table: str, select: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    """The rows of `select` as dicts."""
+    return [dict(r) for r in con.execute(select, params)]
+
+
+Connection.dialect = sys.modules[__name__]

@@ -20,17 +20,26 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.slow
 
 
-def _daemon(tmp_path: Path, delay_s: float = 0.0, **directory: object) -> DaemonProcess:
-    """A recording daemon over a generated directory."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """The store a daemon is killed on: SQLite's file (None), or a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+
+
+def _daemon(
+    tmp_path: Path, delay_s: float = 0.0, store_url: str | None = None, **directory: object
+) -> DaemonProcess:
+    """A recording daemon over a generated directory, on SQLite or on the PostgreSQL `store_url`."""
     port = free_port()
-    config = write_config(tmp_path, write_directory(tmp_path / "directory.toml", **directory), port)
+    extra = f'[store]\nurl = "{store_url}"\n' if store_url else ""
+    config = write_config(tmp_path, write_directory(tmp_path / "directory.toml", **directory), port, extra)
     argv = ["-m", "tests.support.recording_daemon", str(config), str(tmp_path / "sent.jsonl"), str(delay_s)]
     return DaemonProcess(argv, port, tmp_path / "warnd.log")
 
 
-def test_warning_answered_202_survives_sigkill(tmp_path: Path) -> None:
+def test_warning_answered_202_survives_sigkill(tmp_path: Path, store_url: str | None) -> None:
     """Kill -9 right after the 202: after restart the warning is there and goes out."""
-    d = _daemon(tmp_path, villages=2, speakers=2).start()
+    d = _daemon(tmp_path, store_url=store_url, villages=2, speakers=2).start()
     status, body = d.call("POST", "/api/v1/warnings", warning_body())
     assert status == 202
     d.kill()
@@ -49,9 +58,13 @@ def test_warning_answered_202_survives_sigkill(tmp_path: Path) -> None:
         assert d.terminate() == 0
 
 
-def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path) -> None:
-    """Kill -9 while 200 speakers are sent to: after restart each is reached, with one msg_id."""
-    d = _daemon(tmp_path, delay_s=0.02, villages=40, speakers=5, leds=0).start()
+def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path, store_url: str | None) -> None:
+    """Kill -9 while 200 speakers are sent to: after restart each is reached, with one msg_id.
+
+    On PostgreSQL the killed daemon's session, and its lock on the database, end with its
+    connection: the restarted one is not refused.
+    """
+    d = _daemon(tmp_path, delay_s=0.02, store_url=store_url, villages=40, speakers=5, leds=0).start()
     codes = [f"330502101{201 + i:03d}" for i in range(40)]
     status, body = d.call("POST", "/api/v1/warnings", warning_body(area={"codes": codes}))
     assert status == 202

@@ -6,6 +6,8 @@ import json
 import sqlite3
 from typing import Any
 
+import pytest
+
 from tests.support.harness import Harness, warning_body
 
 KEY = "duty-2026-07-01-001"
@@ -61,6 +63,7 @@ async def test_replay_is_200_and_a_reused_key_with_other_content_is_422(harness:
     assert sorted(warned) == sorted([first["id"]] * 2 + [second["id"]] * 2)  # two speakers each
 
 
+@pytest.mark.sqlite_only
 async def test_rows_from_before_fingerprints_replay_as_before(harness: Harness) -> None:
     """A key stored without a fingerprint (schema before 9) answers 200 with its id, whatever comes."""
     status, first = await _post_raw(harness, json.dumps(BODY).encode())
@@ -77,6 +80,7 @@ async def test_rows_from_before_fingerprints_replay_as_before(harness: Harness) 
     assert await _count(harness) == 1
 
 
+@pytest.mark.sqlite_only
 async def test_warnings_without_a_key_keep_no_fingerprint(harness: Harness) -> None:
     """No key, nothing to compare later: the column stays empty and duplicates go by sender/identifier."""
     wid = await harness.issue(BODY)

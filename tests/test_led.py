@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ import aiomqtt
 import pytest
 
 from adapters.led import LedAdapter, layout, ranked, wrap
+from tests.support import db
 from tests.support.harness import Harness, warning_body
 from tests.support.live import close_live, live_harness
 from tests.support.mqtt import Broker, stop_client_task
@@ -268,13 +268,13 @@ async def test_warnctl_simulates_the_villages_boards_too(led: Harness, broker: B
 
         async def acks(kind: str) -> list[tuple[str, str]]:
             """(status, detail) of the board's acks on this warning's `kind` deliveries, from the database."""
-            with contextlib.closing(sqlite3.connect(h.settings.state_dir / "warnd.db")) as db:
-                rows = db.execute(
-                    "SELECT a.status, a.detail FROM acks a JOIN deliveries d ON d.id = a.delivery_id"
-                    " WHERE d.warning_id = ? AND d.channel = 'led' AND d.kind = ? ORDER BY a.id",
-                    (wid, kind),
-                ).fetchall()
-            return [(status, json.loads(detail).get("detail", "")) for status, detail in rows]
+            rows = await db.query(
+                h.store,
+                "SELECT a.status, a.detail FROM acks a JOIN deliveries d ON d.id = a.delivery_id"
+                " WHERE d.warning_id = ? AND d.channel = 'led' AND d.kind = ? ORDER BY a.id",
+                (wid, kind),
+            )
+            return [(r["status"], json.loads(r["detail"]).get("detail", "")) for r in rows]
 
         await until(lambda: acks("warning"), 5, what="the display acked", want=[("shown", "")])
         resp = await h.client.post(f"/api/v1/warnings/{wid}/cancel", json={}, headers=h.headers())

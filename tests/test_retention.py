@@ -121,12 +121,12 @@ async def test_a_delete_refused_after_the_archive_leaves_every_row(h: Harness) -
     before = await _records(h, old)
     h.clock.advance(timedelta(days=DAYS + 1).total_seconds())
 
-    await db.pragma(h.store, "PRAGMA query_only = ON")  # the writer can no longer write
+    await db.refuse_writes(h.store, True)  # the writer can no longer write
     try:
         with pytest.raises(StoreUnavailable):
             await retention.run(h.clock.now())
     finally:
-        await db.pragma(h.store, "PRAGMA query_only = OFF")
+        await db.refuse_writes(h.store, False)
     path = archive_path(h.settings.state_dir / "archive", old)
     assert _archived(path)["delivery"] == before["delivery"]
     assert _archived(path)["ack"] == before["ack"]

@@ -36,6 +36,18 @@ async def pragma(store: Store, statement: str) -> Any:
     return row[0] if row is not None else None
 
 
+async def refuse_writes(store: Store, refuse: bool) -> None:
+    """Make the store's writer connection read-only (or writable again), as a failing disk would.
+
+    SQLite: `PRAGMA query_only`; PostgreSQL: the session's transactions read-only (SQLSTATE 25006).
+    """
+    if store.url is None:
+        statement = f"PRAGMA query_only = {'ON' if refuse else 'OFF'}"
+    else:
+        statement = f"SET default_transaction_read_only = {'on' if refuse else 'off'}"
+    await store.on_writer(lambda con: con.execute(statement))
+
+
 @asynccontextmanager
 async def writer_held(store: Store, hold_s: float = 60) -> AsyncIterator[None]:
     """A write transaction open on the store's writer for the block (at most hold_s): what runs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import timedelta
@@ -25,6 +25,11 @@ from warnd.config import Settings
 from warnd.store import Store
 
 CHANNELS = ("loudspeaker", "sms", "voice", "wechat", "led")
+
+# Set by tests/conftest.py under `pytest --store=postgres`: the URL of a PostgreSQL database for a
+# test directory (made on first use; the same again for a Harness restarted on the same
+# tmp_path), for every Harness whose settings name no store (the suite on PostgreSQL: `make test-pg`).
+DATABASE_FOR: Callable[[Path], str] | None = None
 TOKENS = {
     "viewer": "viewer-token",
     "operator": "operator-token",
@@ -111,7 +116,10 @@ class Harness(Driven):
         """
         self.tmp_path = tmp_path
         self.directory_path = write_directory(tmp_path / "directory.toml", **(directory or {}))
-        self.settings = test_settings(tmp_path, self.directory_path, **(settings or {}))
+        settings = dict(settings or {})
+        if DATABASE_FOR is not None and "store" not in settings:
+            settings["store"] = {"url": DATABASE_FOR(tmp_path)}
+        self.settings = test_settings(tmp_path, self.directory_path, **settings)
         self.channels = tuple(channels)
         self.script = script or {}
         self.adapter_factories = tuple(adapters)

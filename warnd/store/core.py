@@ -265,7 +265,15 @@ class StoreCore:
         """
         if self._read_threads is None:
             raise StoreError("store is not open")
-        return await asyncio.wrap_future(self._read_threads.submit(self._read_transaction, fn))
+        try:
+            return await asyncio.wrap_future(self._read_threads.submit(self._read_transaction, fn))
+        except Exception as exc:
+            # A database server that is away (PostgreSQL) is no bug of the caller's: the API
+            # answers 503 as for a full disk, the loops wait and try again.
+            reason = self.dialect.unavailable_reason(exc)
+            if reason is None:
+                raise
+            raise StoreUnavailable(reason) from exc
 
     async def on_writer(self, fn: Callable[[Connection], T]) -> T:
         """fn(the writer's connection) in its thread, outside any transaction (PRAGMAs, tests' checks)."""

@@ -175,6 +175,21 @@ class Connection:
             self.raw.close()
             self.raw = self._connect()
 
+    def start(self, begin: str) -> None:
+        """Begin a transaction; a connection the server dropped meanwhile (a restart) is made again.
+
+        Nothing was done yet in the transaction, so beginning it on a new connection is safe; a
+        server that is still away raises (StoreUnavailable for the caller).
+        """
+        self.ensure()
+        try:
+            self.raw.execute(begin)
+        except psycopg.OperationalError:
+            if not (self.raw.closed or self.raw.broken):
+                raise
+            self.ensure()
+            self.raw.execute(begin)
+
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
         """One statement; its cursor (rowcount, fetchone, fetchall, iteration)."""
         cur = self.raw.cursor()
@@ -208,14 +223,12 @@ def connect(url: str, *, reader: bool = False) -> Connection:
 
 def begin(con: Connection) -> None:
     """Start a write transaction (READ COMMITTED: the one writer is alone on its database)."""
-    con.ensure()
-    con.raw.execute("BEGIN")
+    con.start("BEGIN")
 
 
 def begin_read(con: Connection) -> None:
     """Start a read transaction that sees one snapshot until it ends."""
-    con.ensure()
-    con.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    con.start("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
 
 def commit(con: Connection) -> None:

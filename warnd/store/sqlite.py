@@ -282,8 +282,8 @@ def database_tables(con: sqlite3.Connection) -> list[str]:
 
 
 def columns(con: sqlite3.Connection, table: str) -> list[str]:
-    """A table's column names, in order."""
-    return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+    """A table's column names, in order (generated ones too: table_xinfo, not table_info)."""
+    return [r[1] for r in con.execute(f"PRAGMA table_xinfo({table})")]
 
 
 Connection.dialect = sys.modules[__name__]

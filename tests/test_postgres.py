@@ -1,0 +1,116 @@
+"""warnd's store on PostgreSQL: one warnd per database, a server that goes away and comes back.
+
+The store's behaviour is the same on both databases, and tested by the same tests: `make test`
+runs the pipeline's modules a second time with `--store=postgres` (Makefile), `make test-pg` the
+whole suite; tests/test_crash.py kills a daemon on each. Here is what only PostgreSQL has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.support import db
+from tests.support.harness import Harness, warning_body
+from tests.support.postgres import PostgresCluster
+from warnd.store import DatabaseInUse, Store, StoreUnavailable
+
+NOW = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+
+
+def _audit(action: str) -> dict[str, str]:
+    """An audit event to write (the smallest write the store has)."""
+    return {"at": "2026-07-01T08:00:00.000000Z", "actor": "test", "action": action}
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[PostgresCluster]:
+    """A server of this test's own, to stop and start without disturbing the session's."""
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_second_warnd_on_the_same_database_is_refused(pg_url: str) -> None:
+    """Two writers would claim the same deliveries: the second is refused until the first closes."""
+    first = await Store(url=pg_url).open()
+    try:
+        await first.add_audit(_audit("first"))
+        with pytest.raises(DatabaseInUse, match="another warnd holds"):
+            await Store(url=pg_url).open()
+    finally:
+        await first.close()
+    async with Store(url=pg_url) as second:
+        assert [e["action"] for e in await second.audit_log()] == ["first"]
+
+
+async def test_the_password_never_reaches_a_message(pg_url: str) -> None:
+    """A store names its database without the URL's password."""
+    with_password = pg_url.replace("postgres@", "postgres:s3cret@")
+    store = Store(url=with_password)
+    assert "s3cret" not in store.where and "postgres:***@" in store.where
+
+
+@pytest.mark.allow_error_logs  # store.write_failed: the outage is the point
+async def test_the_store_says_unavailable_while_the_server_is_down_and_recovers(
+    own_cluster: PostgresCluster,
+) -> None:
+    """Server down: writes and reads raise StoreUnavailable (not a driver error); back up: both work.
+
+    The writer connects again by itself and takes its lock again: a second warnd is still refused.
+    """
+    url = own_cluster.new_database()
+    async with Store(url=url) as store:
+        await store.add_audit(_audit("before"))
+        own_cluster.pause()
+        with pytest.raises(StoreUnavailable, match="unreachable|shutting down"):
+            await store.add_audit(_audit("during"))
+        with pytest.raises(StoreUnavailable):
+            await store.audit_log()
+        assert await store.write_check() is not None
+        own_cluster.resume()
+        await store.add_audit(_audit("after"))
+        assert store.write_problem is None
+        assert await store.write_check() is None
+        assert [e["action"] for e in await store.audit_log()] == ["after", "before"]  # newest first
+        with pytest.raises(DatabaseInUse):
+            await Store(url=url).open()
+
+
+@pytest.mark.allow_error_logs  # store.write_failed, api.store_unavailable: the outage is the point
+async def test_the_api_answers_503_while_the_server_is_down_and_202_after(
+    tmp_path: Path, own_cluster: PostgresCluster
+) -> None:
+    """An operator posting while the database server restarts gets 503 + Retry-After, then 202."""
+    h = await Harness(tmp_path, settings={"store": {"url": own_cluster.new_database()}}).start()
+    try:
+        own_cluster.pause()
+        resp = await h.client.post("/api/v1/warnings", json=warning_body(), headers=h.headers())
+        assert resp.status == 503, await resp.text()
+        assert (await resp.json())["error"]["code"] == "store_unavailable"
+        assert int(resp.headers["Retry-After"]) > 0
+        resp = await h.client.get("/api/v1/warnings", headers=h.headers("viewer"))
+        assert resp.status == 503, await resp.text()
+        own_cluster.resume()
+        wid = await h.issue(warning_body())
+        await h.run_until_idle()
+        assert {d["state"] for d in await h.store.deliveries_for(wid)} == {"sent"}
+    finally:
+        await h.close()
+
+
+async def test_the_schema_on_postgres_is_the_migrations_sum(pg_url: str, tmp_path: Path) -> None:
+    """Every table and column a SQLite store has after its migrations, in the same order."""
+    async with Store(tmp_path / "w.db") as lite, Store(url=pg_url) as pg:
+        for store in (lite, pg):
+            await db.execute(store, "SELECT 1")
+        lite_tables = await lite.read(lambda con: con.dialect.database_tables(con))
+        pg_tables = await pg.read(lambda con: con.dialect.database_tables(con))
+        assert pg_tables == lite_tables
+        for table in lite_tables:
+            lite_cols = await lite.read(lambda con, t=table: con.dialect.columns(con, t))
+            pg_cols = await pg.read(lambda con, t=table: con.dialect.columns(con, t))
+            assert pg_cols == lite_cols, table

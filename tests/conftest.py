@@ -66,3 +66,33 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     h = await Harness(tmp_path).start()
     yield h
     await h.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+# tests.support.postgres is imported inside the fixtures: a session that asks for no database
+# starts no server and needs no psycopg.
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A PostgreSQL server of this session's own (tests.support.postgres.PostgresCluster).
+
+    Started the first time a test asks for it, stopped at the end of the session. Without the
+    server binaries the test fails, naming `make deps` and the Debian package `postgresql`:
+    the suite is meant to run in full, and a skip would hide a backend left untested.
+    """
+    from tests.support.postgres import MISSING, PostgresCluster, postgres_bindir
+
+    if postgres_bindir() is None:
+        pytest.fail(MISSING)
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> Iterator[str]:
+    """The conninfo URL of a fresh, empty database for this test, dropped after it."""
+    url: str = pg_cluster.new_database()
+    yield url
+    pg_cluster.drop_database(url)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import structlog
 
+from tests.support import harness as harness_module
 from tests.support.harness import Harness
 from tests.support.mqtt import Broker, mosquitto_binary
 
@@ -33,9 +34,22 @@ structlog.configure(
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--store=postgres`: every Harness on a fresh PostgreSQL database (`make test-pg`)."""
+    parser.addoption(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the store the in-process warnd of tests.support.harness uses (default: sqlite)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Register markers."""
     config.addinivalue_line("markers", "allow_error_logs: the test provokes error log events on purpose")
+    config.addinivalue_line(
+        "markers", "sqlite_only: looks inside the SQLite file; skipped under --store=postgres"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +110,33 @@ def pg_url(pg_cluster: Any) -> Iterator[str]:
     url: str = pg_cluster.new_database()
     yield url
     pg_cluster.drop_database(url)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _store_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under `--store=postgres`, each Harness gets a fresh database of the session's cluster."""
+    if request.config.getoption("--store") != "postgres":
+        yield
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    databases: dict[Path, str] = {}
+
+    def database_for(tmp_path: Path) -> str:
+        """One database per test directory: a restarted Harness finds its store again."""
+        if tmp_path not in databases:
+            databases[tmp_path] = cluster.new_database()
+        return databases[tmp_path]
+
+    harness_module.DATABASE_FOR = database_for
+    yield
+    harness_module.DATABASE_FOR = None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--store=postgres`, tests marked sqlite_only (they look inside the SQLite file) skip."""
+    if config.getoption("--store") != "postgres":
+        return
+    skip = pytest.mark.skip(reason="looks inside the SQLite file (sqlite_only)")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)

@@ -230,3 +230,20 @@ def test_warnctl_marks_an_exercise_unmistakably(tmp_path: Path) -> None:
         assert "held: quiet hours" in shown
     finally:
         assert d.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ('"mysql://warnd@db/warnd"', "expected postgresql://"),
+        ('"postgresql://warnd:hunter2@db/warnd"', "holds a password"),
+    ],
+)
+def test_check_config_names_a_wrong_store_url(tmp_path: Path, url: str, says: str) -> None:
+    """`[store] url`: another database's URL, or a password in the file, is named by its key."""
+    path = tmp_path / "w.toml"
+    path.write_text(f'state_dir = "./var"\n[store]\nurl = {url}\n', encoding="utf-8")
+    result = _cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert "  store.url: " in result.stderr and says in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr

@@ -58,7 +58,9 @@ def test_warning_answered_202_survives_sigkill(tmp_path: Path, store_url: str | 
         assert d.terminate() == 0
 
 
-def test_sigkill_mid_dispatch_completes_after_restart_none_twice(tmp_path: Path, store_url: str | None) -> None:
+def test_sigkill_mid_dispatch_completes_after_restart_none_twice(
+    tmp_path: Path, store_url: str | None
+) -> None:
     """Kill -9 while 200 speakers are sent to: after restart each is reached, with one msg_id.
 
     On PostgreSQL the killed daemon's session, and its lock on the database, end with its

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.support import db
@@ -66,7 +67,7 @@ async def test_the_store_says_unavailable_while_the_server_is_down_and_recovers(
     async with Store(url=url) as store:
         await store.add_audit(_audit("before"))
         own_cluster.pause()
-        with pytest.raises(StoreUnavailable, match="unreachable|shutting down"):
+        with pytest.raises(StoreUnavailable, match=r"unreachable|shutting down"):
             await store.add_audit(_audit("during"))
         with pytest.raises(StoreUnavailable):
             await store.audit_log()
@@ -114,3 +115,11 @@ async def test_the_schema_on_postgres_is_the_migrations_sum(pg_url: str, tmp_pat
             lite_cols = await lite.read(lambda con, t=table: con.dialect.columns(con, t))
             pg_cols = await pg.read(lambda con, t=table: con.dialect.columns(con, t))
             assert pg_cols == lite_cols, table
+
+
+async def test_a_read_cannot_write(pg_url: str) -> None:
+    """A read runs READ ONLY: a write slipped into it fails as the bug it is, not as an outage."""
+    async with Store(url=pg_url) as store:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            await store.read(lambda con: con.execute("INSERT INTO devices (id) VALUES ('d1')"))
+        assert await db.query(store, "SELECT id FROM devices") == []

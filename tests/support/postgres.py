@@ -147,6 +147,18 @@ class PostgresCluster:
         self.workdir = None
         shutil.rmtree(workdir, ignore_errors=True)
 
+    def pause(self) -> None:
+        """Stop the server, keeping its data and port (a database server restarted or down)."""
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                self._admin.close()
+            self._admin = None
+        self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w")
+
+    def resume(self) -> None:
+        """Start the paused server again on the same port."""
+        self._pg_ctl_start()
+
     # -- databases ------------------------------------------------------------------------------
 
     def url(self, dbname: str) -> str:

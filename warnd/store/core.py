@@ -269,9 +269,10 @@ class StoreCore:
             return await asyncio.wrap_future(self._read_threads.submit(self._read_transaction, fn))
         except Exception as exc:
             # A database server that is away (PostgreSQL) is no bug of the caller's: the API
-            # answers 503 as for a full disk, the loops wait and try again.
+            # answers 503 as for a full disk, the loops wait and try again. A write slipped into
+            # a read fails as read-only: that one is a bug, raised as it is (SQLite's reads too).
             reason = self.dialect.unavailable_reason(exc)
-            if reason is None:
+            if reason is None or reason == "read-only" or self.url is None:
                 raise
             raise StoreUnavailable(reason) from exc
 

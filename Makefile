@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 # postgresql: the PostgreSQL backend's tests start their own cluster (initdb, pg_ctl on a free port).
 DEB_PACKAGES := mosquitto espeak-ng ffmpeg systemd libfaketime chromium fonts-wqy-microhei postgresql
 
-.PHONY: run test bench lint deps venv clean install
+.PHONY: run test test-pg bench lint deps venv clean install
 
 deps:
 	@missing=""; \
@@ -43,11 +43,23 @@ venv: $(VENV)/.installed
 run: deps venv
 	PY=$(PY) scripts/dev-run.sh
 
+# The pipeline's tests again with warnd's store on PostgreSQL (`--store=postgres`: each in-process
+# warnd on a fresh database of a server the tests start themselves); `make test-pg` runs every
+# test that way (about 3 minutes more).
+PG_TESTS := tests/test_pipeline.py tests/test_update_cancel.py tests/test_approval.py \
+	tests/test_retention.py tests/test_escalation.py tests/test_idempotency.py tests/test_confirm.py \
+	tests/test_metrics.py tests/test_report.py tests/test_reconcile.py tests/test_mqtt_contract.py \
+	tests/test_disk_full.py tests/test_security.py tests/test_schedule.py tests/test_quiet_hours.py
+
 # pytest exits 5 when it collected no tests: make treats that as the failure it is.
 test: deps venv
 	$(VENV)/bin/ruff check warnd adapters tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --store=postgres $(PG_TESTS)
+
+test-pg: deps venv
+	$(PY) -m pytest -q -p no:cacheprovider --store=postgres
 
 bench: deps venv
 	$(PY) bench/run_all.py

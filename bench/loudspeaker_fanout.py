@@ -1,7 +1,7 @@
 """Benchmark: one red warning to 1,000 villages × 10 loudspeakers, against a bare aiomqtt loop.
 
     .venv/bin/python -m bench.loudspeaker_fanout [--villages 1000] [--speakers 10] [--reps 3]
-        [--accept-rate 50] [--accept-s 5] [--progress-acks] [--json PATH]
+        [--accept-rate 50] [--accept-s 5] [--progress-acks] [--store postgres] [--json PATH]
 
 A Mosquitto on a free port; for every run a fresh lightweight speaker peer in another process
 (`bench._swarm`: paho-mqtt, one connection for all speakers, each village command parsed once,
@@ -21,6 +21,11 @@ seconds (open loop: a slow answer does not slow the posting) and a probe in this
 measures how late a 10 ms timer fires. warnd's posts are exercise warnings with a fresh
 identifier each: the full accept path (auth, validation, de-duplication, the commit with its
 audit event) without adding speakers to the fan-out being timed.
+
+`--store postgres`: warnd's store is a PostgreSQL database (a fresh one per run) on a server the
+bench starts itself (tests.support.postgres, with fsync and synchronous commits on, as in
+production), and the reference's accept handler commits to a database of the same server
+(psycopg on its own thread) instead of SQLite; the lines say "on PostgreSQL".
 
 Lines (see bench/_table.py): 202 → last played (ratio: warnd's rate over the bare loop's),
 accept p50 and p99 (ratio warnd / bare), worst event-loop lag (warnd / bare).
@@ -55,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._table import Line, emit, order  # noqa: E402
 from tests.support.mqtt import Broker, free_port  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
 from warnd.mqtt.link import buffer_reads  # noqa: E402
 
 TOKEN = "bench-operator-token"
@@ -184,9 +190,18 @@ async def last_acked_and_sent(store: Any, warning_id: str) -> tuple[datetime, da
 
 
 async def run_warnd(
-    workdir: Path, broker: Broker, directory: Path, codes: list[str], expected: int, load: dict[str, float]
+    workdir: Path,
+    broker: Broker,
+    directory: Path,
+    codes: list[str],
+    expected: int,
+    load: dict[str, float],
+    store_url: str | None = None,
 ) -> dict[str, Any]:
-    """warnd with the loudspeaker channel: one warning, timed until every speaker played."""
+    """warnd with the loudspeaker channel: one warning, timed until every speaker played.
+
+    `store_url`: a PostgreSQL database for its store instead of SQLite in workdir.
+    """
     from adapters.loudspeaker import LoudspeakerAdapter
     from warnd import log
     from warnd.api.auth import hash_token
@@ -201,6 +216,7 @@ async def run_warnd(
         http={"port": port, "public_url": f"http://127.0.0.1:{port}"},
         auth={"tokens": [{"name": "bench", "role": "operator", "hash": hash_token(TOKEN)}]},
         approval={"levels": []},  # the bench's warning goes straight out (no sign-off)
+        store={"url": store_url},
     )
     # Logs at info, as in production, to a file rather than a terminal.
     log_file = (workdir / "warnd.log").open("w")
@@ -285,23 +301,35 @@ def since(start: datetime, line: dict[str, Any]) -> float:
 # --- the reference --------------------------------------------------------------------------
 
 
-async def bare_accept_app(db_path: Path) -> tuple[web.AppRunner, int]:
+async def bare_accept_app(db_path: Path, store_url: str | None = None) -> tuple[web.AppRunner, int]:
     """A bare aiohttp handler: each posted warning and an audit row committed (WAL, FULL), then 202.
 
-    SQLite on one worker thread of its own, as an async driver such as aiosqlite runs it.
+    SQLite on one worker thread of its own, as an async driver such as aiosqlite runs it; or,
+    with `store_url`, that PostgreSQL database through psycopg, on its own thread the same way.
     """
-    db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-sqlite")
-    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
+    db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-db")
+    db: Any
+    if store_url is None:
+        db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        mark = "?"
+    else:
+        import psycopg
+
+        db = psycopg.connect(store_url, autocommit=True)
+        db.execute("SET synchronous_commit = on")
+        mark = "%s"
     db.execute("CREATE TABLE warnings (id TEXT PRIMARY KEY, body TEXT, created_at TEXT)")
     db.execute("CREATE TABLE audit (warning_id TEXT, event TEXT, at TEXT)")
+    insert_warning = f"INSERT INTO warnings VALUES ({mark}, {mark}, {mark})"
+    insert_audit = f"INSERT INTO audit VALUES ({mark}, 'warning.accepted', {mark})"
 
     def commit(wid: str, body: str, now: str) -> None:
         """The warning and its audit event in one transaction."""
         db.execute("BEGIN")
-        db.execute("INSERT INTO warnings VALUES (?, ?, ?)", (wid, body, now))
-        db.execute("INSERT INTO audit VALUES (?, 'warning.accepted', ?)", (wid, now))
+        db.execute(insert_warning, (wid, body, now))
+        db.execute(insert_audit, (wid, now))
         db.execute("COMMIT")
 
     async def accept(request: web.Request) -> web.Response:
@@ -378,10 +406,15 @@ def bare_body(i: int) -> dict[str, Any]:
 
 
 async def run_reference(
-    workdir: Path, broker: Broker, codes: list[str], expected: int, load: dict[str, float]
+    workdir: Path,
+    broker: Broker,
+    codes: list[str],
+    expected: int,
+    load: dict[str, float],
+    store_url: str | None = None,
 ) -> dict[str, Any]:
     """The bare fan-out with the bare accept handler under the same load, and the same probe."""
-    runner, port = await bare_accept_app(workdir / "bare.db")
+    runner, port = await bare_accept_app(workdir / "bare.db", store_url)
     probe_stop = asyncio.Event()
     try:
         probe = asyncio.create_task(lag_probe(probe_stop))
@@ -412,6 +445,7 @@ async def measure(args: argparse.Namespace) -> tuple[list[Line], list[dict[str, 
         workdir = Path(tmp)
         broker = Broker(workdir)
         broker.start()
+        cluster = PostgresCluster(durable=True).start() if args.store == "postgres" else None
         try:
             directory = workdir / "directory.toml"
             mapping_file = workdir / "speakers.json"
@@ -423,16 +457,19 @@ async def measure(args: argparse.Namespace) -> tuple[list[Line], list[dict[str, 
                     try:
                         where = workdir / f"{side}-{rep}"
                         where.mkdir()
+                        url = cluster.new_database() if cluster is not None else None
                         if side == "warnd":
-                            result = await run_warnd(where, broker, directory, codes, n, load)
+                            result = await run_warnd(where, broker, directory, codes, n, load, url)
                         else:
-                            result = await run_reference(where, broker, codes, n * acks_each, load)
+                            result = await run_reference(where, broker, codes, n * acks_each, load, url)
                     finally:
                         stop_peer(peer)
                     runs[side].append(result)
                     print(f"  rep {rep + 1} {side}: {result['seconds']:.2f} s", file=sys.stderr, flush=True)
         finally:
             broker.stop()
+            if cluster is not None:
+                cluster.stop()
     return lines(args, runs), runs["warnd"]
 
 
@@ -441,7 +478,8 @@ def lines(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> li
     w, ref = runs["warnd"], runs["reference"]
     n = args.villages * args.speakers
     acks = "3 acks" if args.progress_acks else "played"
-    size = f"{args.villages:,} villages × {args.speakers} ({n:,} speakers, {acks})"
+    on = " on PostgreSQL" if args.store == "postgres" else ""
+    size = f"{args.villages:,} villages × {args.speakers} ({n:,} speakers, {acks}){on}"
     county = n >= 50_000
     w_s, r_s = [x["seconds"] for x in w], [x["seconds"] for x in ref]
     rate = [b / a for a, b in zip(w_s, r_s, strict=True)]
@@ -485,20 +523,21 @@ def lines(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> li
         p99_ratio = [a / b for a, b in zip(p99, r99, strict=True)]
         accept_ok = statistics.median(p99) <= 20 and statistics.median(p99_ratio) <= 2 and not any(refused)
         rate_s = f"{args.accept_rate:g}/s"
+        bare_db = "PostgreSQL (psycopg, synchronous_commit on)" if on else "SQLite (WAL, FULL)"
         note = (
             f"{int(args.accept_rate * args.accept_s)} posts per run; answered other than 202 (all runs): "
-            f"{statuses or 'none'}; reference: bare aiohttp + SQLite on its own thread (WAL, FULL)"
+            f"{statuses or 'none'}; reference: bare aiohttp + {bare_db} on its own thread"
         )
         out += [
-            Line(f"accept p50 at {rate_s} during the fan-out", "ms", p50, r50,
+            Line(f"accept p50 at {rate_s} during the fan-out{on}", "ms", p50, r50,
                  [a / b for a, b in zip(p50, r50, strict=True)], "warnd / bare"),
-            Line(f"accept p99 at {rate_s} during the fan-out", "ms", p99, r99, p99_ratio, "warnd / bare",
+            Line(f"accept p99 at {rate_s} during the fan-out{on}", "ms", p99, r99, p99_ratio, "warnd / bare",
                  "≤ 20 ms, ≤ 2 ×, none refused", accept_ok, note),
         ]  # fmt: skip
     lag = [x["lag_ms"] for x in w]
     rlag = [x["lag_ms"] for x in ref]
     out.append(
-        Line(f"worst event-loop lag during the fan-out ({args.villages:,} villages)", "ms", lag, rlag,
+        Line(f"worst event-loop lag during the fan-out ({args.villages:,} villages){on}", "ms", lag, rlag,
              [a / max(b, 0.1) for a, b in zip(lag, rlag, strict=True)], "warnd / bare", "≤ 50 ms",
              statistics.median(lag) <= 50,
              f"a {PROBE_INTERVAL_S * 1000:g} ms timer in warnd's process (the reference's: the bare loop's)")
@@ -516,6 +555,9 @@ def main() -> None:
     parser.add_argument("--accept-s", type=float, default=5, help="for how long (0: no accept line)")
     parser.add_argument(
         "--progress-acks", action="store_true", help="speakers also ack received and playing (3 acks each)"
+    )
+    parser.add_argument(
+        "--store", choices=["sqlite", "postgres"], default="sqlite", help="the store used"
     )
     parser.add_argument("--json", help="write the lines here for bench/run_all.py instead of printing")
     args = parser.parse_args()

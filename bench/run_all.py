@@ -4,6 +4,7 @@ Each benchmark runs in its own process (`python -m bench.<name> --json FILE`) wi
 so one's logging, memory and event loop cannot colour another's. The exit code is 1 only when
 a target is missed (or a benchmark crashed); every line is printed either way.
 
+The fan-out also runs with warnd's store on PostgreSQL (EXTRA).
 `WARND_BENCH_COUNTY=1` (or `--county`) adds the 5,000 villages × 10 speakers fan-out, which
 takes a few minutes more than the rest together.
 """
@@ -25,7 +26,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench._table import Line, load, render  # noqa: E402
 
-# The larger runs behind --county: (module, its arguments).
+# Runs beside each benchmark's default one: (module, its arguments). The fan-out and its accept
+# line again with warnd's store on PostgreSQL (a server the bench starts itself).
+EXTRA = [("loudspeaker_fanout", ["--store", "postgres"])]
+# The larger runs behind --county.
 COUNTY = [("loudspeaker_fanout", ["--villages", "5000", "--speakers", "10", "--accept-s", "0"])]
 
 
@@ -77,7 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--county", action="store_true", help="also the 5,000 × 10 fan-out (slow)")
     county = parser.parse_args().county or os.environ.get("WARND_BENCH_COUNTY") == "1"
-    runs = [(name, []) for name in benchmarks()] + (COUNTY if county else [])
+    runs = [(name, []) for name in benchmarks()] + EXTRA + (COUNTY if county else [])
     lines: list[Line] = []
     crashed = []
     with tempfile.TemporaryDirectory(prefix="warnd-bench-all-") as tmp:

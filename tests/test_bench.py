@@ -36,6 +36,17 @@ def test_loudspeaker_fanout_runs_and_every_speaker_plays() -> None:
     assert all(r.endswith(("| OK |", "| MISSED |", "| — |")) for r in rows[2:])
 
 
+def test_loudspeaker_fanout_on_postgres() -> None:
+    """The same fan-out and accepts with warnd's store (and the reference's) on PostgreSQL."""
+    out = run_bench(
+        "bench.loudspeaker_fanout", "--villages", "3", "--speakers", "2", "--reps", "1",
+        "--accept-s", "0.5", "--store", "postgres",
+    )  # fmt: skip
+    assert "fan-out 3 villages × 2 (6 speakers, played) on PostgreSQL: 202 → last played" in out
+    assert "accept p99 at 50/s during the fan-out on PostgreSQL" in out
+    assert "bare aiohttp + PostgreSQL" in out
+
+
 def test_loudspeaker_fanout_with_progress_acks() -> None:
     """The three-ack variant (received, playing, played) also completes, on both sides."""
     out = run_bench(

@@ -150,7 +150,7 @@ async def test_read_only_store_answers_503_and_readyz_says_why_until_it_can_writ
     """Accepts get 503 store_unavailable with Retry-After, never 500 or 202; /readyz recovers by itself."""
     client, store = harness.client, harness.store
     assert (await client.get("/readyz")).status == 200
-    await db.pragma(store, "PRAGMA query_only = ON")
+    await db.refuse_writes(store, True)
     try:
         resp = await client.post("/api/v1/warnings", json=warning_body(), headers=harness.headers())
         assert resp.status == 503, await resp.text()
@@ -167,7 +167,7 @@ async def test_read_only_store_answers_503_and_readyz_says_why_until_it_can_writ
         resp = await client.get("/api/v1/warnings", headers=harness.headers("viewer"))
         assert resp.status == 200 and (await resp.json())["warnings"] == []
     finally:
-        await db.pragma(store, "PRAGMA query_only = OFF")
+        await db.refuse_writes(store, False)
     # Writable again: /readyz's probe write finds out without waiting for a warning to come.
     resp = await client.get("/readyz")
     assert resp.status == 200, await resp.text()
@@ -176,6 +176,7 @@ async def test_read_only_store_answers_503_and_readyz_says_why_until_it_can_writ
     assert (await harness.get(wid))["id"] == wid
 
 
+@pytest.mark.sqlite_only  # SQLite plays the full disk; PostgreSQL's server away: tests/test_postgres.py
 async def test_full_disk_accept_is_503_and_nothing_is_stored(harness: Harness) -> None:
     """SQLITE_FULL on accept: 503 store_unavailable; the warning is not there afterwards."""
     await _fill(harness.store)
@@ -226,10 +227,10 @@ async def test_watchdog_stops_while_the_store_cannot_write_and_resumes(
     task = asyncio.create_task(watchdog_loop(harness.store, notifier))
     try:
         assert await _pings(sock, 0.5) >= 2
-        await db.pragma(harness.store, "PRAGMA query_only = ON")
+        await db.refuse_writes(harness.store, True)
         await _pings(sock, 0.3)  # a check already under way may still report healthy
         assert await _pings(sock, 1.0) == 0, "pinged while the store could not write"
-        await db.pragma(harness.store, "PRAGMA query_only = OFF")
+        await db.refuse_writes(harness.store, False)
         assert await _pings(sock, 1.0) >= 2
     finally:
         task.cancel()

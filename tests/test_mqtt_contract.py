@@ -9,12 +9,10 @@ terminal (docs/examples/speaker_client.py) runs as a subprocess against warnd.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import re
 import signal
-import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +28,7 @@ from referencing import Registry, Resource
 
 from adapters.led import LedAdapter
 from adapters.loudspeaker import LoudspeakerAdapter
+from tests.support import db
 from tests.support.county import village_code, write_directory
 from tests.support.harness import Harness, warning_body
 from tests.support.live import close_live, live_harness
@@ -378,11 +377,10 @@ async def board_delivery(led_rig: tuple[Harness, SpeakerSimulator]) -> tuple[Har
     return h, wid, row["msg_id"]
 
 
-def stored_acks(h: Harness) -> list[tuple[str, dict[str, Any]]]:
+async def stored_acks(h: Harness) -> list[tuple[str, dict[str, Any]]]:
     """(status, detail) of every ack warnd stored for BOARD, in order."""
-    with contextlib.closing(sqlite3.connect(h.settings.state_dir / "warnd.db")) as db:
-        rows = db.execute("SELECT status, detail FROM acks WHERE target = ? ORDER BY id", (BOARD,)).fetchall()
-    return [(status, json.loads(detail)) for status, detail in rows]
+    rows = await db.query(h.store, "SELECT status, detail FROM acks WHERE target = ? ORDER BY id", (BOARD,))
+    return [(r["status"], json.loads(r["detail"])) for r in rows]
 
 
 async def publish_acks(broker: Broker, payloads: list[bytes]) -> None:
@@ -397,13 +395,17 @@ async def stored_from(h: Harness, broker: Broker, msg_id: str, payload: bytes) -
 
     The device hub applies acks in arrival order, so when the sentinel is in, the first was judged.
     """
-    before = len(stored_acks(h))
+    before = len(await stored_acks(h))
     sentinel = json.dumps(
         {"msg_id": msg_id, "status": "received", "at": "2026-07-01T00:00:00Z", "detail": "s"}
     )
     await publish_acks(broker, [payload, sentinel.encode()])
-    await until(lambda: any(d.get("detail") == "s" for _, d in stored_acks(h)[before:]), what="the sentinel")
-    return [s for s, d in stored_acks(h)[before:] if d.get("detail") != "s"]
+    async def sentinel_in() -> bool:
+        """Whether the sentinel is stored."""
+        return any(d.get("detail") == "s" for _, d in (await stored_acks(h))[before:])
+
+    await until(sentinel_in, what="the sentinel")
+    return [s for s, d in (await stored_acks(h))[before:] if d.get("detail") != "s"]
 
 
 VALID_ACKS = [
@@ -425,8 +427,13 @@ async def test_acks_valid_per_schema_are_stored(
     for a in acks:
         assert problems("ack", a) is None
     await publish_acks(broker, [json.dumps(a, ensure_ascii=False).encode() for a in acks])
-    await until(lambda: len(stored_acks(h)) == len(acks), what="every ack stored")
-    assert stored_acks(h) == [(a["status"], {k: a[k] for k in ("at", "detail") if k in a}) for a in acks]
+    async def count() -> int:
+        """How many acks are stored."""
+        return len(await stored_acks(h))
+
+    await until(count, what="every ack stored", want=len(acks))
+    expected = [(a["status"], {k: a[k] for k in ("at", "detail") if k in a}) for a in acks]
+    assert await stored_acks(h) == expected
 
 
 AT = '"at": "2026-07-01T00:00:00Z"'

@@ -282,6 +282,7 @@ async def test_audit_log_names_who_did_what_from_where(tmp_path: Path) -> None:
         await h.close()
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's trigger: tests/test_postgres_schema.py
 async def test_audit_rows_cannot_be_changed_or_deleted(harness: Harness) -> None:
     """SQLite itself refuses UPDATE and DELETE on audit rows, even from another connection."""
     await harness.issue(warning_body())

@@ -65,8 +65,13 @@ class PostgresCluster:
         bindir: where initdb and pg_ctl are (found with postgres_bindir() if None).
     """
 
-    def __init__(self, bindir: Path | None = None) -> None:
-        """Find the binaries; `start()` creates and runs the cluster."""
+    def __init__(self, bindir: Path | None = None, *, durable: bool = False) -> None:
+        """Find the binaries; `start()` creates and runs the cluster.
+
+        `durable`: fsync and synchronous commits as a production server has them (the bench's
+        figures on PostgreSQL); without, the suite's faster settings.
+        """
+        self.durable = durable
         found = bindir or postgres_bindir()
         if found is None:
             raise FileNotFoundError(MISSING)
@@ -116,16 +121,9 @@ class PostgresCluster:
         # Only for the suite's speed: fsync=off (-F), synchronous_commit=off and no full-page
         # writes lose nothing unless the machine crashes mid-test. Durability (power loss, a full
         # disk, a killed daemon) is tested against SQLite, warnd's default store.
-        options = " ".join(
-            [
-                f"-p {self.port}",
-                f"-k {self.workdir}",
-                f"-c listen_addresses={self.host}",
-                "-F",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
-            ]
-        )
+        fast = [] if self.durable else ["-F", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        where = [f"-p {self.port}", f"-k {self.workdir}", f"-c listen_addresses={self.host}"]
+        options = " ".join([*where, *fast])
         self._run(
             "pg_ctl", "start", "-D", str(self.data), "-l", str(self.logfile),
             "-w", "-t", str(START_TIMEOUT_S), "-o", options,
@@ -165,10 +163,11 @@ class PostgresCluster:
         """The conninfo URL of one of the cluster's databases."""
         return f"postgresql://postgres@{self.host}:{self.port}/{dbname}"
 
-    def new_database(self) -> str:
-        """A fresh, empty database (a unique name); returns its conninfo URL."""
+    def new_database(self, template: str | None = None) -> str:
+        """A fresh database (a unique name), empty or a copy of `template` (a URL); its conninfo URL."""
         name = f"warnd_test_{next(self._names)}"
-        self._admin_execute(f"CREATE DATABASE {name}")
+        copy = f" TEMPLATE {template.rsplit('/', 1)[1]}" if template else ""
+        self._admin_execute(f"CREATE DATABASE {name}{copy}")
         return self.url(name)
 
     def drop_database(self, url: str) -> None:

@@ -248,8 +248,15 @@ def changes(con: Connection) -> int:
 
 
 def touch_header(con: Connection) -> None:
-    """A transaction that reaches the disk with no row changed: an xid, so COMMIT flushes the WAL."""
-    con.execute("SELECT pg_current_xact_id()")
+    """A write that reaches the disk and changes nothing: one schema_version row set to itself.
+
+    A real row write, so a read-only server or session refuses it (SQLSTATE 25006), and its COMMIT
+    waits for the WAL flush; a bare transaction id (pg_current_xact_id) is granted even read-only.
+    """
+    con.execute(
+        "UPDATE schema_version SET version = version"
+        " WHERE version = (SELECT MIN(version) FROM schema_version)"
+    )
 
 
 touch_header.proves_write = True  # type: ignore[attr-defined]

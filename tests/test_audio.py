@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydub import AudioSegment
 from structlog.testing import capture_logs
 
+from tests.support.wait import until
 from warnd.audio import (
     TONE_GAP_MS,
     TONES,
@@ -506,6 +507,35 @@ async def test_engine_timeout_is_enforced_and_the_engine_killed(tmp_path: Path, 
     (run,) = fake.runs()
     with pytest.raises(ProcessLookupError):
         os.kill(run["pid"], 0)
+
+
+async def test_a_render_cancelled_at_shutdown_kills_the_engine_and_ends_at_once(
+    tmp_path: Path, fake: FakeEngine
+) -> None:
+    """warnd stopping while an engine hangs: the render ends within a second, the engine is dead.
+
+    The engine runs in a worker thread's wait; a cancelled render kills its process group, which
+    ends that wait (a shutdown once hung on it: KILL_WAIT_S).
+    """
+    cache = fake_cache(tmp_path, fake, "slow", timeout_s=60)
+    render = asyncio.create_task(cache.render("请注意", "red"))
+    await until(fake.runs, 10, what="the engine started")
+    started = time.monotonic()
+    render.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await render
+    (run,) = fake.runs()
+
+    def gone() -> bool:
+        """Whether the engine process has ended."""
+        try:
+            os.kill(run["pid"], 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await until(gone, 2, what="the engine killed")
+    assert time.monotonic() - started < 2
 
 
 async def test_engine_that_writes_nothing_or_silence_fails(tmp_path: Path, fake: FakeEngine) -> None:

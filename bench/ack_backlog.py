@@ -1,6 +1,7 @@
 """Benchmark: device acks stored per second from a broker backlog of 50,000, against a bare sink.
 
-    .venv/bin/python -m bench.ack_backlog [--acks 50000] [--speakers 10] [--reps 3] [--json PATH]
+    .venv/bin/python -m bench.ack_backlog [--acks 50000] [--speakers 10] [--reps 3]
+        [--store postgres] [--json PATH]
 
 A Mosquitto on a free port, configured as docs/deploy.md's broker (`max_inflight_messages
 1000`). Once, not timed: a store with one red warning for `--acks` loudspeakers (5,000 villages
@@ -21,6 +22,10 @@ order, for each side:
   aiomqtt's `queue_type` hook, the JSON parsed, the PUBACK sent through paho by hand once the
   batch is committed), batching acks into one SQLite transaction (WAL, synchronous=FULL, on its
   own thread) of plain INSERTs. No matching to deliveries, no checks: the floor of this design.
+
+`--store postgres`: warnd's store, and the sinks' tables, are PostgreSQL databases on a server
+the bench starts itself (tests.support.postgres, fsync and synchronous commits on); each warnd
+repetition gets a copy of the prepared database (CREATE DATABASE … TEMPLATE).
 
 The line: acks stored per second, warnd's and the bare sink's, and their ratio. Target (issue
 17): ≥ 10,000 /s. Its note: the CPU time per ack and the worst lag of a 10 ms timer on the
@@ -58,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 from bench._table import Line, emit, number, order, spread  # noqa: E402
 from bench.loudspeaker_fanout import lag_probe, village_codes, write_directory  # noqa: E402
 from tests.support.mqtt import Broker  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
 from warnd.mqtt.link import buffer_reads  # noqa: E402
 
 ACK_FILTER = "warnd/v1/device/+/ack"
@@ -119,8 +125,8 @@ def publish_backlog(broker: Broker, acks: list[tuple[str, bytes]]) -> None:
 # --- warnd ----------------------------------------------------------------------------------
 
 
-def settings_for(workdir: Path, broker: Broker, directory: Path) -> Any:
-    """warnd's settings: the state in workdir, the directory, the broker."""
+def settings_for(workdir: Path, broker: Broker, directory: Path, store_url: str | None = None) -> Any:
+    """warnd's settings: the state in workdir (or its store at store_url), the directory, the broker."""
     from warnd.config import Settings
 
     return Settings(
@@ -128,7 +134,55 @@ def settings_for(workdir: Path, broker: Broker, directory: Path) -> Any:
         directory={"path": directory},
         mqtt={"url": broker.url, "client_id": "warnd-bench-acks"},
         approval={"levels": []},
+        store={"url": store_url},
     )
+
+
+def open_store(settings: Any) -> Any:
+    """The store the settings name (unopened): PostgreSQL's URL, else SQLite in the state directory."""
+    from warnd.store import Store
+
+    if settings.store.url is not None:
+        return Store(url=settings.store.url)
+    return Store(settings.state_dir / "warnd.db")
+
+
+class SinkTable:
+    """The bare sinks' one table of acks, and a batch committed to it in one transaction.
+
+    SQLite (WAL, synchronous=FULL) in a file, or, given a URL, PostgreSQL through psycopg
+    (synchronous_commit on); either used from one worker thread.
+    """
+
+    def __init__(self, db_path: Path, store_url: str | None) -> None:
+        """Connect and make the table."""
+        self.db: Any
+        if store_url is None:
+            self.db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            mark = "?"
+        else:
+            import psycopg
+
+            self.db = psycopg.connect(store_url, autocommit=True)
+            self.db.execute("SET synchronous_commit = on")
+            mark = "%s"
+        self.db.execute("CREATE TABLE IF NOT EXISTS acks (msg_id TEXT, target TEXT, status TEXT, at TEXT)")
+        self.insert = f"INSERT INTO acks VALUES ({mark}, {mark}, {mark}, {mark})"
+
+    def commit(self, rows: list[tuple[str, str, str, str]]) -> None:
+        """One transaction per batch."""
+        self.db.execute("BEGIN")
+        if isinstance(self.db, sqlite3.Connection):
+            self.db.executemany(self.insert, rows)
+        else:
+            self.db.cursor().executemany(self.insert, rows)
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
 
 
 async def prepare_store(settings: Any) -> tuple[str, list[tuple[str, bytes]]]:
@@ -138,11 +192,11 @@ async def prepare_store(settings: Any) -> tuple[str, list[tuple[str, bytes]]]:
     from warnd.intake import Actor, Intake
     from warnd.model import WarningIn
     from warnd.scheduler import Scheduler
-    from warnd.store import Outcome, Store
+    from warnd.store import Outcome
 
     directory = Directory.load(settings.directory.path)
     clock, wake = SystemClock(), Wakeup()
-    store = await Store(settings.state_dir / "warnd.db").open()
+    store = await open_store(settings).open()
     try:
         intake = Intake(store, lambda: directory, lambda: settings.policy, clock, wake)
         body = {"event": "暴雨", "level": "red", "headline": "县气象台发布暴雨红色预警",
@@ -174,11 +228,10 @@ async def run_warnd(
     from warnd.metrics import Metrics
     from warnd.mqtt.devices import DeviceHub
     from warnd.mqtt.link import device_link
-    from warnd.store import Store
 
     directory = Directory.load(settings.directory.path)
     clock = SystemClock()
-    store = await Store(settings.state_dir / "warnd.db").open()
+    store = await open_store(settings).open()
     feedback = Feedback(store, clock, Wakeup(), settings.dispatch)
     feedback.metrics = Metrics()
     link = device_link(settings.mqtt)
@@ -237,15 +290,17 @@ def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 async def run_bare(
-    broker: Broker, client_id: str, db_path: Path, expected: int, profile: str | None = None
+    broker: Broker,
+    client_id: str,
+    db_path: Path,
+    expected: int,
+    profile: str | None = None,
+    store_url: str | None = None,
 ) -> tuple[float, float, float]:
     """aiomqtt, handlers on arrival, batches committed then PUBACKed: seconds to all stored, CPU
     seconds, worst timer lag (ms)."""
-    db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-sqlite")
-    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE IF NOT EXISTS acks (msg_id TEXT, target TEXT, status TEXT, at TEXT)")
+    db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-db")
+    table = await asyncio.get_running_loop().run_in_executor(db_thread, SinkTable, db_path, store_url)
     queue: list[tuple[str, str, str, str, int, int]] = []
     arrived = asyncio.Event()
     holder: dict[str, aiomqtt.Client] = {}
@@ -262,9 +317,7 @@ async def run_bare(
 
     def commit(rows: list[tuple[str, str, str, str, int, int]]) -> None:
         """One transaction per batch."""
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO acks VALUES (?, ?, ?, ?)", [r[:4] for r in rows])
-        db.execute("COMMIT")
+        table.commit([r[:4] for r in rows])
 
     client = aiomqtt.Client(
         broker.host, broker.port, identifier=client_id, clean_session=False,
@@ -298,7 +351,7 @@ async def run_bare(
     finally:
         probe_stop.set()
         stop_profiler(profiler)
-        db_thread.submit(db.close).result()
+        db_thread.submit(table.close).result()
         db_thread.shutdown()
 
 
@@ -370,21 +423,15 @@ class RawMqtt(asyncio.Protocol):
         self.transport.write(b"".join(b"\x40\x02" + p.to_bytes(2, "big") for p in packet_ids))
 
 
-async def run_raw(broker: Broker, client_id: str, db_path: Path, expected: int) -> tuple[float, float, float]:
-    """The bare sink's batches and SQLite on `RawMqtt` instead of aiomqtt and paho: seconds, CPU seconds."""
-    db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-sqlite")
-    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE IF NOT EXISTS acks (msg_id TEXT, target TEXT, status TEXT, at TEXT)")
-
-    def commit(rows: list[tuple[str, str, str, str]]) -> None:
-        """One transaction per batch."""
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO acks VALUES (?, ?, ?, ?)", rows)
-        db.execute("COMMIT")
-
+async def run_raw(
+    broker: Broker, client_id: str, db_path: Path, expected: int, store_url: str | None = None
+) -> tuple[float, float, float]:
+    """The bare sink's batches and database on `RawMqtt` instead of aiomqtt and paho: seconds, CPU seconds."""
+    db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-db")
     loop = asyncio.get_running_loop()
+    table = await loop.run_in_executor(db_thread, SinkTable, db_path, store_url)
+    commit = table.commit
+
     t0, cpu0 = time.perf_counter(), time.process_time()
     transport, proto = await loop.create_connection(
         lambda: RawMqtt(client_id, ACK_FILTER), broker.host, broker.port
@@ -408,7 +455,7 @@ async def run_raw(broker: Broker, client_id: str, db_path: Path, expected: int) 
         return time.perf_counter() - t0, time.process_time() - cpu0, float("nan")
     finally:
         transport.close()
-        db_thread.submit(db.close).result()
+        db_thread.submit(table.close).result()
         db_thread.shutdown()
 
 
@@ -433,11 +480,13 @@ async def measure(args: argparse.Namespace) -> list[Line]:
         log.configure("info", stream=log_file)
         broker = Broker(workdir, max_inflight_messages=BROKER_INFLIGHT, max_queued_messages=n * 2)
         broker.start()
+        cluster = PostgresCluster(durable=True).start() if args.store == "postgres" else None
         try:
             directory = workdir / "directory.toml"
             write_directory(directory, villages, args.speakers)
             assert len(village_codes(villages)) == villages
-            prepared = settings_for(workdir / "prepared", broker, directory)
+            prepared_url = cluster.new_database() if cluster is not None else None
+            prepared = settings_for(workdir / "prepared", broker, directory, prepared_url)
             t = time.perf_counter()
             warning_id, acks = await prepare_store(prepared)
             print(f"  prepared {len(acks):,} deliveries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
@@ -447,9 +496,14 @@ async def measure(args: argparse.Namespace) -> list[Line]:
                     if args.only and side != args.only:
                         continue
                     where = workdir / f"{side}-{rep}"
+                    # PostgreSQL: warnd a copy of the prepared database, a sink an empty one.
+                    url = None
+                    if cluster is not None:
+                        url = cluster.new_database(template=prepared_url if side == "warnd" else None)
                     if side == "warnd":
-                        settings = settings_for(where, broker, directory)
-                        shutil.copytree(prepared.state_dir, settings.state_dir)
+                        settings = settings_for(where, broker, directory, url)
+                        if url is None:
+                            shutil.copytree(prepared.state_dir, settings.state_dir)
                         client_id = settings.mqtt.client_id
                     else:
                         where.mkdir()
@@ -461,11 +515,13 @@ async def measure(args: argparse.Namespace) -> list[Line]:
                             settings, warning_id, len(acks), args.profile
                         )
                     elif side == "raw":
-                        seconds, cpu_s, lag_ms = await run_raw(broker, client_id, where / "raw.db", len(acks))
+                        seconds, cpu_s, lag_ms = await run_raw(
+                            broker, client_id, where / "raw.db", len(acks), url
+                        )
                     else:
                         bare_profile = f"{args.profile}.bare" if args.profile else None
                         seconds, cpu_s, lag_ms = await run_bare(
-                            broker, client_id, where / "bare.db", len(acks), bare_profile
+                            broker, client_id, where / "bare.db", len(acks), bare_profile, url
                         )
                     runs[side].append(len(acks) / seconds)
                     cpu[side].append(cpu_s / len(acks) * 1e6)
@@ -477,12 +533,16 @@ async def measure(args: argparse.Namespace) -> list[Line]:
                     )
         finally:
             broker.stop()
+            if cluster is not None:
+                cluster.stop()
             log_file.close()
     fmt = number
     w, ref = runs["warnd"], runs["reference"] or [float("nan")] * len(runs["warnd"])
+    on = " on PostgreSQL" if args.store == "postgres" else ""
+    database = "PostgreSQL (synchronous_commit on)" if on else "SQLite (WAL, FULL)"
     return [
         Line(
-            f"acks stored per second from a broker backlog of {n:,}",
+            f"acks stored per second from a broker backlog of {n:,}{on}",
             "/s",
             w,
             ref,
@@ -491,7 +551,7 @@ async def measure(args: argparse.Namespace) -> list[Line]:
             "≥ 10,000 /s",
             statistics.median(w) >= 10_000,
             "reference: aiomqtt, acks handled on arrival, batches of "
-            f"{BARE_BATCH} committed to SQLite (WAL, FULL) then PUBACKed; broker in flight "
+            f"{BARE_BATCH} committed to {database} then PUBACKed; broker in flight "
             f"{BROKER_INFLIGHT} per client (docs/deploy.md); CPU per ack warnd "
             f"{spread(cpu['warnd'], fmt)} µs, bare {spread(cpu['reference'], fmt)} µs; worst loop lag"
             f" warnd {spread(lag['warnd'], fmt)} ms, bare {spread(lag['reference'], fmt)} ms;"
@@ -509,6 +569,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of warnd and of the bare sink")
     parser.add_argument("--only", choices=["warnd", "reference"], help="run one side (profiling)")
     parser.add_argument("--profile", help="py-spy warnd's timed phase into this file (collapsed stacks)")
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite", help="the store used")
     parser.add_argument("--json", help="write the lines here for bench/run_all.py instead of printing")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

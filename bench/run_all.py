@@ -4,7 +4,7 @@ Each benchmark runs in its own process (`python -m bench.<name> --json FILE`) wi
 so one's logging, memory and event loop cannot colour another's. The exit code is 1 only when
 a target is missed (or a benchmark crashed); every line is printed either way.
 
-The fan-out also runs with warnd's store on PostgreSQL (EXTRA).
+The fan-out and the ack backlog also run with warnd's store on PostgreSQL (EXTRA).
 `WARND_BENCH_COUNTY=1` (or `--county`) adds the 5,000 villages × 10 speakers fan-out, which
 takes a few minutes more than the rest together.
 """
@@ -26,9 +26,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench._table import Line, load, render  # noqa: E402
 
-# Runs beside each benchmark's default one: (module, its arguments). The fan-out and its accept
-# line again with warnd's store on PostgreSQL (a server the bench starts itself).
-EXTRA = [("loudspeaker_fanout", ["--store", "postgres"])]
+# Runs beside each benchmark's default one: (module, its arguments). The fan-out with its accept
+# line, and the ack backlog, again with warnd's store on PostgreSQL (a server the bench starts).
+EXTRA = [("loudspeaker_fanout", ["--store", "postgres"]), ("ack_backlog", ["--store", "postgres"])]
 # The larger runs behind --county.
 COUNTY = [("loudspeaker_fanout", ["--villages", "5000", "--speakers", "10", "--accept-s", "0"])]
 

@@ -47,6 +47,15 @@ def test_loudspeaker_fanout_on_postgres() -> None:
     assert "bare aiohttp + PostgreSQL" in out
 
 
+def test_ack_backlog_on_postgres() -> None:
+    """The ack backlog with warnd's store and the sinks' tables on PostgreSQL."""
+    out = run_bench(
+        "bench.ack_backlog", "--acks", "200", "--speakers", "10", "--reps", "1", "--store", "postgres"
+    )
+    assert "acks stored per second from a broker backlog of 200 on PostgreSQL" in out
+    assert "committed to PostgreSQL" in out
+
+
 def test_loudspeaker_fanout_with_progress_acks() -> None:
     """The three-ack variant (received, playing, played) also completes, on both sides."""
     out = run_bench(

@@ -17,11 +17,13 @@ default), so a warning answered 202 is on the server's disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
@@ -40,6 +42,9 @@ LOCK_KEY = 0x7761726E64
 # Connect within this; a statement waits this long for a row lock (SQLite's busy_timeout).
 CONNECT_TIMEOUT_S = 5
 LOCK_TIMEOUT_MS = 5000
+# How long a starting warnd waits for the database's lock: a predecessor that just exited (a
+# restart, a SIGKILL) holds it until its server process has noticed and ended its session.
+LOCK_WAIT_S = 5.0
 
 # SQLSTATEs that mean "the database will not take it now" rather than "this write is wrong".
 _UNAVAILABLE_STATE = {
@@ -159,8 +164,13 @@ class Connection:
             taken = self.reader
             if not self.reader:
                 raw.execute("SET synchronous_commit = on")
-                row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
-                taken = bool(row and row[0])
+                deadline = time.monotonic() + LOCK_WAIT_S
+                while True:
+                    row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+                    taken = bool(row and row[0])
+                    if taken or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.1)  # the store's thread, before anything else runs on it
         except BaseException:
             raw.close()
             raise
@@ -212,7 +222,14 @@ class Connection:
         return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
 
     def close(self) -> None:
-        """Close the server connection (the writer's lock goes with it)."""
+        """Close the server connection; the writer lets go of the database's lock first.
+
+        Unlocked explicitly: the server would release it only once its process for this session
+        has ended, a moment after the socket closed, and a warnd restarted at once would wait.
+        """
+        if not self.reader and not self.raw.closed and not self.raw.broken:
+            with contextlib.suppress(psycopg.Error):
+                self.raw.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
         self.raw.close()
 
 

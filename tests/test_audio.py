@@ -514,8 +514,8 @@ async def test_a_render_cancelled_at_shutdown_kills_the_engine_and_ends_at_once(
 ) -> None:
     """warnd stopping while an engine hangs: the render ends within a second, the engine is dead.
 
-    The engine runs in a worker thread's wait; a cancelled render kills its process group, which
-    ends that wait (a shutdown once hung on it: KILL_WAIT_S).
+    A cancelled render kills the engine's process group and waits at most KILL_WAIT_S for it (an
+    unbounded wait there once hung warnd's shutdown).
     """
     cache = fake_cache(tmp_path, fake, "slow", timeout_s=60)
     render = asyncio.create_task(cache.render("请注意", "red"))

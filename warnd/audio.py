@@ -18,7 +18,6 @@ import shlex
 import shutil
 import signal
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -315,47 +314,13 @@ async def _run(
     stdin: bytes | None = None,
     capture_stdout: bool = False,
 ) -> bytes:
-    """Run argv without a shell, within timeout_s; return stdout or raise AudioError.
-
-    The process and its pipes are handled in a worker thread, not by the event loop: a warning's
-    PCM is megabytes through ffmpeg's stdin and stdout, which the loop moved 64 KiB a turn, each
-    turn waiting behind the fan-out the warning had just started (the 10,000-speaker bench's
-    render took 0.9 s where it takes 0.3 s alone). A caller cancelled meanwhile (shutdown) kills
-    the process group, which ends the thread's wait at once.
-    """
-    started: list[subprocess.Popen[bytes]] = []
-    work = asyncio.to_thread(_run_blocking, argv, engine, timeout_s, stdin, capture_stdout, started)
+    """Run argv without a shell, within timeout_s; return stdout or raise AudioError."""
     try:
-        return await work
-    except asyncio.CancelledError:
-        for proc in started:
-            _kill_group(proc)
-        raise
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a process's group (a wrapper script's children die with it), if it still runs."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _run_blocking(
-    argv: Sequence[str],
-    engine: str,
-    timeout_s: float,
-    stdin: bytes | None,
-    capture_stdout: bool,
-    started: list[subprocess.Popen[bytes]],
-) -> bytes:
-    """_run's work, in a worker thread; the process is put in `started` for a cancelling caller."""
-    try:
-        # No shell: argv is ffmpeg, espeak-ng or the operator's own [tts] command, filled in.
-        proc = subprocess.Popen(  # noqa: S603
-            argv,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if capture_stdout else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             # Its own process group, so a wrapper script's children die with it on timeout.
             start_new_session=True,
         )
@@ -363,20 +328,21 @@ def _run_blocking(
         raise AudioError(f"{engine}: program {argv[0]!r} not found") from None
     except OSError as exc:
         raise AudioError(f"{engine}: cannot start {argv[0]!r}: {exc.strerror}") from None
-    started.append(proc)
     try:
-        stdout, stderr = proc.communicate(stdin, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+        async with asyncio.timeout(timeout_s):
+            stdout, stderr = await proc.communicate(stdin)
+    except TimeoutError:
         raise AudioError(f"{engine} timed out after {timeout_s:g} s") from None
-    except (BrokenPipeError, ValueError, OSError):
-        # Killed by a cancelling caller while its pipes were in use.
-        stdout, stderr = b"", b""
     finally:
-        if proc.poll() is None:
-            _kill_group(proc)
-            # Bounded: warnd's shutdown must not wait on a child that ignores SIGKILL's reaping.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(KILL_WAIT_S)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            # Bounded: after a communicate() cancelled half-way (a shutdown while renders run),
+            # Python 3.11's transport can leave wait() pending though the killed child is gone,
+            # and an unbounded wait here hung warnd's shutdown (found by make bench).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_WAIT_S):
+                    await proc.wait()
     if proc.returncode != 0:
         raise AudioError(f"{engine} failed (exit {proc.returncode}): {_tail(stderr)}")
     return stdout or b""

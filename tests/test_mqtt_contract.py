@@ -739,3 +739,22 @@ async def test_reference_client_acks_dedups_and_refuses_stale(tmp_path: Path, br
     assert_valid("ack", [(t, a) for t, a, _ in tap.on("ack")])
     assert_valid("status", [(t, s) for t, s, _ in tap.on("status")])
     assert {t for t, a, _ in tap.on("ack")} == {f"warnd/v1/device/{d}/ack" for d in (speaker, BOARD)}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"msg_id": "{msg_id}\\u0000", "status": "played", ' + AT + "}",
+        '{"msg_id": "{msg_id}", "status": "failed", "detail": "\\ud800", ' + AT + "}",
+    ],
+    ids=["a NUL in msg_id", "an unpaired surrogate in detail"],
+)
+async def test_acks_with_text_no_database_holds_are_refused_and_the_hub_goes_on(
+    board_delivery: tuple[Harness, str, str], broker: Broker, payload: str, log_events: list[dict[str, Any]]
+) -> None:
+    """Valid JSON, valid per the schema, but text PostgreSQL (or UTF-8) cannot store: refused as
+    malformed on arrival, so it cannot fail its batch's transaction and stall every ack behind it."""
+    h, _, msg_id = board_delivery
+    assert await stored_from(h, broker, msg_id, payload.replace("{msg_id}", msg_id).encode()) == []
+    (refused,) = [e for e in log_events if e["event"] == "ack.refused"]
+    assert refused["reason"] == "malformed"

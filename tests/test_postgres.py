@@ -7,9 +7,11 @@ whole suite; tests/test_crash.py kills a daemon on each. Here is what only Postg
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,9 +19,11 @@ import pytest
 from tests.support import db
 from tests.support.harness import Harness, warning_body
 from tests.support.postgres import PostgresCluster
-from warnd.store import DatabaseInUse, Store, StoreUnavailable
+from tests.support.wait import until
+from warnd.store import DatabaseInUse, Store, StoreUnavailable, postgres
 
 NOW = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+LOST_ROW = "INSERT INTO audit (at, actor, action) VALUES ('2026-07-01T08:00:00.000000Z', 'x', 'lost')"
 
 
 def _audit(action: str) -> dict[str, str]:
@@ -123,3 +127,63 @@ async def test_a_read_cannot_write(pg_url: str) -> None:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             await store.read(lambda con: con.execute("INSERT INTO devices (id) VALUES ('d1')"))
         assert await db.query(store, "SELECT id FROM devices") == []
+
+
+@pytest.mark.allow_error_logs  # store.write_failed: the outage is the point
+async def test_a_batch_sent_while_the_server_restarts_is_recorded_once_it_is_back(
+    tmp_path: Path, own_cluster: PostgresCluster
+) -> None:
+    """Sent, then the outcomes cannot be written: written again until the server is back, not
+    left `sending` (never retried, receipts matching nothing) until warnd restarts."""
+    h = await Harness(
+        tmp_path, channels=["sms"], settings={"store": {"url": own_cluster.new_database()}}
+    ).start()
+    try:
+        wid = await h.issue(warning_body())
+        assert await h.daemon.scheduler.run_once() == 1
+        h.adapter("sms").delay_s = 1.0  # the batch is on the wire while the server stops
+        sending = asyncio.create_task(h.daemon.dispatcher.run_channel_once("sms"))
+        await until(lambda: h.daemon.dispatcher.in_flight > 0, 5, what="a batch claimed")
+        await asyncio.to_thread(own_cluster.pause)
+        await asyncio.sleep(1.5)  # the send is over; its record fails and is tried again
+        assert not sending.done()
+        await asyncio.to_thread(own_cluster.resume)
+        handled = await asyncio.wait_for(sending, 60)
+        assert handled > 0 and h.daemon.dispatcher.in_flight == 0
+        states = [d["state"] for d in await h.store.deliveries_for(wid) if d["channel"] == "sms"]
+        assert states.count("sent") == handled and "sending" not in states
+    finally:
+        await h.close()
+
+
+@pytest.mark.allow_error_logs  # store.write_failed: the cut-off is the point
+async def test_a_transaction_cut_off_before_its_commit_is_reported_not_stored(pg_url: str) -> None:
+    """The server ends the session before COMMIT: its transaction is looked up (aborted), the
+    write raises StoreUnavailable, nothing of it is there, and the next write works."""
+
+    def cut_off(con: Any) -> None:
+        """Write a row, then have the server end this very session before the COMMIT."""
+        con.execute(LOST_ROW)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (con.raw.info.backend_pid,))
+
+    async with Store(url=pg_url) as store:
+        with pytest.raises(StoreUnavailable):
+            await store.write(cut_off)
+        await store.add_audit(_audit("after"))
+        assert [e["action"] for e in await store.audit_log()] == ["after"]
+
+
+async def test_the_fate_of_a_committed_transaction_is_found(pg_url: str) -> None:
+    """What an in-doubt COMMIT asks: the server knows a committed transaction as committed."""
+
+    def with_xid(con: Any) -> str:
+        """A write, and its transaction's id."""
+        con.execute(LOST_ROW.replace("lost", "kept"))
+        return str(con.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+
+    async with Store(url=pg_url) as store:
+        xid = await store.write(with_xid)
+    assert postgres.transaction_status(pg_url, xid) == "committed"
+    nowhere = "postgresql://postgres@127.0.0.1:1/none"
+    assert postgres.transaction_status(nowhere, xid) is None  # no answer: in doubt stays in doubt

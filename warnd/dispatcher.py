@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("warnd.dispatcher")
 
+# A sent batch whose outcomes the store could not take is written again after this, doubling to
+# the cap: a database server restarting for seconds must not leave the batch `sending` (never
+# retried, its receipts matching nothing) until warnd itself restarts.
+RECORD_RETRY_FIRST_S = 0.5
+RECORD_RETRY_MAX_S = 30.0
+
 
 def keeps_trying(message: Message) -> bool:
     """Whether a delivery is retried past max_attempts: a warning or update while the warning is in force."""
@@ -115,9 +121,11 @@ class Dispatcher:
         claimed = await self._claim(channel)
         if claimed:
             try:
-                await self._record(channel, *await self._send(channel, claimed))
-            finally:
+                sent = await self._send(channel, claimed)
+            except BaseException:
                 self.in_flight -= len(claimed)
+                raise
+            await self._record_then_done(channel, claimed, sent)
         return len(claimed)
 
     async def _claim(self, channel: str) -> list[Delivery]:
@@ -290,9 +298,24 @@ class Dispatcher:
         claimed: Sequence[Delivery],
         sent: tuple[Sequence[tuple[Outcome, datetime | None]], Sequence[NewJob], float],
     ) -> None:
-        """Record a sent batch; it is no longer in flight once written (or the write failed)."""
+        """Record a sent batch; it is no longer in flight once written (or warnd stops trying).
+
+        The write is made again while the store is unavailable (outcomes are idempotent: only
+        rows still `sending` change, jobs are inserted once). Once warnd stops, the rows stay
+        `sending` and the next start's recovery sends them again, in doubt.
+        """
+        delay = RECORD_RETRY_FIRST_S
         try:
-            await self._record(channel, *sent)
+            while True:
+                try:
+                    await self._record(channel, *sent)
+                except StoreUnavailable:
+                    if self.stopping:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECORD_RETRY_MAX_S)
+                else:
+                    return
         finally:
             self.in_flight -= len(claimed)
 
@@ -303,7 +326,7 @@ class Dispatcher:
         try:
             await asyncio.shield(recording)
         except StoreUnavailable:
-            pass  # the rows stay `sending`: at the next start they are sent again, in doubt
+            pass  # warnd stops meanwhile: the rows stay `sending`, sent again at the next start
         except asyncio.CancelledError:
             if not recording.done():
                 raise

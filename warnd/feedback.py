@@ -56,8 +56,9 @@ class AckReport:
 
 
 def _reason(r: AckReport) -> str:
-    """The error kept on a delivery reported failed."""
-    return f"{r.source} reported {r.status}: {(r.detail or {}).get('detail', '')}".strip(": ")
+    """The error kept on a delivery reported failed (without NULs: PostgreSQL's text has none)."""
+    text = f"{r.source} reported {r.status}: {(r.detail or {}).get('detail', '')}".strip(": ")
+    return text.replace("\x00", "")
 
 
 class Feedback:

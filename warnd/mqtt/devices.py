@@ -285,7 +285,27 @@ def parse_ack(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
     if status not in DEVICE_STATUSES:
         return None, "unknown_status"
     detail = {k: data[k] for k in ("at", "detail") if data.get(k) is not None}
+    # Text no database can hold (an unpaired surrogate, from a "\ud800" escape) or no msg_id of
+    # warnd's has (a control character: PostgreSQL refuses "\u0000" in its JSON) is malformed:
+    # it would fail its whole batch's transaction, not just match nothing.
+    if not msg_id.isprintable() or not all(_storable(v) for v in (msg_id, *detail.values())):
+        return None, "malformed"
     return {"msg_id": msg_id, "status": status, "detail": detail}, None
+
+
+def _storable(value: Any) -> bool:
+    """Whether a decoded JSON value encodes as UTF-8 (no unpaired surrogate anywhere in it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
 
 
 def _json_object(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:

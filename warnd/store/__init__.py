@@ -111,9 +111,20 @@ __all__ = [
 ]
 
 
+# psycopg's errors for the server or the connection failing, as opposed to one statement's data
+# (DataError: a NUL in a text, an invalid JSON escape; IntegrityError; ProgrammingError).
+_PG_TROUBLE = ("OperationalError", "InterfaceError", "InternalError")
+
+
 def is_database_error(exc: BaseException) -> bool:
-    """Whether an error is one the database raised (SQLite's or PostgreSQL's driver)."""
-    return isinstance(exc, DatabaseError) or type(exc).__module__.startswith("psycopg")
+    """Whether an error is the database's trouble rather than one message's data.
+
+    Any SQLite error (warnd passes SQLite nothing it refuses for its content); PostgreSQL's
+    connection and server failures, not the DataError a device's bad text raises there.
+    """
+    if isinstance(exc, DatabaseError):
+        return True
+    return any(c.__module__.startswith("psycopg") and c.__name__ in _PG_TROUBLE for c in type(exc).__mro__)
 
 
 class Store(

@@ -45,17 +45,30 @@ LOCK_TIMEOUT_MS = 5000
 # How long a starting warnd waits for the database's lock: a predecessor that just exited (a
 # restart, a SIGKILL) holds it until its server process has noticed and ended its session.
 LOCK_WAIT_S = 5.0
+# A connection whose peer vanished (a network cut, a NAT reset) is found out within ~10 s on
+# both ends: libpq's keepalives and TCP_USER_TIMEOUT here, the session's own keepalive settings
+# on the server (which otherwise keeps a dead session, and the writer's lock, for two hours).
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 2, 3
+TCP_USER_TIMEOUT_MS = 10_000
 
-# SQLSTATEs that mean "the database will not take it now" rather than "this write is wrong".
+# SQLSTATEs that mean "the database will not take it now" rather than "this write is wrong";
+# then whole classes: 08 connection, 53 resources, 57 operator intervention, 58 system error.
 _UNAVAILABLE_STATE = {
     "53100": "disk full",
     "53200": "database server out of memory",
     "53300": "database server has too many connections",
     "25006": "read-only",
+    "25P03": "database server ended an idle transaction",
     "57P01": "database server shutting down",
     "57P02": "database server shutting down",
     "57P03": "database server starting or stopping",
     "55P03": "busy: another session holds the rows' lock",
+}
+_UNAVAILABLE_CLASS = {
+    "08": "database server unreachable",
+    "53": "database server out of resources",
+    "57": "database server ended the session",
+    "58": "database server's disk or system failed",
 }
 _UNAVAILABLE_ERRNO = {
     errno.ENOSPC: "disk full",
@@ -67,13 +80,14 @@ _UNAVAILABLE_ERRNO = {
 
 def unavailable_reason(exc: BaseException) -> str | None:
     """Why a failed write is the server's doing (unreachable, full, read-only), or None."""
+    if isinstance(exc, DatabaseInUse):
+        # Met on a reconnect: the old session, cut off but not yet ended by the server, holds it.
+        return "the database's lock is still held by an earlier session"
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate
-        if state is not None and state in _UNAVAILABLE_STATE:
-            return _UNAVAILABLE_STATE[state]
-        if (state is not None and state.startswith("08")) or (
-            state is None and isinstance(exc, psycopg.OperationalError)
-        ):
+        if state is not None:
+            return _UNAVAILABLE_STATE.get(state) or _UNAVAILABLE_CLASS.get(state[:2])
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             return "database server unreachable"
         return None
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -147,6 +161,7 @@ class Connection:
         """Connect (the writer also takes the database's lock)."""
         self.conninfo, self.reader = conninfo, reader
         self.changes = 0  # rows changed by this connection's statements since it was made
+        self.xid: str | None = None  # the open write transaction's id (begin → commit)
         self.raw = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -158,9 +173,20 @@ class Connection:
             row_factory=_row_factory,
             connect_timeout=CONNECT_TIMEOUT_S,
             application_name="warnd-read" if self.reader else "warnd",
+            tcp_user_timeout=TCP_USER_TIMEOUT_MS,
+            keepalives=1,
+            keepalives_idle=KEEPALIVE_IDLE_S,
+            keepalives_interval=KEEPALIVE_INTERVAL_S,
+            keepalives_count=KEEPALIVE_COUNT,
         )
         try:
             raw.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+            raw.execute(
+                "SELECT set_config('tcp_keepalives_idle', %s, false),"
+                " set_config('tcp_keepalives_interval', %s, false),"
+                " set_config('tcp_keepalives_count', %s, false)",
+                (str(KEEPALIVE_IDLE_S), str(KEEPALIVE_INTERVAL_S), str(KEEPALIVE_COUNT)),
+            )
             taken = self.reader
             if not self.reader:
                 raw.execute("SET synchronous_commit = on")
@@ -239,8 +265,13 @@ def connect(url: str, *, reader: bool = False) -> Connection:
 
 
 def begin(con: Connection) -> None:
-    """Start a write transaction (READ COMMITTED: the one writer is alone on its database)."""
+    """Start a write transaction (READ COMMITTED: the one writer is alone on its database).
+
+    Its transaction id is taken at once, for `commit` to ask after if the COMMIT's answer is lost.
+    """
     con.start("BEGIN")
+    row = con.raw.execute("SELECT pg_current_xact_id()::text").fetchone()
+    con.xid = row[0] if row else None
 
 
 def begin_read(con: Connection) -> None:
@@ -249,8 +280,30 @@ def begin_read(con: Connection) -> None:
 
 
 def commit(con: Connection) -> None:
-    """End the transaction, keeping what it wrote."""
-    con.raw.execute("COMMIT")
+    """End the transaction, keeping what it wrote; a COMMIT whose answer was lost is looked up.
+
+    The connection dropping during COMMIT leaves it in doubt: the server may have committed.
+    Reported as not stored, an accepted warning would be posted again (and sent twice) and a
+    claim's rows left `sending`. The transaction's id was taken at BEGIN; its fate is asked on a
+    new connection: committed is success; aborted, or no answer, raises as before.
+    """
+    xid, con.xid = con.xid, None
+    try:
+        con.raw.execute("COMMIT")
+    except psycopg.OperationalError:
+        if xid is None or transaction_status(con.conninfo, xid) != "committed":
+            raise
+        con.ensure()  # the writer's next transaction begins on a new connection
+
+
+def transaction_status(conninfo: str, xid: str) -> str | None:
+    """What the server says of a transaction: committed, aborted, in progress; None if unreachable."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as probe:
+            found = probe.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+    except psycopg.Error:
+        return None
+    return found[0] if found else None
 
 
 def rollback_if_open(con: Connection) -> None:
@@ -371,6 +424,11 @@ def greatest(a: str, b: str) -> str:
 def by_rowid(column: str) -> str:
     """A column reference (PostgreSQL needs no hint to look rows up by id)."""
     return column
+
+
+def stream(con: Connection, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+    """A query's rows one at a time from the server, not all fetched first (retention's archive)."""
+    yield from con.raw.cursor().stream(translate(sql, True), params)
 
 
 def rows(con: Connection, table: str, select: str, params: Sequence[Any]) -> list[dict[str, Any]]:

@@ -67,7 +67,7 @@ class RetentionRecords(StoreCore):
                 ("job", f"SELECT * FROM jobs WHERE warning_id = ? AND {RAN} ORDER BY id"),
             ):
                 n = 0
-                for row in con.execute(sql, (warning_id,)):
+                for row in con.dialect.stream(con, sql, (warning_id,)):
                     emit(kind, dict(row))
                     n += 1
                 counts.append(n)

@@ -25,7 +25,7 @@ import json
 import sqlite3
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +257,11 @@ def forget(con: sqlite3.Connection) -> None:
     with _COLUMNS_LOCK:
         for key in [k for k in _COLUMNS if k[0] == id(con)]:
             del _COLUMNS[key]
+
+
+def stream(con: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+    """A query's rows one at a time, as the cursor steps (retention's archive)."""
+    yield from con.execute(sql, params)
 
 
 def rows(con: Any, table: str, select: str, params: Sequence[Any]) -> list[dict[str, Any]]:

@@ -334,7 +334,7 @@ def step(both: Both, rng: random.Random, i: int) -> set[str]:
             )  # fmt: skip
         return set()
     if op == "move":
-        # Several rows to one state in one statement: the row triggers fire once per row.
+        # Several rows to one state in one statement: counted row by row (SQLite) or added up (PostgreSQL).
         chosen, state = keys(rows, rng, 6), rng.choice(STATES)
         sql, params = where_keys(chosen)
         both.execute(

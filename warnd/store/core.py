@@ -45,7 +45,6 @@ T = TypeVar("T")
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-
 class Connection(Protocol):
     """What the table modules use of a connection: statements, and its dialect for the SQL."""
 

@@ -33,7 +33,6 @@ from psycopg import ClientCursor, pq
 
 from warnd.store.errors import DatabaseInUse
 
-NAME = "postgres"
 DatabaseError = psycopg.Error
 IntegrityError = psycopg.IntegrityError
 

@@ -29,8 +29,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-NAME = "sqlite"
-
 
 class Connection(sqlite3.Connection):
     """sqlite3's connection, carrying the dialect the table modules ask for their SQL."""

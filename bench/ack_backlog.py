@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import _bare_db as bare_db  # noqa: E402
 from bench._table import Line, emit, number, order, spread  # noqa: E402
 from bench.loudspeaker_fanout import lag_probe, village_codes, write_directory  # noqa: E402
 from tests.support.mqtt import Broker  # noqa: E402
@@ -156,28 +156,14 @@ class SinkTable:
 
     def __init__(self, db_path: Path, store_url: str | None) -> None:
         """Connect and make the table."""
-        self.db: Any
-        if store_url is None:
-            self.db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            mark = "?"
-        else:
-            import psycopg
-
-            self.db = psycopg.connect(store_url, autocommit=True)
-            self.db.execute("SET synchronous_commit = on")
-            mark = "%s"
+        self.db, mark = bare_db.connect(db_path, store_url)
         self.db.execute("CREATE TABLE IF NOT EXISTS acks (msg_id TEXT, target TEXT, status TEXT, at TEXT)")
         self.insert = f"INSERT INTO acks VALUES ({mark}, {mark}, {mark}, {mark})"
 
     def commit(self, rows: list[tuple[str, str, str, str]]) -> None:
         """One transaction per batch."""
         self.db.execute("BEGIN")
-        if isinstance(self.db, sqlite3.Connection):
-            self.db.executemany(self.insert, rows)
-        else:
-            self.db.cursor().executemany(self.insert, rows)
+        bare_db.insert_many(self.db, self.insert, rows)
         self.db.execute("COMMIT")
 
     def close(self) -> None:

@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import _bare_db as bare_db  # noqa: E402
 from bench._table import Line, emit, order  # noqa: E402
 from tests.support.mqtt import Broker, free_port  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
@@ -308,18 +308,7 @@ async def bare_accept_app(db_path: Path, store_url: str | None = None) -> tuple[
     with `store_url`, that PostgreSQL database through psycopg, on its own thread the same way.
     """
     db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-db")
-    db: Any
-    if store_url is None:
-        db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        mark = "?"
-    else:
-        import psycopg
-
-        db = psycopg.connect(store_url, autocommit=True)
-        db.execute("SET synchronous_commit = on")
-        mark = "%s"
+    db, mark = bare_db.connect(db_path, store_url)
     db.execute("CREATE TABLE warnings (id TEXT PRIMARY KEY, body TEXT, created_at TEXT)")
     db.execute("CREATE TABLE audit (warning_id TEXT, event TEXT, at TEXT)")
     insert_warning = f"INSERT INTO warnings VALUES ({mark}, {mark}, {mark})"

@@ -107,20 +107,6 @@ async def test_the_api_answers_503_while_the_server_is_down_and_202_after(
         await h.close()
 
 
-async def test_the_schema_on_postgres_is_the_migrations_sum(pg_url: str, tmp_path: Path) -> None:
-    """Every table and column a SQLite store has after its migrations, in the same order."""
-    async with Store(tmp_path / "w.db") as lite, Store(url=pg_url) as pg:
-        for store in (lite, pg):
-            await db.execute(store, "SELECT 1")
-        lite_tables = await lite.read(lambda con: con.dialect.database_tables(con))
-        pg_tables = await pg.read(lambda con: con.dialect.database_tables(con))
-        assert pg_tables == lite_tables
-        for table in lite_tables:
-            lite_cols = await lite.read(lambda con, t=table: con.dialect.columns(con, t))
-            pg_cols = await pg.read(lambda con, t=table: con.dialect.columns(con, t))
-            assert pg_cols == lite_cols, table
-
-
 async def test_a_read_cannot_write(pg_url: str) -> None:
     """A read runs READ ONLY: a write slipped into it fails as the bug it is, not as an outage."""
     async with Store(url=pg_url) as store:

@@ -350,21 +350,6 @@ def tables(con: Connection) -> set[str]:
     return {r[0] for r in rows}
 
 
-def database_tables(con: Connection) -> list[str]:
-    """The database's tables, ordered by name (tests compare schemas)."""
-    return sorted(tables(con))
-
-
-def columns(con: Connection, table: str) -> list[str]:
-    """A table's column names, in order."""
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns"
-        " WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
-        (table,),
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def forget(con: Connection) -> None:
     """Nothing is cached per connection."""
 

@@ -279,14 +279,4 @@ def rows(con: Any, table: str, select: str, params: Sequence[Any]) -> list[dict[
     return out
 
 
-def database_tables(con: sqlite3.Connection) -> list[str]:
-    """The database's tables, ordered by name (tests compare schemas)."""
-    return sorted(tables(con))
-
-
-def columns(con: sqlite3.Connection, table: str) -> list[str]:
-    """A table's column names, in order (generated ones too: table_xinfo, not table_info)."""
-    return [r[1] for r in con.execute(f"PRAGMA table_xinfo({table})")]
-
-
 Connection.dialect = sys.modules[__name__]
